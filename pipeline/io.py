@@ -1,0 +1,136 @@
+"""The one place that writes and reads project artefacts: atomic files, Parquet (with vector columns), JSON.
+
+Every output is written to a temporary name in the same folder and renamed over the target, so a crash
+never leaves a half-written file and an existing good file survives a failed run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | Path) -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it is renamed over ``target``.
+
+    On an exception the temporary file is removed and ``target`` is left as it was.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_json(path: str | Path, obj: Any) -> None:
+    """Write JSON atomically, keys sorted, full float precision."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: not found (run the stage that produces it first)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def vector_array(vectors: np.ndarray) -> pa.FixedSizeListArray:
+    """A (N, dim) float array as a ``fixed_size_list<float32>[dim]`` Arrow column."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    if vectors.ndim != 2:
+        raise ValueError(f"expected a 2-D array of vectors, got shape {vectors.shape}")
+    flat = pa.array(vectors.reshape(-1), type=pa.float32())
+    return pa.FixedSizeListArray.from_arrays(flat, vectors.shape[1])
+
+
+def vectors_from_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """Inverse of :func:`vector_array`: a fixed-size-list column back to a (N, dim) float32 array."""
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    dim = column.type.list_size
+    return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
+
+
+def write_parquet(
+    path: str | Path,
+    table: pa.Table | Mapping[str, Any],
+    metadata: Mapping[str, Any] | None = None,
+) -> None:
+    """Write a table atomically. ``metadata`` values are stored JSON-encoded in the file's key-value metadata.
+
+    A mapping is converted column by column; 2-D numpy arrays become fixed-size-list float32 columns.
+    The file is written deterministically (no timestamps), so equal inputs give equal bytes.
+    """
+    if not isinstance(table, pa.Table):
+        cols = {}
+        for name, col in table.items():
+            if isinstance(col, np.ndarray) and col.ndim == 2:
+                cols[name] = vector_array(col)
+            else:
+                cols[name] = col
+        table = pa.table(cols)
+    if metadata:
+        existing = dict(table.schema.metadata or {})
+        existing.update({k.encode(): json.dumps(v, sort_keys=True, default=_json_default).encode()
+                         for k, v in metadata.items()})
+        table = table.replace_schema_metadata(existing)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=True)
+
+
+def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:
+    """Read a Parquet file with a clear error when it is missing or not Parquet."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found (run the stage that produces it first)")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path}: cannot be read as Parquet ({err})") from None
+
+
+def parquet_metadata(path: str | Path) -> dict[str, Any]:
+    """The JSON-decoded key-value metadata written by :func:`write_parquet`."""
+    schema = pq.read_schema(path)
+    out: dict[str, Any] = {}
+    for k, v in (schema.metadata or {}).items():
+        key = k.decode()
+        if key == "ARROW:schema" or key.startswith("pandas"):
+            continue
+        try:
+            out[key] = json.loads(v)
+        except json.JSONDecodeError:
+            out[key] = v.decode(errors="replace")
+    return out

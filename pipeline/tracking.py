@@ -1,0 +1,175 @@
+"""MLflow wiring shared by every stage.
+
+DVC is the source of truth; MLflow mirrors runs for people to browse. mlflow is imported lazily and is
+optional: where it is not installed (the GPU machine) or ``mlflow.enabled`` is false, every call is a no-op,
+so training and evaluation stay importable without it. Nothing here writes into a DVC-tracked output.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pipeline.config import PROJECT_ROOT, flatten
+
+log = logging.getLogger(__name__)
+
+
+def default_tracking_uri(root: Path = PROJECT_ROOT) -> str:
+    """``sqlite:///<absolute project root>/mlflow.db`` (MLflow 3 refuses the old ./mlruns file store)."""
+    return f"sqlite:///{root.resolve()}/mlflow.db"
+
+
+def _git_rev(root: Path = PROJECT_ROOT) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def file_digest(path: str | Path, algo: str = "sha256") -> str:
+    """Hex digest of a file's bytes (used to tag runs with the data and model they used)."""
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def standard_tags(stage: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Tags every run carries: stage, git rev, and DVC's experiment name when run by ``dvc exp run``."""
+    tags = {"stage": stage}
+    rev = _git_rev()
+    if rev:
+        tags["git.rev"] = rev
+    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+                     ("DVC_ROOT", "dvc.root")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    if extra:
+        tags.update({k: str(v) for k, v in extra.items()})
+    return tags
+
+
+class Tracker:
+    """A thin handle on one MLflow run; every method is a no-op when tracking is off."""
+
+    def __init__(self, run: Any | None, mlflow_mod: Any | None) -> None:
+        self._run = run
+        self._mlflow = mlflow_mod
+
+    @property
+    def active(self) -> bool:
+        return self._run is not None
+
+    @property
+    def run_id(self) -> str | None:
+        return self._run.info.run_id if self._run is not None else None
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        if not self.active:
+            return
+        flat = {k: (str(v) if isinstance(v, list | tuple) else v) for k, v in flatten(dict(params)).items()}
+        # MLflow caps a batch at 100 params
+        items = list(flat.items())
+        for i in range(0, len(items), 100):
+            self._mlflow.log_params(dict(items[i : i + 100]))
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self.active:
+            return
+        clean = {k.replace("@", "_at_"): float(v) for k, v in flatten(dict(metrics)).items()
+                 if isinstance(v, int | float)}
+        if clean:
+            self._mlflow.log_metrics(clean, step=step)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        if self.active:
+            self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self.active and Path(path).exists():
+            self._mlflow.log_artifact(str(path), artifact_path=artifact_path)
+
+    def log_dict(self, obj: Any, name: str) -> None:
+        if self.active:
+            self._mlflow.log_dict(obj, name)
+
+
+def _import_mlflow() -> Any | None:
+    try:
+        import mlflow  # noqa: PLC0415 - optional and slow to import
+    except ImportError:
+        log.warning("mlflow is not installed: tracking is off for this run")
+        return None
+    return mlflow
+
+
+@contextlib.contextmanager
+def start_run(
+    stage: str,
+    mlflow_params: Any,
+    run_name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    run_id: str | None = None,
+) -> Iterator[Tracker]:
+    """Open an MLflow run for a stage (or resume ``run_id``) and yield a :class:`Tracker`.
+
+    ``mlflow_params`` is the ``mlflow`` params section (enabled, tracking_uri, experiment). Tracking
+    failures are logged and never fail the stage.
+    """
+    if not getattr(mlflow_params, "enabled", True) or os.environ.get("KDSR_MLFLOW", "1") == "0":
+        yield Tracker(None, None)
+        return
+    mlflow = _import_mlflow()
+    if mlflow is None:
+        yield Tracker(None, None)
+        return
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_params.tracking_uri or default_tracking_uri()
+    try:
+        mlflow.set_tracking_uri(uri)
+        mlflow.set_experiment(mlflow_params.experiment)
+        name = run_name or os.environ.get("DVC_EXP_NAME") or stage
+        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name,
+                               tags=standard_tags(stage, tags))
+    except Exception as err:  # noqa: BLE001 - tracking must never break the pipeline
+        log.warning("MLflow tracking unavailable (%s): continuing without it", err)
+        yield Tracker(None, None)
+        return
+    ok = False
+    try:
+        yield Tracker(run, mlflow)
+        ok = True
+    finally:
+        mlflow.end_run(status="FINISHED" if ok else "FAILED")
+
+
+def find_run_by_tag(mlflow_params: Any, key: str, value: str) -> str | None:
+    """Return the newest run id in the experiment whose tag ``key`` equals ``value`` (or None)."""
+    if not getattr(mlflow_params, "enabled", True) or os.environ.get("KDSR_MLFLOW", "1") == "0":
+        return None
+    mlflow = _import_mlflow()
+    if mlflow is None:
+        return None
+    try:
+        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or mlflow_params.tracking_uri
+                                or default_tracking_uri())
+        exp = mlflow.get_experiment_by_name(mlflow_params.experiment)
+        if exp is None:
+            return None
+        runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{key}` = '{value}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1,
+                                  output_format="list")
+    except Exception as err:  # noqa: BLE001
+        log.warning("MLflow search failed (%s)", err)
+        return None
+    return runs[0].info.run_id if runs else None
