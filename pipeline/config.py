@@ -112,6 +112,7 @@ class EmbedParams(_Section):
 class CorrelateParams(_Section):
     dim: int = Field(128, ge=2)
     reduction: Literal["pca", "autoencoder"] = "pca"
+    ae_epochs: int = Field(20, ge=1)  # reduction: autoencoder only
     score: Literal["cos", "euclidean", "dot", "manhattan"] = "cos"
     sub_vectors: int = Field(8, ge=1)
     codes: int = Field(50, ge=2)

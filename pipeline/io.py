@@ -103,8 +103,12 @@ def write_parquet(
         table = pa.table(cols)
     if metadata:
         existing = dict(table.schema.metadata or {})
-        existing.update({k.encode(): json.dumps(v, sort_keys=True, default=_json_default).encode()
-                         for k, v in metadata.items()})
+        existing.update(
+            {
+                k.encode(): json.dumps(v, sort_keys=True, default=_json_default).encode()
+                for k, v in metadata.items()
+            }
+        )
         table = table.replace_schema_metadata(existing)
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=True)

@@ -51,8 +51,11 @@ def standard_tags(stage: str, extra: Mapping[str, str] | None = None) -> dict[st
     rev = _git_rev()
     if rev:
         tags["git.rev"] = rev
-    for env, tag in (("DVC_EXP_NAME", "dvc.exp_name"), ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
-                     ("DVC_ROOT", "dvc.root")):
+    for env, tag in (
+        ("DVC_EXP_NAME", "dvc.exp_name"),
+        ("DVC_EXP_BASELINE_REV", "dvc.baseline_rev"),
+        ("DVC_ROOT", "dvc.root"),
+    ):
         if os.environ.get(env):
             tags[tag] = os.environ[env]
     if extra:
@@ -87,8 +90,11 @@ class Tracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         if not self.active:
             return
-        clean = {k.replace("@", "_at_"): float(v) for k, v in flatten(dict(metrics)).items()
-                 if isinstance(v, int | float)}
+        clean = {
+            k.replace("@", "_at_"): float(v)
+            for k, v in flatten(dict(metrics)).items()
+            if isinstance(v, int | float)
+        }
         if clean:
             self._mlflow.log_metrics(clean, step=step)
 
@@ -103,6 +109,20 @@ class Tracker:
     def log_dict(self, obj: Any, name: str) -> None:
         if self.active:
             self._mlflow.log_dict(obj, name)
+
+
+def default_artifact_location(root: Path = PROJECT_ROOT) -> str:
+    """Artifacts go to an absolute folder of the project, so runs from ``dvc exp run --queue``'s temporary
+    copies keep them (MLflow's default, ./mlruns relative to the working directory, would be lost)."""
+    return (root.resolve() / "mlartifacts").as_uri()
+
+
+def _ensure_experiment(mlflow: Any, name: str) -> None:
+    if mlflow.get_experiment_by_name(name) is None:
+        # another stage may create it concurrently; set_experiment below then finds theirs
+        with contextlib.suppress(Exception):
+            mlflow.create_experiment(name, artifact_location=default_artifact_location())
+    mlflow.set_experiment(name)
 
 
 def _import_mlflow() -> Any | None:
@@ -137,10 +157,11 @@ def start_run(
     uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_params.tracking_uri or default_tracking_uri()
     try:
         mlflow.set_tracking_uri(uri)
-        mlflow.set_experiment(mlflow_params.experiment)
+        _ensure_experiment(mlflow, mlflow_params.experiment)
         name = run_name or os.environ.get("DVC_EXP_NAME") or stage
-        run = mlflow.start_run(run_id=run_id, run_name=None if run_id else name,
-                               tags=standard_tags(stage, tags))
+        run = mlflow.start_run(
+            run_id=run_id, run_name=None if run_id else name, tags=standard_tags(stage, tags)
+        )
     except Exception as err:  # noqa: BLE001 - tracking must never break the pipeline
         log.warning("MLflow tracking unavailable (%s): continuing without it", err)
         yield Tracker(None, None)
@@ -161,14 +182,19 @@ def find_run_by_tag(mlflow_params: Any, key: str, value: str) -> str | None:
     if mlflow is None:
         return None
     try:
-        mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI") or mlflow_params.tracking_uri
-                                or default_tracking_uri())
+        mlflow.set_tracking_uri(
+            os.environ.get("MLFLOW_TRACKING_URI") or mlflow_params.tracking_uri or default_tracking_uri()
+        )
         exp = mlflow.get_experiment_by_name(mlflow_params.experiment)
         if exp is None:
             return None
-        runs = mlflow.search_runs([exp.experiment_id], filter_string=f"tags.`{key}` = '{value}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1,
-                                  output_format="list")
+        runs = mlflow.search_runs(
+            [exp.experiment_id],
+            filter_string=f"tags.`{key}` = '{value}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+            output_format="list",
+        )
     except Exception as err:  # noqa: BLE001
         log.warning("MLflow search failed (%s)", err)
         return None

@@ -51,7 +51,9 @@ def beauty_available() -> bool:
     return (BEAUTY_DIR / "Beauty.txt").exists() and (BEAUTY_DIR / "items.tsv").exists()
 
 
-requires_beauty = pytest.mark.skipif(not beauty_available(), reason="../shared/data/amazon-beauty not present")
+requires_beauty = pytest.mark.skipif(
+    not beauty_available(), reason="../shared/data/amazon-beauty not present"
+)
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""Evaluation: full-ranking metrics (shared with training validation) and the evaluate stage."""

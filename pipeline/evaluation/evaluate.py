@@ -1,0 +1,206 @@
+"""The evaluate stage: trained student + sequences -> reports/metrics.json and reports/per_user.parquet.
+
+Full ranking over the whole catalogue for the validation and the test part (DESIGN §5), with the popularity
+baseline computed alongside as the floor a model must beat. Metrics are mirrored to the MLflow run of the
+training that produced the model (found by the ``model.sha256`` tag), or to a new run when there is none.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.errors import DataError, PipelineError
+from pipeline.evaluation.metrics import (
+    EvalCases,
+    build_eval_cases,
+    evaluate_scorer,
+    popularity_scores,
+    read_sequences,
+)
+from pipeline.io import write_json, write_parquet
+
+log = logging.getLogger(__name__)
+
+PARTS = ("valid", "test")
+MODEL_WEIGHTS = "model.safetensors"
+
+
+class Scorer(Protocol):
+    """What the evaluator needs from a model (``pipeline.models.Student`` satisfies it)."""
+
+    num_items: int
+    max_len: int
+
+    def user_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, L) left-padded int64 inputs -> (B, N+1) next-item scores."""
+        ...
+
+
+def resolve_device(device: str | torch.device | None = None) -> torch.device:
+    """``device`` as given, else cuda when available, else cpu."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _load_model(model_dir: Path, device: torch.device) -> Scorer:
+    from pipeline.models import load_student  # noqa: PLC0415 - the models package is optional for tests
+
+    try:
+        return load_student(model_dir, device)
+    except FileNotFoundError as err:
+        raise PipelineError(
+            f"{model_dir}: cannot load the model ({err}); run the train stage first"
+        ) from None
+
+
+def _per_user_table(cases: dict[str, EvalCases], ranks: dict[str, np.ndarray]) -> pa.Table:
+    """One row per evaluation case: user, part, target, rank (valid rows first, then test)."""
+    return pa.table(
+        {
+            "user": pa.array(np.concatenate([cases[p].users for p in PARTS]).astype(np.int32), pa.int32()),
+            "part": pa.array([p for p in PARTS for _ in range(len(cases[p]))], pa.string()),
+            "target": pa.array(
+                np.concatenate([cases[p].targets.numpy() for p in PARTS]).astype(np.int32), pa.int32()
+            ),
+            "rank": pa.array(np.concatenate([ranks[p] for p in PARTS]).astype(np.int32), pa.int32()),
+        }
+    )
+
+
+def _mlflow_metrics(report: dict[str, Any]) -> dict[str, float]:
+    """``{"test": {"ndcg_at_20": x}, "popularity": {"test": {...}}}`` -> ``{"test_ndcg_at_20": x, ...}``."""
+    out: dict[str, float] = {}
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for k, v in node.items():
+            name = f"{prefix}_{k}" if prefix else k
+            if isinstance(v, dict):
+                walk(v, name)
+            else:
+                out[name] = float(v)
+
+    walk(report, "")
+    return out
+
+
+def _log_to_mlflow(
+    report: dict[str, Any], eval_params: Any, mlflow_params: Any, model_dir: Path, metrics_path: Path
+) -> None:
+    """Mirror the metrics to the training run that made the model (a new run when it cannot be found)."""
+    from pipeline.tracking import file_digest, find_run_by_tag, start_run  # noqa: PLC0415
+
+    weights = model_dir / MODEL_WEIGHTS
+    digest = file_digest(weights) if weights.exists() else None
+    run_id = find_run_by_tag(mlflow_params, "model.sha256", digest) if digest else None
+    if digest and run_id is None:
+        log.info("no MLflow run is tagged with this model's sha256: logging to a new run")
+    with start_run("evaluate", mlflow_params, run_id=run_id) as tracker:
+        if not tracker.active:
+            return
+        try:
+            if run_id is None:  # a resumed training run already holds the params
+                tracker.set_tags({"model.sha256": digest} if digest else {})
+                dump = getattr(eval_params, "model_dump", None)
+                tracker.log_params({"eval": dump() if dump else dict(eval_params)})
+            tracker.log_metrics(_mlflow_metrics(report))
+            tracker.log_artifact(metrics_path, artifact_path="evaluate")
+        except Exception as err:  # noqa: BLE001 - tracking must never fail the stage
+            log.warning("MLflow logging failed (%s): outputs are written, tracking skipped", err)
+
+
+def run_evaluate(
+    eval_params: Any,
+    mlflow_params: Any,
+    sequences_path: Path = Path("data/processed/sequences.parquet"),
+    model_dir: Path = Path("models"),
+    metrics_path: Path = Path("reports/metrics.json"),
+    per_user_path: Path = Path("reports/per_user.parquet"),
+    student: Scorer | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate the trained student on the validation and test parts with full ranking.
+
+    Args:
+        eval_params: the ``eval`` params section (ks, mask_history, batch_size).
+        mlflow_params: the ``mlflow`` params section.
+        sequences_path: ``data/processed/sequences.parquet``.
+        model_dir: folder with ``model.safetensors`` and ``config.json`` (read by ``load_student``).
+        metrics_path: where the metrics JSON is written.
+        per_user_path: where the per-case ranks are written.
+        student: an already-built model to evaluate instead of loading ``model_dir`` (tests).
+        device: where scores are computed (default: cuda when available, else cpu).
+        progress: show progress bars.
+
+    Returns:
+        The report written to ``metrics_path``: ``{"valid": {...}, "test": {...}, "popularity": {"valid":
+        {...}, "test": {...}}, "cases": {"valid": C_v, "test": C_t}}``.
+
+    Raises:
+        PipelineError: the model cannot be loaded, or the sequences do not fit it.
+    """
+    model_dir, sequences_path = Path(model_dir), Path(sequences_path)
+    dev = resolve_device(device)
+    model = student if student is not None else _load_model(model_dir, dev)
+    if isinstance(model, torch.nn.Module):
+        model = model.to(dev).eval()
+    num_items, max_len = int(model.num_items), int(model.max_len)
+
+    seqs = read_sequences(sequences_path)
+    if not seqs.items:
+        raise DataError(f"{sequences_path}: no users")
+    top = max((int(s.max()) for s in seqs.items if len(s)), default=0)
+    if top > num_items:
+        raise DataError(
+            f"{sequences_path}: item id {top} is outside the model's catalogue 1..{num_items} "
+            f"({model_dir}): the model was trained on other data; rerun the train stage"
+        )
+    cases: dict[str, EvalCases] = {}
+    for part in PARTS:
+        try:
+            cases[part] = build_eval_cases(
+                seqs.items, seqs.train_end, seqs.valid_end, part, max_len, users=seqs.users
+            )
+        except ValueError as err:
+            raise DataError(f"{sequences_path}: {err}") from None
+        if len(cases[part]) == 0:
+            raise DataError(f"{sequences_path}: no {part} targets to evaluate")
+
+    pop = popularity_scores(seqs.items, seqs.train_end, num_items).to(dev)  # (N+1,)
+
+    def popularity_fn(inputs: torch.Tensor) -> torch.Tensor:
+        return pop.expand(inputs.shape[0], -1)
+
+    ks, mask, bs = list(eval_params.ks), bool(eval_params.mask_history), int(eval_params.batch_size)
+    report: dict[str, Any] = {"popularity": {}, "cases": {}}
+    ranks: dict[str, np.ndarray] = {}
+    for part in PARTS:
+        log.info("evaluating %d %s cases over %d items on %s", len(cases[part]), part, num_items, dev)
+        report[part], ranks[part] = evaluate_scorer(
+            model.user_scores, cases[part], ks, mask, bs, device=dev, progress=progress
+        )
+        report["popularity"][part], _ = evaluate_scorer(popularity_fn, cases[part], ks, mask, bs, device=dev)
+        report["cases"][part] = len(cases[part])
+        top_k = max(ks)
+        log.info(
+            "%s: hr@%d=%.4f ndcg@%d=%.4f (popularity hr@%d=%.4f)",
+            part,
+            top_k,
+            report[part][f"hr_at_{top_k}"],
+            top_k,
+            report[part][f"ndcg_at_{top_k}"],
+            top_k,
+            report["popularity"][part][f"hr_at_{top_k}"],
+        )
+
+    write_parquet(per_user_path, _per_user_table(cases, ranks))
+    write_json(metrics_path, report)
+    _log_to_mlflow(report, eval_params, mlflow_params, model_dir, Path(metrics_path))
+    return report

@@ -1,0 +1,73 @@
+"""Pre-tensorised training sequences, length-bucketed batches and within-sequence distillation pairs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+
+def training_windows(items: Sequence[np.ndarray], train_end: np.ndarray, max_len: int) -> torch.Tensor:
+    """The last ``max_len + 1`` training items of each user, LEFT-padded with 0: (U, max_len + 1) int64.
+
+    Column t is the input at step t and column t+1 its next-item target; users with fewer than 2 training
+    items have no target and are dropped.
+    """
+    rows = []
+    for seq, end in zip(items, train_end, strict=True):
+        part = np.asarray(seq[: int(end)], dtype=np.int64)[-(max_len + 1) :]
+        if len(part) >= 2:
+            row = np.zeros(max_len + 1, dtype=np.int64)
+            row[-len(part) :] = part
+            rows.append(row)
+    if not rows:
+        raise ValueError("no user has two or more training items")
+    return torch.from_numpy(np.stack(rows))
+
+
+def bucketed_batches(
+    lengths: torch.Tensor, batch_size: int, generator: torch.Generator, chunk_batches: int = 32
+) -> list[torch.Tensor]:
+    """Shuffled batches of row indices whose lengths are similar, so each batch can be trimmed.
+
+    Rows are shuffled, cut into chunks of ``chunk_batches`` batches, sorted by length within a chunk, batched,
+    and the batch order shuffled again: random enough for SGD, little padding.
+    """
+    perm = torch.randperm(len(lengths), generator=generator)
+    chunk = batch_size * chunk_batches
+    batches = []
+    for s in range(0, len(perm), chunk):
+        idx = perm[s : s + chunk]
+        idx = idx[torch.argsort(lengths[idx], stable=True)]
+        batches.extend(idx.split(batch_size))
+    order = torch.randperm(len(batches), generator=generator)
+    return [batches[i] for i in order.tolist()]
+
+
+def trim_left_padding(seq: torch.Tensor) -> torch.Tensor:
+    """Drop the columns that are padding in every row of a left-padded batch."""
+    longest = int((seq != 0).sum(1).max())
+    return seq[:, seq.shape[1] - longest :]
+
+
+def within_sequence_pairs(
+    seq: torch.Tensor, max_pairs: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Unique unordered pairs of distinct items that co-occur in a sequence of the batch (the paper's KD pairs).
+
+    ``seq`` (B, T) left-padded; returns two (P,) id tensors with i < j, at most ``max_pairs`` (sampled
+    uniformly without replacement when there are more).
+    """
+    T = seq.shape[1]
+    iu = torch.triu_indices(T, T, 1, device=seq.device)  # (2, M)
+    a, b = seq[:, iu[0]], seq[:, iu[1]]  # (B, M)
+    ok = (a > 0) & (b > 0) & (a != b)
+    base = int(seq.max()) + 1
+    lo = torch.minimum(a[ok], b[ok])
+    hi = torch.maximum(a[ok], b[ok])
+    key = torch.unique(lo * base + hi)  # sorted, so sampling below is deterministic given the generator
+    if key.numel() > max_pairs:
+        pick = torch.randperm(key.numel(), generator=generator)[:max_pairs].to(key.device)
+        key = key[pick]
+    return key // base, key % base

@@ -1,0 +1,395 @@
+"""The training loop: next-item CE + per-modality correlation distillation, asynchronous LR, early stopping.
+
+``run_train`` is what the ``train`` stage calls. It never imports polars or dvc, and mlflow only through
+:mod:`pipeline.tracking` (optional), so the same code runs on a bare GPU machine.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import functools
+import hashlib
+import io
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from pipeline.errors import PipelineError
+from pipeline.evaluation.metrics import build_eval_cases, evaluate_scorer, read_sequences
+from pipeline.io import atomic_path
+from pipeline.models import Student, StudentConfig, save_student
+from pipeline.supervision.scores import TeacherCorrelation, pair_scores
+from pipeline.tracking import file_digest, start_run
+from pipeline.training.batches import (
+    bucketed_batches,
+    training_windows,
+    trim_left_padding,
+    within_sequence_pairs,
+)
+from pipeline.training.losses import code_loss, holistic_loss, next_item_loss
+from pipeline.training.schedule import LRScheduler, build_param_groups
+
+log = logging.getLogger(__name__)
+
+SELECT_METRIC = "ndcg_at_10"
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("train.device is 'cuda' but no CUDA device is available (use auto or cpu)")
+    return torch.device(device)
+
+
+def _as_dict(section: Any) -> dict[str, Any]:
+    if hasattr(section, "to_dict"):
+        return section.to_dict()
+    return section.model_dump()
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides model and optimiser: enough to resume bit-for-bit at an epoch edge."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+
+def _checkpoint_key(payload: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _save_checkpoint(path: Path, model: Student, best_state: dict, optimizer, state: TrainState) -> None:
+    blob = {
+        "model": model.state_dict(),
+        "best": best_state,
+        "optimizer": optimizer.state_dict(),
+        "state": json.dumps(state.__dict__),
+    }
+    buf = io.BytesIO()
+    torch.save(blob, buf)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buf.getvalue())
+
+
+def _load_checkpoint(path: Path, model: Student, optimizer) -> tuple[dict, TrainState] | None:
+    if not path.exists():
+        return None
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+        model.load_state_dict(blob["model"])
+        optimizer.load_state_dict(blob["optimizer"])
+        state = TrainState(**json.loads(blob["state"]))
+    except Exception as err:  # noqa: BLE001 - a bad checkpoint is discarded, never trusted
+        log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, err)
+        return None
+    return blob["best"], state
+
+
+def run_train(
+    train: Any,
+    score: str,
+    eval_params: Any,
+    mlflow_params: Any,
+    sequences_path: Path = Path("data/processed/sequences.parquet"),
+    supervision_dir: Path = Path("data/supervision"),
+    model_dir: Path = Path("models"),
+    curve_path: Path = Path("reports/train_curve.csv"),
+    checkpoint_root: Path = Path(".cache/train"),
+    max_epochs_this_call: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a student and write ``model_dir`` and ``curve_path``; returns a summary.
+
+    Args:
+        train: the ``train`` params section.
+        score: ``correlate.score``, the correlation function ξ shared with the teacher side.
+        eval_params: the ``eval`` section (ks, mask_history, batch_size) for validation.
+        mlflow_params: the ``mlflow`` section.
+        max_epochs_this_call: stop after this many epochs and keep the checkpoint (tests of resuming).
+    """
+    t_start = time.perf_counter()
+    device = resolve_device(train.device)
+    torch.manual_seed(train.seed)
+    np.random.seed(train.seed)
+    modalities = list(train.modalities)
+
+    seqs = read_sequences(sequences_path)
+    num_items = int(max(int(s.max()) for s in seqs.items if len(s)))
+    teachers: dict[str, TeacherCorrelation] = {}
+    for m in modalities:
+        try:
+            teachers[m] = TeacherCorrelation.from_dir(supervision_dir, m, score)
+        except FileNotFoundError as err:
+            raise PipelineError(f"{err} (train.modalities includes {m!r}; run the correlate stage)") from None
+        n_rows = teachers[m].teacher.shape[0]
+        if n_rows - 1 < num_items:
+            raise PipelineError(
+                f"{supervision_dir}/teacher_{m}.parquet covers {n_rows - 1} items but "
+                f"{sequences_path} uses item ids up to {num_items}"
+            )
+        num_items = max(num_items, n_rows - 1)
+    dims = {t.teacher.shape[1] for t in teachers.values()}
+    if len(dims) > 1:
+        raise PipelineError(f"teacher vectors of {modalities} have different dimensions {sorted(dims)}")
+    codes = {t.codes for t in teachers.values()}
+    cfg = StudentConfig(
+        num_items=num_items,
+        backbone=train.backbone,
+        hidden=train.hidden,
+        layers=train.layers,
+        heads=train.heads,
+        dropout=train.dropout,
+        max_len=train.max_len,
+        modalities=tuple(modalities),
+        modality_dim=dims.pop() if dims else 0,
+        fusion=train.fusion,
+        num_codes=codes.pop() if codes else 0,
+    )
+    teacher_init = {m: t.teacher for m, t in teachers.items()}
+    model = Student(cfg, teacher_init).to(device)
+    teachers = {m: t.to(device) for m, t in teachers.items()}
+
+    windows = training_windows(seqs.items, seqs.train_end, train.max_len)  # (U', L+1) on CPU
+    lengths = (windows != 0).sum(1)
+    valid_cases = build_eval_cases(
+        seqs.items, seqs.train_end, seqs.valid_end, "valid", train.max_len, users=seqs.users
+    )
+    windows = windows.to(device)
+    steps_per_epoch = math.ceil(len(windows) / train.batch_size)
+
+    groups = build_param_groups(model, train.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98))
+    scheduler = LRScheduler(
+        optimizer, train.lr, steps_per_epoch, train.epochs, train.warmup_epochs, train.cosine, train.async_lr
+    )
+    score_fn = functools.partial(pair_scores, score=score)
+    fwd_model = torch.compile(model) if train.compile else model
+    autocast = device.type == "cuda" and train.bf16
+
+    config_payload = {
+        "train": _as_dict(train),
+        "score": score,
+        "eval": _as_dict(eval_params),
+        "sequences": file_digest(sequences_path),
+        "supervision": {m: file_digest(Path(supervision_dir) / f"teacher_{m}.parquet") for m in modalities},
+    }
+    ckpt_path = Path(checkpoint_root) / _checkpoint_key(config_payload) / "last.pt"
+    state = TrainState()
+    best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    resumed = _load_checkpoint(ckpt_path, model, optimizer)
+    if resumed is not None:
+        best_state, state = resumed
+        log.info("resumed from %s after epoch %d", ckpt_path, state.epoch)
+
+    log.info(
+        "training %s on %s: %d users, %d items, modalities %s, %d steps/epoch",
+        train.backbone,
+        device,
+        len(windows),
+        num_items,
+        modalities or "none (ID only)",
+        steps_per_epoch,
+    )
+    params_logged = {"train": _as_dict(train), "correlate": {"score": score}, "eval": _as_dict(eval_params)}
+    stopped_early = False
+    with start_run(
+        "train",
+        mlflow_params,
+        tags={"modalities": ",".join(modalities) or "none", "backbone": train.backbone},
+    ) as tracker:
+        tracker.log_params(params_logged)
+        for row in state.curve:  # a resumed run re-logs the epochs it already had
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
+        epochs_run = 0
+        while state.epoch < train.epochs:
+            if max_epochs_this_call is not None and epochs_run >= max_epochs_this_call:
+                break
+            epoch = state.epoch
+            t0 = time.perf_counter()
+            # every epoch's randomness derives from (seed, epoch): resuming at an epoch edge is exact
+            torch.manual_seed(train.seed * 100_003 + epoch)
+            gen = torch.Generator().manual_seed(train.seed * 100_003 + epoch)
+            model.train()
+            sums: dict[str, float] = {}
+            n_batches = 0
+            lrs: dict[str, float] = {}
+            batches = bucketed_batches(lengths, train.batch_size, gen)
+            bar = tqdm(
+                batches,
+                desc=f"epoch {epoch + 1}/{train.epochs}",
+                unit="batch",
+                disable=not progress,
+                leave=False,
+            )
+            for idx in bar:
+                lrs = scheduler.set_step(state.step)
+                seq = trim_left_padding(windows[idx.to(device)])  # (B, T+1)
+                inputs, targets = seq[:, :-1], seq[:, 1:]
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    items = model.item_representations()
+                    hidden = fwd_model.encode(inputs, items)  # (B, T, H)
+                    keep = targets != 0
+                    terms = {
+                        "ce": next_item_loss(
+                            hidden[keep],
+                            items,
+                            targets[keep],
+                            train.num_negatives if train.loss == "sampled_softmax" else 0,
+                        )
+                    }
+                    loss = terms["ce"]
+                    if modalities and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0):
+                        pi, pj = within_sequence_pairs(seq, train.kd.max_pairs, gen)
+                        for m in modalities:
+                            t_scores, t_codes, ok = teachers[m](pi, pj)
+                            i, j = pi[ok], pj[ok]
+                            if train.kd.holistic_weight > 0:
+                                s = model.holistic_student_scores(m, i, j, score_fn)
+                                terms[f"hol_{m}"] = holistic_loss(s, t_scores[ok], train.kd.tau)
+                                loss = loss + train.kd.holistic_weight * terms[f"hol_{m}"]
+                            if train.kd.code_weight > 0 and cfg.num_codes > 0:
+                                terms[f"code_{m}"] = code_loss(model.code_logits(m, i, j), t_codes[ok])
+                                loss = loss + train.kd.code_weight * terms[f"code_{m}"]
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                state.step += 1
+                n_batches += 1
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + float(v.detach())
+                sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
+                if progress and n_batches % 10 == 0:
+                    bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}")
+            bar.close()
+            if not math.isfinite(sums.get("loss", 0.0)):
+                raise PipelineError(
+                    f"training diverged at epoch {epoch + 1} (loss is not finite); "
+                    f"lower train.lr (now {train.lr})"
+                )
+            train_seconds = time.perf_counter() - t0
+            row: dict[str, float] = {"epoch": epoch + 1}
+            row.update({k: v / max(1, n_batches) for k, v in sums.items()})
+            row.update({f"lr_{g}": v for g, v in lrs.items()})
+            row["seq_per_s"] = len(windows) / train_seconds
+            if (epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs:
+                model.eval()
+                metrics, _ = evaluate_scorer(
+                    model.user_scores,
+                    valid_cases,
+                    eval_params.ks,
+                    eval_params.mask_history,
+                    eval_params.batch_size,
+                    device,
+                )
+                row.update({f"valid_{k}": v for k, v in metrics.items()})
+                if metrics[SELECT_METRIC] > state.best_metric:
+                    state.best_metric, state.best_epoch, state.bad_epochs = (
+                        metrics[SELECT_METRIC],
+                        epoch + 1,
+                        0,
+                    )
+                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                else:
+                    state.bad_epochs += train.eval_every
+            row["seconds"] = time.perf_counter() - t0
+            state.curve.append(row)
+            state.epoch += 1
+            epochs_run += 1
+            tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
+            log.info(
+                "epoch %d: loss %.4f, valid ndcg@10 %.4f (best %.4f @ %d), %.1fs, %.0f seq/s",
+                epoch + 1,
+                row["loss"],
+                row.get(f"valid_{SELECT_METRIC}", float("nan")),
+                state.best_metric,
+                state.best_epoch,
+                row["seconds"],
+                row["seq_per_s"],
+            )
+            _save_checkpoint(ckpt_path, model, best_state, optimizer, state)
+            if state.bad_epochs >= train.patience:
+                log.info("early stop: no validation gain for %d epochs", state.bad_epochs)
+                stopped_early = True
+                break
+
+        finished = state.epoch >= train.epochs or stopped_early
+        summary = {
+            "best_epoch": state.best_epoch,
+            "best_valid": {
+                k[len("valid_") :]: v
+                for k, v in state.curve[state.best_epoch - 1].items()
+                if k.startswith("valid_")
+            }
+            if state.best_epoch > 0
+            else {},
+            "epochs_run": state.epoch,
+            "finished": finished,
+        }
+        if not finished:
+            return summary  # interrupted on purpose: keep the checkpoint, write no model
+        model.load_state_dict(best_state)
+        weights = save_student(
+            model,
+            model_dir,
+            extra={
+                "train": _as_dict(train),
+                "correlate": {"score": score},
+                "best_epoch": state.best_epoch,
+                "best_valid": summary["best_valid"],
+                "epochs_run": state.epoch,
+            },
+        )
+        _write_curve(curve_path, state.curve)
+        digest = file_digest(weights)
+        summary["seconds_total"] = time.perf_counter() - t_start
+        summary["seconds_to_best"] = sum(r["seconds"] for r in state.curve[: state.best_epoch])
+        tracker.set_tags({"model.sha256": digest, "best_epoch": state.best_epoch})
+        tracker.log_metrics(
+            {
+                "best_epoch": state.best_epoch,
+                "seconds_to_best": summary["seconds_to_best"],
+                "seconds_total": summary["seconds_total"],
+                **{f"best_valid_{k}": v for k, v in summary["best_valid"].items()},
+            }
+        )
+        tracker.log_artifact(model_dir / "config.json")
+        tracker.log_artifact(curve_path)
+    if ckpt_path.exists():
+        ckpt_path.unlink()
+        ckpt_path.parent.rmdir()
+    log.info(
+        "best epoch %d (valid ndcg@10 %.4f); %.1fs to best, %.1fs total",
+        state.best_epoch,
+        state.best_metric,
+        summary["seconds_to_best"],
+        summary["seconds_total"],
+    )
+    return summary
+
+
+def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
+    """One row per epoch; columns are the union over epochs (validation columns may be sparse)."""
+    cols: list[str] = []
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

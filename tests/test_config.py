@@ -1,0 +1,108 @@
+"""params.yaml validation and the stage <-> dvc.yaml params contract."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import (
+    PROJECT_ROOT,
+    ConfigError,
+    ParamsView,
+    UndeclaredParamError,
+    load_params,
+    parse_params,
+    with_overrides,
+)
+
+DVC_YAML = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+
+
+def test_the_shipped_params_file_is_valid() -> None:
+    p = load_params()
+    assert p.data.source == "demo" and p.train.backbone == "sasrec"
+
+
+def test_yaml_1_1_exponent_strings_parse_as_floats(tmp_path: Path) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  lr: 1e-5\n  kd:\n    tau: 2e0\n")
+    p = load_params(f)
+    assert p.train.lr == pytest.approx(1e-5) and isinstance(p.train.lr, float)
+    assert p.train.kd.tau == 2.0
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (allowed here: async_lr, backbone"),
+        ({"train": {"lr": "fast"}}, "train.lr: Input should be a valid number"),
+        ({"train": {"lr": -1}}, "train.lr: Input should be greater than 0"),
+        ({"train": {"backbone": "bert4rec"}}, "train.backbone: Input should be 'sasrec' or 'gru4rec'"),
+        (
+            {"train": {"modalities": ["text", "audio"]}},
+            "train.modalities.1: Input should be 'text' or 'image'",
+        ),
+        ({"correlate": {"sub_vectors": 7}}, "sub_vectors (7) must divide dim (128)"),
+        ({"data": {"demo": {"users": "many"}}}, "data.demo.users: Input should be a valid integer"),
+        ({"eval": {"ks": [10, 0]}}, "eval.ks"),
+        ({"train": {"lr": float("nan")}}, "train.lr: must be a finite number"),
+        ({"trian": {}}, "trian: unknown key (allowed here: correlate, data, embed, eval, mlflow, train)"),
+    ],
+)
+def test_bad_params_name_the_key_and_what_is_allowed(raw: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert fragment in str(err.value)
+
+
+def test_bad_yaml_and_missing_file_name_the_file(tmp_path: Path) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text("train: [unclosed\n")
+    with pytest.raises(ConfigError, match="params.yaml: not valid YAML"):
+        load_params(f)
+    with pytest.raises(ConfigError, match="nope.yaml: params file not found"):
+        load_params(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_validated() -> None:
+    p = load_params()
+    assert with_overrides(p, {"train.epochs": 3}).train.epochs == 3
+    with pytest.raises(ConfigError, match="unknown key 'epochz'"):
+        with_overrides(p, {"train.epochz": 3})
+    with pytest.raises(ConfigError, match="train.epochs"):
+        with_overrides(p, {"train.epochs": 0})
+
+
+def test_params_view_exposes_only_declared_keys() -> None:
+    view = ParamsView(load_params(), ["train", "correlate.score"], stage="train")
+    assert view.train.lr > 0
+    assert view.correlate.score == "cos"
+    with pytest.raises(UndeclaredParamError, match="reads params key 'correlate.dim'"):
+        _ = view.correlate.dim
+    with pytest.raises(UndeclaredParamError, match="reads params key 'data'"):
+        _ = view.data
+    assert set(view.to_dict()) == {"train", "correlate"} and view.to_dict()["correlate"] == {"score": "cos"}
+
+
+@pytest.mark.parametrize("stage", sorted(DVC_YAML["stages"]))
+def test_each_stage_declares_exactly_the_params_it_reads(stage: str) -> None:
+    spec = DVC_YAML["stages"][stage]
+    assert spec["cmd"] == f"python -m stages.{stage}"
+    module = importlib.import_module(f"stages.{stage}")
+    assert list(module.PARAMS) == list(spec["params"]), (
+        f"stages/{stage}.py PARAMS must equal dvc.yaml stages.{stage}.params"
+    )
+    assert f"stages/{stage}.py" in spec["deps"]
+
+
+def test_declared_params_exist_in_params_yaml() -> None:
+    p = load_params()
+    for stage, spec in DVC_YAML["stages"].items():
+        for key in spec["params"]:
+            node = p
+            for part in key.split("."):
+                assert hasattr(node, part), f"dvc.yaml stages.{stage}.params: {key} is not a params.yaml key"
+                node = getattr(node, part)

@@ -1,0 +1,183 @@
+"""The training loop on tiny hand-made data: distillation terms, asynchronous LR, outputs, exact resume."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from pipeline.config import Params, with_overrides
+from pipeline.errors import PipelineError
+from pipeline.io import write_parquet
+from pipeline.models import load_student
+from pipeline.supervision.scores import CorrelationCodebook
+from pipeline.training.trainer import run_train
+
+N_ITEMS, N_USERS, DIM = 40, 80, 16
+
+
+def write_tiny_data(root: Path, modalities=("text",)) -> tuple[Path, Path]:
+    """Users walk through one of 4 item families; each family's teacher vectors share a direction."""
+    rng = np.random.default_rng(0)
+    seqs = []
+    for u in range(N_USERS):
+        fam = u % 4
+        fam_items = np.arange(1 + fam * 10, 11 + fam * 10)
+        n = int(rng.integers(5, 10))
+        start = int(rng.integers(0, 10 - 4))
+        seqs.append([int(fam_items[(start + k) % 10]) for k in range(n)])
+    n = np.array([len(s) for s in seqs])
+    seq_path = root / "sequences.parquet"
+    write_parquet(
+        seq_path,
+        pa.table(
+            {
+                "user": pa.array(np.arange(1, N_USERS + 1), pa.int32()),
+                "user_id": [f"u{u}" for u in range(N_USERS)],
+                "items": pa.array(seqs, pa.list_(pa.int32())),
+                "train_end": pa.array(n - 2, pa.int32()),
+                "valid_end": pa.array(n - 1, pa.int32()),
+            }
+        ),
+    )
+    sup = root / "supervision"
+    for m in modalities:
+        centers = rng.normal(size=(4, DIM))
+        vec = np.stack([centers[(i - 1) // 10] + 0.3 * rng.normal(size=DIM) for i in range(1, N_ITEMS + 1)])
+        write_parquet(
+            sup / f"teacher_{m}.parquet",
+            {
+                "item": pa.array(np.arange(1, N_ITEMS + 1), pa.int32()),
+                "vector": vec.astype(np.float32),
+                "missing": pa.array([False] * N_ITEMS),
+            },
+            metadata={"missing_policy": "mean"},
+        )
+        CorrelationCodebook(torch.tensor(rng.uniform(-1, 1, size=(6, 4)), dtype=torch.float32)).save(
+            sup / f"codebook_{m}.safetensors"
+        )
+    return seq_path, sup
+
+
+def params(base: Params, **over) -> Params:
+    defaults = {
+        "train.device": "cpu",
+        "train.hidden": 16,
+        "train.heads": 2,
+        "train.max_len": 8,
+        "train.batch_size": 16,
+        "train.epochs": 3,
+        "train.dropout": 0.1,
+        "train.modalities": ["text"],
+        "train.lr": 0.005,
+        "eval.batch_size": 7,
+        "mlflow.enabled": False,
+    }
+    defaults.update(over)
+    return with_overrides(base, defaults)
+
+
+def train(p: Params, tmp: Path, seq: Path, sup: Path, name: str, **kw):
+    kw.setdefault("checkpoint_root", tmp / "ckpt")
+    return run_train(
+        p.train,
+        p.correlate.score,
+        p.eval,
+        p.mlflow,
+        sequences_path=seq,
+        supervision_dir=sup,
+        model_dir=tmp / name / "models",
+        curve_path=tmp / name / "curve.csv",
+        progress=False,
+        **kw,
+    )
+
+
+def test_kdsr_run_writes_model_and_curve_with_every_term(base_params: Params, tmp_path: Path) -> None:
+    seq, sup = write_tiny_data(tmp_path)
+    p = params(base_params, **{"train.async_lr.warmup_epochs": 4})
+    summary = train(p, tmp_path, seq, sup, "kd")
+    assert summary["finished"] and 1 <= summary["best_epoch"] <= 3
+    rows = list(csv.DictReader(open(tmp_path / "kd" / "curve.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
+    for col in (
+        "ce",
+        "hol_text",
+        "code_text",
+        "lr_default",
+        "lr_modality",
+        "lr_no_decay",
+        "valid_ndcg_at_10",
+        "seconds",
+        "seq_per_s",
+    ):
+        assert col in rows[0], col
+    assert float(rows[0]["hol_text"]) >= 0 and float(rows[0]["code_text"]) > 0
+    # asynchronous rate: the modality group starts at 1/4 of the base rate and rises towards it
+    lr_mod = [float(r["lr_modality"]) for r in rows]
+    assert lr_mod[0] < lr_mod[1] < lr_mod[2] < float(rows[2]["lr_default"])
+    model = load_student(tmp_path / "kd" / "models")
+    assert model.cfg.modalities == ("text",) and model.cfg.num_codes == 6
+    # no checkpoint is left behind after a finished run
+    assert not any((tmp_path / "ckpt").rglob("*.pt"))
+
+
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(base_params: Params, tmp_path: Path) -> None:
+    seq, sup = write_tiny_data(tmp_path)
+    p = params(base_params)
+    train(p, tmp_path, seq, sup, "straight", checkpoint_root=tmp_path / "ck1")
+    first = train(p, tmp_path, seq, sup, "resumed", checkpoint_root=tmp_path / "ck2", max_epochs_this_call=1)
+    assert not first["finished"] and not (tmp_path / "resumed" / "models").exists()
+    train(p, tmp_path, seq, sup, "resumed", checkpoint_root=tmp_path / "ck2")
+    a = load_file(tmp_path / "straight" / "models" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "models" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_id_only_needs_no_supervision(base_params: Params, tmp_path: Path) -> None:
+    seq, _ = write_tiny_data(tmp_path)
+    p = params(base_params, **{"train.modalities": [], "train.epochs": 2})
+    summary = train(p, tmp_path, seq, tmp_path / "nowhere", "id")
+    assert summary["finished"]
+    assert load_student(tmp_path / "id" / "models").cfg.modalities == ()
+
+
+@pytest.mark.parametrize("backbone", ["gru4rec"])
+def test_distillation_works_on_another_backbone(base_params: Params, tmp_path: Path, backbone: str) -> None:
+    seq, sup = write_tiny_data(tmp_path)
+    p = params(base_params, **{"train.backbone": backbone, "train.epochs": 2})
+    assert train(p, tmp_path, seq, sup, backbone)["finished"]
+
+
+def test_missing_supervision_for_a_modality_is_a_clear_error(base_params: Params, tmp_path: Path) -> None:
+    seq, sup = write_tiny_data(tmp_path)
+    p = params(base_params, **{"train.modalities": ["text", "image"]})
+    with pytest.raises(PipelineError, match="teacher_image.parquet"):
+        train(p, tmp_path, seq, sup, "x")
+
+
+def test_training_beats_popularity_on_structured_data(base_params: Params, tmp_path: Path) -> None:
+    from pipeline.evaluation.metrics import (
+        evaluate_scorer,
+        load_eval_cases,
+        popularity_scores,
+        read_sequences,
+    )
+
+    seq, sup = write_tiny_data(tmp_path)
+    p = params(base_params, **{"train.epochs": 15, "train.patience": 15})
+    train(p, tmp_path, seq, sup, "kd")
+    model = load_student(tmp_path / "kd" / "models")
+    cases = load_eval_cases(seq, "test", 8)
+    ours, _ = evaluate_scorer(model.user_scores, cases, [10], True, 32)
+    s = read_sequences(seq)
+    pop = popularity_scores(s.items, s.train_end, N_ITEMS)
+    base, _ = evaluate_scorer(lambda x: pop.expand(len(x), -1), cases, [10], True, 32)
+    assert ours["ndcg_at_10"] > base["ndcg_at_10"] + 0.05

@@ -1,0 +1,161 @@
+"""Training building blocks with known answers: parameter groups, schedules, losses, batches, pairs."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pipeline.config import AsyncLRParams
+from pipeline.models import Student, StudentConfig
+from pipeline.training.batches import (
+    bucketed_batches,
+    training_windows,
+    trim_left_padding,
+    within_sequence_pairs,
+)
+from pipeline.training.losses import code_loss, holistic_loss, next_item_loss
+from pipeline.training.schedule import LRScheduler, async_lr_scale, base_lr_factor, build_param_groups
+
+
+def student(modalities=("text", "image")) -> Student:
+    cfg = StudentConfig(
+        num_items=20, hidden=16, heads=2, modalities=tuple(modalities), modality_dim=8, num_codes=4
+    )
+    return Student(cfg, {m: torch.randn(21, 8) for m in modalities})
+
+
+def test_parameter_groups_are_disjoint_and_cover_every_trainable_parameter() -> None:
+    model = student()
+    groups = build_param_groups(model, weight_decay=0.01)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids))
+    assert set(ids) == {id(p) for p in model.parameters() if p.requires_grad}
+    by_name = {g["name"]: g for g in groups}
+    assert {id(p) for p in by_name["modality"]["params"]} == {
+        id(model.modality_tables["text"].weight),
+        id(model.modality_tables["image"].weight),
+    }
+    assert by_name["default"]["weight_decay"] == 0.01
+    assert by_name["no_decay"]["weight_decay"] == 0.0
+    assert all(g["lr_scale"] == 1.0 for g in groups)
+
+
+def test_id_only_model_has_no_modality_group() -> None:
+    names = [g["name"] for g in build_param_groups(student(()), 0.0)]
+    assert "modality" not in names
+
+
+@pytest.mark.parametrize(
+    ("schedule", "epoch", "expected"),
+    [
+        ("linear", 0, 0.25),
+        ("linear", 5, 0.625),
+        ("linear", 10, 1.0),
+        ("linear", 30, 1.0),
+        ("step", 0, 0.25),
+        ("step", 4.9, 0.25),
+        ("step", 5, 0.5),
+        ("step", 10, 1.0),
+        ("step", 50, 1.0),
+        ("constant", 0, 0.25),
+        ("constant", 100, 0.25),
+        ("none", 0, 1.0),
+        ("none", 7, 1.0),
+    ],
+)
+def test_async_lr_schedule_values(schedule: str, epoch: float, expected: float) -> None:
+    assert async_lr_scale(
+        schedule, epoch, start_scale=0.25, warmup_epochs=10, step_epochs=[5, 10], gamma=2.0
+    ) == pytest.approx(expected)
+
+
+def test_base_lr_warmup_and_cosine() -> None:
+    assert base_lr_factor(0, 100, 10, cosine=True) == pytest.approx(0.1)
+    assert base_lr_factor(9, 100, 10, cosine=True) == pytest.approx(1.0)
+    assert base_lr_factor(55, 100, 10, cosine=True) == pytest.approx(0.5)
+    assert base_lr_factor(100, 100, 10, cosine=True) == pytest.approx(0.0)
+    assert base_lr_factor(70, 100, 10, cosine=False) == 1.0
+
+
+def test_scheduler_sets_each_group_lr() -> None:
+    model = student()
+    opt = torch.optim.AdamW(build_param_groups(model, 0.0), lr=1e-3)
+    sched = LRScheduler(
+        opt,
+        1e-3,
+        steps_per_epoch=10,
+        epochs=20,
+        warmup_epochs=0,
+        cosine=False,
+        async_params=AsyncLRParams(schedule="linear", start_scale=0.25, warmup_epochs=10),
+    )
+    lrs = sched.set_step(0)
+    assert lrs["default"] == pytest.approx(1e-3) and lrs["modality"] == pytest.approx(2.5e-4)
+    lrs = sched.set_step(50)  # epoch 5 of a 10-epoch warm-up
+    assert lrs["modality"] == pytest.approx(1e-3 * 0.625)
+    assert lrs["no_decay"] == pytest.approx(1e-3)
+
+
+def test_holistic_loss_is_zero_iff_student_equals_teacher() -> None:
+    t = torch.tensor([0.3, -0.2, 0.9])
+    assert holistic_loss(t.clone(), t, tau=1.5) == 0.0
+    s = torch.tensor([0.3, -0.2, 0.0])
+    assert holistic_loss(s, t, tau=1.5) == pytest.approx((0.9 / 1.5) ** 2 / 3)
+
+
+def test_code_loss_vanishes_for_a_confident_correct_student_and_is_positive_otherwise() -> None:
+    codes = torch.tensor([2, 0])
+    right = torch.full((2, 4), -50.0)
+    right[0, 2] = right[1, 0] = 50.0
+    assert code_loss(right, codes) == pytest.approx(0.0, abs=1e-6)
+    assert code_loss(torch.zeros(2, 4), codes) == pytest.approx(torch.log(torch.tensor(4.0)).item())
+
+
+def test_full_softmax_ignores_padding_column() -> None:
+    items = torch.tensor([[100.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # row 0 = padding would win if ranked
+    h = torch.tensor([[1.0, 0.0]])
+    loss = next_item_loss(h, items, torch.tensor([1]))
+    expected = -torch.log_softmax(torch.tensor([1.0, 0.0]), 0)[0]
+    assert loss == pytest.approx(expected.item())
+
+
+def test_gradients_reach_modality_tables_through_ce_and_distillation() -> None:
+    model = student(("text",))
+    items = model.item_representations()
+    h = model.encode(torch.tensor([[0, 1, 2, 3]]), items)[:, -1]
+    next_item_loss(h, items, torch.tensor([4])).backward()
+    assert model.modality_tables["text"].weight.grad.abs().sum() > 0
+    model.zero_grad()
+    i, j = torch.tensor([1, 2]), torch.tensor([3, 4])
+    code_loss(model.code_logits("text", i, j), torch.tensor([0, 1])).backward()
+    g = model.modality_tables["text"].weight.grad
+    assert g[[1, 2, 3, 4]].abs().sum() > 0 and g[5:].abs().sum() == 0
+
+
+def test_training_windows_left_pad_and_truncate() -> None:
+    import numpy as np
+
+    items = [np.array([1, 2, 3, 4, 5]), np.array([6, 7, 8]), np.array([9, 10, 11, 12])]
+    w = training_windows(items, np.array([5, 1, 3]), max_len=3)
+    # user 2 has a single training item: no target, dropped
+    assert w.tolist() == [[2, 3, 4, 5], [0, 9, 10, 11]]
+
+
+def test_trim_left_padding_and_bucketed_batches() -> None:
+    seq = torch.tensor([[0, 0, 0, 1, 2], [0, 0, 3, 4, 5]])
+    assert trim_left_padding(seq).tolist() == [[0, 1, 2], [3, 4, 5]]
+    lengths = torch.arange(100)
+    batches = bucketed_batches(lengths, 8, torch.Generator().manual_seed(0), chunk_batches=4)
+    flat = torch.cat(batches)
+    assert sorted(flat.tolist()) == list(range(100))
+    # within a chunk rows are sorted by length, so a batch spans a narrow length range
+    assert max(int(b.max() - b.min()) for b in batches if len(b) == 8) < 40
+
+
+def test_within_sequence_pairs_are_unique_distinct_cooccurring_items() -> None:
+    seq = torch.tensor([[0, 1, 2, 3], [0, 0, 2, 1], [4, 4, 5, 0]])
+    i, j = within_sequence_pairs(seq, max_pairs=100)
+    pairs = sorted(zip(i.tolist(), j.tolist(), strict=True))
+    assert pairs == [(1, 2), (1, 3), (2, 3), (4, 5)]
+    i, j = within_sequence_pairs(seq, max_pairs=2, generator=torch.Generator().manual_seed(0))
+    assert len(i) == 2 and all((a, b) in pairs for a, b in zip(i.tolist(), j.tolist(), strict=True))
