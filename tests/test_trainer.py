@@ -103,7 +103,7 @@ def test_kdsr_run_writes_model_and_curve_with_every_term(base_params: Params, tm
     p = params(base_params, **{"train.async_lr.warmup_epochs": 4})
     summary = train(p, tmp_path, seq, sup, "kd")
     assert summary["finished"] and 1 <= summary["best_epoch"] <= 3
-    rows = list(csv.DictReader(open(tmp_path / "kd" / "curve.csv")))
+    rows = list(csv.DictReader((tmp_path / "kd" / "curve.csv").open()))
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3]
     for col in (
         "ce",
