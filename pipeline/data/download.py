@@ -1,0 +1,182 @@
+"""Resumable, checksummed download of raw files (urllib only).
+
+A download writes ``<file>.part`` and resumes it with an HTTP ``Range`` request after an interruption;
+when complete it is renamed to ``<file>`` and its SHA-256 is recorded in ``<file>.sha256`` (``sha256sum``
+format). A file that has a sidecar is verified against it every time it is reused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from pipeline.errors import DataError
+
+log = logging.getLogger(__name__)
+
+USER_AGENT = "kdsr-pipeline (research data ingest)"
+CHUNK = 1 << 20
+
+
+def checksum_path(path: Path) -> Path:
+    """The sidecar holding ``path``'s SHA-256."""
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_checksum(path: Path) -> bool:
+    """Check ``path`` against its sidecar. Returns False when there is no sidecar (nothing to verify).
+
+    Raises:
+        DataError: the file's bytes differ from the recorded checksum.
+    """
+    sidecar = checksum_path(path)
+    if not sidecar.exists():
+        return False
+    fields = sidecar.read_text().split()
+    expected = fields[0].lower() if fields else ""
+    actual = sha256_file(path)
+    if actual != expected:
+        raise DataError(
+            f"{path}: SHA-256 {actual} does not match {expected or '<empty>'} recorded in {sidecar} "
+            f"(the file changed or is corrupt: delete both files to download it again)"
+        )
+    return True
+
+
+def _write_sidecar(path: Path, digest: str) -> None:
+    sidecar = checksum_path(path)
+    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    tmp.write_text(f"{digest}  {path.name}\n")
+    os.replace(tmp, sidecar)
+
+
+class _Incomplete(OSError):
+    """The connection ended before the announced length: retry (resuming)."""
+
+
+def _fetch_once(url: str, part: Path, timeout: float) -> None:
+    offset = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    if offset:
+        request.add_header("Range", f"bytes={offset}-")
+    try:
+        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) URLs from config
+    except urllib.error.HTTPError as err:
+        if err.code == 416 and offset:  # nothing left to send: the part is complete, or stale
+            total = _total_from_content_range(err.headers.get("Content-Range"))
+            if total == offset:
+                return
+            log.warning("%s: server refused to resume at byte %d; starting again", url, offset)
+            part.unlink()
+            raise _Incomplete("range not satisfiable") from None
+        raise
+    with response:
+        if offset and response.status == 206:
+            content_range = response.headers.get("Content-Range", "")
+            if not content_range.startswith(f"bytes {offset}-"):
+                raise _Incomplete(f"unexpected Content-Range {content_range!r} for resume at {offset}")
+            mode, start = "ab", offset
+            log.info("%s: resuming at byte %d", url, offset)
+        else:  # 200: the server ignored the Range header (or there was nothing to resume)
+            mode, start = "wb", 0
+        length = response.headers.get("Content-Length")
+        total = start + int(length) if length is not None else None
+        written = start
+        with (
+            open(part, mode) as f,
+            tqdm(
+                total=total,
+                initial=start,
+                unit="B",
+                unit_scale=True,
+                desc=f"download {part.name[:-5]}",
+                disable=None,
+                mininterval=1.0,
+            ) as bar,
+        ):
+            while True:
+                try:
+                    chunk = response.read(CHUNK)
+                except http.client.IncompleteRead as err:
+                    f.write(err.partial)
+                    raise _Incomplete(f"connection closed after {written + len(err.partial)} bytes") from None
+                if not chunk:
+                    break
+                f.write(chunk)
+                written += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and written != total:
+        raise _Incomplete(f"got {written} of {total} bytes")
+
+
+def _total_from_content_range(value: str | None) -> int | None:
+    m = re.match(r"bytes \*/(\d+)", value or "")
+    return int(m.group(1)) if m else None
+
+
+def download_file(
+    url: str, dest: Path, *, timeout: float = 60.0, retries: int = 3, backoff_s: float = 1.0
+) -> Path:
+    """Download ``url`` to ``dest`` (resuming ``dest.part``), then record its SHA-256 next to it.
+
+    Args:
+        url: http(s) URL.
+        dest: final path; its folder is created.
+        timeout: socket timeout per request in seconds.
+        retries: further attempts (each resuming) after a network failure.
+        backoff_s: wait before the first retry, doubled on each further one.
+
+    Returns:
+        ``dest``.
+
+    Raises:
+        DataError: the file cannot be fetched; the message names the URL and where to put it by hand.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(retries + 1):
+        try:
+            _fetch_once(url, part, timeout)
+            break
+        except urllib.error.HTTPError as err:
+            if err.code not in (408, 429, 500, 502, 503, 504) or attempt == retries:
+                raise DataError(
+                    f"cannot download {url}: HTTP {err.code} {err.reason}; put the file at {dest} by hand"
+                ) from None
+            reason: object = f"HTTP {err.code}"
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+            if attempt == retries:
+                raise DataError(
+                    f"cannot download {url} ({getattr(err, 'reason', err)}); without network access, put the "
+                    f"file at {dest} by hand"
+                    + (f" (the partial download {part} is kept and resumed)" if part.exists() else "")
+                ) from None
+            reason = err
+        wait = backoff_s * 2**attempt
+        log.warning(
+            "download of %s failed (%s); retry %d/%d in %.1f s", url, reason, attempt + 1, retries, wait
+        )
+        time.sleep(wait)
+    digest = sha256_file(part)
+    os.replace(part, dest)
+    _write_sidecar(dest, digest)
+    log.info("downloaded %s -> %s (sha256 %s)", url, dest, digest)
+    return dest

@@ -1,0 +1,462 @@
+"""The ingest stage: raw files (or the demo generator) -> ``items.parquet``, ``sequences.parquet``, stats.
+
+Steps, each counted in ``reports/data_stats.json``:
+
+1. parse the source's files (:mod:`pipeline.data.formats`), skipping and counting malformed records; a
+   file with more than ``data.max_bad_fraction`` malformed records fails the stage;
+2. order each user's events chronologically (timestamp, then position in the file; for ``sequences`` the
+   file order is the time order) and drop repeated (user, item) events, keeping the earliest;
+3. iterative k-core to a fixed point: items need ``data.kcore`` interactions, users ``max(data.kcore, 3)``
+   (a user needs a training item, a validation target and a test target);
+4. number users and items densely from 1 in the sorted order of their original ids (numeric order for the
+   ``sequences`` source when all ids are integers, so Beauty's item 1 stays 1); 0 is padding;
+5. attach item text and image; **an item absent from the metadata keeps its interactions** with empty text
+   and no image (dropping it would break the k-core guarantee); such items and their interactions are
+   counted (``metadata.items_without_metadata`` / ``metadata.interactions_without_metadata``);
+6. split boundaries (``loo`` / ``ratio``, :mod:`pipeline.data.splits`).
+
+Outputs are written into a temporary sibling folder of ``data/processed`` and swapped in at the end, so a
+failed run leaves an existing good output untouched and nothing half-written.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+
+from pipeline.data.demo import write_demo_raw
+from pipeline.data.download import download_file, verify_checksum
+from pipeline.data.formats import (
+    AMAZON_FORMATS,
+    AmazonFormat,
+    FileReport,
+    read_item_table,
+    read_json_reviews,
+    read_metadata,
+    read_ratings_csv,
+    read_sequences_file,
+)
+from pipeline.data.kcore import kcore_filter
+from pipeline.data.splits import MIN_SEQUENCE_LENGTH, split_boundaries
+from pipeline.errors import DataError
+from pipeline.io import write_json, write_parquet
+from pipeline.tracking import start_run
+
+log = logging.getLogger(__name__)
+
+_CANONICAL_INT = r"^(0|[1-9][0-9]{0,17})$"
+
+
+@dataclass
+class RawData:
+    """Parsed input before filtering.
+
+    Attributes:
+        interactions: user_id, item_id, ts, line (see :mod:`pipeline.data.formats`).
+        items: item_id, text, image (one row per id).
+        numeric_ids: number users/items in numeric rather than lexicographic id order.
+        reports: one per parsed file.
+        category: recorded in the outputs' metadata.
+        metadata_duplicates: repeated metadata ids dropped.
+    """
+
+    interactions: pl.DataFrame
+    items: pl.DataFrame
+    numeric_ids: bool
+    reports: list[FileReport] = field(default_factory=list)
+    category: str = ""
+    metadata_duplicates: int = 0
+
+
+@dataclass
+class Dataset:
+    """The processed tables (contract of the common brief) and their statistics."""
+
+    items: pa.Table
+    sequences: pa.Table
+    stats: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------------- loading
+def amazon_files(
+    fmt: AmazonFormat, category: str, folder: Path, download: bool
+) -> tuple[tuple[Path, str], Path]:
+    """Find (or download) an Amazon release's review and metadata files in ``folder``.
+
+    Returns:
+        ((reviews path, kind), metadata path); kind is ``json`` or ``ratings_csv``.
+
+    Raises:
+        DataError: files missing and ``download`` off (or the download failed), naming the expected paths.
+    """
+    reviews = [(folder / name.format(category=category), kind) for name, kind in fmt.reviews]
+    metas = [folder / name.format(category=category) for name in fmt.meta]
+    found_reviews = next(((p, k) for p, k in reviews if p.exists()), None)
+    found_meta = next((p for p in metas if p.exists()), None)
+    if download:
+        if found_reviews is None:
+            found_reviews = (
+                download_file(fmt.review_url.format(category=category), reviews[0][0]),
+                reviews[0][1],
+            )
+        if found_meta is None:
+            found_meta = download_file(fmt.meta_url.format(category=category), metas[0])
+    if found_reviews is None or found_meta is None:
+        missing = []
+        if found_reviews is None:
+            missing.append(
+                " or ".join(str(p) for p, _ in reviews)
+                + f"  (from {fmt.review_url.format(category=category)})"
+            )
+        if found_meta is None:
+            missing.append(
+                " or ".join(str(p) for p in metas) + f"  (from {fmt.meta_url.format(category=category)})"
+            )
+        raise DataError(
+            f"data.source={fmt.name}, data.category={category}: raw file(s) missing:\n  - "
+            + "\n  - ".join(missing)
+            + "\nPut them there, or set data.download: true to fetch them from the official URLs."
+        )
+    for path in (found_reviews[0], found_meta):
+        if verify_checksum(path):
+            log.info("%s: checksum verified", path)
+    return found_reviews, found_meta
+
+
+def load_amazon_files(
+    fmt: AmazonFormat,
+    reviews: tuple[Path, str],
+    meta: Path,
+    text_columns: list[str],
+    image_column: str | None,
+    max_bad_fraction: float,
+) -> RawData:
+    """Parse one release's reviews and metadata; fail when a file has too many malformed records."""
+    path, kind = reviews
+    t0 = time.perf_counter()
+    if kind == "ratings_csv":
+        inter, rep = read_ratings_csv(path)
+    else:
+        inter, rep = read_json_reviews(path, fmt.user_key, fmt.item_key, fmt.time_key)
+    rep.check(max_bad_fraction)
+    log.info(
+        "%s: %d interactions (%d malformed) in %.1f s",
+        path,
+        inter.height,
+        rep.malformed,
+        time.perf_counter() - t0,
+    )
+    t0 = time.perf_counter()
+    image_columns = [] if image_column is None else list(dict.fromkeys([image_column, fmt.image_field]))
+    items, meta_rep, duplicates = read_metadata(
+        meta, fmt.meta_item_key, text_columns, image_columns, fmt.meta_python_literal
+    )
+    meta_rep.check(max_bad_fraction)
+    log.info(
+        "%s: %d items (%d malformed) in %.1f s",
+        meta,
+        items.height,
+        meta_rep.malformed,
+        time.perf_counter() - t0,
+    )
+    return RawData(inter, items, numeric_ids=False, reports=[rep, meta_rep], metadata_duplicates=duplicates)
+
+
+def load_sequences(data: Any) -> RawData:
+    """The ``sequences`` source: ``data.sequences_file`` + the item table ``data.items_file``."""
+    seq_path, items_path = Path(data.sequences_file), Path(data.items_file)
+    if not seq_path.exists():
+        raise DataError(f"{seq_path}: sequences file not found (data.sequences_file)")
+    inter, rep = read_sequences_file(seq_path)
+    rep.check(data.max_bad_fraction)
+    items, duplicates = read_item_table(
+        items_path, data.item_id_column, list(data.text_columns), data.image_column
+    )
+    ids = pl.concat([inter.get_column("user_id"), inter.get_column("item_id")])
+    numeric = ids.len() > 0 and bool(ids.str.contains(_CANONICAL_INT).all())
+    if not numeric:
+        log.info("%s: ids are not all integers: numbering follows their string order", seq_path)
+    return RawData(
+        inter,
+        items,
+        numeric_ids=numeric,
+        reports=[rep],
+        category=seq_path.stem,
+        metadata_duplicates=duplicates,
+    )
+
+
+def load_raw(data: Any, staging: Path, out_dir: Path) -> RawData:
+    """Parse the configured source. The demo generator writes its raw files into ``staging/demo_raw``,
+    with image paths pointing at their final place ``out_dir/demo_raw/images``."""
+    if data.source == "sequences":
+        return load_sequences(data)
+    if data.source == "demo":
+        files = write_demo_raw(
+            data.demo,
+            data.category,
+            staging / "demo_raw",
+            image_prefix=(out_dir / "demo_raw" / "images").as_posix(),
+        )
+        fmt, reviews, meta = AMAZON_FORMATS["amazon2014"], (files.reviews, "json"), files.meta
+    else:
+        fmt = AMAZON_FORMATS[data.source]
+        reviews, meta = amazon_files(fmt, data.category, Path(data.raw_dir) / data.source, data.download)
+    raw = load_amazon_files(
+        fmt, reviews, meta, list(data.text_columns), data.image_column, data.max_bad_fraction
+    )
+    raw.category = data.category
+    return raw
+
+
+# --------------------------------------------------------------------------------------------- processing
+def _sorted_ids(ids: pl.Series, numeric: bool) -> pl.Series:
+    uniq = ids.unique()
+    return uniq.gather(uniq.cast(pl.Int64).arg_sort()) if numeric else uniq.sort()
+
+
+def _dense_codes(ids: pl.Series, sorted_ids: pl.Series) -> pl.Series:
+    """0-based position of each id in ``sorted_ids`` (a hash join: much faster than ranking strings)."""
+    table = pl.DataFrame({"id": sorted_ids, "code": np.arange(len(sorted_ids), dtype=np.int64)})
+    return (
+        pl.DataFrame({"id": ids}).join(table, on="id", how="left", maintain_order="left").get_column("code")
+    )
+
+
+def _lengths_summary(lengths: np.ndarray) -> dict[str, float]:
+    p25, p50, p75, p90 = np.percentile(lengths, [25, 50, 75, 90])
+    return {
+        "min": int(lengths.min()),
+        "p25": float(p25),
+        "median": float(p50),
+        "p75": float(p75),
+        "p90": float(p90),
+        "max": int(lengths.max()),
+        "mean": float(lengths.mean()),
+    }
+
+
+def _string_array(series: pl.Series) -> pa.Array:
+    return series.to_arrow().cast(pa.string())
+
+
+def build_dataset(raw: RawData, kcore: int, split: str, test_fraction: float = 0.2) -> Dataset:
+    """Order, deduplicate, k-core filter, number and split the parsed interactions (steps 2-6 above).
+
+    Raises:
+        DataError: nothing is left after filtering; the message gives the count after each step.
+    """
+    t0 = time.perf_counter()
+    df = raw.interactions
+    n_raw = df.height
+    user_ids = _sorted_ids(df.get_column("user_id"), raw.numeric_ids)
+    item_ids = _sorted_ids(df.get_column("item_id"), raw.numeric_ids)
+    df = (
+        df.select(
+            _dense_codes(df.get_column("user_id"), user_ids).alias("u"),
+            _dense_codes(df.get_column("item_id"), item_ids).alias("i"),
+            "ts",
+            "line",
+        )
+        .sort("u", "ts", "line")
+        .filter((pl.col("u") * len(item_ids) + pl.col("i")).is_first_distinct())
+    )
+    duplicates = n_raw - df.height
+    u = df.get_column("u").to_numpy()
+    i = df.get_column("i").to_numpy()
+    core = kcore_filter(u, i, min_user=max(kcore, MIN_SEQUENCE_LENGTH), min_item=kcore)
+    u, i = u[core.keep], i[core.keep]
+    if u.size == 0:
+        raise DataError(
+            "no interactions left after filtering: "
+            f"{n_raw} parsed from {', '.join(r.path.name for r in raw.reports) or 'the input'} "
+            f"({sum(r.malformed for r in raw.reports)} malformed records skipped) -> {n_raw - duplicates} after "
+            f"dropping {duplicates} repeated (user, item) events -> 0 after the iterative {kcore}-core "
+            f"(users need >= {max(kcore, MIN_SEQUENCE_LENGTH)} interactions, items >= {kcore}; it dropped "
+            f"{core.users_dropped} users, {core.items_dropped} items and {core.interactions_dropped} "
+            f"interactions in {core.passes} passes)"
+        )
+
+    # dense 1-based ids in sorted original-id order; rows stay sorted by (user, ts, line)
+    user_present = np.bincount(u, minlength=len(user_ids)) > 0
+    item_present = np.bincount(i, minlength=len(item_ids)) > 0
+    new_u = np.cumsum(user_present)[u].astype(np.int32)
+    new_i = np.cumsum(item_present)[i].astype(np.int32)
+    n_users, n_items = int(user_present.sum()), int(item_present.sum())
+    lengths = np.bincount(new_u, minlength=n_users + 1)[1:]
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    train_end, valid_end = split_boundaries(lengths, split, test_fraction)
+    sequences = pa.table(
+        {
+            "user": pa.array(np.arange(1, n_users + 1, dtype=np.int32)),
+            "user_id": _string_array(user_ids.gather(np.flatnonzero(user_present))),
+            "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(new_i)),
+            "train_end": pa.array(train_end),
+            "valid_end": pa.array(valid_end),
+        }
+    )
+
+    item_frame = pl.DataFrame(
+        {
+            "item": np.arange(1, n_items + 1, dtype=np.int32),
+            "item_id": item_ids.gather(np.flatnonzero(item_present)),
+        }
+    )
+    meta = raw.items.unique("item_id", keep="first", maintain_order=True).with_columns(
+        pl.lit(True).alias("_known")
+    )
+    item_frame = item_frame.join(meta, on="item_id", how="left").sort("item")
+    known = item_frame.get_column("_known").fill_null(False).to_numpy()
+    text = item_frame.get_column("text").fill_null("")
+    item_counts = np.bincount(new_i, minlength=n_items + 1)[1:]
+    items = pa.table(
+        {
+            "item": pa.array(item_frame.get_column("item").to_numpy()),
+            "item_id": _string_array(item_frame.get_column("item_id")),
+            "text": _string_array(text),
+            "image": _string_array(item_frame.get_column("image")),
+        }
+    )
+
+    n_inter = int(u.size)
+    stats: dict[str, Any] = {
+        "users": n_users,
+        "items": n_items,
+        "interactions": n_inter,
+        "density": n_inter / (n_users * n_items),
+        "sequence_length": _lengths_summary(lengths),
+        "raw": {
+            "interactions": n_raw,
+            "users": len(user_ids),
+            "items": len(item_ids),
+            "metadata_records": raw.items.height,
+        },
+        "dropped": {
+            "malformed_records": sum(r.malformed for r in raw.reports),
+            "duplicates": duplicates,
+            "kcore_users": core.users_dropped,
+            "kcore_items": core.items_dropped,
+            "kcore_interactions": core.interactions_dropped,
+            "duplicate_metadata_records": raw.metadata_duplicates,
+        },
+        "kcore_passes": core.passes,
+        "metadata": {
+            "items_without_metadata": int((~known).sum()),
+            "interactions_without_metadata": int(item_counts[~known].sum()),
+            "items_without_text": int((text == "").sum()),
+            "items_with_image": int(item_frame.get_column("image").is_not_null().sum()),
+        },
+        "split_sizes": {
+            "train_interactions": int(train_end.sum()),
+            "valid_targets": int((valid_end - train_end).sum()),
+            "test_targets": int((lengths - valid_end).sum()),
+        },
+        "records": {r.path.name: r.records for r in raw.reports},
+        "malformed": {r.path.name: r.malformed for r in raw.reports},
+    }
+    log.info(
+        "%d users, %d items, %d interactions (from %d raw; %d duplicates, k-core dropped %d users, %d items) in %.1f s",
+        n_users, n_items, n_inter, n_raw, duplicates, core.users_dropped, core.items_dropped, time.perf_counter() - t0,
+    )  # fmt: skip
+    if stats["metadata"]["items_without_metadata"]:
+        log.warning(
+            "%d items (%d interactions) have no metadata record: kept with empty text and no image",
+            stats["metadata"]["items_without_metadata"], stats["metadata"]["interactions_without_metadata"],
+        )  # fmt: skip
+    return Dataset(items, sequences, stats)
+
+
+# --------------------------------------------------------------------------------------------- output
+@contextlib.contextmanager
+def _staging_dir(out_dir: Path) -> Iterator[Path]:
+    """A fresh temporary sibling of ``out_dir`` (removed on exit unless it was swapped in)."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        yield staging
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace ``out_dir`` by ``staging`` (two renames; the old folder is deleted afterwards)."""
+    old = None
+    if out_dir.exists() or out_dir.is_symlink():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
+        os.replace(out_dir, old / out_dir.name)
+    os.replace(staging, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _params_dict(data: Any) -> dict[str, Any]:
+    if hasattr(data, "model_dump"):
+        return data.model_dump()
+    if hasattr(data, "to_dict"):
+        return data.to_dict()
+    return dict(data)
+
+
+def run_ingest(
+    data: Any,
+    mlflow_params: Any,
+    out_dir: Path = Path("data/processed"),
+    stats_path: Path = Path("reports/data_stats.json"),
+) -> dict[str, Any]:
+    """Run the ingest stage: parse ``data.source``, filter, number, split and write the outputs.
+
+    Args:
+        data: the ``data`` params section (:class:`pipeline.config.DataParams` or a view of it).
+        mlflow_params: the ``mlflow`` params section.
+        out_dir: gets ``items.parquet``, ``sequences.parquet`` (and ``demo_raw/`` for the demo source);
+            replaced as a whole only when everything succeeded.
+        stats_path: the statistics JSON (DVC metrics file).
+
+    Returns:
+        The statistics written to ``stats_path``.
+    """
+    out_dir, stats_path = Path(out_dir), Path(stats_path)
+    t0 = time.perf_counter()
+    with start_run("ingest", mlflow_params, tags={"data.source": data.source}) as tracker:
+        tracker.log_params({"data": _params_dict(data)})
+        with _staging_dir(out_dir) as staging:
+            raw = load_raw(data, staging, out_dir)
+            dataset = build_dataset(raw, data.kcore, data.split, data.test_fraction)
+            metadata: dict[str, Any] = {
+                "source": data.source,
+                "category": raw.category,
+                "split": data.split,
+                "kcore": data.kcore,
+                "min_user_interactions": max(data.kcore, MIN_SEQUENCE_LENGTH),
+            }
+            if data.split == "ratio":
+                metadata["test_fraction"] = data.test_fraction
+            write_parquet(staging / "items.parquet", dataset.items, metadata)
+            write_parquet(staging / "sequences.parquet", dataset.sequences, metadata)
+            _swap_in(staging, out_dir)
+        stats = {**metadata, **dataset.stats}
+        write_json(stats_path, stats)
+        tracker.log_metrics({k: v for k, v in dataset.stats.items()})
+        tracker.log_artifact(stats_path)
+    log.info(
+        "ingest done in %.1f s: %s, %s",
+        time.perf_counter() - t0,
+        out_dir / "items.parquet",
+        out_dir / "sequences.parquet",
+    )
+    return stats
