@@ -1,0 +1,351 @@
+"""The correlate stage: teacher embeddings + training sequences -> data/supervision/.
+
+Per modality in ``train.modalities``:
+
+- ``teacher_<m>.parquet``: teacher vectors reduced to ``correlate.dim`` (PCA or autoencoder), with ``missing``;
+- ``topk_<m>.parquet``: each item's ``correlate.topk`` most correlated other items (blocked, never N x N);
+- ``codebook_<m>.safetensors``: K centroids of dissected-correlation vectors, fitted by k-means on pairs that
+  co-occur in TRAINING sequences plus a share of random pairs;
+
+and one ``stats.json`` (deterministic: no timings; those go to the log and MLflow). The folder is built
+under a temporary name and swapped in whole, so a failed run leaves the previous one intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from pipeline.config import CorrelateParams
+from pipeline.errors import DataError, PipelineError
+from pipeline.io import (
+    parquet_metadata,
+    read_parquet,
+    vectors_from_column,
+    write_json,
+    write_parquet,
+)
+from pipeline.supervision.kmeans import fit_kmeans
+from pipeline.supervision.pairs import read_training_item_sets, sample_pairs
+from pipeline.supervision.reduction import Reduction, autoencoder_reduce, pca_reduce
+from pipeline.supervision.scores import CorrelationCodebook, pair_scores, sub_vector_scores
+from pipeline.supervision.topk import blocked_topk
+from pipeline.tracking import start_run
+
+log = logging.getLogger(__name__)
+
+RANDOM_STATS_PAIRS = 100_000  # random pairs scored for the baseline distribution in stats.json
+_PAIR_CHUNK = 65_536
+_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
+
+
+def resolve_device(device: str) -> torch.device:
+    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("correlate.device is 'cuda' but no CUDA device is available (use auto or cpu)")
+    return torch.device(device)
+
+
+@contextlib.contextmanager
+def staged_dir(target: Path) -> Iterator[Path]:
+    """Yield an empty sibling folder; on success it replaces ``target`` whole, on failure it is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.old"
+            os.replace(target, old)
+        os.replace(tmp, target)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def describe(values: np.ndarray) -> dict[str, float | int]:
+    """Count, mean, std, min, max and percentiles of a score sample (6 significant digits)."""
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return {"count": 0}
+    pct = np.percentile(values, _PERCENTILES)
+    out: dict[str, float | int] = {"count": int(values.size)}
+    stats = {"mean": values.mean(), "std": values.std(), "min": values.min(), "max": values.max()}
+    stats.update({f"p{p:02d}": v for p, v in zip(_PERCENTILES, pct, strict=True)})
+    out.update({k: float(f"{float(v):.6g}") for k, v in stats.items()})
+    return out
+
+
+def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Read ``data/embeddings/<m>.parquet``: (N, d) float32 vectors, (N,) missing flags and file metadata."""
+    table = read_parquet(path)
+    for col in ("item", "vector"):
+        if col not in table.column_names:
+            raise DataError(f"{path}: missing column {col!r} (found {table.column_names})")
+    items = table.column("item").to_numpy()
+    n = len(items)
+    if n == 0:
+        raise DataError(f"{path}: no items")
+    if not np.array_equal(items, np.arange(1, n + 1)):
+        raise DataError(f"{path}: column 'item' must be exactly 1..N in order (N={n})")
+    if not pa.types.is_fixed_size_list(table.schema.field("vector").type):
+        raise DataError(
+            f"{path}: column 'vector' must be fixed_size_list<float32>, got {table.schema.field('vector').type}"
+        )
+    vectors = vectors_from_column(table.column("vector"))
+    if not np.isfinite(vectors).all():
+        bad = int(np.flatnonzero(~np.isfinite(vectors).all(1))[0]) + 1
+        raise DataError(f"{path}: item {bad} has a NaN or infinite vector")
+    if "missing" in table.column_names:
+        missing = table.column("missing").to_numpy(zero_copy_only=False).astype(bool)
+    else:
+        log.warning("%s: no 'missing' column: treating every item as present", path)
+        missing = np.zeros(n, dtype=bool)
+    return vectors, missing, parquet_metadata(path)
+
+
+def _reduce(
+    params: CorrelateParams, vectors: np.ndarray, missing: np.ndarray, device: torch.device
+) -> Reduction:
+    if params.reduction == "pca":
+        return pca_reduce(vectors, params.dim, missing)
+    return autoencoder_reduce(
+        vectors, params.dim, missing, epochs=params.ae_epochs, seed=params.seed, device=str(device)
+    )
+
+
+def _pair_tensors(teacher: torch.Tensor, pairs: np.ndarray, fn: Any, device: torch.device) -> torch.Tensor:
+    """Apply ``fn(a, b)`` to teacher rows of item pairs (1-based ids) in chunks, results on the CPU."""
+    out = []
+    for s in range(0, len(pairs), _PAIR_CHUNK):
+        p = torch.from_numpy(pairs[s : s + _PAIR_CHUNK] - 1).to(device)
+        out.append(fn(teacher[p[:, 0]], teacher[p[:, 1]]).cpu())
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def _topk_table(values: torch.Tensor, indices: torch.Tensor, excluded: np.ndarray) -> pa.Table:
+    n, k = values.shape
+    counts = np.where(excluded, 0, k).astype(np.int32)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
+    keep = ~excluded
+    neighbours = (indices.numpy()[keep] + 1).astype(np.int32).reshape(-1)
+    scores = values.numpy()[keep].astype(np.float32).reshape(-1)
+    return pa.table(
+        {
+            "item": pa.array(np.arange(1, n + 1, dtype=np.int32)),
+            "neighbors": pa.ListArray.from_arrays(offsets, pa.array(neighbours, type=pa.int32())),
+            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores, type=pa.float32())),
+        }
+    )
+
+
+def build_modality(
+    modality: str,
+    params: CorrelateParams,
+    embeddings_path: Path,
+    sequences_path: Path,
+    out_dir: Path,
+    device: torch.device,
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    """Write teacher_, topk_ and codebook_ files of one modality into ``out_dir``; return its statistics."""
+    if not embeddings_path.exists():
+        raise DataError(
+            f"{embeddings_path}: no {modality} embeddings, but train.modalities lists {modality!r} "
+            f"(run the embed stage with the same train.modalities)"
+        )
+    t0 = time.perf_counter()
+    vectors, missing, meta = load_embeddings(embeddings_path)
+    n, teacher_dim = vectors.shape
+    policy = meta.get("missing_policy")
+    excluded = missing.copy() if policy == "exclude" else np.zeros(n, dtype=bool)
+    if excluded.all():
+        raise DataError(f"{embeddings_path}: every item is excluded (missing_policy=exclude)")
+
+    # ---- reduction
+    red = _reduce(params, vectors, missing, device)
+    reduced = red.vectors
+    if policy in ("zero", "exclude"):
+        # no content: a zero vector (cos 0 with everything), not the projection of an imputed vector
+        reduced[missing] = 0.0
+    write_parquet(
+        out_dir / f"teacher_{modality}.parquet",
+        {"item": np.arange(1, n + 1, dtype=np.int32), "vector": reduced, "missing": missing},
+        metadata={
+            "modality": modality,
+            "reduction": red.info,
+            "explained_variance_ratio": red.info.get("explained_variance_ratio"),
+            "source_model": meta.get("model"),
+            "teacher_dim": teacher_dim,
+            "dim": params.dim,
+            "missing_policy": policy,
+            "normalize": False,
+            "centred": True,
+        },
+    )
+    timings["reduce"] = time.perf_counter() - t0
+
+    # ---- holistic top-k
+    t0 = time.perf_counter()
+    teacher = torch.from_numpy(reduced).to(device)
+    excl_t = torch.from_numpy(excluded)
+    values, indices = blocked_topk(teacher, params.topk, params.score, params.block_size, excl_t)
+    k_eff = values.shape[1]
+    write_parquet(
+        out_dir / f"topk_{modality}.parquet",
+        _topk_table(values, indices, excluded),
+        metadata={
+            "modality": modality,
+            "score": params.score,
+            "topk": k_eff,
+            "requested_topk": params.topk,
+            "excluded_items": int(excluded.sum()),
+        },
+    )
+    included = np.flatnonzero(~excluded)
+    rng = np.random.default_rng(params.seed)
+    n_rand = min(RANDOM_STATS_PAIRS, len(included) * (len(included) - 1))
+    ra = rng.integers(0, len(included), size=n_rand)
+    rb = rng.integers(0, max(1, len(included) - 1), size=n_rand)
+    rb += rb >= ra
+    rand_pairs = np.stack([included[ra], included[rb]], axis=1) + 1 if n_rand else np.zeros((0, 2), np.int64)
+    rand_scores = _pair_tensors(teacher, rand_pairs, lambda a, b: pair_scores(a, b, params.score), device)
+    kept_v = values.numpy()[~excluded]
+    topk_stats = {
+        "k": k_eff,
+        "top1": describe(kept_v[:, 0] if k_eff else np.empty(0)),
+        "kth": describe(kept_v[:, -1] if k_eff else np.empty(0)),
+        "all": describe(kept_v.reshape(-1)),
+        "random_pairs": describe(rand_scores.numpy()),
+    }
+    timings["topk"] = time.perf_counter() - t0
+
+    # ---- dissected codes
+    t0 = time.perf_counter()
+    sets = read_training_item_sets(sequences_path, n, np.concatenate([[True], excluded]))
+    pairs, n_co = sample_pairs(sets, params.sample_pairs, params.random_pair_fraction, params.seed)
+    corr = _pair_tensors(teacher, pairs, lambda a, b: sub_vector_scores(a, b, params.sub_vectors), device)
+    km = fit_kmeans(corr.to(device), params.codes, params.kmeans_iters, params.seed)
+    usage = torch.bincount(km.labels, minlength=params.codes).numpy()
+    codebook_stats = {
+        "codes": params.codes,
+        "sub_vectors": params.sub_vectors,
+        "sample_pairs": int(len(pairs)),
+        "co_occurring_pairs": int(n_co),
+        "random_pairs": int(len(pairs) - n_co),
+        "users_with_pairs": int((sets.sizes >= 2).sum()),
+        "inertia": float(f"{km.inertia:.9g}"),
+        "mean_sq_distance": float(f"{km.inertia / max(1, len(pairs)):.6g}"),
+        "iterations": km.iterations,
+        "converged": km.converged,
+        "reseeded_clusters": km.reseeded,
+        "usage": usage.tolist(),
+        "codes_used": int((usage > 0).sum()),
+        "max_code_share": float(f"{usage.max() / max(1, usage.sum()):.6g}"),
+    }
+    CorrelationCodebook(
+        km.centroids,
+        {
+            "modality": modality,
+            "seed": params.seed,
+            "sample_pairs": len(pairs),
+            "co_occurring_pairs": n_co,
+            "inertia": codebook_stats["inertia"],
+            "kmeans_iters": params.kmeans_iters,
+            "dim": params.dim,
+        },
+    ).save(out_dir / f"codebook_{modality}.safetensors")
+    timings["codebook"] = time.perf_counter() - t0
+    if codebook_stats["max_code_share"] > 0.5:
+        log.warning(
+            "%s: one code takes %.0f%% of the sampled pairs: the codebook carries little information",
+            modality,
+            100 * codebook_stats["max_code_share"],
+        )
+
+    return {
+        "items": n,
+        "excluded_items": int(excluded.sum()),
+        "missing_items": int(missing.sum()),
+        "missing_policy": policy,
+        "source_model": meta.get("model"),
+        "teacher_dim": teacher_dim,
+        "dim": params.dim,
+        "reduction": red.info,
+        "score": params.score,
+        "topk": topk_stats,
+        "codebook": codebook_stats,
+    }
+
+
+def run_correlate(
+    correlate_params: CorrelateParams,
+    modalities: list[str],
+    mlflow_params: Any,
+    embeddings_dir: Path = Path("data/embeddings"),
+    sequences_path: Path = Path("data/processed/sequences.parquet"),
+    out_dir: Path = Path("data/supervision"),
+) -> dict[str, Any]:
+    """Build the correlation supervision of every modality in ``modalities`` into ``out_dir``.
+
+    Args:
+        correlate_params: the ``correlate`` params section.
+        modalities: ``train.modalities``; empty -> an empty supervision folder with only stats.json.
+        mlflow_params: the ``mlflow`` params section.
+        embeddings_dir: folder with ``<modality>.parquet`` teacher embeddings.
+        sequences_path: sequences.parquet (only the training prefixes are read).
+        out_dir: the supervision folder, replaced whole on success.
+
+    Returns:
+        The statistics written to ``stats.json``.
+    """
+    modalities = list(modalities)
+    params = correlate_params
+    device = resolve_device(params.device)
+    stats: dict[str, Any] = {"modalities": modalities}
+    timings: dict[str, dict[str, float]] = {}
+    with start_run("correlate", mlflow_params) as tracker:
+        tracker.log_params({"correlate": params.model_dump(), "train": {"modalities": modalities}})
+        with staged_dir(Path(out_dir)) as tmp:
+            if not modalities:
+                stats["note"] = "train.modalities is empty: no correlation supervision was built"
+                log.info("train.modalities is empty: writing an empty %s", out_dir)
+            for modality in modalities:
+                log.info("correlate %s on %s", modality, device)
+                timings[modality] = {}
+                stats[modality] = build_modality(
+                    modality,
+                    params,
+                    Path(embeddings_dir) / f"{modality}.parquet",
+                    Path(sequences_path),
+                    tmp,
+                    device,
+                    timings[modality],
+                )
+                log.info(
+                    "%s timings: %s",
+                    modality,
+                    ", ".join(f"{k} {v:.2f}s" for k, v in timings[modality].items()),
+                )
+            write_json(tmp / "stats.json", stats)
+        tracker.set_tags({"device": str(device)})
+        tracker.log_metrics({m: s for m, s in stats.items() if isinstance(s, dict)})
+        tracker.log_metrics({f"{m}.seconds": t for m, t in timings.items()})
+        tracker.log_dict(stats, "supervision_stats.json")
+    return stats

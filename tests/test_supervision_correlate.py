@@ -1,0 +1,385 @@
+"""Known-answer tests of the correlate stage: reduction, blocked top-k, pair sampling, k-means, outputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+
+from pipeline.config import CorrelateParams, MLflowParams, Params, with_overrides
+from pipeline.errors import DataError, PipelineError
+from pipeline.io import parquet_metadata, read_parquet, vectors_from_column, write_parquet
+from pipeline.supervision.correlate import run_correlate
+from pipeline.supervision.kmeans import fit_kmeans
+from pipeline.supervision.pairs import sample_pairs, training_item_sets
+from pipeline.supervision.reduction import autoencoder_reduce, pca_reduce
+from pipeline.supervision.scores import SCORES, TeacherCorrelation, pair_scores, sub_vector_scores
+from pipeline.supervision.topk import blocked_topk
+
+NO_MLFLOW = MLflowParams(enabled=False)
+
+
+# ------------------------------------------------------------------------------------------ fixtures
+def clustered_vectors(n: int, d: int, clusters: int, seed: int = 0, noise: float = 0.3) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(clusters, d))
+    v = centres[rng.integers(0, clusters, n)] + noise * rng.normal(size=(n, d))
+    return (v / np.linalg.norm(v, axis=1, keepdims=True)).astype(np.float32)
+
+
+def write_embeddings(
+    path: Path, vectors: np.ndarray, missing: np.ndarray | None = None, policy: str = "mean"
+) -> None:
+    n = len(vectors)
+    missing = np.zeros(n, dtype=bool) if missing is None else missing
+    write_parquet(
+        path,
+        {"item": np.arange(1, n + 1, dtype=np.int32), "vector": vectors, "missing": missing},
+        metadata={"model": "synthetic", "dim": vectors.shape[1], "normalize": True, "missing_policy": policy},
+    )
+
+
+def write_sequences(path: Path, sequences: list[list[int]], loo: bool = True) -> None:
+    n = [len(s) for s in sequences]
+    write_parquet(
+        path,
+        pa.table(
+            {
+                "user": pa.array(np.arange(1, len(sequences) + 1, dtype=np.int32)),
+                "user_id": pa.array([f"u{u}" for u in range(len(sequences))]),
+                "items": pa.array(sequences, type=pa.list_(pa.int32())),
+                "train_end": pa.array([k - 2 for k in n], type=pa.int32()),
+                "valid_end": pa.array([k - 1 for k in n], type=pa.int32()),
+            }
+        ),
+    )
+
+
+def random_sequences(n_items: int, users: int, seed: int = 0) -> list[list[int]]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(1, n_items + 1, size=int(rng.integers(4, 12))).tolist() for _ in range(users)]
+
+
+@pytest.fixture
+def params(tiny_params: Params) -> CorrelateParams:
+    return with_overrides(tiny_params, {"correlate.dim": 16, "correlate.block_size": 32}).correlate
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    """A tiny embeddings folder (text: 120 clustered items) and sequences.parquet."""
+    (tmp_path / "emb").mkdir()
+    write_embeddings(tmp_path / "emb" / "text.parquet", clustered_vectors(120, 24, 6))
+    write_sequences(tmp_path / "sequences.parquet", random_sequences(120, 80))
+    return tmp_path
+
+
+def _run(p: CorrelateParams, root: Path, modalities: list[str] | None = None, out: str = "sup") -> dict:
+    return run_correlate(
+        p,
+        ["text"] if modalities is None else modalities,
+        NO_MLFLOW,
+        root / "emb",
+        root / "sequences.parquet",
+        root / out,
+    )
+
+
+# ------------------------------------------------------------------------------------------ reduction
+def test_pca_of_points_on_a_line_by_hand() -> None:
+    t = np.array([0.0, 1.0, 2.0, 3.0, 9.0])
+    direction = np.array([1.0, -2.0, 2.0]) / 3.0  # unit; largest |loading| is -2/3 -> sign flipped
+    x = (t[:, None] * direction + np.array([5.0, 5.0, 5.0])).astype(np.float32)
+    red = pca_reduce(x, 1)
+    assert red.info["explained_variance_ratio"] == pytest.approx(1.0, abs=1e-9)
+    # component = -direction (so that -2/3 becomes +2/3): projection = -(t - mean(t))
+    assert np.allclose(red.vectors[:, 0], -(t - t.mean()), atol=1e-5)
+
+
+def test_pca_fits_on_present_items_only_and_rejects_a_larger_dim() -> None:
+    x = clustered_vectors(50, 8, 3)
+    missing = np.zeros(50, dtype=bool)
+    missing[:5] = True
+    assert pca_reduce(x, 4, missing).info["fit_items"] == 45
+    with pytest.raises(
+        PipelineError, match=r"correlate.dim \(9\) is larger than the teacher dimension \(8\)"
+    ):
+        pca_reduce(x, 9)
+
+
+def test_autoencoder_is_deterministic_and_reconstructs_low_rank_data() -> None:
+    rng = np.random.default_rng(0)
+    x = (rng.normal(size=(300, 3)) @ rng.normal(size=(3, 12))).astype(np.float32)  # rank 3
+    a = autoencoder_reduce(x, 4, epochs=5, seed=1)
+    b = autoencoder_reduce(x, 4, epochs=5, seed=1)
+    assert a.vectors.shape == (300, 4) and a.vectors.dtype == np.float32
+    assert np.array_equal(a.vectors, b.vectors)
+    assert autoencoder_reduce(x, 4, epochs=200, seed=1).info["reconstruction_r2"] > 0.8
+
+
+# ------------------------------------------------------------------------------------------ top-k
+def brute_force_topk(v: np.ndarray, k: int, score: str) -> tuple[np.ndarray, np.ndarray]:
+    x = v.astype(np.float64)
+    if score == "cos":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+        s = x @ x.T
+    elif score == "dot":
+        s = x @ x.T
+    elif score == "euclidean":
+        s = -np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    else:
+        s = -np.abs(x[:, None] - x[None]).sum(-1)
+    np.fill_diagonal(s, -np.inf)
+    idx = np.empty((len(x), k), dtype=np.int64)
+    for r in range(len(x)):
+        idx[r] = np.lexsort((np.arange(len(x)), -s[r]))[:k]  # score desc, then index asc
+    return np.take_along_axis(s, idx, 1), idx
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_blocked_topk_equals_brute_force(score: str) -> None:
+    v = np.random.default_rng(7).normal(size=(300, 16)).astype(np.float32)
+    # 64-row blocks and 80-column tiles: rows and columns are both split, with ragged ends
+    values, indices = blocked_topk(torch.from_numpy(v), 10, score, block_size=64, tile_elements=64 * 80)
+    ref_v, ref_i = brute_force_topk(v, 10, score)
+    assert np.array_equal(indices.numpy(), ref_i)
+    assert np.allclose(values.numpy(), ref_v, atol=1e-4)
+
+
+def test_blocked_topk_breaks_ties_by_lowest_index() -> None:
+    v = np.tile(np.array([[1.0, 0.0]], dtype=np.float32), (10, 1))  # ten identical items: all scores tie
+    v[9] = [0.0, 1.0]
+    values, indices = blocked_topk(torch.from_numpy(v), 3, "cos", block_size=16, tile_elements=16 * 4)
+    assert indices[0].tolist() == [1, 2, 3]
+    assert indices[5].tolist() == [0, 1, 2]
+    assert indices[9].tolist() == [0, 1, 2]  # all at cos 0
+    assert values[5].tolist() == [1.0, 1.0, 1.0]
+
+
+def test_blocked_topk_never_returns_excluded_items() -> None:
+    v = np.random.default_rng(0).normal(size=(20, 4)).astype(np.float32)
+    excluded = torch.zeros(20, dtype=torch.bool)
+    excluded[[0, 3, 4]] = True
+    _, idx = blocked_topk(torch.from_numpy(v), 50, "dot", block_size=16, excluded=excluded)
+    assert idx.shape == (20, 16)  # capped at 17 included items - 1
+    assert not np.isin(idx.numpy()[~excluded.numpy()], [0, 3, 4]).any()
+
+
+# ------------------------------------------------------------------------------------------ pairs
+def test_training_item_sets_by_hand() -> None:
+    sets = training_item_sets([[1, 2, 2, 3, 9], [4, 5, 6], [7]], train_end=np.array([4, 2, 0]))
+    assert sets.items.tolist() == [1, 2, 3, 4, 5]
+    assert sets.offsets.tolist() == [0, 3, 5, 5]
+    excluded = np.zeros(10, dtype=bool)
+    excluded[2] = True
+    assert training_item_sets([[1, 2, 3]], np.array([3]), excluded).items.tolist() == [1, 3]
+    with pytest.raises(DataError, match=r"row 1: train_end=5 outside 0..3"):
+        training_item_sets([[1, 2], [1, 2, 3]], train_end=np.array([1, 5]))
+
+
+def test_sampled_pairs_never_contain_validation_or_test_items() -> None:
+    rng = np.random.default_rng(3)
+    sequences, allowed = [], set()
+    for u in range(60):
+        train = rng.integers(1, 41, size=int(rng.integers(2, 9))).tolist()  # training items: 1..40
+        sequences.append(train + [100 + 2 * u, 101 + 2 * u])  # held-out items: unique, all >= 100
+        uniq = sorted(set(train))
+        allowed |= {(a, b) for a in uniq for b in uniq if a != b}
+    ends = np.array([len(s) - 2 for s in sequences])
+    sets = training_item_sets(sequences, ends)
+    pairs, n_co = sample_pairs(sets, 5000, 0.2, seed=0)
+    assert pairs.shape == (5000, 2) and n_co == 4000
+    assert pairs.max() <= 40 and pairs.min() >= 1  # no held-out item anywhere, random share included
+    assert (pairs[:, 0] != pairs[:, 1]).all()
+    assert all((int(a), int(b)) in allowed for a, b in pairs[:n_co])  # truly co-occurring in training
+    again, _ = sample_pairs(sets, 5000, 0.2, seed=0)
+    assert np.array_equal(pairs, again)
+
+
+def test_pairs_are_uniform_over_user_pair_occurrences() -> None:
+    # user 1 has 3 distinct items (3 pairs), user 2 has 2 (1 pair): 3/4 of the pairs come from user 1
+    sets = training_item_sets([[1, 2, 3, 9, 9], [4, 5, 9, 9]], train_end=np.array([3, 2]))
+    pairs, _ = sample_pairs(sets, 20_000, 0.0, seed=1)
+    share_user2 = np.isin(pairs[:, 0], [4, 5]).mean()
+    assert share_user2 == pytest.approx(0.25, abs=0.015)
+    assert set(map(tuple, np.sort(pairs, 1).tolist())) == {(1, 2), (1, 3), (2, 3), (4, 5)}
+
+
+# ------------------------------------------------------------------------------------------ k-means
+def test_kmeans_recovers_separated_blobs() -> None:
+    from sklearn.cluster import KMeans
+
+    rng = np.random.default_rng(0)
+    centres = np.array([[0, 0], [5, 0], [0, 5], [5, 5]], dtype=np.float32)
+    x = np.concatenate([c + 0.1 * rng.normal(size=(250, 2)) for c in centres]).astype(np.float32)
+    res = fit_kmeans(torch.from_numpy(x), 4, 50, seed=0, progress=False)
+    found = res.centroids.numpy()
+    assert np.allclose(found[np.lexsort(np.round(found).T)], centres[np.lexsort(centres.T)], atol=0.05)
+    assert res.converged and torch.bincount(res.labels, minlength=4).tolist() == [250, 250, 250, 250]
+    sk = KMeans(4, n_init=1, random_state=0, max_iter=50).fit(x)
+    assert res.inertia <= sk.inertia_ * 1.0001
+    again = fit_kmeans(torch.from_numpy(x), 4, 50, seed=0, progress=False)
+    assert torch.equal(res.centroids, again.centroids)
+
+
+def test_cluster_sums_agree_on_both_paths() -> None:
+    from pipeline.supervision.kmeans import _cluster_sums
+
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0], [7.0, 8.0]], dtype=torch.float64)
+    labels = torch.tensor([2, 0, 2, 2])
+    for one_hot in (False, True):  # index_add_ (CPU) and one-hot matmul (GPU) paths
+        sums, counts = _cluster_sums(x, labels, 3, one_hot=one_hot)
+        assert sums.tolist() == [[3.0, 4.0], [0.0, 0.0], [13.0, 16.0]]
+        assert counts.tolist() == [1.0, 0.0, 3.0]
+
+
+def test_kmeans_reseeds_empty_clusters() -> None:
+    x = torch.tensor([[0.0], [0.0], [0.0], [0.0], [10.0]])  # 2 distinct points, 3 codes
+    res = fit_kmeans(x, 3, 10, seed=0, progress=False)
+    assert res.inertia == pytest.approx(0.0)
+    assert set(res.labels.tolist()) >= {int(res.labels[0]), int(res.labels[4])}
+    assert res.labels[0] != res.labels[4]
+
+
+# ------------------------------------------------------------------------------------------ the stage
+@pytest.mark.slow
+def test_run_correlate_outputs(project: Path, params: CorrelateParams) -> None:
+    stats = _run(params, project)
+    out = project / "sup"
+    assert sorted(p.name for p in out.iterdir()) == [
+        "codebook_text.safetensors",
+        "stats.json",
+        "teacher_text.parquet",
+        "topk_text.parquet",
+    ]
+    teacher = read_parquet(out / "teacher_text.parquet")
+    assert teacher.schema.field("vector").type == pa.list_(pa.float32(), 16)
+    assert teacher.column("item").to_pylist() == list(range(1, 121))
+    meta = parquet_metadata(out / "teacher_text.parquet")
+    assert meta["reduction"]["method"] == "pca" and 0 < meta["explained_variance_ratio"] <= 1
+    topk = read_parquet(out / "topk_text.parquet")
+    assert topk.schema.field("neighbors").type == pa.list_(pa.int32())
+    assert topk.schema.field("scores").type == pa.list_(pa.float32())
+    # the neighbour lists equal a brute-force top-k of the written teacher vectors
+    vec = vectors_from_column(teacher.column("vector"))
+    ref_v, ref_i = brute_force_topk(vec, params.topk, params.score)
+    assert np.array_equal(np.array(topk.column("neighbors").to_pylist()), ref_i + 1)
+    assert np.allclose(np.array(topk.column("scores").to_pylist()), ref_v, atol=1e-5)
+    assert json.loads((out / "stats.json").read_text()) == json.loads(json.dumps(stats))
+    cb = stats["text"]["codebook"]
+    assert cb["sample_pairs"] == params.sample_pairs and sum(cb["usage"]) == params.sample_pairs
+    assert cb["random_pairs"] == round(params.random_pair_fraction * params.sample_pairs)
+    assert stats["text"]["topk"]["top1"]["mean"] > stats["text"]["topk"]["random_pairs"]["mean"]
+    # TeacherCorrelation reads what the stage wrote and agrees with it
+    module = TeacherCorrelation.from_dir(out, "text", params.score)
+    i, j = torch.tensor([1, 5, 7]), torch.tensor([2, 6, 9])
+    scores, codes, valid = module(i, j)
+    t = torch.from_numpy(vec.copy())
+    assert torch.allclose(scores, pair_scores(t[i - 1], t[j - 1], "cos"), atol=1e-6)
+    assert codes.max() < params.codes and valid.all()
+    assert torch.equal(codes, module(j, i)[1])  # c(i, j) is symmetric
+
+
+@pytest.mark.slow
+def test_outputs_are_deterministic(project: Path, params: CorrelateParams) -> None:
+    _run(params, project, out="a")
+    _run(params, project, out="b")
+    for name in ("teacher_text.parquet", "topk_text.parquet", "codebook_text.safetensors", "stats.json"):
+        assert (project / "a" / name).read_bytes() == (project / "b" / name).read_bytes(), name
+
+
+@pytest.mark.slow
+def test_codes_are_spread_on_clustered_data(tmp_path: Path, params: CorrelateParams) -> None:
+    (tmp_path / "emb").mkdir()
+    write_embeddings(tmp_path / "emb" / "text.parquet", clustered_vectors(400, 32, 10, noise=0.5))
+    write_sequences(tmp_path / "sequences.parquet", random_sequences(400, 300))
+    p = params.model_copy(update={"sample_pairs": 4000})
+    cb = _run(p, tmp_path)["text"]["codebook"]
+    assert cb["max_code_share"] <= 0.5
+    assert cb["codes_used"] == p.codes
+
+
+def test_missing_items_are_excluded_under_policy_exclude(tmp_path: Path, params: CorrelateParams) -> None:
+    (tmp_path / "emb").mkdir()
+    missing = np.zeros(60, dtype=bool)
+    missing[[0, 9]] = True  # items 1 and 10
+    write_embeddings(tmp_path / "emb" / "text.parquet", clustered_vectors(60, 16, 4), missing, "exclude")
+    write_sequences(tmp_path / "sequences.parquet", random_sequences(60, 40))
+    p = params.model_copy(update={"sample_pairs": 500, "codes": 4})
+    stats = _run(p, tmp_path)
+    assert stats["text"]["excluded_items"] == 2
+    topk = read_parquet(tmp_path / "sup" / "topk_text.parquet").column("neighbors").to_pylist()
+    assert topk[0] == [] and topk[9] == []
+    assert not any(n in (1, 10) for row in topk for n in row)
+    teacher = vectors_from_column(read_parquet(tmp_path / "sup" / "teacher_text.parquet").column("vector"))
+    assert np.abs(teacher[[0, 9]]).sum() == 0.0
+    module = TeacherCorrelation.from_dir(tmp_path / "sup", "text", "cos")
+    assert module(torch.tensor([1, 2]), torch.tensor([3, 10]))[2].tolist() == [False, False]
+
+
+def test_empty_modalities_write_an_empty_folder(tmp_path: Path, params: CorrelateParams) -> None:
+    stats = run_correlate(
+        params, [], NO_MLFLOW, tmp_path / "nothing", tmp_path / "none.parquet", tmp_path / "s"
+    )
+    assert [p.name for p in (tmp_path / "s").iterdir()] == ["stats.json"]
+    assert stats["modalities"] == [] and "empty" in stats["note"]
+
+
+def test_failed_run_keeps_the_previous_output(project: Path, params: CorrelateParams) -> None:
+    p = params.model_copy(update={"sample_pairs": 300, "codes": 4})
+    _run(p, project)
+    before = {f.name: f.read_bytes() for f in (project / "sup").iterdir()}
+    with pytest.raises(DataError, match=r"image.parquet: no image embeddings"):
+        _run(p, project, ["text", "image"])
+    assert {f.name: f.read_bytes() for f in (project / "sup").iterdir()} == before
+    assert sorted(f.name for f in project.iterdir()) == ["emb", "sequences.parquet", "sup"]  # no temp dirs
+
+
+def test_dim_larger_than_teacher_fails_clearly(project: Path, params: CorrelateParams) -> None:
+    with pytest.raises(
+        PipelineError, match=r"correlate.dim \(32\) is larger than the teacher dimension \(24\)"
+    ):
+        _run(params.model_copy(update={"dim": 32}), project)
+
+
+def test_sequence_items_beyond_the_catalogue_fail(project: Path, params: CorrelateParams) -> None:
+    write_sequences(project / "sequences.parquet", [[1, 2, 3, 500]])
+    with pytest.raises(DataError, match=r"sequences.parquet: item id 500 is beyond the 120 items"):
+        _run(params, project)
+
+
+def test_sub_vectors_match_codebook_dimension(project: Path, params: CorrelateParams) -> None:
+    p = params.model_copy(update={"sample_pairs": 300, "codes": 4})
+    _run(p, project)
+    module = TeacherCorrelation.from_dir(project / "sup", "text", "cos")
+    assert module.sub_vectors == p.sub_vectors
+    a, b = module.teacher[torch.tensor([3])], module.teacher[torch.tensor([4])]
+    assert sub_vector_scores(a, b, p.sub_vectors).shape == (1, p.sub_vectors)
+
+
+def test_stage_declares_its_dvc_params() -> None:
+    from pipeline.config import PROJECT_ROOT
+    from stages.correlate import PARAMS
+
+    dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
+    assert list(PARAMS) == dvc["stages"]["correlate"]["params"]
+
+
+def test_stage_entry_point_reads_declared_params_only(in_tmp_project: Path, base_params: Params) -> None:
+    from stages.correlate import run
+
+    if not base_params.train.modalities:
+        run()
+        assert [p.name for p in (in_tmp_project / "data" / "supervision").iterdir()] == ["stats.json"]
+        return
+    # the real params.yaml lists modalities; with no embeddings here the stage fails clearly, after having
+    # read every params key it needs through its ParamsView (an undeclared read would raise first)
+    with pytest.raises(DataError, match=r"data/embeddings/\w+\.parquet: no \w+ embeddings"):
+        run()
+    assert not (in_tmp_project / "data" / "supervision").exists()
+    assert list((in_tmp_project / "data").iterdir()) == []  # the temporary folder is gone

@@ -1,0 +1,190 @@
+"""Known-answer tests of the shared correlation scores, the codebook and TeacherCorrelation."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pydantic import ValidationError
+
+from pipeline.config import CorrelateParams
+from pipeline.errors import DataError
+from pipeline.io import write_parquet
+from pipeline.supervision import scores as S
+from pipeline.supervision.scores import (
+    SCORES,
+    CorrelationCodebook,
+    TeacherCorrelation,
+    block_scores,
+    nearest_centroid,
+    pair_scores,
+    sub_vector_scores,
+)
+
+
+# ------------------------------------------------------------------------------------------ scores
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    [("cos", 0.0), ("euclidean", -math.sqrt(2.0)), ("dot", 0.0), ("manhattan", -2.0)],
+)
+def test_scores_of_orthogonal_unit_vectors(score: str, expected: float) -> None:
+    a, b = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert pair_scores(a, b, score).item() == pytest.approx(expected, abs=1e-6)
+    assert block_scores(a, b, score).item() == pytest.approx(expected, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("score", "expected"),
+    # a=[3, 4], b=[6, 8] (parallel): cos 1; |a-b| = [3, 4] -> euclid -5, manhattan -7; dot 18 + 32 = 50
+    [("cos", 1.0), ("euclidean", -5.0), ("dot", 50.0), ("manhattan", -7.0)],
+)
+def test_scores_of_parallel_vectors(score: str, expected: float) -> None:
+    a, b = torch.tensor([[3.0, 4.0]]), torch.tensor([[6.0, 8.0]])
+    assert pair_scores(a, b, score).item() == pytest.approx(expected, abs=1e-5)
+
+
+def test_cosine_with_a_zero_vector_is_zero_not_nan() -> None:
+    a, b = torch.zeros(2, 3), torch.tensor([[1.0, 2.0, 3.0], [0.0, 0.0, 0.0]])
+    assert pair_scores(a, b, "cos").tolist() == [0.0, 0.0]
+    assert block_scores(a, b, "cos").abs().sum().item() == 0.0
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_pair_scores_match_block_scores(score: str) -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(40, 6, generator=g), torch.randn(40, 6, generator=g)
+    block = block_scores(a, b, score)  # (40, 40)
+    assert torch.allclose(torch.diagonal(block), pair_scores(a, b, score), atol=1e-4)
+    # every entry, not only the diagonal: row r against all columns
+    for r in (0, 17, 39):
+        assert torch.allclose(block[r], pair_scores(a[r].expand_as(b), b, score), atol=1e-4)
+
+
+def test_unknown_score_is_rejected() -> None:
+    with pytest.raises(ValueError, match="unknown correlation score 'cosine'"):
+        pair_scores(torch.zeros(1, 2), torch.zeros(1, 2), "cosine")
+
+
+def test_sub_vector_cosines_by_hand() -> None:
+    a = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 0.0, 1.0, 1.0]])
+    b = torch.tensor([[2.0, 0.0, 1.0, 0.0], [1.0, 0.0, 2.0, 2.0]])
+    # row 0: cos([1,0],[2,0]) = 1, cos([0,1],[1,0]) = 0; row 1: zero sub-vector -> 0, cos([1,1],[2,2]) = 1
+    assert torch.allclose(sub_vector_scores(a, b, 2), torch.tensor([[1.0, 0.0], [0.0, 1.0]]), atol=1e-6)
+    # D = 1 is the holistic cosine
+    assert torch.allclose(sub_vector_scores(a, b, 1)[:, 0], pair_scores(a, b, "cos"), atol=1e-6)
+
+
+def test_sub_vectors_must_divide_the_dimension() -> None:
+    with pytest.raises(ValueError, match=r"sub_vectors \(3\) must divide the vector dimension \(4\)"):
+        sub_vector_scores(torch.ones(2, 4), torch.ones(2, 4), 3)
+    with pytest.raises(ValidationError, match="sub_vectors"):
+        CorrelateParams(dim=30, sub_vectors=8)
+
+
+# ------------------------------------------------------------------------------------------ codebook
+def test_nearest_centroid_by_hand_with_tie_to_lowest_index() -> None:
+    centroids = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    c = torch.tensor([[1.0, 0.0], [6.0, 0.0], [5.0, 0.0], [1.0, 9.0]])  # [5, 0] is equidistant from 0 and 1
+    assert nearest_centroid(c, centroids).tolist() == [0, 1, 0, 2]
+
+
+def test_assign_equals_brute_force(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(S, "_ASSIGN_CHUNK_ELEMENTS", 13 * 100)  # 100-row chunks: exercise the chunking
+    rng = np.random.default_rng(1)
+    c = rng.uniform(-1, 1, size=(5000, 8)).astype(np.float32)
+    mu = rng.uniform(-1, 1, size=(13, 8)).astype(np.float32)
+    brute = ((c[:, None, :].astype(np.float64) - mu[None, :, :]) ** 2).sum(-1).argmin(1)
+    codes = CorrelationCodebook(torch.from_numpy(mu)).assign(torch.from_numpy(c))
+    assert codes.dtype == torch.int64
+    assert np.array_equal(codes.numpy(), brute)
+
+
+def test_codebook_round_trip(tmp_path: Path) -> None:
+    mu = torch.arange(24, dtype=torch.float32).reshape(6, 4) / 7
+    path = tmp_path / "codebook_text.safetensors"
+    CorrelationCodebook(mu, {"modality": "text", "inertia": 1.5}).save(path)
+    loaded = CorrelationCodebook.load(path)
+    assert torch.equal(loaded.centroids, mu)
+    assert (loaded.codes, loaded.sub_vectors) == (6, 4)
+    assert loaded.metadata["modality"] == "text" and loaded.metadata["inertia"] == 1.5
+    assert not list(tmp_path.glob(".*.tmp"))  # written atomically, no leftovers
+
+
+def test_corrupt_codebook_names_the_file(tmp_path: Path) -> None:
+    good = tmp_path / "good.safetensors"
+    CorrelationCodebook(torch.ones(3, 2)).save(good)
+    garbage = tmp_path / "codebook_text.safetensors"
+    garbage.write_bytes(b"this is not a safetensors file at all")
+    with pytest.raises(DataError, match="codebook_text.safetensors"):
+        CorrelationCodebook.load(garbage)
+    truncated = tmp_path / "codebook_image.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-5])
+    with pytest.raises(DataError, match="codebook_image.safetensors"):
+        CorrelationCodebook.load(truncated)
+    from safetensors.torch import save_file
+
+    other = tmp_path / "other.safetensors"
+    save_file({"weights": torch.ones(2)}, str(other))
+    with pytest.raises(DataError, match=r"other.safetensors: not a codebook file \(no 'centroids'"):
+        CorrelationCodebook.load(other)
+    with pytest.raises(FileNotFoundError, match="absent.safetensors"):
+        CorrelationCodebook.load(tmp_path / "absent.safetensors")
+
+
+# ------------------------------------------------------------------------------------------ TeacherCorrelation
+def _teacher(n: int = 30, d: int = 8, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.cat([torch.zeros(1, d), torch.randn(n, d, generator=g)])
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_teacher_correlation_equals_direct_computation(score: str) -> None:
+    teacher = _teacher()
+    codebook = CorrelationCodebook(torch.rand(5, 4, generator=torch.Generator().manual_seed(3)) * 2 - 1)
+    module = TeacherCorrelation(teacher, codebook, score)
+    i = torch.tensor([1, 2, 3, 30, 7, 7])
+    j = torch.tensor([2, 1, 29, 4, 8, 7])
+    scores, codes, valid = module(i, j)
+    assert torch.allclose(scores, pair_scores(teacher[i], teacher[j], score), atol=1e-6)
+    assert torch.equal(codes, codebook.assign(sub_vector_scores(teacher[i], teacher[j], 4)))
+    assert valid.all()
+    assert (module.num_items, module.codes) == (30, 5)
+
+
+def test_teacher_correlation_masks_padding_and_excluded() -> None:
+    teacher = _teacher(n=10)
+    excluded = torch.zeros(11, dtype=torch.bool)
+    excluded[4] = True
+    module = TeacherCorrelation(teacher, CorrelationCodebook(torch.eye(4)), "cos", excluded)
+    i = torch.tensor([0, 1, 4, 2, 3])
+    j = torch.tensor([1, 0, 5, 4, 5])
+    _, codes, valid = module(i, j)
+    assert valid.tolist() == [False, False, False, False, True]
+    assert codes.shape == (5,) and codes.dtype == torch.int64
+    assert {n for n, _ in module.named_buffers()} == {"teacher", "centroids", "excluded"}
+    assert module.to(torch.device("cpu")).teacher.device.type == "cpu"
+
+
+def test_teacher_correlation_rejects_mismatched_codebook() -> None:
+    with pytest.raises(ValueError, match=r"sub_vectors \(3\) must divide the teacher dimension \(8\)"):
+        TeacherCorrelation(_teacher(), CorrelationCodebook(torch.ones(4, 3)), "cos")
+
+
+def test_teacher_correlation_from_dir(tmp_path: Path) -> None:
+    vectors = _teacher(n=6, d=4)[1:].numpy()
+    missing = np.array([False, True, False, False, False, False])
+    write_parquet(
+        tmp_path / "teacher_text.parquet",
+        {"item": np.arange(1, 7, dtype=np.int32), "vector": vectors, "missing": missing},
+        metadata={"missing_policy": "exclude"},
+    )
+    CorrelationCodebook(torch.eye(2)).save(tmp_path / "codebook_text.safetensors")
+    module = TeacherCorrelation.from_dir(tmp_path, "text", "dot")
+    assert torch.equal(module.teacher[1:], torch.from_numpy(vectors))
+    assert module.teacher[0].abs().sum() == 0
+    scores, _, valid = module(torch.tensor([1, 1, 3]), torch.tensor([2, 3, 0]))
+    assert valid.tolist() == [False, True, False]  # item 2 is missing under policy exclude; 0 is padding
+    assert scores[1].item() == pytest.approx(float(vectors[0] @ vectors[2]), abs=1e-5)
