@@ -67,6 +67,7 @@ def main() -> None:
     ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra dotted overrides")
     ap.add_argument("--out", type=Path, default=None, help="where models/curves go (default: <data>/bench)")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -77,6 +78,8 @@ def main() -> None:
     from pipeline.evaluation.evaluate import run_evaluate
     from pipeline.training.trainer import run_train
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     base = load_params(args.params)
     extra = dict(kv.split("=", 1) for kv in args.set)
     extra = {k: parse_value(v) for k, v in extra.items()}

@@ -125,6 +125,11 @@ def _ensure_experiment(mlflow: Any, name: str) -> None:
     mlflow.set_experiment(name)
 
 
+def tracking_enabled(mlflow_params: Any) -> bool:
+    """False when ``mlflow.enabled`` is off or the environment says ``KDSR_MLFLOW=0`` (tests, benchmarks)."""
+    return bool(getattr(mlflow_params, "enabled", True)) and os.environ.get("KDSR_MLFLOW", "1") != "0"
+
+
 def _import_mlflow() -> Any | None:
     try:
         import mlflow  # noqa: PLC0415 - optional and slow to import
@@ -141,13 +146,19 @@ def start_run(
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
     run_id: str | None = None,
+    parent_run_id: str | None = None,
 ) -> Iterator[Tracker]:
     """Open an MLflow run for a stage (or resume ``run_id``) and yield a :class:`Tracker`.
 
     ``mlflow_params`` is the ``mlflow`` params section (enabled, tracking_uri, experiment). Tracking
     failures are logged and never fail the stage.
+
+    A new run is nested under ``parent_run_id``, else under the run named by the ``KDSR_MLFLOW_PARENT``
+    environment variable (how the experiment suite nests the runs of stages it calls, also in worker
+    processes), else under the run already active in this process, if any. Its name is ``run_name``, else
+    ``KDSR_RUN_NAME``, else ``DVC_EXP_NAME``, else the stage.
     """
-    if not getattr(mlflow_params, "enabled", True) or os.environ.get("KDSR_MLFLOW", "1") == "0":
+    if not tracking_enabled(mlflow_params):
         yield Tracker(None, None)
         return
     mlflow = _import_mlflow()
@@ -158,9 +169,14 @@ def start_run(
     try:
         mlflow.set_tracking_uri(uri)
         _ensure_experiment(mlflow, mlflow_params.experiment)
-        name = run_name or os.environ.get("DVC_EXP_NAME") or stage
+        name = run_name or os.environ.get("KDSR_RUN_NAME") or os.environ.get("DVC_EXP_NAME") or stage
+        parent = None if run_id else (parent_run_id or os.environ.get("KDSR_MLFLOW_PARENT") or None)
         run = mlflow.start_run(
-            run_id=run_id, run_name=None if run_id else name, tags=standard_tags(stage, tags)
+            run_id=run_id,
+            run_name=None if run_id else name,
+            tags=None if run_id else standard_tags(stage, tags),  # a reopened run keeps its tags
+            nested=mlflow.active_run() is not None,
+            parent_run_id=parent,
         )
     except Exception as err:  # noqa: BLE001 - tracking must never break the pipeline
         log.warning("MLflow tracking unavailable (%s): continuing without it", err)
@@ -176,7 +192,7 @@ def start_run(
 
 def find_run_by_tag(mlflow_params: Any, key: str, value: str) -> str | None:
     """Return the newest run id in the experiment whose tag ``key`` equals ``value`` (or None)."""
-    if not getattr(mlflow_params, "enabled", True) or os.environ.get("KDSR_MLFLOW", "1") == "0":
+    if not tracking_enabled(mlflow_params):
         return None
     mlflow = _import_mlflow()
     if mlflow is None:

@@ -94,8 +94,10 @@ def _log_to_mlflow(
     report: dict[str, Any], eval_params: Any, mlflow_params: Any, model_dir: Path, metrics_path: Path
 ) -> None:
     """Mirror the metrics to the training run that made the model (a new run when it cannot be found)."""
-    from pipeline.tracking import file_digest, find_run_by_tag, start_run  # noqa: PLC0415
+    from pipeline.tracking import file_digest, find_run_by_tag, start_run, tracking_enabled  # noqa: PLC0415
 
+    if not tracking_enabled(mlflow_params):
+        return
     weights = model_dir / MODEL_WEIGHTS
     digest = file_digest(weights) if weights.exists() else None
     run_id = find_run_by_tag(mlflow_params, "model.sha256", digest) if digest else None

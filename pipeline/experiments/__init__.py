@@ -1,0 +1,1 @@
+"""The experiment suite (baselines, KDSR, ablations over seeds) and its aggregated report."""

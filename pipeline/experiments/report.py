@@ -1,0 +1,410 @@
+"""The suite report: ``<out>/runs/<variant>/seed<k>/`` -> ``results.md``, ``results.json`` and PNG plots.
+
+Per variant and test metric: mean ± sample standard deviation over seeds; the relative change of every KDSR
+variant against the best non-distillation baseline; the popularity floor; epochs and seconds to the best
+epoch; and a paired test over users (Wilcoxon signed-rank and paired t-test on per-user test NDCG@K,
+averaged over seeds) of each KDSR variant against that baseline.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+from pipeline.errors import PipelineError
+from pipeline.experiments.suite import BASELINES, SUITE_FILE, SUITE_TAG, VARIANTS
+from pipeline.io import atomic_path, read_json, read_parquet, write_json
+from pipeline.tracking import Tracker, find_run_by_tag, start_run
+
+log = logging.getLogger(__name__)
+
+TABLE_METRICS = ("hr", "ndcg")  # shown at every K the evaluation computed (5, 10, 20 by default)
+SIGNIFICANCE_K = 20  # per-user NDCG@K of the paired test (the largest K when 20 was not evaluated)
+CURVE_METRIC = "valid_ndcg_at_10"  # the validation curve plotted per variant (the selection metric)
+CURVES_PNG, BARS_PNG = "valid_curves.png", "test_metrics.png"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What one finished run left behind."""
+
+    variant: str
+    seed: int
+    run_dir: Path
+    metrics: dict[str, Any]  # metrics.json
+    summary: dict[str, Any]  # summary.json ({} when missing)
+
+
+# --------------------------------------------------------------------------------------------- reading
+def collect_runs(out: Path) -> dict[str, list[RunResult]]:
+    """Every finished run (one with ``metrics.json``) under ``out/runs``, per variant, sorted by seed.
+
+    Variants come in :data:`~pipeline.experiments.suite.VARIANTS` order, unknown names after them.
+    """
+    found: dict[str, list[RunResult]] = {}
+    for path in sorted(Path(out).glob("runs/*/seed*/metrics.json")):
+        run_dir = path.parent
+        try:
+            seed = int(run_dir.name.removeprefix("seed"))
+        except ValueError:
+            continue
+        summary_path = run_dir / "summary.json"
+        summary = read_json(summary_path) if summary_path.exists() else {}
+        found.setdefault(run_dir.parent.name, []).append(
+            RunResult(run_dir.parent.name, seed, run_dir, read_json(path), summary)
+        )
+    order = [v for v in VARIANTS if v in found] + sorted(v for v in found if v not in VARIANTS)
+    return {v: sorted(found[v], key=lambda r: r.seed) for v in order}
+
+
+def _require_runs(out: Path) -> dict[str, list[RunResult]]:
+    runs = collect_runs(out)
+    if not runs:
+        raise PipelineError(f"{out}/runs: no finished run (no runs/<variant>/seed<k>/metrics.json)")
+    return runs
+
+
+def mean_std(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (ddof=1); the std is None for a single value."""
+    arr = np.asarray(values, dtype=np.float64)
+    return float(arr.mean()), (float(arr.std(ddof=1)) if arr.size > 1 else None)
+
+
+def ndcg_per_user(per_user_path: Path, k: int = SIGNIFICANCE_K, part: str = "test") -> dict[int, float]:
+    """Per-user NDCG@k from ``per_user.parquet``: 1/log2(rank+2) when rank < k, else 0, mean over a user's
+    cases (one under leave-one-out, several under the ratio split)."""
+    table = read_parquet(per_user_path, columns=["user", "part", "rank"])
+    keep = np.asarray(table.column("part").to_pylist()) == part
+    users = table.column("user").to_numpy()[keep]
+    ranks = table.column("rank").to_numpy()[keep].astype(np.float64)
+    gains = np.where(ranks < k, 1.0 / np.log2(ranks + 2.0), 0.0)
+    uniq, inverse = np.unique(users, return_inverse=True)
+    means = np.bincount(inverse, weights=gains) / np.bincount(inverse)
+    return dict(zip(uniq.tolist(), means.tolist(), strict=True))
+
+
+def seed_averaged_ndcg(runs: Sequence[RunResult], k: int = SIGNIFICANCE_K) -> dict[int, float]:
+    """Per-user NDCG@k averaged over a variant's seeds (users every seed evaluated)."""
+    per_seed = [ndcg_per_user(r.run_dir / "per_user.parquet", k) for r in runs]
+    users = set(per_seed[0]).intersection(*per_seed[1:])
+    return {u: float(np.mean([s[u] for s in per_seed])) for u in sorted(users)}
+
+
+def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, float | int | None]:
+    """Wilcoxon signed-rank and paired t-test p-values of ``a`` vs ``b`` (paired by position).
+
+    Both p-values are None when there are fewer than two pairs or every difference is zero (no test).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    out: dict[str, float | int | None] = {
+        "users": int(a.size),
+        "mean": float(a.mean()) if a.size else None,
+        "baseline_mean": float(b.mean()) if b.size else None,
+        "wilcoxon_p": None,
+        "ttest_p": None,
+    }
+    if a.size < 2 or np.all(a == b):
+        return out
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        w = float(stats.wilcoxon(a, b).pvalue)
+        t = float(stats.ttest_rel(a, b).pvalue)
+    out["wilcoxon_p"] = w if math.isfinite(w) else None
+    out["ttest_p"] = t if math.isfinite(t) else None
+    return out
+
+
+# --------------------------------------------------------------------------------------------- aggregating
+def _metric_names(metrics: dict[str, float]) -> list[str]:
+    ks = sorted({int(name.rsplit("_", 1)[1]) for name in metrics if name.startswith("ndcg_at_")})
+    return [f"{m}_at_{k}" for m in TABLE_METRICS for k in ks if f"{m}_at_{k}" in metrics]
+
+
+def _mean_of(runs: Sequence[RunResult], key: str) -> float | None:
+    values = [r.summary[key] for r in runs if isinstance(r.summary.get(key), int | float)]
+    return float(np.mean(values)) if values else None
+
+
+def aggregate(out: Path) -> dict[str, Any]:
+    """Aggregate the finished runs under ``out`` into the ``results.json`` structure.
+
+    Raises:
+        PipelineError: no finished run under ``out/runs``.
+    """
+    out = Path(out)
+    runs = _require_runs(out)
+    first = next(iter(runs.values()))[0].metrics
+    names = _metric_names(first["test"])
+    ks = sorted({int(n.rsplit("_", 1)[1]) for n in names})
+    k_sig = SIGNIFICANCE_K if SIGNIFICANCE_K in ks else ks[-1]
+    select = f"ndcg_at_{k_sig}"
+
+    variants: dict[str, Any] = {}
+    for v, rs in runs.items():
+        entry: dict[str, Any] = {"n": len(rs), "seeds": [r.seed for r in rs]}
+        for part in ("test", "valid"):
+            entry[part] = {}
+            for m in names:
+                mean, std = mean_std([r.metrics[part][m] for r in rs])
+                entry[part][m] = {"mean": mean, "std": std}
+        for key in ("best_epoch", "epochs_run", "seconds_to_best", "seconds_total"):
+            entry[key] = _mean_of(rs, key)
+        variants[v] = entry
+
+    popularity = first.get("popularity", {})
+    if any(r.metrics.get("popularity") != popularity for rs in runs.values() for r in rs):
+        log.warning("runs disagree on the popularity baseline: were they evaluated on the same data?")
+
+    present = [b for b in BASELINES if b in variants]
+    baseline = max(present, key=lambda b: variants[b]["test"][select]["mean"]) if present else None
+    kdsr = [v for v in variants if v.startswith("kdsr")]
+    relative: dict[str, dict[str, float | None]] = {}
+    significance: dict[str, Any] = {}
+    if baseline is not None:
+        base_means = variants[baseline]["test"]
+        for v in kdsr:
+            relative[v] = {
+                m: (100.0 * (variants[v]["test"][m]["mean"] / base_means[m]["mean"] - 1.0))
+                if base_means[m]["mean"] > 0
+                else None
+                for m in names
+            }
+        base_users = seed_averaged_ndcg(runs[baseline], k_sig)
+        for v in kdsr:
+            mine = seed_averaged_ndcg(runs[v], k_sig)
+            users = sorted(set(mine) & set(base_users))
+            significance[v] = {
+                "baseline": baseline,
+                "metric": select,
+                **paired_test(np.array([mine[u] for u in users]), np.array([base_users[u] for u in users])),
+            }
+    suite_path = out / SUITE_FILE
+    suite = read_json(suite_path) if suite_path.exists() else {}
+    return {
+        "suite": suite.get("name", out.name),
+        "metrics": names,
+        "variants": variants,
+        "overrides": {v: suite.get("variants", {}).get(v, VARIANTS.get(v)) for v in variants},
+        "popularity": popularity,
+        "baseline": baseline,
+        "selection_metric": select,
+        "relative_change": relative,
+        "significance": significance,
+        "cases": first.get("cases", {}),
+    }
+
+
+# --------------------------------------------------------------------------------------------- rendering
+def _label(metric: str) -> str:
+    name, k = metric.rsplit("_at_", 1)
+    return f"{name.upper()}@{k}"
+
+
+def _fmt_mean_std(stat: dict[str, float | None]) -> str:
+    return f"{stat['mean']:.4f}" if stat["std"] is None else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "–" if x is None else format(x, spec)
+
+
+def _fmt_p(p: float | None) -> str:
+    return "n/a" if p is None else f"{p:.3g}"
+
+
+def _fmt_override(value: Any) -> str:
+    return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
+
+
+def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
+    """``results.md``: the test table, relative changes, the paired tests and the variants' overrides."""
+    names = results["metrics"]
+    head = ["variant", "n", *map(_label, names), "epochs to best", "seconds to best"]
+    lines = [
+        f"# Experiment suite `{results['suite']}`",
+        "",
+        "Test metrics with full-catalogue ranking: mean ± sample standard deviation over seeds (n seeds). "
+        "Epochs and seconds to the best epoch (chosen on validation NDCG@10) are means over seeds. "
+        f"Cases: {results['cases'].get('test', '?')} test, {results['cases'].get('valid', '?')} validation.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" + "--:|" * (len(head) - 1),
+    ]
+    pop = results["popularity"].get("test")
+    if pop:
+        cells = [f"{pop[m]:.4f}" if m in pop else "–" for m in names]
+        lines.append("| popularity | – | " + " | ".join(cells) + " | – | – |")
+    for v, e in results["variants"].items():
+        cells = [_fmt_mean_std(e["test"][m]) for m in names]
+        timing = [_fmt(e["best_epoch"], ".1f"), _fmt(e["seconds_to_best"], ".1f")]
+        lines.append(f"| {v} | {e['n']} | " + " | ".join(cells + timing) + " |")
+
+    baseline, select = results["baseline"], _label(results["selection_metric"])
+    lines += ["", "## Relative change vs the best baseline", ""]
+    if baseline is None:
+        lines.append(f"No baseline ({', '.join(BASELINES)}) in this suite.")
+    elif not results["relative_change"]:
+        lines.append("No KDSR variant in this suite.")
+    else:
+        lines += [
+            f"Baseline: `{baseline}`, the better of {', '.join(BASELINES)} by mean test {select}.",
+            "",
+            "| variant | " + " | ".join(map(_label, names)) + " |",
+            "|---|" + "--:|" * len(names),
+        ]
+        for v, rel in results["relative_change"].items():
+            lines.append(f"| {v} | " + " | ".join(_fmt(rel[m], "+.1f") + "%" for m in names) + " |")
+
+    lines += [
+        "",
+        f"## Paired significance over users (per-user test {select}, averaged over seeds)",
+        "",
+        "Wilcoxon signed-rank test and paired t-test of each KDSR variant against the best baseline; "
+        "n/a when every user's difference is zero.",
+        "",
+    ]
+    if results["significance"]:
+        lines += [
+            f"| variant | vs | users | mean {select} | baseline mean | Wilcoxon p | paired t-test p |",
+            "|---|---|--:|--:|--:|--:|--:|",
+        ]
+        for v, s in results["significance"].items():
+            lines.append(
+                f"| {v} | {s['baseline']} | {s['users']} | {_fmt(s['mean'], '.4f')} | "
+                f"{_fmt(s['baseline_mean'], '.4f')} | {_fmt_p(s['wilcoxon_p'])} | {_fmt_p(s['ttest_p'])} |"
+            )
+    else:
+        lines.append("Needs a baseline and a KDSR variant.")
+
+    lines += ["", "## Variants (overrides of the base config)", "", "| variant | overrides |", "|---|---|"]
+    for v, over in results["overrides"].items():
+        text = ", ".join(f"`{k}={_fmt_override(x)}`" for k, x in (over or {}).items()) or "base config"
+        lines.append(f"| {v} | {text} |")
+    if plots:
+        lines += ["", "## Plots", "", *(f"![{p}]({p})" for p in plots)]
+    return "\n".join(lines) + "\n"
+
+
+def _read_curve(path: Path, column: str) -> tuple[list[int], list[float]]:
+    epochs: list[int] = []
+    values: list[float] = []
+    with path.open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get(column):
+                epochs.append(int(float(row["epoch"])))
+                values.append(float(row[column]))
+    return epochs, values
+
+
+def _save(fig: Any, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+
+
+def plot_curves(runs: dict[str, list[RunResult]], path: Path) -> bool:
+    """Validation NDCG@10 per epoch of each variant's first seed; False when no curve exists."""
+    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib only when reporting
+    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+
+    fig = Figure(figsize=(7, 4.5))
+    ax = fig.add_subplot()
+    drawn = False
+    for v, rs in runs.items():
+        curve = rs[0].run_dir / "train_curve.csv"
+        if curve.exists():
+            epochs, values = _read_curve(curve, CURVE_METRIC)
+            if epochs:
+                ax.plot(epochs, values, marker="o", markersize=3, label=f"{v} (seed {rs[0].seed})")
+                drawn = True
+    if not drawn:
+        return False
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation NDCG@10")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    _save(fig, path)
+    return True
+
+
+def plot_bars(results: dict[str, Any], path: Path) -> None:
+    """Test HR@K and NDCG@K (K = the significance K) per variant with std error bars, popularity first."""
+    from matplotlib.figure import Figure  # noqa: PLC0415
+
+    k = results["selection_metric"].rsplit("_", 1)[1]
+    metrics = [f"hr_at_{k}", f"ndcg_at_{k}"]
+    rows: list[tuple[str, list[float], list[float]]] = []
+    pop = results["popularity"].get("test")
+    if pop:
+        rows.append(("popularity", [pop[m] for m in metrics], [0.0, 0.0]))
+    for v, e in results["variants"].items():
+        rows.append(
+            (v, [e["test"][m]["mean"] for m in metrics], [e["test"][m]["std"] or 0.0 for m in metrics])
+        )
+    fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
+    ax = fig.add_subplot()
+    x = np.arange(len(rows))
+    width = 0.38
+    for i, m in enumerate(metrics):
+        ax.bar(
+            x + (i - 0.5) * width,
+            [r[1][i] for r in rows],
+            width,
+            yerr=[r[2][i] for r in rows],
+            capsize=3,
+            label=_label(m),
+        )
+    ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right")
+    ax.set_ylabel("test metric (mean ± std over seeds)")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    _save(fig, path)
+
+
+def write_report(out: Path, tracker: Tracker | None = None) -> dict[str, Any]:
+    """Write ``results.json``, ``results.md`` and the plots into ``out``; log them to ``tracker``'s run.
+
+    Returns:
+        The aggregated results (the content of ``results.json``).
+    """
+    out = Path(out)
+    results = aggregate(out)
+    plots = []
+    if plot_curves(collect_runs(out), out / CURVES_PNG):
+        plots.append(CURVES_PNG)
+    plot_bars(results, out / BARS_PNG)
+    plots.append(BARS_PNG)
+    results["plots"] = plots
+    write_json(out / "results.json", results)
+    with atomic_path(out / "results.md") as tmp:
+        tmp.write_text(render_markdown(results, plots))
+    log.info("report: %s (%d variants)", out / "results.md", len(results["variants"]))
+    if tracker is not None and tracker.active:
+        for name in ("results.md", "results.json", *plots):
+            tracker.log_artifact(out / name, artifact_path="report")
+        tracker.log_metrics(
+            {
+                v: {f"test_{m}_mean": s["mean"] for m, s in e["test"].items()}
+                for v, e in results["variants"].items()
+            }
+        )
+    return results
+
+
+def run_report(out: Path, mlflow_params: Any) -> dict[str, Any]:
+    """Write the report of the suite in ``out`` and log it to the suite's MLflow parent run (when on)."""
+    out = Path(out)
+    _require_runs(out)  # fail before an MLflow run is opened
+    tag = str(out.resolve())
+    parent_id = find_run_by_tag(mlflow_params, SUITE_TAG, tag)
+    with start_run("suite", mlflow_params, run_name=out.name, tags={SUITE_TAG: tag}, run_id=parent_id) as tr:
+        return write_report(out, tracker=tr)
