@@ -72,9 +72,9 @@ def _forbid(name: str):
 def test_suite_writes_every_run_and_the_shared_data(tiny_suite) -> None:
     base, out, results = tiny_suite
     assert [(r["variant"], r["seed"], r["status"]) for r in results] == [
-        ("sasrec_id", 0, "done"),
-        ("sasrec_id", 1, "done"),
+        ("sasrec_id", 0, "done"),  # seed-major: every variant's first seed first
         ("kdsr", 0, "done"),
+        ("sasrec_id", 1, "done"),
         ("kdsr", 1, "done"),
     ]
     for step in ("ingest", "embed", "correlate"):

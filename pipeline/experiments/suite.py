@@ -137,7 +137,7 @@ def variant_seeds(variants: Sequence[str] | None, seeds: int, ablation_seeds: in
 
 
 def plan_runs(base: Params, out: Path, counts: dict[str, int]) -> list[RunSpec]:
-    """The runs of a suite, in order: each variant's overrides applied to ``base``, seed k -> train.seed + k.
+    """The runs of a suite, seed-major: each variant's overrides applied to ``base``, seed k -> train.seed + k.
 
     Raises:
         PipelineError: a modality variant while the base config has no modality, or overrides that do not
@@ -152,7 +152,8 @@ def plan_runs(base: Params, out: Path, counts: dict[str, int]) -> list[RunSpec]:
         for k in range(n):
             params = with_overrides(base, {**VARIANTS[variant], "train.seed": base.train.seed + k})
             specs.append(RunSpec(variant, k, params, Path(out) / "runs" / variant / f"seed{k}"))
-    return specs
+    # seed-major: every variant's first seed before any second seed, so a partial suite is comparable
+    return sorted(specs, key=lambda s: s.seed_index)
 
 
 # --------------------------------------------------------------------------------------------- shared data

@@ -1,11 +1,13 @@
 """The training loop: next-item CE + per-modality correlation distillation, asynchronous LR, early stopping.
 
 ``run_train`` is what the ``train`` stage calls. It never imports polars or dvc, and mlflow only through
-:mod:`pipeline.tracking` (optional), so the same code runs on a bare GPU machine.
+:mod:`pipeline.tracking` (optional), so the same code runs on a bare GPU machine. Under ``torchrun`` it trains
+data-parallel over the ranks (see :mod:`pipeline.training.distributed`); alone it is a single process.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import functools
@@ -24,16 +26,32 @@ import torch
 from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
-from pipeline.evaluation.metrics import build_eval_cases, evaluate_scorer, read_sequences
+from pipeline.evaluation.metrics import (
+    EvalCases,
+    build_eval_cases,
+    evaluate_scorer,
+    metrics_from_ranks,
+    read_sequences,
+)
 from pipeline.io import atomic_path
 from pipeline.models import Student, StudentConfig, save_student
 from pipeline.supervision.scores import TeacherCorrelation, pair_scores
-from pipeline.tracking import file_digest, start_run
+from pipeline.tracking import Tracker, file_digest, start_run
 from pipeline.training.batches import (
     bucketed_batches,
     training_windows,
     trim_left_padding,
     within_sequence_pairs,
+)
+from pipeline.training.distributed import (
+    DistInfo,
+    all_gather_concat,
+    all_reduce_gradients,
+    all_reduce_sum,
+    broadcast_module_,
+    cleanup,
+    init_from_env,
+    shard_bounds,
 )
 from pipeline.training.losses import code_loss, holistic_loss, next_item_loss
 from pipeline.training.schedule import LRScheduler, build_param_groups
@@ -41,6 +59,7 @@ from pipeline.training.schedule import LRScheduler, build_param_groups
 log = logging.getLogger(__name__)
 
 SELECT_METRIC = "ndcg_at_10"
+RANK_SEED_STRIDE = 1_000_003  # rank r > 0 draws its dropout from seed + r * stride (rank 0 as one process)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -122,9 +141,55 @@ def run_train(
         eval_params: the ``eval`` section (ks, mask_history, batch_size) for validation.
         mlflow_params: the ``mlflow`` section.
         max_epochs_this_call: stop after this many epochs and keep the checkpoint (tests of resuming).
+
+    Under ``torchrun`` (``WORLD_SIZE`` > 1) every rank calls this with the same arguments and the ranks train
+    one model data-parallel: ``train.batch_size`` stays the global batch, each rank computes the loss of its
+    rows (``rank::world_size``) of every batch and of its share of the batch's distillation pairs, and the
+    gradients are summed so each step equals the single-process step up to summation order (with dropout
+    0 and the full softmax; dropout masks and sampled negatives are drawn per rank). Rank 0 alone writes the
+    checkpoint, the model, the curve and the MLflow run; other ranks return the same summary.
     """
-    t_start = time.perf_counter()
     device = resolve_device(train.device)
+    dist_info = init_from_env(device)
+    if dist_info.distributed and device.type == "cuda":
+        device = torch.device("cuda", dist_info.local_rank)
+    summary = _run_train(
+        train,
+        score,
+        eval_params,
+        mlflow_params,
+        sequences_path,
+        supervision_dir,
+        model_dir,
+        curve_path,
+        checkpoint_root,
+        max_epochs_this_call,
+        progress,
+        device,
+        dist_info,
+    )
+    cleanup(dist_info)  # not on error: a failing rank exits and torchrun stops the others
+    return summary
+
+
+def _run_train(
+    train: Any,
+    score: str,
+    eval_params: Any,
+    mlflow_params: Any,
+    sequences_path: Path,
+    supervision_dir: Path,
+    model_dir: Path,
+    curve_path: Path,
+    checkpoint_root: Path,
+    max_epochs_this_call: int | None,
+    progress: bool,
+    device: torch.device,
+    dist_info: DistInfo,
+) -> dict[str, Any]:
+    t_start = time.perf_counter()
+    is_main = dist_info.is_main
+    info = log.info if is_main else log.debug  # one copy of the progress log, from rank 0
     torch.manual_seed(train.seed)
     np.random.seed(train.seed)
     modalities = list(train.modalities)
@@ -195,9 +260,13 @@ def run_train(
     resumed = _load_checkpoint(ckpt_path, model, optimizer)
     if resumed is not None:
         best_state, state = resumed
-        log.info("resumed from %s after epoch %d", ckpt_path, state.epoch)
+        info("resumed from %s after epoch %d", ckpt_path, state.epoch)
+    if dist_info.distributed:
+        broadcast_module_(model)  # identical already (same seed, same checkpoint); make sure of it
+        if not is_main:
+            best_state = {}  # only rank 0 writes the model
 
-    log.info(
+    info(
         "training %s on %s: %d users, %d items, modalities %s, %d steps/epoch",
         train.backbone,
         device,
@@ -206,13 +275,25 @@ def run_train(
         modalities or "none (ID only)",
         steps_per_epoch,
     )
+    if dist_info.distributed:
+        info(
+            "data-parallel over %d ranks: %d sequences per rank per batch of %d",
+            dist_info.world_size,
+            math.ceil(train.batch_size / dist_info.world_size),
+            train.batch_size,
+        )
     params_logged = {"train": _as_dict(train), "correlate": {"score": score}, "eval": _as_dict(eval_params)}
     stopped_early = False
-    with start_run(
-        "train",
-        mlflow_params,
-        tags={"modalities": ",".join(modalities) or "none", "backbone": train.backbone},
-    ) as tracker:
+    run_ctx = (
+        start_run(
+            "train",
+            mlflow_params,
+            tags={"modalities": ",".join(modalities) or "none", "backbone": train.backbone},
+        )
+        if is_main
+        else contextlib.nullcontext(Tracker(None, None))
+    )
+    with run_ctx as tracker:
         tracker.log_params(params_logged)
         for row in state.curve:  # a resumed run re-logs the epochs it already had
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=int(row["epoch"]))
@@ -223,7 +304,8 @@ def run_train(
             epoch = state.epoch
             t0 = time.perf_counter()
             # every epoch's randomness derives from (seed, epoch): resuming at an epoch edge is exact
-            torch.manual_seed(train.seed * 100_003 + epoch)
+            # (ranks share ``gen``, so they cut the same batches and pairs; dropout differs per rank)
+            torch.manual_seed(train.seed * 100_003 + epoch + RANK_SEED_STRIDE * dist_info.rank)
             gen = torch.Generator().manual_seed(train.seed * 100_003 + epoch)
             model.train()
             sums: dict[str, float] = {}
@@ -234,40 +316,54 @@ def run_train(
                 batches,
                 desc=f"epoch {epoch + 1}/{train.epochs}",
                 unit="batch",
-                disable=not progress,
+                disable=not progress or not is_main,
                 leave=False,
             )
             for idx in bar:
                 lrs = scheduler.set_step(state.step)
-                seq = trim_left_padding(windows[idx.to(device)])  # (B, T+1)
-                inputs, targets = seq[:, :-1], seq[:, 1:]
+                seq = trim_left_padding(windows[idx.to(device)])  # (B, T+1), the whole batch
+                part = _shard(seq, dist_info)  # this rank's rows (all of them in one process)
+                inputs, targets = part[:, :-1], part[:, 1:]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     items = model.item_representations()
-                    hidden = fwd_model.encode(inputs, items)  # (B, T, H)
                     keep = targets != 0
-                    terms = {
-                        "ce": next_item_loss(
+                    if len(part):
+                        hidden = fwd_model.encode(inputs, items)  # (B, T, H)
+                        ce = next_item_loss(
                             hidden[keep],
                             items,
                             targets[keep],
                             train.num_negatives if train.loss == "sampled_softmax" else 0,
                         )
-                    }
+                    else:  # a batch with fewer rows than ranks leaves this rank none
+                        ce = items.new_zeros((), dtype=torch.float32)
+                    if dist_info.distributed:  # this rank's share of the whole batch's mean
+                        ce = ce * (keep.sum() / (seq[:, 1:] != 0).sum())
+                    terms = {"ce": ce}
                     loss = terms["ce"]
                     if modalities and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0):
+                        # pairs of the whole batch, so every rank consumes ``gen`` alike; each takes a share
                         pi, pj = within_sequence_pairs(seq, train.kd.max_pairs, gen)
                         for m in modalities:
                             t_scores, t_codes, ok = teachers[m](pi, pj)
-                            i, j = pi[ok], pj[ok]
+                            i, j, t_scores, t_codes = (
+                                _shard(x[ok], dist_info) for x in (pi, pj, t_scores, t_codes)
+                            )
+                            n_pairs = int(ok.sum()) if dist_info.distributed else len(i)
                             if train.kd.holistic_weight > 0:
                                 s = model.holistic_student_scores(m, i, j, score_fn)
-                                terms[f"hol_{m}"] = holistic_loss(s, t_scores[ok], train.kd.tau)
+                                hol = holistic_loss(s, t_scores, train.kd.tau)
+                                terms[f"hol_{m}"] = _share(hol, len(i), n_pairs, dist_info)
                                 loss = loss + train.kd.holistic_weight * terms[f"hol_{m}"]
                             if train.kd.code_weight > 0 and cfg.num_codes > 0:
-                                terms[f"code_{m}"] = code_loss(model.code_logits(m, i, j), t_codes[ok])
+                                cl = code_loss(model.code_logits(m, i, j), t_codes)
+                                terms[f"code_{m}"] = _share(cl, len(i), n_pairs, dist_info)
                                 loss = loss + train.kd.code_weight * terms[f"code_{m}"]
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                if loss.requires_grad:  # always in one process; a rank with an empty share has no graph
+                    loss.backward()
+                if dist_info.distributed:
+                    all_reduce_gradients(model.parameters())  # the shares sum to the whole batch's gradient
                 optimizer.step()
                 state.step += 1
                 n_batches += 1
@@ -277,6 +373,8 @@ def run_train(
                 if progress and n_batches % 10 == 0:
                     bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}")
             bar.close()
+            if dist_info.distributed:
+                sums = all_reduce_sum(sums, device)  # per-rank shares -> the whole epoch's sums
             if not math.isfinite(sums.get("loss", 0.0)):
                 raise PipelineError(
                     f"training diverged at epoch {epoch + 1} (loss is not finite); "
@@ -289,14 +387,17 @@ def run_train(
             row["seq_per_s"] = len(windows) / train_seconds
             if (epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs:
                 model.eval()
-                metrics, _ = evaluate_scorer(
-                    model.user_scores,
-                    valid_cases,
-                    eval_params.ks,
-                    eval_params.mask_history,
-                    eval_params.batch_size,
-                    device,
-                )
+                if dist_info.distributed:
+                    metrics = _evaluate_sharded(model, valid_cases, eval_params, device, dist_info)
+                else:
+                    metrics, _ = evaluate_scorer(
+                        model.user_scores,
+                        valid_cases,
+                        eval_params.ks,
+                        eval_params.mask_history,
+                        eval_params.batch_size,
+                        device,
+                    )
                 row.update({f"valid_{k}": v for k, v in metrics.items()})
                 if metrics[SELECT_METRIC] > state.best_metric:
                     state.best_metric, state.best_epoch, state.bad_epochs = (
@@ -304,7 +405,8 @@ def run_train(
                         epoch + 1,
                         0,
                     )
-                    best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+                    if is_main:
+                        best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
                 else:
                     state.bad_epochs += train.eval_every
             row["seconds"] = time.perf_counter() - t0
@@ -312,7 +414,7 @@ def run_train(
             state.epoch += 1
             epochs_run += 1
             tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=epoch + 1)
-            log.info(
+            info(
                 "epoch %d: loss %.4f, valid ndcg@10 %.4f (best %.4f @ %d), %.1fs, %.0f seq/s",
                 epoch + 1,
                 row["loss"],
@@ -322,9 +424,10 @@ def run_train(
                 row["seconds"],
                 row["seq_per_s"],
             )
-            _save_checkpoint(ckpt_path, model, best_state, optimizer, state)
+            if is_main:
+                _save_checkpoint(ckpt_path, model, best_state, optimizer, state)
             if state.bad_epochs >= train.patience:
-                log.info("early stop: no validation gain for %d epochs", state.bad_epochs)
+                info("early stop: no validation gain for %d epochs", state.bad_epochs)
                 stopped_early = True
                 break
 
@@ -343,23 +446,23 @@ def run_train(
         }
         if not finished:
             return summary  # interrupted on purpose: keep the checkpoint, write no model
-        model.load_state_dict(best_state)
-        weights = save_student(
-            model,
-            model_dir,
-            extra={
-                "train": _as_dict(train),
-                "correlate": {"score": score},
-                "best_epoch": state.best_epoch,
-                "best_valid": summary["best_valid"],
-                "epochs_run": state.epoch,
-            },
-        )
-        _write_curve(curve_path, state.curve)
-        digest = file_digest(weights)
+        if is_main:
+            model.load_state_dict(best_state)
+            weights = save_student(
+                model,
+                model_dir,
+                extra={
+                    "train": _as_dict(train),
+                    "correlate": {"score": score},
+                    "best_epoch": state.best_epoch,
+                    "best_valid": summary["best_valid"],
+                    "epochs_run": state.epoch,
+                },
+            )
+            _write_curve(curve_path, state.curve)
+            tracker.set_tags({"model.sha256": file_digest(weights), "best_epoch": state.best_epoch})
         summary["seconds_total"] = time.perf_counter() - t_start
         summary["seconds_to_best"] = sum(r["seconds"] for r in state.curve[: state.best_epoch])
-        tracker.set_tags({"model.sha256": digest, "best_epoch": state.best_epoch})
         tracker.log_metrics(
             {
                 "best_epoch": state.best_epoch,
@@ -370,10 +473,10 @@ def run_train(
         )
         tracker.log_artifact(model_dir / "config.json")
         tracker.log_artifact(curve_path)
-    if ckpt_path.exists():
+    if is_main and ckpt_path.exists():
         ckpt_path.unlink()
         ckpt_path.parent.rmdir()
-    log.info(
+    info(
         "best epoch %d (valid ndcg@10 %.4f); %.1fs to best, %.1fs total",
         state.best_epoch,
         state.best_metric,
@@ -381,6 +484,56 @@ def run_train(
         summary["seconds_total"],
     )
     return summary
+
+
+def _shard(x: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
+    """This rank's rows ``rank::world_size`` of ``x`` (all of ``x`` in one process)."""
+    return x[dist_info.rank :: dist_info.world_size] if dist_info.distributed else x
+
+
+def _share(term: torch.Tensor, n_here: int, n_all: int, dist_info: DistInfo) -> torch.Tensor:
+    """A rank's mean loss over its ``n_here`` of the batch's ``n_all`` pairs, weighted by ``n_here / n_all``
+    so the ranks' shares sum to the single-process mean (``term`` as is in one process)."""
+    if not dist_info.distributed:
+        return term
+    return term * (n_here / n_all) if n_all else term * 0.0
+
+
+def _slice_cases(cases: EvalCases, start: int, end: int) -> EvalCases:
+    """Cases ``start:end`` (history pointers rebased)."""
+    lo, hi = int(cases.hist_indptr[start]), int(cases.hist_indptr[end])
+    return EvalCases(
+        users=cases.users[start:end],
+        inputs=cases.inputs[start:end],
+        targets=cases.targets[start:end],
+        hist_indptr=cases.hist_indptr[start : end + 1] - lo,
+        hist_items=cases.hist_items[lo:hi],
+    )
+
+
+def _evaluate_sharded(
+    model: Student, cases: EvalCases, eval_params: Any, device: torch.device, dist_info: DistInfo
+) -> dict[str, float]:
+    """Validation metrics with each rank ranking a contiguous 1/world of the cases.
+
+    The integer ranks are gathered in case order, so every rank computes the same metrics as one process
+    (and takes the same early-stopping decision without further communication).
+    """
+    bounds = shard_bounds(len(cases), dist_info.world_size)
+    start, end = bounds[dist_info.rank], bounds[dist_info.rank + 1]
+    mine = np.zeros(0, dtype=np.int64)
+    if end > start:
+        _, mine = evaluate_scorer(
+            model.user_scores,
+            _slice_cases(cases, start, end),
+            eval_params.ks,
+            eval_params.mask_history,
+            eval_params.batch_size,
+            device,
+        )
+    sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    ranks = all_gather_concat(torch.from_numpy(mine).to(device), sizes)
+    return metrics_from_ranks(ranks, eval_params.ks)
 
 
 def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
