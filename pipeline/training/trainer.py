@@ -371,7 +371,10 @@ def _run_train(
                     sums[k] = sums.get(k, 0.0) + float(v.detach())
                 sums["loss"] = sums.get("loss", 0.0) + float(loss.detach())
                 if progress and n_batches % 10 == 0:
-                    bar.set_postfix(loss=f"{sums['loss'] / n_batches:.3f}")
+                    shown = sums["loss"]
+                    if dist_info.distributed:  # every rank joins (same ``progress``, same batch count)
+                        shown = all_reduce_sum({"loss": shown}, device)["loss"]
+                    bar.set_postfix(loss=f"{shown / n_batches:.3f}")
             bar.close()
             if dist_info.distributed:
                 sums = all_reduce_sum(sums, device)  # per-rank shares -> the whole epoch's sums
