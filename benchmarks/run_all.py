@@ -16,8 +16,9 @@ Scenarios:
 
 Every stage runs in its own child process (``python -m``-like, from the project root, MLflow off), so the
 numbers are per stage: wall seconds of the process (start-up and imports included), seconds of the stage
-function alone, peak RSS (``wait4`` resource usage of that child: the largest of it and anything it
-started), CPU seconds (user + system; CPU s / stage s ~ cores kept busy), a throughput (ingest: raw
+function alone, peak RSS (the child's own address space, VmHWM, or a process it started if larger; the
+parent's ``wait4`` figure is kept as ``peak_rss_wait4_mb``: Linux counts the image a child replaced at exec,
+so that one never drops below the runner's own RSS), CPU seconds (user + system; CPU s / stage s ~ cores kept busy), a throughput (ingest: raw
 interactions/s; embed, correlate: items/s per modality summed; train: training sequences/s, the harmonic
 mean over epochs; evaluate: evaluated sequences/s, validation + test), the device and, where CUDA is used,
 the GPU name and peak allocated/reserved memory. The embed cache is emptied before embed (a cold run) and
@@ -77,6 +78,7 @@ DEPENDS = {
     "evaluate": ("data", "train"),
 }
 MARKER = ".kdsr-bench"  # marks a work dir this script created (--fresh only deletes such folders)
+LARGE_DEFAULTS = {"large_items": 1_000_000, "large_interactions": 10_000_000, "large_catalogue": 100_000}
 LARGE_EPOCHS = 2  # the large scenario's training budget unless --epochs is given
 USERS_PER_ITEM = 1.85  # Amazon Beauty's ratio (22,363 users / 12,101 items)
 QUICK = {
@@ -108,6 +110,20 @@ def _rss_mb(ru_maxrss: int) -> float:
     return ru_maxrss / (2**20 if sys.platform == "darwin" else 2**10)  # bytes on macOS, KiB on Linux
 
 
+def own_peak_rss_mb() -> float:
+    """Peak RSS of this process's address space since its exec (``VmHWM``), or of the largest process it
+    waited for if that is larger (a worker forked from it)."""
+    own = None
+    try:
+        with open("/proc/self/status") as f:
+            own = next((int(line.split()[1]) / 1024 for line in f if line.startswith("VmHWM:")), None)
+    except OSError:  # no procfs (macOS): the rusage figure
+        pass
+    if own is None:
+        own = _rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return max(own, _rss_mb(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss))
+
+
 def measure_subprocess(
     cmd: Sequence[str], log_path: Path, env: dict[str, str] | None = None, timeout_s: float | None = None
 ) -> Measured:
@@ -115,7 +131,9 @@ def measure_subprocess(
 
     The child is reaped with ``os.wait4``, whose resource usage is that child's own (the largest RSS of it
     and of the processes it waited for), so every stage gets its own peak, unlike the running maximum of
-    ``RUSAGE_CHILDREN``. A child past ``timeout_s`` is killed with its whole process group.
+    ``RUSAGE_CHILDREN``. Linux includes the pre-exec image (a copy of this process) in that maximum, so it
+    is an upper bound that never drops below this process's RSS; :func:`own_peak_rss_mb`, read by the child
+    itself, is exact. A child past ``timeout_s`` is killed with its whole process group.
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as out:
@@ -170,6 +188,7 @@ class Scenario:
     raw: dict[str, Any] | None = None  # large: generated raw Amazon files for the ingest row
     catalogue: DataParams | None = None  # large: the demo catalogue behind embed..evaluate
     prepare: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)  # generated inputs that failed
     note: str = ""
 
     def paths(self) -> dict[str, str]:
@@ -227,13 +246,14 @@ def build_scenario(name: str, args: argparse.Namespace) -> Scenario:
                 sc_args["note"] = f"skipped: {', '.join(missing)} not found ({args.beauty_params})"
     elif name == "large":
         base = load_params(args.demo_params)
-        items, interactions, catalogue = args.large_items, args.large_interactions, args.large_catalogue
-        if args.quick:
-            items, interactions, catalogue = (
-                QUICK["large_items"],
-                QUICK["large_interactions"],
-                QUICK["large_catalogue"],
-            )
+        sizes = {k: getattr(args, k) for k in LARGE_DEFAULTS}  # explicit > --quick > full size
+        for k, v in sizes.items():
+            sizes[k] = v if v is not None else QUICK[k] if args.quick else LARGE_DEFAULTS[k]
+        items, interactions, catalogue = (
+            sizes["large_items"],
+            sizes["large_interactions"],
+            sizes["large_catalogue"],
+        )
         epochs = epochs or LARGE_EPOCHS
         overrides.update(
             {
@@ -434,8 +454,8 @@ STAGE_RUNNERS: dict[str, Callable[[Params, dict[str, Path], dict[str, Any]], dic
     "evaluate": _evaluate,
 }
 PREPARE_RUNNERS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "raw": _generate_raw,
-    "catalogue": _build_catalogue,
+    "prepare_raw": _generate_raw,
+    "prepare_catalogue": _build_catalogue,
 }
 
 
@@ -464,7 +484,7 @@ def child_main(spec_path: Path) -> None:
     if result.get("count") is not None and "throughput" not in result:
         result["throughput"] = result["count"] / max(result["stage_s"], 1e-9)
     result.update(_gpu_stats())
-    result["self_peak_rss_mb"] = _rss_mb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    result["peak_rss_mb"] = own_peak_rss_mb()
     write_json(spec["result"], result)
 
 
@@ -514,7 +534,7 @@ def prepare_inputs(sc: Scenario, stages: Sequence[str], timeout_s: float | None)
     for task, (wanted, folder, spec) in jobs.items():
         record = folder / "generated.json"
         if record.exists() and read_json(record) == wanted:
-            sc.prepare[task] = {"reused": True, "sizes": wanted}
+            sc.prepare[task] = {"reused": True}
             continue
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)
@@ -527,9 +547,8 @@ def prepare_inputs(sc: Scenario, stages: Sequence[str], timeout_s: float | None)
         write_json(record, wanted)
         sc.prepare[task] = {
             "reused": False,
-            "sizes": wanted,
             "wall_s": measured.wall_s,
-            "peak_rss_mb": measured.peak_rss_mb,
+            "peak_rss_mb": result.get("peak_rss_mb", measured.peak_rss_mb),
             **result.get("details", {}),
         }
         print(f"[{sc.name}] {task} input ready in {measured.wall_s:.1f} s", flush=True)
@@ -547,8 +566,8 @@ def run_scenario(sc: Scenario, stages: Sequence[str], args: argparse.Namespace) 
     params_path = sc.work / "params.yaml"
     with atomic_path(params_path) as tmp:
         tmp.write_text(yaml.safe_dump(sc.params.model_dump(), sort_keys=False))
-    errors = prepare_inputs(sc, stages, args.stage_timeout)
-    failed: set[str] = set(errors)  # stages (and generated inputs) that failed in this run
+    sc.errors = prepare_inputs(sc, stages, args.stage_timeout)
+    failed: set[str] = set(sc.errors)  # stages (and generated inputs) that failed in this run
     data = "catalogue" if sc.catalogue is not None else "ingest"
     spec: dict[str, Any] = {"params": str(params_path), "paths": sc.paths()}
     if args.device != "auto":
@@ -575,7 +594,8 @@ def run_scenario(sc: Scenario, stages: Sequence[str], args: argparse.Namespace) 
             measured, result, log_path = run_child(stage, spec, sc.work, args.stage_timeout)
             row.update(
                 wall_s=measured.wall_s,
-                peak_rss_mb=measured.peak_rss_mb,
+                peak_rss_mb=measured.peak_rss_mb,  # replaced by the child's own figure when it reports
+                peak_rss_wait4_mb=measured.peak_rss_mb,
                 cpu_s=measured.cpu_s,
                 log=str(log_path),
             )
@@ -705,21 +725,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--demo-params", type=Path, default=ROOT / "params.yaml")
     ap.add_argument("--beauty-params", type=Path, default=ROOT / "configs" / "beauty.yaml")
-    ap.add_argument("--large-items", type=int, default=1_000_000, help="catalogue of the large ingest")
-    ap.add_argument(
-        "--large-interactions", type=int, default=10_000_000, help="interactions of the large ingest"
-    )
-    ap.add_argument(
-        "--large-catalogue",
-        type=int,
-        default=100_000,
-        help="items of the large embed/correlate/train/evaluate catalogue",
-    )
+    for name, help_text in (
+        ("large_items", "items of the large ingest"),
+        ("large_interactions", "interactions of the large ingest"),
+        ("large_catalogue", "items of the large embed/correlate/train/evaluate catalogue"),
+    ):
+        ap.add_argument(
+            "--" + name.replace("_", "-"),
+            type=int,
+            default=None,
+            help=f"{help_text} (default {LARGE_DEFAULTS[name]:,}; --quick: {QUICK[name]:,})",
+        )
     ap.add_argument("--stage-timeout", type=float, default=None, help="kill a stage after this many seconds")
     ap.add_argument("--child", type=Path, default=None, help=argparse.SUPPRESS)  # a measured child process
     args = ap.parse_args(argv)
-    if args.epochs is not None and args.epochs < 1:
-        ap.error("--epochs must be >= 1")
+    for name in ("epochs", *LARGE_DEFAULTS):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be >= 1")
     return args
 
 
@@ -755,9 +777,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             shutil.rmtree(sc.work)
         report["rows"].extend(run_scenario(sc, stages, args))
         report["scenarios"][name] = {
+            "raw": sc.raw,
+            "catalogue": sc.catalogue.demo.model_dump() if sc.catalogue else None,
             "work": str(sc.work),
             "note": sc.note,
             "prepare": sc.prepare,
+            "errors": sc.errors,
             "epochs": sc.params.train.epochs,
         }
     report["load_average_after"] = list(os.getloadavg())
@@ -767,7 +792,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         tmp.write_text(f"# KDSR stage benchmark: {report['host']}, {report['date']}\n\n{table}")
     print("\n" + table)
     print(f"wrote {out} and {out.with_suffix('.md')}")
-    return 1 if any(r["status"] == "failed" for r in report["rows"]) else 0
+    failed = any(r["status"] == "failed" for r in report["rows"])
+    return 1 if failed or any(s["errors"] for s in report["scenarios"].values()) else 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,130 @@
+"""benchmarks/run_all.py: per-child measurement, the Markdown table, and a real --quick ingest run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import PROJECT_ROOT
+
+SCRIPT = PROJECT_ROOT / "benchmarks" / "run_all.py"
+
+
+@pytest.fixture(scope="module")
+def run_all():
+    spec = importlib.util.spec_from_file_location("bench_run_all", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_measure_subprocess_reads_the_childs_own_peak_rss(run_all, tmp_path: Path) -> None:
+    # 300 MiB touched by the child; this (parent) process never holds it
+    code = "import time; b = bytearray(300 * 2**20); time.sleep(0.2)"
+    m = run_all.measure_subprocess([sys.executable, "-c", code], tmp_path / "big.log")
+    assert m.returncode == 0 and not m.timed_out
+    assert 300 <= m.peak_rss_mb < 300 + 200  # the buffer plus an interpreter
+    assert m.wall_s >= 0.2
+    # a second, small child gets its own figure, not the running maximum of RUSAGE_CHILDREN (its floor
+    # is this process's RSS: Linux counts the image replaced at exec)
+    small = run_all.measure_subprocess([sys.executable, "-c", "pass"], tmp_path / "small.log")
+    assert small.peak_rss_mb < 300
+
+
+def test_own_peak_rss_ignores_the_pre_exec_image(run_all, tmp_path: Path) -> None:
+    # the child reads its own peak; a 300 MiB buffer in the parent at spawn time must not show in it
+    ballast = bytearray(300 * 2**20)
+    code = (
+        f"import sys; sys.path.insert(0, {str(SCRIPT.parent)!r}); import run_all; "
+        "b = bytearray(100 * 2**20); print(round(run_all.own_peak_rss_mb()))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    own = float(proc.stdout.strip().splitlines()[-1])
+    assert 100 <= own < 300  # the buffer plus an interpreter with pydantic, numpy and pyarrow
+    # whereas wait4's figure for a child includes the parent's image it replaced at exec
+    assert run_all.measure_subprocess([sys.executable, "-c", "pass"], tmp_path / "p.log").peak_rss_mb > 300
+    del ballast
+
+
+def test_measure_subprocess_timeout_and_exit_status(run_all, tmp_path: Path) -> None:
+    m = run_all.measure_subprocess(
+        [sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "slow.log", timeout_s=0.5
+    )
+    assert m.timed_out and m.returncode == -9 and m.wall_s < 10
+    failed = run_all.measure_subprocess(
+        [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "fail.log"
+    )
+    assert failed.returncode == 3
+    assert run_all._log_tail(tmp_path / "fail.log") == "boom"
+
+
+def test_markdown_table(run_all) -> None:
+    rows = [
+        {
+            "scenario": "demo",
+            "stage": "train",
+            "status": "ok",
+            "wall_s": 12.34,
+            "stage_s": 10.0,
+            "peak_rss_mb": 2048.4,
+            "cpu_s": 20.0,
+            "throughput": 1234.5,
+            "unit": "seq/s",
+            "device": "cuda",
+            "gpu": "H100",
+            "gpu_peak_mb": 512.6,
+        },
+        {"scenario": "beauty", "stage": "(all)", "status": "skipped", "note": "skipped: no data"},
+    ]
+    assert run_all.markdown_table(rows) == (
+        "| scenario | stage | status | wall s | stage s | peak RSS MiB | CPU s | throughput | device | GPU peak MiB |\n"
+        "|---|---|---|---|---|---|---|---|---|---|\n"
+        "| demo | train | ok | 12.3 | 10.0 | 2,048 | 20.0 | 1,234 seq/s | cuda (H100) | 513 |\n"
+        "| beauty | (all) | skipped |  |  |  |  |  |  |  |\n"
+        "\n"
+        "- beauty / (all): skipped: no data\n"
+    )
+    assert run_all._rate(9.5123, "items/s") == "9.51 items/s"
+    assert run_all._rate(12.25, "items/s") == "12.2 items/s"
+
+
+def test_quick_demo_ingest_writes_a_measured_row(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(SCRIPT), "--quick", "--scenarios", "demo", "--stages", "ingest"]
+    cmd += ["--workdir", str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "| demo | ingest | ok |" in proc.stdout
+
+    report = json.loads(out.read_text())
+    assert report["scenarios"]["demo"]["epochs"] == 1
+    (row,) = report["rows"]
+    assert (row["scenario"], row["stage"], row["status"]) == ("demo", "ingest", "ok")
+    assert row["wall_s"] > 0 and row["stage_s"] > 0 and row["wall_s"] >= row["stage_s"]
+    assert 50 < row["peak_rss_mb"] <= row["peak_rss_wait4_mb"]
+    assert row["device"] == "cpu" and row["unit"] == "interactions/s"
+    # the throughput counts the raw interactions the stage read, over the stage's own seconds
+    stats = json.loads((tmp_path / "work" / "demo" / "data_stats.json").read_text())
+    assert row["count"] == stats["raw"]["interactions"] > 0
+    assert row["throughput"] == pytest.approx(row["count"] / row["stage_s"])
+    assert stats["raw"]["users"] == 300  # --quick shrinks the demo data set
+    assert (tmp_path / "work" / "demo" / "processed" / "sequences.parquet").exists()
+    assert out.with_suffix(".md").read_text().count("| demo | ingest | ok |") == 1
+
+
+def test_missing_upstream_output_is_a_failed_row(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    cmd = [sys.executable, str(SCRIPT), "--scenarios", "demo", "--stages", "embed"]
+    cmd += ["--workdir", str(tmp_path / "work"), "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1
+    (row,) = json.loads(out.read_text())["rows"]
+    assert row["status"] == "failed" and "wall_s" not in row
+    assert "items.parquet is missing" in row["note"] and "--stages ingest embed" in row["note"]
