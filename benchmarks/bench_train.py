@@ -28,19 +28,6 @@ sys.path.insert(0, str(ROOT))
 
 os.environ.setdefault("KDSR_MLFLOW", "0")
 
-VARIANTS: dict[str, dict] = {
-    "sasrec_id": {"train.modalities": []},
-    "sasrec_modality": {"train.kd.holistic_weight": 0.0, "train.kd.code_weight": 0.0,
-                        "train.async_lr.schedule": "none"},
-    "kdsr": {},
-}
-
-
-def parse_value(text: str):
-    import yaml
-
-    return yaml.safe_load(text)
-
 
 def prepare(params, data: Path) -> None:
     """Run ingest -> embed -> correlate for ``params`` into ``data`` (needs polars and the teachers)."""
@@ -50,10 +37,21 @@ def prepare(params, data: Path) -> None:
 
     mods = list(params.train.modalities)
     run_ingest(params.data, params.mlflow, out_dir=data / "processed", stats_path=data / "data_stats.json")
-    run_embed(params.embed, mods, params.mlflow, items_path=data / "processed/items.parquet",
-              out_dir=data / "embeddings")
-    run_correlate(params.correlate, mods, params.mlflow, embeddings_dir=data / "embeddings",
-                  sequences_path=data / "processed/sequences.parquet", out_dir=data / "supervision")
+    run_embed(
+        params.embed,
+        mods,
+        params.mlflow,
+        items_path=data / "processed/items.parquet",
+        out_dir=data / "embeddings",
+    )
+    run_correlate(
+        params.correlate,
+        mods,
+        params.mlflow,
+        embeddings_dir=data / "embeddings",
+        sequences_path=data / "processed/sequences.parquet",
+        out_dir=data / "supervision",
+    )
 
 
 def main() -> None:
@@ -61,6 +59,8 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=ROOT / "configs" / "beauty.yaml")
     ap.add_argument("--data", type=Path, required=True, help="folder with processed/ and supervision/")
     ap.add_argument("--prepare", action="store_true", help="build --data with ingest/embed/correlate first")
+    from pipeline.experiments.suite import VARIANTS, parse_overrides  # the suite's definitions
+
     ap.add_argument("--variants", nargs="+", default=["sasrec_id", "kdsr"], choices=sorted(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
     ap.add_argument("--device", default=None, help="cpu | cuda (default: the params file's train.device)")
@@ -69,8 +69,9 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
 
     import torch
 
@@ -81,8 +82,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     base = load_params(args.params)
-    extra = dict(kv.split("=", 1) for kv in args.set)
-    extra = {k: parse_value(v) for k, v in extra.items()}
+    extra = parse_overrides(args.set)
     if args.device:
         extra["train.device"] = args.device
     base = with_overrides(base, {"mlflow.enabled": False, **extra})
@@ -90,48 +90,87 @@ def main() -> None:
         prepare(base, args.data)
     out = args.out or args.data / "bench"
     device = "cuda" if (base.train.device != "cpu" and torch.cuda.is_available()) else "cpu"
-    machine = torch.cuda.get_device_name(0) if device == "cuda" else f"{platform.processor() or 'cpu'}, " \
-        f"{torch.get_num_threads()} threads"
+    machine = (
+        torch.cuda.get_device_name(0)
+        if device == "cuda"
+        else f"{platform.processor() or 'cpu'}, {torch.get_num_threads()} threads"
+    )
     results = []
     for variant in args.variants:
         for seed in args.seeds:
             p = with_overrides(base, {**VARIANTS[variant], "train.seed": seed})
             run_dir = out / f"{variant}-seed{seed}"
             t0 = time.perf_counter()
-            summary = run_train(p.train, p.correlate.score, p.eval, p.mlflow,
-                                sequences_path=args.data / "processed/sequences.parquet",
-                                supervision_dir=args.data / "supervision", model_dir=run_dir / "models",
-                                curve_path=run_dir / "train_curve.csv", checkpoint_root=run_dir / "ckpt",
-                                progress=False)
+            summary = run_train(
+                p.train,
+                p.correlate.score,
+                p.eval,
+                p.mlflow,
+                sequences_path=args.data / "processed/sequences.parquet",
+                supervision_dir=args.data / "supervision",
+                model_dir=run_dir / "models",
+                curve_path=run_dir / "train_curve.csv",
+                checkpoint_root=run_dir / "ckpt",
+                progress=False,
+            )
             train_s = time.perf_counter() - t0
             t1 = time.perf_counter()
-            report = run_evaluate(p.eval, p.mlflow, sequences_path=args.data / "processed/sequences.parquet",
-                                  model_dir=run_dir / "models", metrics_path=run_dir / "metrics.json",
-                                  per_user_path=run_dir / "per_user.parquet", progress=False)
+            report = run_evaluate(
+                p.eval,
+                p.mlflow,
+                sequences_path=args.data / "processed/sequences.parquet",
+                model_dir=run_dir / "models",
+                metrics_path=run_dir / "metrics.json",
+                per_user_path=run_dir / "per_user.parquet",
+                progress=False,
+            )
             eval_s = time.perf_counter() - t1
             epochs = summary["epochs_run"]
             row = {
-                "variant": variant, "seed": seed, "device": device, "machine": machine,
-                "epochs_run": epochs, "best_epoch": summary["best_epoch"],
+                "variant": variant,
+                "seed": seed,
+                "device": device,
+                "machine": machine,
+                "epochs_run": epochs,
+                "best_epoch": summary["best_epoch"],
                 "seconds_total": round(summary["seconds_total"], 2),
                 "seconds_to_best": round(summary["seconds_to_best"], 2),
                 "seconds_per_epoch": round(train_s / max(1, epochs), 2),
                 "evaluate_seconds": round(eval_s, 2),
-                "valid_hr_at_20": report["valid"]["hr_at_20"], "valid_ndcg_at_20": report["valid"]["ndcg_at_20"],
-                "test_hr_at_10": report["test"]["hr_at_10"], "test_ndcg_at_10": report["test"]["ndcg_at_10"],
-                "test_hr_at_20": report["test"]["hr_at_20"], "test_ndcg_at_20": report["test"]["ndcg_at_20"],
+                "valid_hr_at_20": report["valid"]["hr_at_20"],
+                "valid_ndcg_at_20": report["valid"]["ndcg_at_20"],
+                "test_hr_at_10": report["test"]["hr_at_10"],
+                "test_ndcg_at_10": report["test"]["ndcg_at_10"],
+                "test_hr_at_20": report["test"]["hr_at_20"],
+                "test_ndcg_at_20": report["test"]["ndcg_at_20"],
                 "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
             }
             if device == "cuda":
                 row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
             results.append(row)
             print(json.dumps(row), flush=True)
-    cols = ["variant", "seed", "device", "epochs_run", "best_epoch", "seconds_per_epoch", "seconds_to_best",
-            "test_hr_at_20", "test_ndcg_at_20", "valid_ndcg_at_20"]
+    cols = [
+        "variant",
+        "seed",
+        "device",
+        "epochs_run",
+        "best_epoch",
+        "seconds_per_epoch",
+        "seconds_to_best",
+        "test_hr_at_20",
+        "test_ndcg_at_20",
+        "valid_ndcg_at_20",
+    ]
     print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
     for r in results:
-        print("| " + " | ".join(f"{r[c]:.4f}" if isinstance(r[c], float) and c.startswith(("test", "valid"))
-                                 else str(r[c]) for c in cols) + " |")
+        print(
+            "| "
+            + " | ".join(
+                f"{r[c]:.4f}" if isinstance(r[c], float) and c.startswith(("test", "valid")) else str(r[c])
+                for c in cols
+            )
+            + " |"
+        )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))

@@ -152,8 +152,9 @@ def plan_runs(base: Params, out: Path, counts: dict[str, int]) -> list[RunSpec]:
         for k in range(n):
             params = with_overrides(base, {**VARIANTS[variant], "train.seed": base.train.seed + k})
             specs.append(RunSpec(variant, k, params, Path(out) / "runs" / variant / f"seed{k}"))
-    # seed-major: every variant's first seed before any second seed, so a partial suite is comparable
-    return sorted(specs, key=lambda s: s.seed_index)
+    # main variants seed-major (every variant's first seed before any second seed, so a partial suite is
+    # comparable), then the ablations
+    return sorted(specs, key=lambda s: (s.variant in ABLATIONS, s.seed_index))
 
 
 # --------------------------------------------------------------------------------------------- shared data
