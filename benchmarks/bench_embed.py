@@ -27,8 +27,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import EmbedParams, MLflowParams, TextTeacherParams  # noqa: E402
+from pipeline.devices import resolve_device  # noqa: E402
 from pipeline.io import write_json, write_parquet  # noqa: E402
-from pipeline.teachers.embed import resolve_device, run_embed  # noqa: E402
+from pipeline.teachers.embed import run_embed  # noqa: E402
 
 BEAUTY_ITEMS = ROOT.parent / "shared" / "data" / "amazon-beauty" / "items.tsv"
 
@@ -158,7 +159,7 @@ def main() -> None:
 
     import torch
 
-    device = resolve_device(args.device)
+    device = str(resolve_device(args.device))
     results: dict = {"torch_threads": torch.get_num_threads(), "load_average_before": os.getloadavg()}
     if not args.skip_text:
         if not Path(args.items_tsv).is_file():

@@ -334,10 +334,11 @@ def _ingest(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str
 
 
 def _embed(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.teachers.embed import resolve_device, run_embed
+    from pipeline.devices import resolve_device
+    from pipeline.teachers.embed import run_embed
 
     mods = list(p.train.modalities)
-    device = resolve_device(p.embed.device)
+    device = str(resolve_device(p.embed.device))
     shutil.rmtree(p.embed.cache_dir, ignore_errors=True)  # a cold run: nothing from the vector cache
     report = run_embed(p.embed, mods, p.mlflow, items_path=paths["items"], out_dir=paths["embeddings"])
     items = _num_rows(paths["items"])
@@ -350,7 +351,8 @@ def _embed(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str,
 
 
 def _correlate(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.supervision.correlate import resolve_device, run_correlate
+    from pipeline.devices import resolve_device
+    from pipeline.supervision.correlate import run_correlate
 
     mods = list(p.train.modalities)
     device = str(resolve_device(p.correlate.device))
@@ -371,7 +373,8 @@ def _correlate(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[
 
 
 def _train(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.training.trainer import resolve_device, run_train
+    from pipeline.devices import resolve_device
+    from pipeline.training.trainer import run_train
 
     device = str(resolve_device(p.train.device))
     shutil.rmtree(paths["checkpoints"], ignore_errors=True)  # never resume: time whole epochs
@@ -405,7 +408,8 @@ def _train(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str,
 
 
 def _evaluate(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.evaluation.evaluate import resolve_device, run_evaluate
+    from pipeline.devices import resolve_device
+    from pipeline.evaluation.evaluate import run_evaluate
 
     device = resolve_device(spec.get("eval_device"))
     report = run_evaluate(

@@ -106,3 +106,16 @@ def test_declared_params_exist_in_params_yaml() -> None:
             for part in key.split("."):
                 assert hasattr(node, part), f"dvc.yaml stages.{stage}.params: {key} is not a params.yaml key"
                 node = getattr(node, part)
+
+
+def test_device_auto_and_a_missing_gpu() -> None:
+    import torch
+
+    from pipeline.devices import resolve_device
+    from pipeline.errors import PipelineError
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(PipelineError, match="train.device is 'cuda' but no CUDA device"):
+            resolve_device("cuda", "train.device")

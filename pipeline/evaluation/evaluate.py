@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.evaluation.metrics import (
     EvalCases,
@@ -40,13 +41,6 @@ class Scorer(Protocol):
     def user_scores(self, inputs: torch.Tensor) -> torch.Tensor:
         """(B, L) left-padded int64 inputs -> (B, N+1) next-item scores."""
         ...
-
-
-def resolve_device(device: str | torch.device | None = None) -> torch.device:
-    """``device`` as given, else cuda when available, else cpu."""
-    if device is not None:
-        return torch.device(device)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _load_model(model_dir: Path, device: torch.device) -> Scorer:

@@ -34,13 +34,14 @@ import yaml
 from tqdm.auto import tqdm
 
 from pipeline.config import Params, with_overrides
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluation.evaluate import run_evaluate
 from pipeline.io import read_json, write_json
 from pipeline.supervision.correlate import run_correlate
 from pipeline.teachers.embed import run_embed
 from pipeline.tracking import file_digest, find_run_by_tag, start_run
-from pipeline.training.trainer import resolve_device, run_train
+from pipeline.training.trainer import run_train
 
 log = logging.getLogger(__name__)
 

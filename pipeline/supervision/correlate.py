@@ -28,7 +28,8 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import CorrelateParams
-from pipeline.errors import DataError, PipelineError
+from pipeline.devices import resolve_device
+from pipeline.errors import DataError
 from pipeline.io import (
     parquet_metadata,
     read_parquet,
@@ -48,15 +49,6 @@ log = logging.getLogger(__name__)
 RANDOM_STATS_PAIRS = 100_000  # random pairs scored for the baseline distribution in stats.json
 _PAIR_CHUNK = 65_536
 _PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is an error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("correlate.device is 'cuda' but no CUDA device is available (use auto or cpu)")
-    return torch.device(device)
 
 
 @contextlib.contextmanager
@@ -317,7 +309,7 @@ def run_correlate(
     """
     modalities = list(modalities)
     params = correlate_params
-    device = resolve_device(params.device)
+    device = resolve_device(params.device, "correlate.device")
     stats: dict[str, Any] = {"modalities": modalities}
     timings: dict[str, dict[str, float]] = {}
     with start_run("correlate", mlflow_params) as tracker:

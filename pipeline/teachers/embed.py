@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import read_parquet, write_json, write_parquet
 from pipeline.teachers.cache import VectorCache, content_key
@@ -81,17 +82,6 @@ class ModalityResult:
     encoded: Encoded
     load_s: float
     seconds: float = 0.0
-
-
-def resolve_device(setting: str) -> str:
-    """``auto`` -> ``cuda`` when available else ``cpu``; ``cuda`` without a GPU is an error."""
-    import torch  # noqa: PLC0415
-
-    if setting == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if setting == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("embed.device is 'cuda' but torch sees no CUDA device (use auto or cpu)")
-    return setting
 
 
 def read_items(items_path: Path) -> Items:
@@ -368,7 +358,7 @@ def run_embed(
 
     items = read_items(items_path)
     _check_inputs(items, modalities, items_path)
-    device = resolve_device(embed_params.device)
+    device = str(resolve_device(embed_params.device, "embed.device"))
     cache_dir = Path(embed_params.cache_dir)
     report: dict[str, Any] = {"modalities": {}}
     runtime: dict[str, Any] = {}

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluation.metrics import (
     EvalCases,
@@ -60,15 +61,6 @@ log = logging.getLogger(__name__)
 
 SELECT_METRIC = "ndcg_at_10"
 RANK_SEED_STRIDE = 1_000_003  # rank r > 0 draws its dropout from seed + r * stride (rank 0 as one process)
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda" and not torch.cuda.is_available():
-        raise PipelineError("train.device is 'cuda' but no CUDA device is available (use auto or cpu)")
-    return torch.device(device)
 
 
 def _as_dict(section: Any) -> dict[str, Any]:
@@ -149,7 +141,7 @@ def run_train(
     0 and the full softmax; dropout masks and sampled negatives are drawn per rank). Rank 0 alone writes the
     checkpoint, the model, the curve and the MLflow run; other ranks return the same summary.
     """
-    device = resolve_device(train.device)
+    device = resolve_device(train.device, "train.device")
     dist_info = init_from_env(device)
     if dist_info.distributed and device.type == "cuda":
         device = torch.device("cuda", dist_info.local_rank)
