@@ -10,11 +10,12 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
+from helpers import write_sequences
 
 from pipeline.config import PROJECT_ROOT, MLflowParams, Params, with_overrides
 from pipeline.errors import DataError, PipelineError
 from pipeline.evaluation.evaluate import run_evaluate
-from pipeline.io import read_parquet, write_parquet
+from pipeline.io import read_parquet
 
 
 class NextIdStudent:
@@ -30,21 +31,6 @@ class NextIdStudent:
         nxt = inputs[:, -1] % self.num_items + 1
         scores[torch.arange(inputs.shape[0]), nxt] = 1.0
         return scores
-
-
-def write_sequences(path: Path, items: list[list[int]], train_end: list[int], valid_end: list[int]) -> None:
-    write_parquet(
-        path,
-        pa.table(
-            {
-                "user": pa.array(range(1, len(items) + 1), pa.int32()),
-                "user_id": pa.array([f"u{i}" for i in range(len(items))], pa.string()),
-                "items": pa.array(items, pa.list_(pa.int32())),
-                "train_end": pa.array(train_end, pa.int32()),
-                "valid_end": pa.array(valid_end, pa.int32()),
-            }
-        ),
-    )
 
 
 @pytest.fixture

@@ -6,9 +6,9 @@ import math
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
+from helpers import write_sequences
 
 from pipeline.errors import DataError
 from pipeline.evaluation.metrics import (
@@ -179,24 +179,9 @@ def test_build_cases_rejects_bad_input() -> None:
         build_eval_cases([np.array([1, 2, 3])], [1], [2], "train", 3)  # type: ignore[arg-type]
 
 
-def _write_sequences(path: Path, items: list[list[int]], train_end: list[int], valid_end: list[int]) -> None:
-    write_parquet(
-        path,
-        pa.table(
-            {
-                "user": pa.array(range(1, len(items) + 1), pa.int32()),
-                "user_id": pa.array([f"u{i}" for i in range(len(items))], pa.string()),
-                "items": pa.array(items, pa.list_(pa.int32())),
-                "train_end": pa.array(train_end, pa.int32()),
-                "valid_end": pa.array(valid_end, pa.int32()),
-            }
-        ),
-    )
-
-
 def test_load_eval_cases_reads_sequences_parquet(tmp_path: Path) -> None:
     path = tmp_path / "sequences.parquet"
-    _write_sequences(path, [[1, 2, 3, 4, 5], [6, 7, 8]], [3, 1], [4, 2])
+    write_sequences(path, [[1, 2, 3, 4, 5], [6, 7, 8]], [3, 1], [4, 2])
     cases = load_eval_cases(path, "test", max_len=3)
     assert cases.users.tolist() == [1, 2]
     assert cases.inputs.tolist() == [[2, 3, 4], [0, 6, 7]]

@@ -10,6 +10,7 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
+from helpers import write_sequences
 
 from pipeline.config import CorrelateParams, MLflowParams, Params, with_overrides
 from pipeline.errors import DataError, PipelineError
@@ -41,22 +42,6 @@ def write_embeddings(
         path,
         {"item": np.arange(1, n + 1, dtype=np.int32), "vector": vectors, "missing": missing},
         metadata={"model": "synthetic", "dim": vectors.shape[1], "normalize": True, "missing_policy": policy},
-    )
-
-
-def write_sequences(path: Path, sequences: list[list[int]], loo: bool = True) -> None:
-    n = [len(s) for s in sequences]
-    write_parquet(
-        path,
-        pa.table(
-            {
-                "user": pa.array(np.arange(1, len(sequences) + 1, dtype=np.int32)),
-                "user_id": pa.array([f"u{u}" for u in range(len(sequences))]),
-                "items": pa.array(sequences, type=pa.list_(pa.int32())),
-                "train_end": pa.array([k - 2 for k in n], type=pa.int32()),
-                "valid_end": pa.array([k - 1 for k in n], type=pa.int32()),
-            }
-        ),
     )
 
 
