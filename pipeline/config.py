@@ -368,6 +368,13 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def section_dict(section: Any) -> dict[str, Any]:
+    """A params section as a nested dict: a pydantic section whole, a :class:`ParamsView` its declared keys."""
+    if isinstance(section, ParamsView):
+        return section.to_dict()
+    return section.model_dump()
+
+
 def stage_params(stage: str, declared: Iterable[str], path: str | Path = DEFAULT_PARAMS) -> ParamsView:
     """Load params.yaml and return the view a stage may read (its declared keys only)."""
     return ParamsView(load_params(path), declared, stage)

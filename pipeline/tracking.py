@@ -8,7 +8,6 @@ so training and evaluation stay importable without it. Nothing here writes into 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import subprocess
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PROJECT_ROOT, flatten
+from pipeline.io import file_digest  # noqa: F401 - re-exported: runs are tagged with data/model digests
 
 log = logging.getLogger(__name__)
 
@@ -34,15 +34,6 @@ def _git_rev(root: Path = PROJECT_ROOT) -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
-
-
-def file_digest(path: str | Path, algo: str = "sha256") -> str:
-    """Hex digest of a file's bytes (used to tag runs with the data and model they used)."""
-    h = hashlib.new(algo)
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def standard_tags(stage: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -7,7 +7,6 @@ format). A file that has a sidecar is verified against it every time it is reuse
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pipeline.errors import DataError
+from pipeline.io import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -30,15 +30,6 @@ CHUNK = 1 << 20
 def checksum_path(path: Path) -> Path:
     """The sidecar holding ``path``'s SHA-256."""
     return path.with_name(path.name + ".sha256")
-
-
-def sha256_file(path: Path) -> str:
-    """Hex SHA-256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def verify_checksum(path: Path) -> bool:
@@ -52,7 +43,7 @@ def verify_checksum(path: Path) -> bool:
         return False
     fields = sidecar.read_text().split()
     expected = fields[0].lower() if fields else ""
-    actual = sha256_file(path)
+    actual = file_digest(path)
     if actual != expected:
         raise DataError(
             f"{path}: SHA-256 {actual} does not match {expected or '<empty>'} recorded in {sidecar} "
@@ -175,7 +166,7 @@ def download_file(
             "download of %s failed (%s); retry %d/%d in %.1f s", url, reason, attempt + 1, retries, wait
         )
         time.sleep(wait)
-    digest = sha256_file(part)
+    digest = file_digest(part)
     os.replace(part, dest)
     _write_sidecar(dest, digest)
     log.info("downloaded %s -> %s (sha256 %s)", url, dest, digest)

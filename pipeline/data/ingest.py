@@ -36,6 +36,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
+from pipeline.config import section_dict
 from pipeline.data.demo import write_demo_raw
 from pipeline.data.download import download_file, verify_checksum
 from pipeline.data.formats import (
@@ -404,14 +405,6 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _params_dict(data: Any) -> dict[str, Any]:
-    if hasattr(data, "model_dump"):
-        return data.model_dump()
-    if hasattr(data, "to_dict"):
-        return data.to_dict()
-    return dict(data)
-
-
 def run_ingest(
     data: Any,
     mlflow_params: Any,
@@ -433,7 +426,7 @@ def run_ingest(
     out_dir, stats_path = Path(out_dir), Path(stats_path)
     t0 = time.perf_counter()
     with start_run("ingest", mlflow_params, tags={"data.source": data.source}) as tracker:
-        tracker.log_params({"data": _params_dict(data)})
+        tracker.log_params({"data": section_dict(data)})
         with _staging_dir(out_dir) as staging:
             raw = load_raw(data, staging, out_dir)
             dataset = build_dataset(raw, data.kcore, data.split, data.test_fraction)

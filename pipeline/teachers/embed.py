@@ -27,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 from tqdm.auto import tqdm
 
+from pipeline.config import section_dict
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import read_parquet, write_json, write_parquet
@@ -312,10 +313,6 @@ def _coverage_message(modality: str, entry: dict[str, Any], min_coverage: float,
     return "\n".join(lines)
 
 
-def _dump(params: Any) -> dict[str, Any]:
-    return params.model_dump() if hasattr(params, "model_dump") else params.to_dict()
-
-
 def run_embed(
     embed_params: Any,
     modalities: list[str],
@@ -364,7 +361,7 @@ def run_embed(
     runtime: dict[str, Any] = {}
     results: dict[str, ModalityResult] = {}
     with start_run("embed", mlflow_params) as tracker:
-        tracker.log_params({"embed": _dump(embed_params), "train": {"modalities": list(modalities)}})
+        tracker.log_params({"embed": section_dict(embed_params), "train": {"modalities": list(modalities)}})
         for m in modalities:
             t0 = time.perf_counter()
             if m == "text":

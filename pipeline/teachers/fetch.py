@@ -33,7 +33,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, file_digest
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +85,6 @@ def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _local_source(path: Path, max_bytes: int) -> ImageSource:
     try:
         st = path.stat()
@@ -105,7 +97,7 @@ def _local_source(path: Path, max_bytes: int) -> ImageSource:
     if st.st_size > max_bytes:
         return ImageSource(failure="too_large", detail=f"{path}: {st.st_size} bytes > limit {max_bytes}")
     try:
-        digest = _sha256_file(path)
+        digest = file_digest(path)
     except OSError as err:
         return ImageSource(failure="unreadable_file", detail=f"{path}: {err.strerror or err}")
     return ImageSource(path=path, sha256=digest)

@@ -17,7 +17,6 @@ on white, converted to RGB.
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.metadata
 import logging
 from collections.abc import Sequence
@@ -31,6 +30,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from pipeline.errors import PipelineError
+from pipeline.io import file_digest
 from pipeline.teachers.cache import fingerprint_of
 
 log = logging.getLogger(__name__)
@@ -127,14 +127,6 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], origin:
     if unexpected or any(not k.endswith("num_batches_tracked") for k in missing):
         raise PipelineError(f"embed.image.weights: {origin}: could not map {missing or unexpected}")
     return "by order"
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def decode_image(path: Path) -> Image.Image:
@@ -264,7 +256,7 @@ def load_image_teacher(model: str, weights: str, device: str, decode_workers: in
             path = Path(weights).expanduser()
             origin = f"checkpoint {weights}"
         how = load_weights(net, read_checkpoint(path), origin)
-        digest = _file_digest(path)
+        digest = file_digest(path)
         source = f"{origin} ({how})"
     net.eval().to(device)
     data_config = resolve_data_config({}, model=net)

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from pipeline.config import section_dict
 from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluation.metrics import (
@@ -61,12 +62,6 @@ log = logging.getLogger(__name__)
 
 SELECT_METRIC = "ndcg_at_10"
 RANK_SEED_STRIDE = 1_000_003  # rank r > 0 draws its dropout from seed + r * stride (rank 0 as one process)
-
-
-def _as_dict(section: Any) -> dict[str, Any]:
-    if hasattr(section, "to_dict"):
-        return section.to_dict()
-    return section.model_dump()
 
 
 @dataclass
@@ -240,9 +235,9 @@ def _run_train(
     autocast = device.type == "cuda" and train.bf16
 
     config_payload = {
-        "train": _as_dict(train),
+        "train": section_dict(train),
         "score": score,
-        "eval": _as_dict(eval_params),
+        "eval": section_dict(eval_params),
         "sequences": file_digest(sequences_path),
         "supervision": {m: file_digest(Path(supervision_dir) / f"teacher_{m}.parquet") for m in modalities},
     }
@@ -274,7 +269,11 @@ def _run_train(
             math.ceil(train.batch_size / dist_info.world_size),
             train.batch_size,
         )
-    params_logged = {"train": _as_dict(train), "correlate": {"score": score}, "eval": _as_dict(eval_params)}
+    params_logged = {
+        "train": section_dict(train),
+        "correlate": {"score": score},
+        "eval": section_dict(eval_params),
+    }
     stopped_early = False
     run_ctx = (
         start_run(
@@ -447,7 +446,7 @@ def _run_train(
                 model,
                 model_dir,
                 extra={
-                    "train": _as_dict(train),
+                    "train": section_dict(train),
                     "correlate": {"score": score},
                     "best_epoch": state.best_epoch,
                     "best_valid": summary["best_valid"],
