@@ -105,3 +105,18 @@ def test_corrupt_or_missing_checkpoint_gives_a_clear_error(tmp_path) -> None:
     (tmp_path / "model.safetensors").write_bytes(b"not a safetensors file at all")
     with pytest.raises(PipelineError, match="model.safetensors: corrupt"):
         load_student(tmp_path)
+
+
+def test_input_dropout_is_applied_once() -> None:
+    # regression: the student and the backbone both dropped the input, so p=0.5 removed 75% of it
+    torch.manual_seed(0)
+    model = Student(StudentConfig(num_items=50, hidden=32, dropout=0.5, max_len=20)).train()
+    torch.nn.init.zeros_(model.backbone.positions.weight)  # the encoder input is then dropout(emb * sqrt(H))
+    seen = []
+    model.backbone.encoder.register_forward_pre_hook(lambda mod, args: seen.append(args[0]))
+    seq = torch.randint(1, 51, (64, 20))
+    model.encode(seq)
+    x, clean = seen[0], model.item_emb(seq) * 32**0.5
+    kept = x != 0
+    assert kept.float().mean().item() == pytest.approx(0.5, abs=0.03)
+    torch.testing.assert_close(x[kept], 2.0 * clean[kept])  # survivors scaled by 1/(1-p) exactly once

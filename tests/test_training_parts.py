@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from pipeline.config import AsyncLRParams
 from pipeline.models import Student, StudentConfig
+from pipeline.training import losses
 from pipeline.training.batches import (
     bucketed_batches,
     training_windows,
@@ -117,6 +119,35 @@ def test_full_softmax_ignores_padding_column() -> None:
     loss = next_item_loss(h, items, torch.tensor([1]))
     expected = -torch.log_softmax(torch.tensor([1.0, 0.0]), 0)[0]
     assert loss == pytest.approx(expected.item())
+
+
+@pytest.mark.parametrize("chunk_elements", [7, 64, 1 << 21])  # ragged chunks, several chunks, one chunk
+def test_chunked_softmax_ce_equals_plain_cross_entropy_and_its_gradients(monkeypatch, chunk_elements) -> None:
+    monkeypatch.setattr(losses, "CPU_CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(0)
+    h = torch.randn(37, 8, generator=g, requires_grad=True)
+    e = torch.randn(13, 8, generator=g, requires_grad=True)
+    t = torch.randint(0, 13, (37,), generator=g)
+    ref = F.cross_entropy(h @ e.T, t)
+    ref_gh, ref_ge = torch.autograd.grad(ref, (h, e))
+    got = losses.full_softmax_ce(h, e, t)
+    gh, ge = torch.autograd.grad(got, (h, e))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ge, ref_ge, rtol=1e-5, atol=1e-7)
+
+
+def test_chunked_softmax_ce_follows_bf16_autocast() -> None:
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(20, 16, generator=g, requires_grad=True)
+    e = torch.randn(30, 16, generator=g, requires_grad=True)
+    t = torch.randint(0, 30, (20,), generator=g)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = losses.full_softmax_ce(h, e, t)
+    got.backward()
+    ref = F.cross_entropy(h.detach().bfloat16().float() @ e.detach().bfloat16().float().T, t)
+    assert got.dtype == torch.float32 and h.grad.dtype == torch.float32 and e.grad.dtype == torch.float32
+    assert got.item() == pytest.approx(ref.item(), rel=2e-2)
 
 
 def test_gradients_reach_modality_tables_through_ce_and_distillation() -> None:

@@ -23,7 +23,6 @@ class SASRec(nn.Module):
         super().__init__()
         self.max_len = max_len
         self.positions = nn.Embedding(max_len, hidden)
-        self.input_norm = nn.LayerNorm(hidden)
         self.dropout = nn.Dropout(dropout)
         layer = nn.TransformerEncoderLayer(
             d_model=hidden,
@@ -44,7 +43,7 @@ class SASRec(nn.Module):
         # distance from the most recent item: L-1 ... 0, so position ids do not depend on left padding
         pos = torch.arange(L - 1, -1, -1, device=x.device)
         x = x * (H**0.5) + self.positions(pos)  # (B, L, H)
-        x = self.dropout(self.input_norm(x))
+        x = self.dropout(x)  # the only dropout on the input (the student adds none)
         x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
         causal = torch.ones(L, L, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
         # a padded query row would attend to nothing (NaN); let every position see itself

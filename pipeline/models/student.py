@@ -104,7 +104,6 @@ class Student(nn.Module):
             self.gate = nn.Linear(h, 1)
         elif cfg.fusion != "sum":
             raise ValueError(f"unknown fusion {cfg.fusion!r} (sum | gate | concat)")
-        self.emb_dropout = nn.Dropout(cfg.dropout)
         if cfg.backbone == "sasrec":
             self.backbone: nn.Module = SASRec(h, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
         elif cfg.backbone == "gru4rec":
@@ -148,13 +147,12 @@ class Student(nn.Module):
 
     # ------------------------------------------------------------------ sequence side
     def encode(self, seq: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
-        """Hidden states (B, L, H) of a left-padded item sequence (B, L).
+        """Hidden states (B, L, H) of a left-padded item sequence (B, L); input dropout is the backbone's.
 
         ``items`` (N+1, H) may be passed to reuse one :meth:`item_representations` call per step.
         """
         pad = seq == 0
         x = items[seq] if items is not None else self._fuse(seq)  # (B, L, H)
-        x = self.emb_dropout(x)
         return self.backbone(x, pad)
 
     def full_scores(self, hidden: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
