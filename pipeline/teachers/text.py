@@ -126,33 +126,45 @@ class TextTeacher:
     dim: int
     max_length: int
     fingerprint: str
+    precision: str = "float32"
     modality: str = field(default="text", init=False)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
         """Settings that shape the vectors, for the output metadata."""
-        return {"max_length": self.max_length, "tokenizer": "model's own", "empty_text": "missing"}
+        return {
+            "max_length": self.max_length,
+            "tokenizer": "model's own",
+            "empty_text": "missing",
+            "precision": self.precision,
+        }
 
     def encode(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
         """Embed texts (un-normalised model output as float32; (len(texts), dim)); no per-item failures."""
-        vectors = self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            show_progress_bar=False,
-            convert_to_numpy=True,
-            normalize_embeddings=False,
-        )
+        import torch  # noqa: PLC0415 - loaded by sentence-transformers already
+
+        bf16 = self.precision == "bfloat16"
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
+            vectors = self.model.encode(
+                list(texts),
+                batch_size=batch_size,
+                show_progress_bar=False,
+                convert_to_tensor=True,
+                normalize_embeddings=False,
+            )
+        vectors = vectors.float().cpu().numpy()
         return np.ascontiguousarray(vectors, dtype=np.float32), {}
 
 
 @functools.lru_cache(maxsize=2)
-def load_text_teacher(model: str, max_length: int, device: str) -> TextTeacher:
+def load_text_teacher(model: str, max_length: int, device: str, precision: str = "float32") -> TextTeacher:
     """Load (once per process and setting) the text teacher.
 
     Args:
         model: ``embed.text.model``.
         max_length: Token limit; clamped to what the model's position embeddings allow.
         device: ``cpu`` or ``cuda`` (already resolved).
+        precision: ``float32`` or ``bfloat16`` (already resolved): the dtype of the model's matmuls.
 
     Raises:
         PipelineError: The model cannot be found or loaded.
@@ -174,8 +186,17 @@ def load_text_teacher(model: str, max_length: int, device: str) -> TextTeacher:
     get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
     dim = int(get_dim())
     weights = _folder_digest(Path(resolved.load)) if resolved.local else f"hub:{resolved.load}"
-    fingerprint = fingerprint_of({"modality": "text", "weights": weights, "max_length": max_length})
+    spec = {"modality": "text", "weights": weights, "max_length": max_length}
+    if precision != "float32":  # float32 keeps the fingerprint (and the vector cache) of older versions
+        spec["precision"] = precision
+    fingerprint = fingerprint_of(spec)
     log.info(
-        "text teacher: %s (%s) on %s, dim %d, max_length %d", model, resolved.source, device, dim, max_length
+        "text teacher: %s (%s) on %s, dim %d, max_length %d, %s",
+        model,
+        resolved.source,
+        device,
+        dim,
+        max_length,
+        precision,
     )
-    return TextTeacher(st, model, resolved.source, device, dim, max_length, fingerprint)
+    return TextTeacher(st, model, resolved.source, device, dim, max_length, fingerprint, precision)
