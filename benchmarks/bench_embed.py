@@ -48,8 +48,7 @@ def bench_text(args: argparse.Namespace, device: str) -> dict:
 
     texts = beauty_texts(Path(args.items_tsv), args.limit)
     t0 = time.perf_counter()
-    dtype = resolve_precision(args.precision, torch.device(device))
-    precision = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    precision = resolve_precision(args.precision, torch.device(device))
     teacher = load_text_teacher(args.text_model, args.max_length, device, precision)
     load_s = time.perf_counter() - t0
     ordered = sorted(texts, key=len, reverse=True)  # as the stage does: similar lengths batch together

@@ -32,8 +32,10 @@ def native_bf16(device: torch.device) -> bool:
         return False
 
 
-def resolve_precision(setting: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bfloat16 where :func:`native_bf16`, else float32; ``float32`` / ``bfloat16`` as given."""
+def resolve_precision(setting: str, device: torch.device) -> str:
+    """``auto`` -> ``bfloat16`` where :func:`native_bf16`, else ``float32``; ``float32`` / ``bfloat16`` as given."""
     if setting == "auto":
-        return torch.bfloat16 if native_bf16(device) else torch.float32
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16}[setting]
+        return "bfloat16" if native_bf16(device) else "float32"
+    if setting not in ("float32", "bfloat16"):
+        raise PipelineError(f"precision must be auto, float32 or bfloat16, got {setting!r}")
+    return setting

@@ -108,10 +108,12 @@ def test_bfloat16_precision_stays_within_rounding_of_float32(teacher: TextTeache
 
 def test_precision_resolution() -> None:
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert resolve_precision("float32", cuda) == torch.float32
-    assert resolve_precision("bfloat16", cpu) == torch.bfloat16
-    assert resolve_precision("auto", cuda) == torch.bfloat16
-    assert resolve_precision("auto", cpu) == (torch.bfloat16 if native_bf16(cpu) else torch.float32)
+    assert resolve_precision("float32", cuda) == "float32"
+    assert resolve_precision("bfloat16", cpu) == "bfloat16"
+    assert resolve_precision("auto", cuda) == "bfloat16"
+    assert resolve_precision("auto", cpu) == ("bfloat16" if native_bf16(cpu) else "float32")
+    with pytest.raises(PipelineError, match="precision"):
+        resolve_precision("fp8", cpu)
 
 
 def test_packaged_model_resolves_to_the_folder_inside_the_package() -> None:

@@ -211,8 +211,7 @@ def _embed_text(items: Items, params: Any, device: str, cache_root: Path) -> Mod
     from pipeline.teachers.text import load_text_teacher  # noqa: PLC0415
 
     t0 = time.perf_counter()
-    dtype = resolve_precision(params.text.precision, torch.device(device))
-    precision = "bfloat16" if dtype == torch.bfloat16 else "float32"
+    precision = resolve_precision(params.text.precision, torch.device(device))
     teacher = load_text_teacher(params.text.model, params.text.max_length, device, precision)
     load_s = time.perf_counter() - t0
     empty = [not t.strip() for t in items.text]
