@@ -170,6 +170,13 @@ def test_results_md_has_rows_mean_std_and_p_values(tiny_suite) -> None:
     assert sig["ttest_p"] == pytest.approx(stats.ttest_rel(a, b).pvalue)
     assert f"{sig['wilcoxon_p']:.3g}" in md and f"{sig['ttest_p']:.3g}" in md
     assert (out / "test_metrics.png").stat().st_size > 0 and (out / "valid_curves.png").stat().st_size > 0
+    # what is left of the teacher: per run (cached next to the model), averaged per variant, shown in the md
+    assert res["variants"]["sasrec_id"]["teacher_agreement"] == {}
+    per_run = [read_json(out / "runs" / "kdsr" / f"seed{k}" / "teacher_agreement.json") for k in (0, 1)]
+    agreed = res["variants"]["kdsr"]["teacher_agreement"]["text"]
+    assert agreed["table_r"] == pytest.approx(np.mean([r["text"]["table_r"] for r in per_run]))
+    assert -1.0 <= agreed["kd_r"] <= 1.0 and per_run[0]["text"]["pairs"] > 40_000
+    assert "## What is left of the teacher's correlations" in md and f"| {agreed['table_r']:.3f} |" in md
 
 
 # --------------------------------------------------------------------------------------------- hand-made runs

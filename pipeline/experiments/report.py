@@ -31,6 +31,7 @@ TABLE_METRICS = ("hr", "ndcg")  # shown at every K the evaluation computed (5, 1
 SIGNIFICANCE_K = 20  # per-user NDCG@K of the paired test (the largest K when 20 was not evaluated)
 CURVE_METRIC = "valid_ndcg_at_10"  # the validation curve plotted per variant (the selection metric)
 CURVES_PNG, BARS_PNG = "valid_curves.png", "test_metrics.png"
+AGREEMENT_FILE = "teacher_agreement.json"  # per run: what is left of the teacher's correlations
 
 
 @dataclass(frozen=True)
@@ -64,6 +65,30 @@ def collect_runs(out: Path) -> dict[str, list[RunResult]]:
         )
     order = [v for v in VARIANTS if v in found] + sorted(v for v in found if v not in VARIANTS)
     return {v: sorted(found[v], key=lambda r: r.seed) for v in order}
+
+
+def run_agreement(run: RunResult, supervision_dir: Path) -> dict[str, dict[str, float]]:
+    """:func:`~pipeline.experiments.retention.teacher_agreement` of one run's model, cached in the run folder.
+
+    Empty for an ID-only run, or when the model or the suite's supervision files are gone.
+    """
+    from pipeline.experiments.retention import teacher_agreement  # noqa: PLC0415 - loads torch
+    from pipeline.models.persist import load_student  # noqa: PLC0415
+
+    cache = run.run_dir / AGREEMENT_FILE
+    weights = run.run_dir / "models" / "model.safetensors"
+    if cache.exists() and weights.exists() and cache.stat().st_mtime >= weights.stat().st_mtime:
+        return read_json(cache)
+    if not weights.exists() or not Path(supervision_dir).is_dir():
+        return {}
+    model = load_student(weights.parent)
+    if not model.cfg.modalities:
+        return {}
+    record = read_json(run.run_dir / "params.json") if (run.run_dir / "params.json").exists() else {}
+    score = record.get("params", {}).get("correlate", {}).get("score", "cos")
+    agreement = teacher_agreement(model, supervision_dir, score)
+    write_json(cache, agreement)
+    return agreement
 
 
 def _require_runs(out: Path) -> dict[str, list[RunResult]]:
@@ -158,6 +183,11 @@ def aggregate(out: Path) -> dict[str, Any]:
                 entry[part][m] = {"mean": mean, "std": std}
         for key in ("best_epoch", "epochs_run", "seconds_to_best", "seconds_total"):
             entry[key] = _mean_of(rs, key)
+        agreements = [run_agreement(r, out / "data" / "supervision") for r in rs]
+        entry["teacher_agreement"] = {
+            m: {key: mean_std([a[m][key] for a in agreements])[0] for key in ("table_r", "kd_r")}
+            for m in sorted(set.intersection(*(set(a) for a in agreements)))
+        }
         variants[v] = entry
 
     popularity = first.get("popularity", {})
@@ -284,6 +314,22 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
             )
     else:
         lines.append("Needs a baseline and a KDSR variant.")
+
+    agreement = [(v, m, a) for v, e in results["variants"].items() for m, a in e["teacher_agreement"].items()]
+    if agreement:
+        lines += [
+            "",
+            "## What is left of the teacher's correlations",
+            "",
+            "Pearson r between the teacher's item-pair scores and the trained student's on 50,000 random item "
+            "pairs (mean over seeds): of the modality table itself (ξ(m_i, m_j)) and of the distillation head "
+            "(ξ(P m_i, P m_j)). Both are 1.0 at initialisation; lower means more of the teacher was forgotten.",
+            "",
+            "| variant | modality | table r | distillation head r |",
+            "|---|---|--:|--:|",
+        ]
+        for v, m, a in agreement:
+            lines.append(f"| {v} | {m} | {a['table_r']:.3f} | {a['kd_r']:.3f} |")
 
     lines += ["", "## Variants (overrides of the base config)", "", "| variant | overrides |", "|---|---|"]
     for v, over in results["overrides"].items():
