@@ -86,7 +86,7 @@ class TextTeacherParams(_Section):
     batch_size: int = Field(256, ge=1)
     max_length: int = Field(64, ge=8, le=4096)
     normalize: bool = True
-    # matmul precision: bfloat16 is ~2.5x faster on CPUs with AMX/AVX512-BF16 (cosine to float32 > 0.9999);
+    # model precision: bfloat16 is ~3x faster on CPUs with AMX/AVX512-BF16 (cosine to float32 > 0.9999);
     # auto = bfloat16 on CUDA and on such CPUs, float32 elsewhere
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
 

@@ -141,18 +141,14 @@ class TextTeacher:
 
     def encode(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
         """Embed texts (un-normalised model output as float32; (len(texts), dim)); no per-item failures."""
-        import torch  # noqa: PLC0415 - loaded by sentence-transformers already
-
-        bf16 = self.precision == "bfloat16"
-        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=bf16):
-            vectors = self.model.encode(
-                list(texts),
-                batch_size=batch_size,
-                show_progress_bar=False,
-                convert_to_tensor=True,
-                normalize_embeddings=False,
-            )
-        vectors = vectors.float().cpu().numpy()
+        vectors = self.model.encode(
+            list(texts),
+            batch_size=batch_size,
+            show_progress_bar=False,
+            convert_to_tensor=True,
+            normalize_embeddings=False,
+        )
+        vectors = vectors.float().cpu().numpy()  # bfloat16 models return bfloat16
         return np.ascontiguousarray(vectors, dtype=np.float32), {}
 
 
@@ -183,12 +179,17 @@ def load_text_teacher(model: str, max_length: int, device: str, precision: str =
         log.warning("embed.text.max_length %d exceeds what %s supports; using %d", max_length, model, limit)
         max_length = limit
     st.max_seq_length = max_length
+    if precision == "bfloat16":
+        # bfloat16 weights, not autocast: no per-batch weight casts (813 vs 621 Beauty texts/s on 2 AMX cores)
+        import torch  # noqa: PLC0415 - loaded by sentence-transformers already
+
+        st = st.to(torch.bfloat16)
     get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension
     dim = int(get_dim())
     weights = _folder_digest(Path(resolved.load)) if resolved.local else f"hub:{resolved.load}"
     spec = {"modality": "text", "weights": weights, "max_length": max_length}
     if precision != "float32":  # float32 keeps the fingerprint (and the vector cache) of older versions
-        spec["precision"] = precision
+        spec["weights_dtype"] = precision
     fingerprint = fingerprint_of(spec)
     log.info(
         "text teacher: %s (%s) on %s, dim %d, max_length %d, %s",
