@@ -141,14 +141,17 @@ class TextTeacher:
 
     def encode(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
         """Embed texts (un-normalised model output as float32; (len(texts), dim)); no per-item failures."""
-        vectors = self.model.encode(
-            list(texts),
-            batch_size=batch_size,
-            show_progress_bar=False,
-            convert_to_tensor=True,
-            normalize_embeddings=False,
-        )
-        vectors = vectors.float().cpu().numpy()  # bfloat16 models return bfloat16
+        import torch  # noqa: PLC0415 - loaded by sentence-transformers already
+
+        with torch.inference_mode():  # lighter than encode's own no_grad: no version counters
+            vectors = self.model.encode(
+                list(texts),
+                batch_size=batch_size,
+                show_progress_bar=False,
+                convert_to_tensor=True,
+                normalize_embeddings=False,
+            )
+            vectors = vectors.float().cpu().numpy()  # bfloat16 models return bfloat16
         return np.ascontiguousarray(vectors, dtype=np.float32), {}
 
 
