@@ -11,6 +11,7 @@ from pipeline.models import Student, StudentConfig
 from pipeline.training import losses
 from pipeline.training.batches import (
     bucketed_batches,
+    position_weight,
     training_windows,
     trim_left_padding,
     within_sequence_pairs,
@@ -190,3 +191,15 @@ def test_within_sequence_pairs_are_unique_distinct_cooccurring_items() -> None:
     assert pairs == [(1, 2), (1, 3), (2, 3), (4, 5)]
     i, j = within_sequence_pairs(seq, max_pairs=2, generator=torch.Generator().manual_seed(0))
     assert len(i) == 2 and all((a, b) in pairs for a, b in zip(i.tolist(), j.tolist(), strict=True))
+
+
+def test_position_weight_makes_bucketed_batch_means_a_mean_over_all_positions() -> None:
+    # an epoch of length-bucketed batches: per-position losses, very different numbers of targets per batch
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.rand(n, generator=g) for n in (300, 4000, 650, 2200)]
+    mean_targets = sum(len(b) for b in batches) / len(batches)
+    weighted = sum(b.mean() * position_weight(len(b), mean_targets) for b in batches) / len(batches)
+    every_position = torch.cat(batches).mean()
+    torch.testing.assert_close(weighted, every_position)
+    unweighted = sum(b.mean() for b in batches) / len(batches)  # what plain batch means optimise instead
+    assert not torch.isclose(unweighted, every_position, rtol=1e-3)

@@ -26,6 +26,18 @@ def training_windows(items: Sequence[np.ndarray], train_end: np.ndarray, max_len
     return torch.from_numpy(np.stack(rows))
 
 
+def position_weight(batch_targets: torch.Tensor | int, mean_targets: float) -> torch.Tensor | float:
+    """Factor that turns a batch's mean next-item loss into its share of the epoch's mean over positions.
+
+    Length-bucketed batches hold very different numbers of targets (256 short sequences: a few hundred; 256
+    long ones: thousands). Averaging within each batch would give every batch the same weight, so a position
+    in a short-sequence batch would count many times more than one in a long-sequence batch. Scaling each
+    batch mean by ``batch_targets / mean_targets`` (the epoch's average targets per batch) weighs every
+    position equally, as random batches would in expectation.
+    """
+    return batch_targets / mean_targets
+
+
 def bucketed_batches(
     lengths: torch.Tensor, batch_size: int, generator: torch.Generator, chunk_batches: int = 32
 ) -> list[torch.Tensor]:

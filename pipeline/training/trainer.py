@@ -41,6 +41,7 @@ from pipeline.supervision.scores import TeacherCorrelation, pair_scores
 from pipeline.tracking import Tracker, file_digest, start_run
 from pipeline.training.batches import (
     bucketed_batches,
+    position_weight,
     training_windows,
     trim_left_padding,
     within_sequence_pairs,
@@ -224,6 +225,7 @@ def _run_train(
     )
     windows = windows.to(device)
     steps_per_epoch = math.ceil(len(windows) / train.batch_size)
+    mean_targets = float((windows[:, 1:] != 0).sum()) / steps_per_epoch  # next-item targets per batch
 
     groups = build_param_groups(model, train.weight_decay)
     optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98))
@@ -330,6 +332,8 @@ def _run_train(
                         ce = items.new_zeros((), dtype=torch.float32)
                     if dist_info.distributed:  # this rank's share of the whole batch's mean
                         ce = ce * (keep.sum() / (seq[:, 1:] != 0).sum())
+                    # every position weighs the same, whatever the length bucket of its batch
+                    ce = ce * position_weight((seq[:, 1:] != 0).sum(), mean_targets)
                     terms = {"ce": ce}
                     loss = terms["ce"]
                     if modalities and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0):
