@@ -163,7 +163,7 @@ def load_text_teacher(model: str, max_length: int, device: str, precision: str =
         model: ``embed.text.model``.
         max_length: Token limit; clamped to what the model's position embeddings allow.
         device: ``cpu`` or ``cuda`` (already resolved).
-        precision: ``float32`` or ``bfloat16`` (already resolved): the dtype of the model's matmuls.
+        precision: ``float32`` or ``bfloat16`` (already resolved): the dtype the model's weights are cast to.
 
     Raises:
         PipelineError: The model cannot be found or loaded.

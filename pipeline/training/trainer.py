@@ -330,10 +330,9 @@ def _run_train(
                         )
                     else:  # a batch with fewer rows than ranks leaves this rank none
                         ce = items.new_zeros((), dtype=torch.float32)
-                    if dist_info.distributed:  # this rank's share of the whole batch's mean
-                        ce = ce * (keep.sum() / (seq[:, 1:] != 0).sum())
-                    # every position weighs the same, whatever the length bucket of its batch
-                    ce = ce * position_weight((seq[:, 1:] != 0).sum(), mean_targets)
+                    # every position weighs the same, whatever the length bucket of its batch; under DDP a
+                    # rank's positions are its share, and the ranks' gradients sum to the whole batch's
+                    ce = ce * position_weight(keep.sum(), mean_targets)
                     terms = {"ce": ce}
                     loss = terms["ce"]
                     if modalities and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0):
