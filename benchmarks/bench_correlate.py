@@ -86,6 +86,7 @@ def main() -> None:
     ap.add_argument("--sub-vectors", type=int, default=8)
     ap.add_argument("--kmeans-iters", type=int, default=50)
     ap.add_argument("--block-size", type=int, default=4096)
+    ap.add_argument("--topk-precision", choices=["auto", "float32", "bfloat16"], default="auto")
     ap.add_argument("--reduction", choices=["pca", "autoencoder"], default="pca")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="cpu")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
@@ -133,6 +134,7 @@ def main() -> None:
             sample_pairs=args.pairs,
             kmeans_iters=args.kmeans_iters,
             block_size=args.block_size,
+            topk_precision=args.topk_precision,
             device=args.device,
             seed=args.seed,
         )
@@ -152,7 +154,8 @@ def main() -> None:
         print(f"input        : {source} (written in {gen_s:.1f} s, not timed)")
         print(
             f"settings     : dim {args.dim}, topk {args.topk}, pairs {args.pairs}, K {args.codes}, "
-            f"D {args.sub_vectors}, block {args.block_size}, device {args.device}, "
+            f"D {args.sub_vectors}, block {args.block_size}, top-k search {args.topk_precision}, "
+            f"device {args.device}, "
             f"torch threads {torch.get_num_threads()}"
         )
         print(f"wall time    : {wall:.1f} s (correlate only)")

@@ -124,6 +124,10 @@ class CorrelateParams(_Section):
     random_pair_fraction: float = Field(0.2, ge=0.0, le=1.0)
     kmeans_iters: int = Field(50, ge=1)
     block_size: int = Field(4096, ge=16)
+    # top-k candidate search for cos/dot: bfloat16 tiles (fast on AMX/AVX512-BF16 CPUs) with a proven
+    # rounding margin and float32 rescoring, so the neighbours are the float32 ones; auto = bfloat16 on such
+    # CPUs, float32 elsewhere (GPUs are fast enough in float32)
+    topk_precision: Literal["auto", "float32", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     seed: int = 0
 

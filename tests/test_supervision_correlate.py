@@ -20,7 +20,7 @@ from pipeline.supervision.kmeans import fit_kmeans
 from pipeline.supervision.pairs import sample_pairs, training_item_sets
 from pipeline.supervision.reduction import autoencoder_reduce, pca_reduce
 from pipeline.supervision.scores import SCORES, TeacherCorrelation, pair_scores, sub_vector_scores
-from pipeline.supervision.topk import blocked_topk
+from pipeline.supervision.topk import bf16_dot_error_bound, blocked_topk
 
 NO_MLFLOW = MLflowParams(enabled=False)
 
@@ -126,6 +126,20 @@ def brute_force_topk(v: np.ndarray, k: int, score: str) -> tuple[np.ndarray, np.
     return np.take_along_axis(s, idx, 1), idx
 
 
+def assert_same_topk(v, score, values, indices, ref_v, ref_i, rows=None) -> None:
+    """Same top-k as the reference up to float rounding: equal scores per rank, every returned item has
+    the float64 score of its rank, and nearly every row lists the very same items in the same order."""
+    assert np.allclose(values, ref_v, atol=1e-5)
+    x = v.astype(np.float64)
+    if score == "cos":
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    row_ids = np.flatnonzero(rows) if rows is not None else np.arange(len(v))
+    if score in ("cos", "dot"):
+        got = np.einsum("rkd,rd->rk", x[indices], x[row_ids])
+        assert np.allclose(got, ref_v, atol=1e-5)
+    assert (indices == ref_i).all(1).mean() > 0.99
+
+
 @pytest.mark.parametrize("score", SCORES)
 def test_blocked_topk_equals_brute_force(score: str) -> None:
     v = np.random.default_rng(7).normal(size=(300, 16)).astype(np.float32)
@@ -134,6 +148,49 @@ def test_blocked_topk_equals_brute_force(score: str) -> None:
     ref_v, ref_i = brute_force_topk(v, 10, score)
     assert np.array_equal(indices.numpy(), ref_i)
     assert np.allclose(values.numpy(), ref_v, atol=1e-4)
+
+
+@pytest.mark.parametrize("score", SCORES)
+def test_blocked_topk_threshold_search_over_segments_equals_brute_force(score: str) -> None:
+    # 600-column chunks: two full 256-column segments plus a ragged end in every later chunk, so the
+    # segment-maximum search and the entry-by-entry tail are both exercised; clustered data has near ties
+    v = clustered_vectors(1500, 8, clusters=6, seed=3)
+    values, indices = blocked_topk(torch.from_numpy(v), 12, score, block_size=100, tile_elements=100 * 600)
+    ref_v, ref_i = brute_force_topk(v, 12, score)
+    assert_same_topk(v, score, values.numpy(), indices.numpy(), ref_v, ref_i)
+
+
+@pytest.mark.parametrize("score", ["cos", "dot"])
+def test_blocked_topk_bfloat16_search_gives_the_float32_answer(score: str) -> None:
+    rng = np.random.default_rng(11)
+    v = (clustered_vectors(1200, 32, clusters=5, seed=4) * rng.uniform(0.5, 2.0, (1200, 1))).astype(
+        np.float32
+    )
+    excluded = torch.zeros(1200, dtype=torch.bool)
+    excluded[[5, 700, 1199]] = True
+    args = dict(block_size=128, excluded=excluded, tile_elements=128 * 512)
+    v32, i32 = blocked_topk(torch.from_numpy(v), 15, score, precision="float32", **args)
+    v16, i16 = blocked_topk(torch.from_numpy(v), 15, score, precision="bfloat16", **args)
+    keep = ~excluded.numpy()
+    assert not np.isin(i16.numpy()[keep], [5, 700, 1199]).any()
+    # bf16 only chose where to look: the candidates were rescored in float32, so the answer is the float32
+    # one up to the order of items whose scores differ in the last float32 bit
+    assert_same_topk(
+        v, score, v16.numpy()[keep], i16.numpy()[keep], v32.numpy()[keep], i32.numpy()[keep], keep
+    )
+    with pytest.raises(ValueError, match="precision"):
+        blocked_topk(torch.from_numpy(v), 3, score, precision="fp8")
+
+
+def test_bf16_dot_error_bound_holds() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(512, 128, generator=g), torch.randn(2048, 128, generator=g) * 3
+    exact = a.double() @ b.double().T
+    approx = (a.bfloat16() @ b.bfloat16().T).double()
+    scale = a.norm(dim=1).double()[:, None] * b.norm(dim=1).double()[None]
+    worst = float(((approx - exact).abs() / scale).max())
+    assert 0 < worst <= bf16_dot_error_bound(128)
+    assert bf16_dot_error_bound(128) < 0.015  # a tight enough margin to prune almost everything
 
 
 def test_blocked_topk_breaks_ties_by_lowest_index() -> None:

@@ -28,7 +28,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import CorrelateParams
-from pipeline.devices import resolve_device
+from pipeline.devices import native_bf16, resolve_device
 from pipeline.errors import DataError
 from pipeline.io import (
     parquet_metadata,
@@ -122,6 +122,13 @@ def _reduce(
     )
 
 
+def topk_search_precision(setting: str, device: torch.device) -> str:
+    """The top-k candidate search precision: ``auto`` is bfloat16 only on a CPU with native bf16 matmuls."""
+    if setting == "auto":
+        return "bfloat16" if device.type == "cpu" and native_bf16(device) else "float32"
+    return setting
+
+
 def _pair_tensors(teacher: torch.Tensor, pairs: np.ndarray, fn: Any, device: torch.device) -> torch.Tensor:
     """Apply ``fn(a, b)`` to teacher rows of item pairs (1-based ids) in chunks, results on the CPU."""
     out = []
@@ -197,7 +204,10 @@ def build_modality(
     t0 = time.perf_counter()
     teacher = torch.from_numpy(reduced).to(device)
     excl_t = torch.from_numpy(excluded)
-    values, indices = blocked_topk(teacher, params.topk, params.score, params.block_size, excl_t)
+    search = topk_search_precision(params.topk_precision, device)
+    values, indices = blocked_topk(
+        teacher, params.topk, params.score, params.block_size, excl_t, precision=search
+    )
     k_eff = values.shape[1]
     write_parquet(
         out_dir / f"topk_{modality}.parquet",
@@ -208,6 +218,7 @@ def build_modality(
             "topk": k_eff,
             "requested_topk": params.topk,
             "excluded_items": int(excluded.sum()),
+            "search_precision": search,
         },
     )
     included = np.flatnonzero(~excluded)
