@@ -75,6 +75,8 @@ def params(base: Params, **over) -> Params:
         "train.dropout": 0.1,
         "train.modalities": ["text"],
         "train.lr": 0.005,
+        "train.warmup_epochs": 0,  # a constant base rate, whatever the demo's schedule
+        "train.cosine": False,
         "eval.batch_size": 7,
         "mlflow.enabled": False,
     }
