@@ -160,7 +160,7 @@ def test_blocked_topk_threshold_search_over_segments_equals_brute_force(score: s
     assert_same_topk(v, score, values.numpy(), indices.numpy(), ref_v, ref_i)
 
 
-@pytest.mark.parametrize("score", ["cos", "dot"])
+@pytest.mark.parametrize("score", ["cos", "dot", "euclidean"])  # euclidean: searched in float32 anyway
 def test_blocked_topk_bfloat16_search_gives_the_float32_answer(score: str) -> None:
     rng = np.random.default_rng(11)
     v = (clustered_vectors(1200, 32, clusters=5, seed=4) * rng.uniform(0.5, 2.0, (1200, 1))).astype(

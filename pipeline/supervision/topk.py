@@ -204,11 +204,11 @@ def blocked_topk(
     out_i = torch.empty(n, k_eff, dtype=torch.int64)
     if k_eff == 0 or n == 0:
         return out_v, out_i
+    low = precision == "bfloat16" and score in BF16_SCORES  # euclidean/manhattan search in float32
     if score == "cos":  # normalise once instead of per tile
         vectors, score = F.normalize(vectors.float(), dim=-1, eps=EPS), "dot"
     else:
         vectors = vectors.float()
-    low = precision == "bfloat16" and score == "dot"
     if low:
         vectors_lo = vectors.to(torch.bfloat16)
         norms = vectors.norm(dim=1)
