@@ -28,7 +28,7 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import CorrelateParams
-from pipeline.devices import native_bf16, resolve_device
+from pipeline.devices import resolve_device, resolve_precision
 from pipeline.errors import DataError
 from pipeline.io import (
     parquet_metadata,
@@ -123,10 +123,11 @@ def _reduce(
 
 
 def topk_search_precision(setting: str, device: torch.device) -> str:
-    """The top-k candidate search precision: ``auto`` is bfloat16 only on a CPU with native bf16 matmuls."""
-    if setting == "auto":
-        return "bfloat16" if device.type == "cpu" and native_bf16(device) else "float32"
-    return setting
+    """The top-k candidate search precision: ``auto`` is bfloat16 only on a CPU with native bf16 matmuls
+    (a GPU searches in float32 fast enough, and its bf16 reductions need not accumulate in float32)."""
+    if setting == "auto" and device.type != "cpu":
+        return "float32"
+    return resolve_precision(setting, device)
 
 
 def _pair_tensors(teacher: torch.Tensor, pairs: np.ndarray, fn: Any, device: torch.device) -> torch.Tensor:

@@ -216,7 +216,7 @@ def blocked_topk(
     block_size = min(block_size, n)
     col_chunk = max(k_eff, max(1, tile_elements // block_size))
     # the first chunk, searched by torch.topk, is wider: the better its k-th best, the fewer later candidates
-    first_chunk = max(col_chunk, FIRST_TILE_FACTOR * col_chunk)
+    first_chunk = FIRST_TILE_FACTOR * col_chunk
     neg_inf = float("-inf")
     # later tiles go into one reused buffer: a fresh (block x chunk) tensor per tile costs page faults that
     # take longer than the matmul itself on the CPU
@@ -251,8 +251,9 @@ def blocked_topk(
                 best_i += c0
                 c0 = c1
                 continue
-            # a row's k-th best so far; later columns have higher indices, so a tie never displaces it
-            threshold = best_v[:, -1] if best_v.shape[1] == k_eff else torch.full_like(best_v[:, 0], neg_inf)
+            # a row's k-th best so far (the first chunk has >= k_eff columns, so every row has k_eff);
+            # later columns have higher indices, so a tie never displaces it
+            threshold = best_v[:, -1]
             if low:
                 margin = bound * norms[r0:r1] * norms[c0:c1].max()
                 r, c = _above(tile, threshold - margin)
