@@ -146,6 +146,9 @@ class KDParams(_Section):
     code_weight: float = Field(0.1, ge=0.0)
     tau: float = Field(1.5, gt=0.0)
     max_pairs: int = Field(4096, ge=1)  # pairs per batch per modality (unique within-sequence pairs, sampled)
+    # teacher-neighbour pairs added per batch per modality: an item of the batch with one of its
+    # ``correlate.topk`` holistic neighbours (data/supervision/topk_<m>.parquet); 0 = within-sequence only
+    neighbour_pairs: int = Field(0, ge=0)
 
 
 class AsyncLRParams(_Section):

@@ -122,6 +122,28 @@ def test_an_unevaluated_run_only_evaluates(tiny_suite, tmp_path, monkeypatch) ->
 
 
 @pytest.mark.slow
+def test_a_record_older_than_an_option_matches_that_options_default(
+    tiny_suite, tmp_path, monkeypatch
+) -> None:
+    base, out, first = tiny_suite
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    for seed in ("seed0", "seed1"):  # as a version without train.kd.neighbour_pairs wrote them
+        path = copy / "runs" / "kdsr" / seed / "params.json"
+        record = read_json(path)
+        del record["params"]["train"]["kd"]["neighbour_pairs"]
+        write_json(path, record)
+    shared = shared_data(base, copy / "data")
+    assert stale_runs(plan_runs(base, copy, variant_seeds(["kdsr"], 2, 1)), shared) == []
+    monkeypatch.setattr(suite_mod, "run_train", _forbid("run_train"))
+    again = run_suite(base, copy, variants=["kdsr"], seeds=2, progress=False, report=False)
+    assert [r["status"] for r in again] == ["skipped", "skipped"]
+    assert [r["test"] for r in again] == [r["test"] for r in first if r["variant"] == "kdsr"]
+    changed = with_overrides(base, {"train.kd.neighbour_pairs": 8})  # not the default: those runs are stale
+    assert len(stale_runs(plan_runs(changed, copy, variant_seeds(["kdsr"], 2, 1)), shared)) == 2
+
+
+@pytest.mark.slow
 def test_changed_params_rerun_only_later_steps_and_flag_stale_runs(tiny_suite, tmp_path, monkeypatch) -> None:
     base, out, _ = tiny_suite
     data = tmp_path / "data"

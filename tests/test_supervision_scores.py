@@ -21,6 +21,7 @@ from pipeline.supervision.scores import (
     block_scores,
     nearest_centroid,
     pair_scores,
+    read_neighbours,
     sub_vector_scores,
 )
 
@@ -188,3 +189,19 @@ def test_teacher_correlation_from_dir(tmp_path: Path) -> None:
     scores, _, valid = module(torch.tensor([1, 1, 3]), torch.tensor([2, 3, 0]))
     assert valid.tolist() == [False, True, False]  # item 2 is missing under policy exclude; 0 is padding
     assert scores[1].item() == pytest.approx(float(vectors[0] @ vectors[2]), abs=1e-5)
+
+
+def test_read_neighbours_makes_dense_lists_with_counts(tmp_path: Path) -> None:
+    import pyarrow as pa  # noqa: PLC0415
+
+    path = tmp_path / "topk_text.parquet"
+    lists = pa.array([[2, 3], [], [1, 4], [3]], pa.list_(pa.int32()))  # item 2 was excluded: no list
+    write_parquet(path, pa.table({"item": pa.array([1, 2, 3, 4], pa.int32()), "neighbors": lists}))
+    table, counts = read_neighbours(path, num_items=5)  # item 5 is not in the file at all
+    assert counts.tolist() == [0, 2, 0, 2, 1, 0]
+    assert table.tolist() == [[0, 0], [2, 3], [0, 0], [1, 4], [3, 0], [0, 0]]
+    with pytest.raises(DataError, match=r"topk_text.parquet: item ids must lie in 1\.\.3, found 1\.\.4"):
+        read_neighbours(path, num_items=3)
+    write_parquet(path, pa.table({"item": pa.array([1], pa.int32())}))
+    with pytest.raises(DataError, match="topk_text.parquet: missing column 'neighbors'"):
+        read_neighbours(path, num_items=5)

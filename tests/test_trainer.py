@@ -165,6 +165,29 @@ def test_missing_supervision_for_a_modality_is_a_clear_error(base_params: Params
         train(p, tmp_path, seq, sup, "x")
 
 
+def test_teacher_neighbour_pairs_join_the_distillation(base_params: Params, tmp_path: Path) -> None:
+    seq, sup = write_tiny_data(tmp_path)
+    p = params(base_params, **{"train.epochs": 1, "train.kd.neighbour_pairs": 64})
+    with pytest.raises(PipelineError, match="topk_text.parquet is missing"):
+        train(p, tmp_path, seq, sup, "no_lists")
+    family = [
+        [j for j in range(1 + (i - 1) // 10 * 10, 11 + (i - 1) // 10 * 10) if j != i] for i in range(1, 41)
+    ]
+    write_parquet(
+        sup / "topk_text.parquet",
+        pa.table({"item": pa.array(range(1, N_ITEMS + 1), pa.int32()), "neighbors": family}),
+    )
+    assert train(p, tmp_path, seq, sup, "neighbours")["finished"]
+    plain = params(base_params, **{"train.epochs": 1})
+    train(plain, tmp_path, seq, sup, "plain")
+    row = {
+        name: next(csv.DictReader((tmp_path / name / "curve.csv").open())) for name in ("neighbours", "plain")
+    }
+    # the same batches and within-sequence pairs; the neighbour pairs change the distillation terms
+    assert row["neighbours"]["hol_text"] != row["plain"]["hol_text"]
+    assert row["neighbours"]["code_text"] != row["plain"]["code_text"]
+
+
 def test_training_beats_popularity_on_structured_data(base_params: Params, tmp_path: Path) -> None:
     from pipeline.evaluation.metrics import (
         evaluate_scorer,

@@ -11,6 +11,7 @@ from pipeline.models import Student, StudentConfig
 from pipeline.training import losses
 from pipeline.training.batches import (
     bucketed_batches,
+    neighbour_pairs,
     position_weight,
     training_windows,
     trim_left_padding,
@@ -191,6 +192,23 @@ def test_within_sequence_pairs_are_unique_distinct_cooccurring_items() -> None:
     assert pairs == [(1, 2), (1, 3), (2, 3), (4, 5)]
     i, j = within_sequence_pairs(seq, max_pairs=2, generator=torch.Generator().manual_seed(0))
     assert len(i) == 2 and all((a, b) in pairs for a, b in zip(i.tolist(), j.tolist(), strict=True))
+
+
+def test_neighbour_pairs_pair_batch_items_with_their_listed_neighbours() -> None:
+    seq = torch.tensor([[0, 1, 2], [0, 0, 4]])
+    # item 1 -> {5, 6}, item 2 -> {7}, item 3 -> {1, 2} (not in the batch), item 4 has no neighbours
+    neighbours = torch.tensor([[0, 0], [5, 6], [7, 0], [1, 2], [0, 0], [0, 0], [0, 0], [0, 0]])
+    counts = torch.tensor([0, 2, 1, 2, 0, 0, 0, 0])
+    i, j = neighbour_pairs(seq, neighbours, counts, 400, torch.Generator().manual_seed(0))
+    assert len(i) == len(j) == 400
+    pairs = set(zip(i.tolist(), j.tolist(), strict=True))
+    assert pairs == {(1, 5), (1, 6), (2, 7)}  # every listed neighbour of a batch item, nothing else
+    assert 150 < int((i == 1).sum()) < 250  # the batch's items with neighbours are drawn alike
+    again = neighbour_pairs(seq, neighbours, counts, 400, torch.Generator().manual_seed(0))
+    assert torch.equal(again[0], i) and torch.equal(again[1], j)
+    for n, s in ((0, seq), (5, torch.tensor([[0, 4, 4]]))):  # none asked for; no batch item has neighbours
+        i, j = neighbour_pairs(s, neighbours, counts, n)
+        assert i.numel() == j.numel() == 0
 
 
 def test_position_weight_makes_bucketed_batch_means_a_mean_over_all_positions() -> None:

@@ -292,6 +292,29 @@ def _run_record(spec: RunSpec, shared: SharedData) -> dict[str, Any]:
     return _normalised({"params": spec.params.model_dump(exclude=UNTRACKED), "data": shared.digest})
 
 
+def _fill_new_defaults(stored: Any, current: Any, defaults: Any) -> Any:
+    """``stored`` with each key it lacks taken from ``current`` where ``current`` holds that key's default."""
+    if not (isinstance(stored, dict) and isinstance(current, dict)):
+        return stored
+    defaults = defaults if isinstance(defaults, dict) else {}
+    out = dict(stored)
+    for k, v in current.items():
+        if k in out:
+            out[k] = _fill_new_defaults(out[k], v, defaults.get(k))
+        elif k in defaults and v == defaults[k]:
+            out[k] = v
+    return out
+
+
+def _same_run(stored: Any, current: dict[str, Any]) -> bool:
+    """Whether a run folder's recorded config is ``current``'s; a record written before an option existed
+    matches a run that leaves that option at its default, so a new option does not invalidate finished runs."""
+    if stored == current:
+        return True
+    defaults = _normalised({"params": Params.model_validate({}).model_dump(exclude=UNTRACKED)})
+    return _fill_new_defaults(stored, current, defaults) == current
+
+
 def _top_k(metrics: dict[str, float]) -> int:
     ks = sorted(int(k.rsplit("_", 1)[1]) for k in metrics if k.startswith("ndcg_at_"))
     return 20 if 20 in ks else ks[-1]
@@ -303,7 +326,8 @@ def stale_runs(specs: Sequence[RunSpec], shared: SharedData) -> list[Path]:
         s.run_dir
         for s in specs
         if (s.run_dir / "metrics.json").exists()
-        and _read_record(s.run_dir / "params.json") not in (None, _run_record(s, shared))
+        and (stored := _read_record(s.run_dir / "params.json")) is not None
+        and not _same_run(stored, _run_record(s, shared))
     ]
 
 
@@ -333,7 +357,7 @@ def execute_run(
         }
     t0 = time.perf_counter()
     d.mkdir(parents=True, exist_ok=True)
-    if previous != record:
+    if previous is None or not _same_run(previous, record):
         summary_path.unlink(missing_ok=True)  # a model of another config must not be evaluated
         write_json(params_path, record)
     p = spec.params

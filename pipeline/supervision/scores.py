@@ -310,3 +310,44 @@ class TeacherCorrelation(torch.nn.Module):
             excluded = torch.cat([torch.ones(1, dtype=torch.bool), missing])
         codebook = CorrelationCodebook.load(supervision_dir / f"codebook_{modality}.safetensors")
         return cls(teacher, codebook, score, excluded)
+
+
+def read_neighbours(path: str | Path, num_items: int) -> tuple[Tensor, Tensor]:
+    """The holistic neighbour lists of a ``topk_<m>.parquet`` as dense tensors.
+
+    Args:
+        path: the file the correlate stage wrote (columns ``item`` and ``neighbors``, ids 1..N).
+        num_items: N; rows of items the file does not list get no neighbours.
+
+    Returns:
+        neighbours (N + 1, k) int64 (0 past an item's count) and counts (N + 1,) int64; row 0 (padding)
+        and excluded items have count 0.
+
+    Raises:
+        DataError: a missing column, or an item or neighbour id outside 1..N.
+    """
+    import numpy as np  # noqa: PLC0415
+
+    from pipeline.io import read_parquet  # noqa: PLC0415
+
+    path = Path(path)
+    table = read_parquet(path)
+    for col in ("item", "neighbors"):
+        if col not in table.column_names:
+            raise DataError(f"{path}: missing column {col!r} (found {table.column_names})")
+    items = table.column("item").to_numpy().astype(np.int64)
+    lists = table.column("neighbors").combine_chunks()
+    flat = lists.flatten().to_numpy().astype(np.int64)
+    offsets = lists.offsets.to_numpy().astype(np.int64)
+    lengths = np.diff(offsets)
+    for name, ids in (("item", items), ("neighbors", flat)):
+        if ids.size and (ids.min() < 1 or ids.max() > num_items):
+            raise DataError(f"{path}: {name} ids must lie in 1..{num_items}, found {ids.min()}..{ids.max()}")
+    k = int(lengths.max()) if lengths.size else 0
+    neighbours = np.zeros((num_items + 1, max(k, 1)), dtype=np.int64)
+    counts = np.zeros(num_items + 1, dtype=np.int64)
+    counts[items] = lengths
+    rows = np.repeat(items, lengths)
+    cols = np.arange(flat.size) - np.repeat(offsets[:-1], lengths)
+    neighbours[rows, cols] = flat
+    return torch.from_numpy(neighbours), torch.from_numpy(counts)

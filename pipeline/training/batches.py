@@ -83,3 +83,29 @@ def within_sequence_pairs(
         pick = torch.randperm(key.numel(), generator=generator)[:max_pairs].to(key.device)
         key = key[pick]
     return key // base, key % base
+
+
+def neighbour_pairs(
+    seq: torch.Tensor,
+    neighbours: torch.Tensor,
+    counts: torch.Tensor,
+    n_pairs: int,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-neighbour KD pairs: items of the batch, each with one of its holistic top-k neighbours.
+
+    ``n_pairs`` items are drawn uniformly (with replacement) from the distinct items of ``seq`` that have
+    neighbours, and each gets a neighbour drawn uniformly from its list. ``neighbours`` (N+1, k) and
+    ``counts`` (N+1,) as :func:`pipeline.supervision.scores.read_neighbours` returns them, on ``seq``'s device.
+    The random draws come from ``generator`` on the CPU, so every rank of a DDP run cuts the same pairs.
+    """
+    items = torch.unique(seq[seq > 0])
+    items = items[counts[items] > 0]
+    if n_pairs <= 0 or items.numel() == 0:
+        empty = seq.new_zeros(0)
+        return empty, empty
+    pick = torch.randint(items.numel(), (n_pairs,), generator=generator).to(seq.device)
+    i = items[pick]
+    slot = (torch.rand(n_pairs, generator=generator).to(seq.device) * counts[i]).long()
+    slot = torch.minimum(slot, counts[i] - 1)  # rand < 1, but float rounding must never reach the count
+    return i, neighbours[i, slot]

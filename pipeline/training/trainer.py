@@ -37,10 +37,11 @@ from pipeline.evaluation.metrics import (
 )
 from pipeline.io import atomic_path
 from pipeline.models import Student, StudentConfig, save_student
-from pipeline.supervision.scores import TeacherCorrelation, pair_scores
+from pipeline.supervision.scores import TeacherCorrelation, pair_scores, read_neighbours
 from pipeline.tracking import Tracker, file_digest, start_run
 from pipeline.training.batches import (
     bucketed_batches,
+    neighbour_pairs,
     position_weight,
     training_windows,
     trim_left_padding,
@@ -217,6 +218,17 @@ def _run_train(
     teacher_init = {m: t.teacher for m, t in teachers.items()}
     model = Student(cfg, teacher_init).to(device)
     teachers = {m: t.to(device) for m, t in teachers.items()}
+    neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    kd_on = bool(modalities) and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0)
+    if kd_on and train.kd.neighbour_pairs > 0:
+        for m in modalities:
+            path = Path(supervision_dir) / f"topk_{m}.parquet"
+            if not path.exists():
+                raise PipelineError(
+                    f"{path} is missing (train.kd.neighbour_pairs > 0; run the correlate stage)"
+                )
+            table, counts = read_neighbours(path, num_items)
+            neighbours[m] = (table.to(device), counts.to(device))
 
     windows = training_windows(seqs.items, seqs.train_end, train.max_len)  # (U', L+1) on CPU
     lengths = (windows != 0).sum(1)
@@ -243,6 +255,10 @@ def _run_train(
         "sequences": file_digest(sequences_path),
         "supervision": {m: file_digest(Path(supervision_dir) / f"teacher_{m}.parquet") for m in modalities},
     }
+    if neighbours:
+        config_payload["neighbours"] = {
+            m: file_digest(Path(supervision_dir) / f"topk_{m}.parquet") for m in neighbours
+        }
     ckpt_path = Path(checkpoint_root) / _checkpoint_key(config_payload) / "last.pt"
     state = TrainState()
     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -335,10 +351,14 @@ def _run_train(
                     ce = ce * position_weight(keep.sum(), mean_targets)
                     terms = {"ce": ce}
                     loss = terms["ce"]
-                    if modalities and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0):
+                    if kd_on:
                         # pairs of the whole batch, so every rank consumes ``gen`` alike; each takes a share
-                        pi, pj = within_sequence_pairs(seq, train.kd.max_pairs, gen)
+                        seq_i, seq_j = within_sequence_pairs(seq, train.kd.max_pairs, gen)
                         for m in modalities:
+                            pi, pj = seq_i, seq_j
+                            if m in neighbours:
+                                ni, nj = neighbour_pairs(seq, *neighbours[m], train.kd.neighbour_pairs, gen)
+                                pi, pj = torch.cat([pi, ni]), torch.cat([pj, nj])
                             t_scores, t_codes, ok = teachers[m](pi, pj)
                             i, j, t_scores, t_codes = (
                                 _shard(x[ok], dist_info) for x in (pi, pj, t_scores, t_codes)
