@@ -17,6 +17,7 @@ run whose ``metrics.json`` exists is skipped, and an interrupted run resumes fro
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -306,13 +307,16 @@ def _fill_new_defaults(stored: Any, current: Any, defaults: Any) -> Any:
     return out
 
 
+@functools.cache
+def _default_record() -> dict[str, Any]:
+    """The run record's ``params`` part at every option's default (no shared-data digest)."""
+    return _normalised({"params": Params.model_validate({}).model_dump(exclude=UNTRACKED)})
+
+
 def _same_run(stored: Any, current: dict[str, Any]) -> bool:
     """Whether a run folder's recorded config is ``current``'s; a record written before an option existed
     matches a run that leaves that option at its default, so a new option does not invalidate finished runs."""
-    if stored == current:
-        return True
-    defaults = _normalised({"params": Params.model_validate({}).model_dump(exclude=UNTRACKED)})
-    return _fill_new_defaults(stored, current, defaults) == current
+    return stored == current or _fill_new_defaults(stored, current, _default_record()) == current
 
 
 def _top_k(metrics: dict[str, float]) -> int:

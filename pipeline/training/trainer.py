@@ -218,17 +218,21 @@ def _run_train(
     teacher_init = {m: t.teacher for m, t in teachers.items()}
     model = Student(cfg, teacher_init).to(device)
     teachers = {m: t.to(device) for m, t in teachers.items()}
-    neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
     kd_on = bool(modalities) and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0)
-    if kd_on and train.kd.neighbour_pairs > 0:
-        for m in modalities:
-            path = Path(supervision_dir) / f"topk_{m}.parquet"
-            if not path.exists():
-                raise PipelineError(
-                    f"{path} is missing (train.kd.neighbour_pairs > 0; run the correlate stage)"
-                )
+    neighbour_files = (
+        {m: Path(supervision_dir) / f"topk_{m}.parquet" for m in modalities}
+        if kd_on and train.kd.neighbour_pairs > 0
+        else {}
+    )
+    neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for m, path in neighbour_files.items():
+        try:
             table, counts = read_neighbours(path, num_items)
-            neighbours[m] = (table.to(device), counts.to(device))
+        except FileNotFoundError:
+            raise PipelineError(
+                f"{path} is missing (train.kd.neighbour_pairs > 0; run the correlate stage)"
+            ) from None
+        neighbours[m] = (table.to(device), counts.to(device))
 
     windows = training_windows(seqs.items, seqs.train_end, train.max_len)  # (U', L+1) on CPU
     lengths = (windows != 0).sum(1)
@@ -255,10 +259,8 @@ def _run_train(
         "sequences": file_digest(sequences_path),
         "supervision": {m: file_digest(Path(supervision_dir) / f"teacher_{m}.parquet") for m in modalities},
     }
-    if neighbours:
-        config_payload["neighbours"] = {
-            m: file_digest(Path(supervision_dir) / f"topk_{m}.parquet") for m in neighbours
-        }
+    if neighbour_files:
+        config_payload["neighbours"] = {m: file_digest(path) for m, path in neighbour_files.items()}
     ckpt_path = Path(checkpoint_root) / _checkpoint_key(config_payload) / "last.pt"
     state = TrainState()
     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
