@@ -54,7 +54,9 @@ def generate(workdir: Path, items: int, interactions: int, families: int, seed: 
 
 
 def ingest(workdir: Path, kcore: int) -> None:
-    data = DataParams(source="amazon2014", category=CATEGORY, raw_dir=str(workdir / "raw"), kcore=kcore)
+    data = DataParams(  # the generated metadata has no image field
+        source="amazon2014", category=CATEGORY, raw_dir=str(workdir / "raw"), kcore=kcore, image_column=None
+    )
     t0 = time.perf_counter()
     stats = run_ingest(data, MLflowParams(enabled=False), workdir / "processed", workdir / "data_stats.json")
     wall = time.perf_counter() - t0

@@ -261,6 +261,7 @@ def build_scenario(name: str, args: argparse.Namespace) -> Scenario:
                 "data.category": "Bench",
                 "data.download": False,
                 "data.raw_dir": str(work / "ingest" / "raw"),
+                "data.image_column": None,  # the generated metadata has no image field
                 "train.modalities": ["text"],
             }
         )

@@ -45,6 +45,10 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         if tmp_path.exists():
             os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp_path, target)
+    except OSError as err:
+        if err.filename is None:  # e.g. ENOSPC from a write(): name the output that could not be written
+            raise OSError(err.errno, f"cannot write ({err.strerror or err})", str(target)) from err
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -59,10 +63,11 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_json(path: str | Path, obj: Any) -> None:
-    """Write JSON atomically, keys sorted, full float precision."""
+def write_json(path: str | Path, obj: Any, sort_keys: bool = True) -> None:
+    """Write JSON atomically, full float precision; keys sorted unless ``sort_keys`` is False (then in the
+    mapping's own order, e.g. a metrics file whose order is the column order of ``dvc exp show``)."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=sort_keys, default=_json_default) + "\n")
 
 
 def read_json(path: str | Path) -> Any:
@@ -148,7 +153,12 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
 
 def parquet_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON-decoded key-value metadata written by :func:`write_parquet`."""
-    schema = pq.read_schema(path)
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: not found (run the stage that produces it first)")
+    try:
+        schema = pq.read_schema(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise ValueError(f"{path}: cannot be read as Parquet ({err})") from None
     out: dict[str, Any] = {}
     for k, v in (schema.metadata or {}).items():
         key = k.decode()

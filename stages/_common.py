@@ -9,21 +9,49 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pipeline.errors import PipelineError
+from pipeline.progress import quiet_third_party_bars
+
+log = logging.getLogger("stages")
+
+
+def describe_os_error(err: OSError) -> str:
+    """One line for an OS error that names the path(s) involved (``err.filename``) when the error knows it."""
+    what = err.strerror or str(err) or type(err).__name__
+    if err.filename is not None and err.filename2 is not None:
+        return f"{err.filename} -> {err.filename2}: {what}"
+    if err.filename is not None:
+        return f"{err.filename}: {what}"
+    return str(err) or what
 
 
 def main(run: Callable[[], None]) -> None:
-    """Run a stage body from the project root; print expected errors without a traceback and exit 2."""
+    """Run a stage body from the project root; print expected errors without a traceback and exit 2.
+
+    Expected errors are :class:`PipelineError` (bad input or configuration), ``OSError`` (a missing or
+    unreadable file, a read-only folder, a full disk: the message names the path) and ``ValueError`` (an
+    input file that cannot be parsed); each gives one ``error:`` line on stderr and exit code 2. The
+    traceback is logged at DEBUG level (``KDSR_LOG_LEVEL=DEBUG``).
+    """
     logging.basicConfig(
         level=os.environ.get("KDSR_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     os.chdir(Path(__file__).resolve().parent.parent)
+    quiet_third_party_bars()  # off a terminal, Hugging Face / MLflow bars would fill logs with carriage returns
     try:
         run()
-    except PipelineError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except FileNotFoundError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except PipelineError as err:  # may list several problems, one per line
+        _fail(str(err), one_line=False)
+    except OSError as err:  # FileNotFoundError, PermissionError, ENOSPC, ...
+        _fail(describe_os_error(err))
+    except ValueError as err:
+        _fail(f"{err} ({type(err).__name__})" if str(err) else type(err).__name__)
+
+
+def _fail(message: str, one_line: bool = True) -> None:
+    log.debug("traceback of the error below", exc_info=True)
+    if one_line:
+        message = " ".join(message.split())
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(2)

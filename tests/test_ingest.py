@@ -214,7 +214,9 @@ def test_demo_ingest_is_deterministic_and_matches_the_contract(in_tmp_project: P
     assert summary["min"] == lengths.min() and summary["median"] == np.median(lengths)
     assert summary["mean"] == pytest.approx(lengths.mean())
     assert stats["dropped"]["duplicates"] > 0  # the demo repeats a few reviews
-    assert parquet_metadata(out / "sequences.parquet") == parquet_metadata(out / "items.parquet") == {
+    seq_meta = parquet_metadata(out / "sequences.parquet")
+    assert seq_meta.pop("items_sha256") == digest(out / "items.parquet")  # lineage of the numbering
+    assert seq_meta == parquet_metadata(out / "items.parquet") == {
         "source": "demo", "category": "Beauty", "split": "loo", "kcore": 5, "min_user_interactions": 5
     }  # fmt: skip
     # text assembled from title | brand | categories with entities unescaped; images point into the output
@@ -253,7 +255,8 @@ def test_missing_raw_files_name_the_expected_paths(tmp_path: Path) -> None:
 def _write_2014(raw: Path, review_lines: list[str]) -> None:
     raw.mkdir(parents=True, exist_ok=True)
     (raw / "reviews_Cat_5.json.gz").write_bytes(gzip.compress(("\n".join(review_lines) + "\n").encode()))
-    (raw / "meta_Cat.json.gz").write_bytes(gzip.compress(b"{'asin': 'B1', 'title': 'One'}\n"))
+    meta = b"{'asin': 'B1', 'title': 'One', 'brand': 'Acme', 'categories': [['Cat']], 'imUrl': 'http://x/1.jpg'}\n"
+    (raw / "meta_Cat.json.gz").write_bytes(gzip.compress(meta))
 
 
 def test_too_many_bad_lines_fail_and_an_existing_output_survives(
@@ -343,6 +346,7 @@ def test_beauty_sequences_source(tmp_path: Path) -> None:
         sequences_file=str(BEAUTY_DIR / "Beauty.txt"),
         items_file=str(BEAUTY_DIR / "items.tsv"),
         text_columns=["idgenrec_text", "s3rec_attribute_names"],
+        image_column=None,  # items.tsv has no image column: naming one would fail
         kcore=5,
     )
     stats = run_ingest(data, NO_MLFLOW, tmp_path / "processed", tmp_path / "stats.json")

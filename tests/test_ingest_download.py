@@ -171,7 +171,13 @@ def test_ingest_downloads_missing_amazon_files(
     )
     monkeypatch.setitem(AMAZON_FORMATS, "amazon2014", fmt)
     data = DataParams(
-        source="amazon2014", category="Toy", raw_dir=str(tmp_path / "raw"), download=True, kcore=3
+        source="amazon2014",
+        category="Toy",
+        raw_dir=str(tmp_path / "raw"),
+        download=True,
+        kcore=3,
+        text_columns=["title"],  # the served metadata has only titles and no images
+        image_column=None,
     )
     stats = run_ingest(data, MLflowParams(enabled=False), tmp_path / "processed", tmp_path / "stats.json")
     assert (stats["users"], stats["items"], stats["interactions"]) == (3, 3, 9)

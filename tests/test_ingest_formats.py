@@ -277,7 +277,9 @@ def test_run_ingest_on_each_amazon_release(
               ("U3", "I2", 5), ("U3", "I3", 5), ("U3", "I1", 5)]  # fmt: skip
     write_lines(raw / reviews_name, [_review(*e) for e in events])
     write_lines(raw / meta_name, [meta_line.format(i=i) for i in ("I1", "I2")])  # I3 has no metadata
-    data = DataParams(source=source, category="Cat", raw_dir=str(tmp_path / "raw"), kcore=3)
+    data = DataParams(
+        source=source, category="Cat", raw_dir=str(tmp_path / "raw"), kcore=3, text_columns=["title"]
+    )
     stats = run_ingest(data, NO_MLFLOW, tmp_path / "processed", tmp_path / "stats.json")
     assert (stats["users"], stats["items"], stats["interactions"]) == (3, 3, 9)
     assert stats["metadata"]["items_without_metadata"] == 1

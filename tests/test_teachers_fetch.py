@@ -79,28 +79,30 @@ def test_download_lands_in_content_addressed_cache_and_is_not_refetched(
     tmp_path: Path, server: LoopbackServer
 ) -> None:
     url = f"{server.url}/ok.png"
-    got = resolve_source(url, tmp_path, timeout_s=2, retries=0)
+    got = resolve_source(url, tmp_path, timeout_s=2, retries=0, allow_private_hosts=True)
     digest = hashlib.sha256(PNG_BYTES).hexdigest()
     assert got.failure is None and got.sha256 == digest
     assert got.path == tmp_path / "blobs" / digest[:2] / digest
     assert got.path.read_bytes() == PNG_BYTES
     before = server.hits["/ok.png"]
-    again = resolve_source(url, tmp_path, timeout_s=2, retries=0)
+    again = resolve_source(url, tmp_path, timeout_s=2, retries=0, allow_private_hosts=True)
     assert again == got and server.hits["/ok.png"] == before  # served from the cache, no request
 
 
 def test_http_404_is_not_retried_and_500_is(tmp_path: Path, server: LoopbackServer) -> None:
-    got = resolve_source(f"{server.url}/missing.jpg", tmp_path, timeout_s=2, retries=2)
+    got = resolve_source(
+        f"{server.url}/missing.jpg", tmp_path, timeout_s=2, retries=2, allow_private_hosts=True
+    )
     assert (got.failure, got.path) == ("http_error", None)
     assert "HTTP 404" in got.detail and server.hits["/missing.jpg"] == 1
-    got = resolve_source(f"{server.url}/error500", tmp_path, timeout_s=2, retries=1)
+    got = resolve_source(f"{server.url}/error500", tmp_path, timeout_s=2, retries=1, allow_private_hosts=True)
     assert got.failure == "http_error" and "HTTP 500" in got.detail and "after 2 attempts" in got.detail
     assert server.hits["/error500"] == 2
 
 
 def test_hanging_server_times_out(tmp_path: Path, server: LoopbackServer) -> None:
     start = time.monotonic()
-    got = resolve_source(f"{server.url}/hang", tmp_path, timeout_s=0.3, retries=1)
+    got = resolve_source(f"{server.url}/hang", tmp_path, timeout_s=0.3, retries=1, allow_private_hosts=True)
     elapsed = time.monotonic() - start
     assert got.failure == "timeout" and "after 2 attempts" in got.detail
     assert 0.6 <= elapsed < 3.0  # two attempts of 0.3 s plus a 0.25 s back-off
@@ -113,14 +115,20 @@ def test_unreachable_too_large_bad_scheme_and_redirect_to_file(
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    got = resolve_source(f"http://127.0.0.1:{port}/x.png", tmp_path, timeout_s=1, retries=0)
+    got = resolve_source(
+        f"http://127.0.0.1:{port}/x.png", tmp_path, timeout_s=1, retries=0, allow_private_hosts=True
+    )
     assert got.failure == "unreachable"
-    got = resolve_source(f"{server.url}/big", tmp_path, timeout_s=2, retries=2, max_bytes=1024)
+    got = resolve_source(
+        f"{server.url}/big", tmp_path, timeout_s=2, retries=2, max_bytes=1024, allow_private_hosts=True
+    )
     assert got.failure == "too_large" and server.hits["/big"] == 1
     assert resolve_source("ftp://example.com/a.png", tmp_path).failure == "bad_url"
     assert resolve_source("file://otherhost/a.png", tmp_path).failure == "bad_url"
     for target in ("file", "ftp"):  # redirects may only lead to http(s)
-        got = resolve_source(f"{server.url}/redirect-{target}", tmp_path, timeout_s=2, retries=0)
+        got = resolve_source(
+            f"{server.url}/redirect-{target}", tmp_path, timeout_s=2, retries=0, allow_private_hosts=True
+        )
         assert got.failure == "http_error" and "HTTP 302" in got.detail, got.detail
 
 
@@ -150,6 +158,7 @@ def test_fetch_images_keeps_order_and_fetches_each_source_once(
         timeout_s=2,
         retries=0,
         workers=3,
+        allow_private_hosts=True,  # the test server is on 127.0.0.1
     )
     assert [g.failure for g in got] == [None, "no_image", None, None, "http_error"]
     assert got[0] == got[2] and got[0].sha256 == got[3].sha256

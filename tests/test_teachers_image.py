@@ -112,6 +112,7 @@ def embed_params(base: Params, cache: Path, **overrides: object) -> EmbedParams:
         "embed.cache_dir": str(cache),
         "embed.image.fetch_timeout_s": 0.5,
         "embed.image.fetch_retries": 0,
+        "embed.image.allow_private_hosts": True,  # the test server is on 127.0.0.1
         "embed.min_coverage": 0.5,
     }
     return with_overrides(base, values | {f"embed.{k}": v for k, v in overrides.items()}).embed
@@ -281,16 +282,22 @@ def test_adding_one_image_computes_one(
 def test_stage_entry_point_writes_the_declared_outputs(
     in_tmp_project: Path, base_params: Params, teacher: ImageTeacher, images: tuple[list[Path], np.ndarray]
 ) -> None:
+    import shutil
+
     from stages.embed import run
 
     paths, _ = images
+    raw = in_tmp_project / "data" / "raw"  # local images must lie under data.raw_dir (or data/processed)
+    raw.mkdir(parents=True)
+    for p in paths[:3]:
+        shutil.copy(p, raw / p.name)
     write_parquet(
         in_tmp_project / "data" / "processed" / "items.parquet",
         {
             "item": pa.array([1, 2, 3], pa.int32()),
             "item_id": ["A", "B", "C"],
             "text": ["red nail polish", "argan shampoo", "face serum"],
-            "image": [str(p) for p in paths[:3]],
+            "image": [f"data/raw/{p.name}" for p in paths[:3]],
         },
     )
     run()  # the real params.yaml, paths relative to the working directory
@@ -298,3 +305,6 @@ def test_stage_entry_point_writes_the_declared_outputs(
     written = sorted(p.name for p in (in_tmp_project / "data" / "embeddings").iterdir())
     assert written == sorted(["report.json", *(f"{m}.parquet" for m in modalities)])
     assert (in_tmp_project / base_params.embed.cache_dir).is_dir()
+    if "image" in modalities:  # the images under data/raw are inside the allowed folder
+        report = read_json(in_tmp_project / "data" / "embeddings" / "report.json")
+        assert report["modalities"]["image"]["missing"] == 0

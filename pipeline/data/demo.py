@@ -34,9 +34,9 @@ from typing import Literal
 
 import numpy as np
 import polars as pl
-from tqdm import tqdm
 
 from pipeline.config import DemoParams
+from pipeline.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -463,7 +463,7 @@ def write_images(cat: DemoCatalogue, images_dir: Path, size: int, seed: int = 0)
     images_dir.mkdir(parents=True, exist_ok=True)
     jitter = rng.uniform(-0.06, 0.06, size=(cat.n_items, 2))
     shade = cat.position / np.maximum(cat.family_size[cat.family] - 1, 1)
-    for j in tqdm(range(cat.n_items), desc="demo images", unit=" img", mininterval=2.0, disable=None):
+    for j in progress_bar(range(cat.n_items), desc="demo images", unit=" img", mininterval=2.0, disable=None):
         img = render_item_image(
             int(cat.family[j]), float(shade[j]), size, (float(jitter[j, 0]), float(jitter[j, 1]))
         )

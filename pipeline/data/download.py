@@ -3,6 +3,9 @@
 A download writes ``<file>.part`` and resumes it with an HTTP ``Range`` request after an interruption;
 when complete it is renamed to ``<file>`` and its SHA-256 is recorded in ``<file>.sha256`` (``sha256sum``
 format). A file that has a sidecar is verified against it every time it is reused.
+
+Safety: a download larger than ``max_bytes`` (announced or streamed) is refused, and a redirect may not
+change the URL's scheme (except http -> https), so an https URL never continues over plain http, ftp or file.
 """
 
 from __future__ import annotations
@@ -13,18 +16,36 @@ import os
 import re
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from tqdm import tqdm
-
 from pipeline.errors import DataError
 from pipeline.io import file_digest
+from pipeline.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 USER_AGENT = "kdsr-pipeline (research data ingest)"
 CHUNK = 1 << 20
+MAX_DOWNLOAD_BYTES = 50 * 10**9  # the largest official Amazon file (2023 reviews) is ~ 11 GB
+
+
+class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only to the same scheme (or from http up to https)."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's API
+        old = urllib.parse.urlsplit(req.full_url).scheme.lower()
+        new = urllib.parse.urlsplit(newurl).scheme.lower()
+        if new != old and (old, new) != ("http", "https"):
+            raise urllib.error.HTTPError(
+                newurl, code, f"redirect from {old} to {new} ({newurl}) refused", headers, fp
+            )
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+class _TooLarge(Exception):
+    """The file is larger than the download limit: not retried."""
 
 
 def checksum_path(path: Path) -> Path:
@@ -63,13 +84,14 @@ class _Incomplete(OSError):
     """The connection ended before the announced length: retry (resuming)."""
 
 
-def _fetch_once(url: str, part: Path, timeout: float) -> None:
+def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
     offset = part.stat().st_size if part.exists() else 0
     request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
     if offset:
         request.add_header("Range", f"bytes={offset}-")
+    opener = urllib.request.build_opener(_SameSchemeRedirects)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - http(s) URLs from config
+        response = opener.open(request, timeout=timeout)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # nothing left to send: the part is complete, or stale
             total = _total_from_content_range(err.headers.get("Content-Range"))
@@ -89,11 +111,13 @@ def _fetch_once(url: str, part: Path, timeout: float) -> None:
         else:  # 200: the server ignored the Range header (or there was nothing to resume)
             mode, start = "wb", 0
         length = response.headers.get("Content-Length")
-        total = start + int(length) if length is not None else None
+        total = start + int(length) if length is not None and length.strip().isdigit() else None
+        if total is not None and total > max_bytes:
+            raise _TooLarge(f"{total} bytes announced, more than the limit of {max_bytes} bytes")
         written = start
         with (
             open(part, mode) as f,
-            tqdm(
+            progress_bar(
                 total=total,
                 initial=start,
                 unit="B",
@@ -111,6 +135,8 @@ def _fetch_once(url: str, part: Path, timeout: float) -> None:
                     raise _Incomplete(f"connection closed after {written + len(err.partial)} bytes") from None
                 if not chunk:
                     break
+                if written + len(chunk) > max_bytes:
+                    raise _TooLarge(f"more than the limit of {max_bytes} bytes")
                 f.write(chunk)
                 written += len(chunk)
                 bar.update(len(chunk))
@@ -124,7 +150,13 @@ def _total_from_content_range(value: str | None) -> int | None:
 
 
 def download_file(
-    url: str, dest: Path, *, timeout: float = 60.0, retries: int = 3, backoff_s: float = 1.0
+    url: str,
+    dest: Path,
+    *,
+    timeout: float = 60.0,
+    retries: int = 3,
+    backoff_s: float = 1.0,
+    max_bytes: int = MAX_DOWNLOAD_BYTES,
 ) -> Path:
     """Download ``url`` to ``dest`` (resuming ``dest.part``), then record its SHA-256 next to it.
 
@@ -134,6 +166,7 @@ def download_file(
         timeout: socket timeout per request in seconds.
         retries: further attempts (each resuming) after a network failure.
         backoff_s: wait before the first retry, doubled on each further one.
+        max_bytes: a larger file is refused (and its partial download deleted).
 
     Returns:
         ``dest``.
@@ -145,8 +178,13 @@ def download_file(
     part = dest.with_name(dest.name + ".part")
     for attempt in range(retries + 1):
         try:
-            _fetch_once(url, part, timeout)
+            _fetch_once(url, part, timeout, max_bytes)
             break
+        except _TooLarge as err:
+            part.unlink(missing_ok=True)
+            raise DataError(
+                f"cannot download {url}: {err} (download limit); put the file at {dest} by hand"
+            ) from None
         except urllib.error.HTTPError as err:
             if err.code not in (408, 429, 500, 502, 503, 504) or attempt == retries:
                 raise DataError(

@@ -22,20 +22,30 @@ import gzip
 import html
 import json
 import logging
+import re
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import polars as pl
-from tqdm import tqdm
 
 from pipeline.errors import DataError
+from pipeline.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
 MAX_REPORTED = 5  # malformed lines logged (and quoted in errors) per file
 PART_SEPARATOR = " | "
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # timestamps must fit the int64 ``ts`` column
+# ids of the ``sequences`` source: canonical non-negative integers only ("5", not "5.0", "05" or "+5")
+CANONICAL_INT = re.compile(r"0|[1-9][0-9]{0,17}")
+_CANONICAL_LINE = re.compile(
+    r"\s*(?:0|[1-9][0-9]{0,17})(?:\s+(?:0|[1-9][0-9]{0,17}))*\s*"
+)  # one match a line
+# a configured text/image field that fewer than this share of records has is reported as a warning
+FIELD_WARN_SHARE = 0.1
 
 # When a configured text column is absent from a metadata record, these fields are tried in its place, so
 # one ``text_columns`` list works across the 2014 (categories, brand), 2018 (category, feature) and 2023
@@ -85,8 +95,8 @@ AMAZON_FORMATS: dict[str, AmazonFormat] = {
         meta_item_key="asin",
         meta_python_literal=True,
         image_field="imUrl",
-        review_url="http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_{category}_5.json.gz",
-        meta_url="http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_{category}.json.gz",
+        review_url="https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_{category}_5.json.gz",
+        meta_url="https://snap.stanford.edu/data/amazon/productGraph/categoryFiles/meta_{category}.json.gz",
     ),
     "amazon2018": AmazonFormat(
         name="amazon2018",
@@ -154,15 +164,85 @@ class FileReport:
 
 
 def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
-    """Yield (1-based line number, raw line without the newline) of a plain or gzip file."""
+    """Yield (1-based line number, raw line without the newline) of a plain or gzip file.
+
+    Raises:
+        DataError: a truncated or corrupt gzip file (naming the file and the last good line).
+    """
     opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            yield number, raw.rstrip(b"\r\n")
+    number = 0
+    try:
+        with opener(path, "rb") as f:
+            for number, raw in enumerate(f, start=1):  # ``number``: the last good line, for the error
+                yield number, raw.rstrip(b"\r\n")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:
+        raise DataError(
+            f"{path}: truncated or corrupt gzip file after line {number} ({type(err).__name__}: {err}); "
+            "download it again (delete it and its .sha256 sidecar with data.download: true)"
+        ) from None
+
+
+@dataclass
+class FieldCounts:
+    """How many records of a metadata file carry each configured text/image field (aliases included)."""
+
+    path: Path
+    records: int = 0
+    text: dict[str, int] = field(default_factory=dict)
+    image: int = 0
+
+    def check(
+        self, text_columns: Sequence[str], image_column: str | None, image_fields: Sequence[str]
+    ) -> None:
+        """Warn (with the count) about a field few records have; fail when no record has it.
+
+        Raises:
+            DataError: a ``data.text_columns`` field or the ``data.image_column`` (or the release's own
+                image field) that no record has.
+        """
+        if self.records == 0:
+            return
+        absent = [c for c in text_columns if self.text.get(c, 0) == 0]
+        if absent:
+            raise DataError(
+                f"{self.path}: data.text_columns field(s) {absent} are in none of its {self.records} records "
+                "(nor their aliases): fix the names or drop them from data.text_columns"
+            )
+        for col in text_columns:
+            n = self.text[col]
+            if n < FIELD_WARN_SHARE * self.records:
+                log.warning(
+                    "%s: data.text_columns field %r is in only %d of %d records (%.1f%%)",
+                    self.path, col, n, self.records, 100 * n / self.records,
+                )  # fmt: skip
+        if image_column is None:
+            return
+        names = " or ".join(repr(f) for f in dict.fromkeys([image_column, *image_fields]))
+        if self.image == 0:
+            raise DataError(
+                f"{self.path}: data.image_column {names} is in none of its {self.records} records: fix the name, "
+                "or set data.image_column: null when the items have no images"
+            )
+        if self.image < FIELD_WARN_SHARE * self.records:
+            log.warning(
+                "%s: data.image_column %s is in only %d of %d records (%.1f%%)",
+                self.path, names, self.image, self.records, 100 * self.image / self.records,
+            )  # fmt: skip
+
+
+def _has_text(record: Mapping[str, Any], column: str) -> bool:
+    """True when ``record`` has a non-empty ``column`` (or one of its :data:`TEXT_ALIASES`)."""
+    for key in (column, *TEXT_ALIASES.get(column, ())):
+        value = record.get(key)
+        if value is not None and value != "" and value != []:
+            return True
+    return False
 
 
 def _progress(it: Iterator[Any], path: Path) -> Iterator[Any]:
-    return tqdm(it, desc=f"parse {path.name}", unit=" lines", unit_scale=True, mininterval=2.0, disable=None)
+    return progress_bar(
+        it, desc=f"parse {path.name}", unit=" lines", unit_scale=True, mininterval=2.0, disable=None
+    )
 
 
 # --------------------------------------------------------------------------------------------- text
@@ -266,6 +346,12 @@ def _as_int(obj: Mapping[str, Any], key: str) -> int:
     value = obj[key]
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"field '{key}' must be an integer, got {value!r}")
+    return _in_int64(value, key)
+
+
+def _in_int64(value: int, key: str) -> int:
+    if not INT64_MIN <= value <= INT64_MAX:
+        raise ValueError(f"field '{key}' is out of range: {value} does not fit a 64-bit timestamp")
     return value
 
 
@@ -287,7 +373,7 @@ def read_json_reviews(
     schema = {user_key: pl.String, item_key: pl.String, time_key: pl.Int64}
     try:
         df = pl.read_ndjson(path, schema=schema, row_index_name="line")
-    except (pl.exceptions.PolarsError, ValueError) as err:
+    except (pl.exceptions.PolarsError, ValueError, OSError) as err:  # OSError: e.g. a damaged .gz
         log.info("%s: fast JSON path failed (%s); parsing line by line", path, str(err).splitlines()[0][:120])
     else:
         if not _has_gaps(df, [user_key, item_key], [time_key]):
@@ -317,6 +403,9 @@ def read_json_reviews(
         except ValueError as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
             report.bad(number, str(err))
             continue
+        except RecursionError:
+            report.bad(number, "nested too deeply to parse")
+            continue
         users.append(u)
         items.append(i)
         times.append(t)
@@ -330,7 +419,7 @@ def read_ratings_csv(path: Path) -> tuple[pl.DataFrame, FileReport]:
     schema = {"user_id": pl.String, "item_id": pl.String, "rating": pl.Float64, "ts": pl.Int64}
     try:
         df = pl.read_csv(path, has_header=False, schema=schema, row_index_name="line", quote_char='"')
-    except (pl.exceptions.PolarsError, ValueError) as err:
+    except (pl.exceptions.PolarsError, ValueError, OSError) as err:
         log.info("%s: fast CSV path failed (%s); parsing line by line", path, str(err).splitlines()[0][:120])
     else:
         # blank lines come back as all-null rows
@@ -356,7 +445,7 @@ def read_ratings_csv(path: Path) -> tuple[pl.DataFrame, FileReport]:
             if not u or not i:
                 raise ValueError("empty user or item id")
             float(rating)
-            times.append(int(t))
+            times.append(_in_int64(int(t), "timestamp"))
         except ValueError as err:
             report.bad(number, str(err))
             continue
@@ -377,17 +466,20 @@ def parse_metadata_line(text: str, python_literal: bool) -> Any:
         if '"' not in text and "\\" not in text:
             try:
                 return json.loads(text.replace("'", '"'))
-            except ValueError:
+            except (ValueError, RecursionError):
                 pass
         try:
             return json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
             raise ValueError(f"neither JSON nor a Python literal ({type(err).__name__}: {err})") from None
-    return json.loads(text)
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
 
 
 def read_metadata(
@@ -396,6 +488,7 @@ def read_metadata(
     text_columns: Sequence[str],
     image_columns: Sequence[str],
     python_literal: bool,
+    counts: FieldCounts | None = None,
 ) -> tuple[pl.DataFrame, FileReport, int]:
     """Read an Amazon metadata file into (item_id, text, image) rows.
 
@@ -405,6 +498,7 @@ def read_metadata(
         text_columns: fields joined into the text (see :func:`assemble_text`).
         image_columns: fields tried in order for the image reference (empty: no images).
         python_literal: the 2014 format (one Python dict literal per line).
+        counts: filled with how many records carry each text/image field (see :meth:`FieldCounts.check`).
 
     Returns:
         The item frame (first record of a repeated id kept), the file report, and the number of
@@ -425,22 +519,32 @@ def read_metadata(
             if not isinstance(obj, dict):
                 raise ValueError(f"not a record ({type(obj).__name__})")
             item = _as_id(obj, item_key)
+            if item in seen:
+                duplicates += 1
+                continue
+            image = None
+            for col in image_columns:
+                image = image_reference(obj.get(col))
+                if image:
+                    break
+            text = assemble_text(obj, text_columns)
         except ValueError as err:
             report.bad(number, str(err))
             continue
-        if item in seen:
-            duplicates += 1
+        except RecursionError:  # a record nested deeper than the text helpers can walk
+            report.bad(number, "nested too deeply to parse")
             continue
         seen.add(item)
-        image = None
-        for col in image_columns:
-            image = image_reference(obj.get(col))
-            if image:
-                break
+        if counts is not None:
+            for col in text_columns:
+                counts.text[col] = counts.text.get(col, 0) + _has_text(obj, col)
+            counts.image += image is not None
         ids.append(item)
-        texts.append(assemble_text(obj, text_columns))
+        texts.append(text)
         images.append(image)
     frame = pl.DataFrame({"item_id": ids, "text": texts, "image": images}, schema=ITEM_SCHEMA)
+    if counts is not None:
+        counts.records = len(ids)
     return frame, report, duplicates
 
 
@@ -448,8 +552,9 @@ def read_metadata(
 def read_sequences_file(path: Path) -> tuple[pl.DataFrame, FileReport]:
     """Read ``user item1 item2 ...`` lines (time order within and across lines = file order).
 
-    ``ts`` and ``line`` are both the event's position in the file. A line with a user and no items is
-    malformed.
+    ``ts`` and ``line`` are both the event's position in the file. Ids must be canonical non-negative
+    integers (``5``; not ``5.0``, ``05``, ``+5`` or a word): a line with another token, or a user with no
+    items, is malformed (skipped, counted, and named with its line number).
     """
     report = FileReport(path)
     users: list[str] = []
@@ -459,12 +564,22 @@ def read_sequences_file(path: Path) -> tuple[pl.DataFrame, FileReport]:
             continue
         report.records += 1
         try:
-            tokens = raw.decode("utf-8").split()
+            text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
             report.bad(number, f"not UTF-8 ({err})")
             continue
+        tokens = text.split()
         if len(tokens) < 2:
             report.bad(number, "a user id with no items")
+            continue
+        bad = None  # one regex per line; token by token only to name the bad one
+        if not _CANONICAL_LINE.fullmatch(text):
+            bad = next((t for t in tokens if not CANONICAL_INT.fullmatch(t)), None)
+        if bad is not None:
+            report.bad(
+                number,
+                f"{bad[:40]!r} is not an integer id (ids are written like 5: no sign, decimals or leading zeros)",
+            )
             continue
         users.extend([tokens[0]] * (len(tokens) - 1))
         items.extend(tokens[1:])
@@ -477,12 +592,17 @@ def _separator(path: Path) -> str:
 
 
 def read_item_table(
-    path: Path, id_column: str, text_columns: Sequence[str], image_column: str | None
+    path: Path,
+    id_column: str,
+    text_columns: Sequence[str],
+    image_column: str | None,
+    counts: FieldCounts | None = None,
 ) -> tuple[pl.DataFrame, int]:
     """Read the item table of the ``sequences`` source (TSV, or CSV by extension) into (item_id, text, image).
 
     ``image_column`` is ignored when the table has no such column. Returns the frame and the number of
-    repeated ids dropped (first row kept).
+    repeated ids dropped (first row kept). ``counts`` (optional) is filled with how many rows have a
+    non-empty value in each text column and in the image column.
     """
     if not path.exists():
         raise DataError(f"{path}: item table not found (data.items_file)")
@@ -514,6 +634,11 @@ def read_item_table(
         for row in zip(*columns.values(), strict=True)
     ]
     images = df.get_column(image_column).to_list() if has_image else [None] * df.height
+    if counts is not None:
+        counts.records = df.height
+        for c in text_columns:
+            counts.text[c] = sum(1 for v in columns[c] if v.strip())
+        counts.image = sum(1 for v in images if v is not None and v.strip())
     frame = pl.DataFrame(
         {"item_id": df.get_column(id_column), "text": texts, "image": [image_reference(v) for v in images]},
         schema=ITEM_SCHEMA,

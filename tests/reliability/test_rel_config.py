@@ -1,0 +1,126 @@
+"""Reliability of the params file and of the stage entry points (issue 15, items 5 and 6): an empty file,
+code defaults vs the documented ones, duplicate keys, booleans where numbers belong, and one-line errors with
+exit code 2 for I/O failures."""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import DEFAULT_PARAMS, ConfigError, Params, load_params, parse_params
+from pipeline.io import write_json
+from stages._common import main
+
+
+# --------------------------------------------------------------------------------------------- 5. config
+@pytest.mark.parametrize("text", ["", "\n", "# only a comment\n", "{}\n"])
+def test_empty_params_file_is_refused(tmp_path: Path, text: str) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=r"params\.yaml: the params file is empty"):
+        load_params(f)
+
+
+def test_code_defaults_equal_the_documented_params_file() -> None:
+    """A partial params.yaml falls back on the code defaults: they must be the documented values (the
+    repository's params.yaml, which the README's parameter table describes)."""
+    documented = load_params(DEFAULT_PARAMS).model_dump()
+    assert Params().model_dump() == documented
+    train = Params().train
+    assert (train.lr, train.warmup_epochs, train.cosine, train.epochs, train.batch_size) == (
+        3e-3,
+        1,
+        True,
+        30,
+        256,
+    )
+
+
+def test_duplicate_yaml_keys_are_refused_naming_the_key_and_lines(tmp_path: Path) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  lr: 0.003\n  epochs: 3\n  lr: 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_params(f)
+    assert "params.yaml: line 4: train.lr: duplicate key (first set at line 2)" in str(err.value)
+    f.write_text("train:\n  epochs: 3\neval:\n  ks: [5]\ntrain:\n  epochs: 4\n")
+    with pytest.raises(ConfigError, match=r"line 5: train: duplicate key \(first set at line 1\)"):
+        load_params(f)
+
+
+@pytest.mark.parametrize(
+    ("raw", "fragment"),
+    [
+        ({"data": {"kcore": True}}, "data.kcore: Input should be a valid integer (got true: a boolean"),
+        ({"train": {"epochs": False}}, "train.epochs: Input should be a valid integer (got false: a boolean"),
+        ({"train": {"lr": True}}, "train.lr: Input should be a valid number (got true: a boolean"),
+        ({"eval": {"ks": [5, True]}}, "eval.ks.1: Input should be a valid integer (got true: a boolean"),
+        ({"train": {"async_lr": {"step_epochs": [True]}}}, "train.async_lr.step_epochs.0: Input should be"),
+        (
+            {"embed": {"image": {"fetch_timeout_s": True}}},
+            "embed.image.fetch_timeout_s: Input should be a valid",
+        ),
+    ],
+)
+def test_boolean_where_a_number_belongs_is_refused(raw: dict, fragment: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_params(raw)
+    assert fragment in str(err.value)
+
+
+def test_numbers_still_coerce_as_before(tmp_path: Path) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  lr: 3e-3\n  epochs: 7\n  dropout: 0\ndata:\n  kcore: 2\n  download: false\n")
+    p = load_params(f)  # PyYAML reads 3e-3 as a string; ints stay valid for float fields
+    assert (p.train.lr, p.train.epochs, p.train.dropout, p.data.kcore) == (0.003, 7, 0.0, 2)
+
+
+# --------------------------------------------------------------------------------------------- 6. stage exits
+def _exit(run, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> str:
+    monkeypatch.chdir(tmp_path)  # main() changes to the project root; this puts the test's folder back after
+    with pytest.raises(SystemExit) as info:
+        main(run)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: "), err  # one line, no traceback
+    return err
+
+
+def test_stage_os_error_is_one_line_naming_the_path_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def read_only_folder() -> None:
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "ro" / "out.json"))
+
+    err = _exit(read_only_folder, capsys, monkeypatch, tmp_path)
+    assert err == f"error: {tmp_path}/ro/out.json: Permission denied\n"
+
+
+def test_stage_full_disk_names_the_output_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "reports" / "metrics.json"
+    target.parent.mkdir()
+    target.write_text('{"old": 1}\n')
+
+    def no_space(self: Path, *args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")  # what write() raises: no file name
+
+    monkeypatch.setattr(Path, "write_text", no_space)
+    err = _exit(lambda: write_json(target, {"new": 2}), capsys, monkeypatch, tmp_path)
+    assert err == f"error: {target}: cannot write (No space left on device)\n"
+    monkeypatch.undo()
+    assert target.read_text() == '{"old": 1}\n'  # the old output survives, no temporary file is left
+    assert [p.name for p in target.parent.iterdir()] == ["metrics.json"]
+
+
+def test_stage_value_error_from_an_unreadable_input_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.evaluation.metrics import read_sequences
+
+    bad = tmp_path / "sequences.parquet"
+    bad.write_text("not parquet\nat all\n")
+    err = _exit(lambda: read_sequences(bad), capsys, monkeypatch, tmp_path)
+    assert err.startswith(f"error: {bad}: cannot be read as Parquet")
