@@ -30,3 +30,48 @@ def write_sequences(
             }
         ),
     )
+
+
+def write_items(path: Path, n_items: int) -> list[str]:
+    """Write an items.parquet in the ingest contract (``item`` 1..N, ``item_id`` ``B000000001``..., ``text``)."""
+    ids = [f"B{i:09d}" for i in range(1, n_items + 1)]
+    write_parquet(
+        path,
+        pa.table(
+            {
+                "item": pa.array(range(1, n_items + 1), pa.int32()),
+                "item_id": pa.array(ids, pa.string()),
+                "text": pa.array([f"thing {i} | brand{i % 3}" for i in range(1, n_items + 1)], pa.string()),
+                "image": pa.array([None] * n_items, pa.string()),
+            }
+        ),
+    )
+    return ids
+
+
+def write_tiny_recommender(
+    root: Path, n_items: int = 30, n_users: int = 23, max_len: int = 8
+) -> list[list[int]]:
+    """A project folder with ``models/`` (a seeded, untrained SASRec student: distinct scores, no ties),
+    ``data/processed/items.parquet`` and ``data/processed/sequences.parquet``; returns the sequences.
+
+    Some sequences are longer than ``max_len``, so masking must reach beyond the model's input window.
+    """
+    import numpy as np  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+
+    from pipeline.models import Student, StudentConfig, save_student  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    cfg = StudentConfig(
+        num_items=n_items, hidden=16, layers=1, heads=1, dropout=0.0, max_len=max_len, num_codes=0
+    )
+    save_student(Student(cfg).eval(), root / "models")
+    write_items(root / "data" / "processed" / "items.parquet", n_items)
+    rng = np.random.default_rng(0)
+    seqs = [
+        [int(x) for x in rng.choice(np.arange(1, n_items + 1), size=int(rng.integers(3, 15)), replace=False)]
+        for _ in range(n_users)
+    ]
+    write_sequences(root / "data" / "processed" / "sequences.parquet", seqs)
+    return seqs

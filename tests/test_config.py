@@ -49,7 +49,10 @@ def test_yaml_1_1_exponent_strings_parse_as_floats(tmp_path: Path) -> None:
         ({"data": {"demo": {"users": "many"}}}, "data.demo.users: Input should be a valid integer"),
         ({"eval": {"ks": [10, 0]}}, "eval.ks"),
         ({"train": {"lr": float("nan")}}, "train.lr: must be a finite number"),
-        ({"trian": {}}, "trian: unknown key (allowed here: correlate, data, embed, eval, mlflow, train)"),
+        (
+            {"trian": {}},
+            "trian: unknown key (allowed here: correlate, data, embed, eval, mlflow, recommend, train)",
+        ),
     ],
 )
 def test_bad_params_name_the_key_and_what_is_allowed(raw: dict, fragment: str) -> None:

@@ -25,6 +25,7 @@ from pipeline.evaluation.metrics import (
     read_sequences,
 )
 from pipeline.io import write_json, write_parquet
+from pipeline.lineage import check_model
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,12 @@ def run_evaluate(
 
     Raises:
         PipelineError: the model cannot be loaded, or the sequences do not fit it.
+        LineageError: the model was trained on other sequences than ``sequences_path`` (by the digest
+            recorded in its config.json), even of the same size.
     """
     model_dir, sequences_path = Path(model_dir), Path(sequences_path)
+    if student is None and sequences_path.exists() and (model_dir / "config.json").exists():
+        check_model(model_dir, sequences_path)  # before any work: a stale model must not be evaluated
     dev = resolve_device(device)
     model = student if student is not None else _load_model(model_dir, dev)
     if isinstance(model, torch.nn.Module):
@@ -196,7 +201,16 @@ def run_evaluate(
             report["popularity"][part][f"hr_at_{top_k}"],
         )
 
+    # the file's key order is the column order of `dvc exp show`: the model's test and validation metrics
+    # first (HR, NDCG, MRR at each k), then the popularity floor, then the case counts
+    report = {
+        **{p: report[p] for p in ("test", "valid")},
+        "popularity": report["popularity"],
+        "cases": report["cases"],
+    }
+    report["popularity"] = {p: report["popularity"][p] for p in ("test", "valid")}
+    report["cases"] = {p: report["cases"][p] for p in ("test", "valid")}
     write_parquet(per_user_path, _per_user_table(cases, ranks))
-    write_json(metrics_path, report)
+    write_json(metrics_path, report, sort_keys=False)
     _log_to_mlflow(report, eval_params, mlflow_params, model_dir, Path(metrics_path))
     return report

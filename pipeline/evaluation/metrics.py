@@ -106,7 +106,32 @@ def _cases_from_flat(
         raise ValueError(f"sequence at row {r}: a {part} target is its first item (no items before it)")
     base = offsets[:-1][case_user_row]  # (C,) flat index of each case's first item
     targets = flat[base + pos] if n_cases else np.zeros(0, dtype=np.int64)
+    inputs, hist_indptr, hist_items = history_windows(flat, base, pos, max_len)
+    return EvalCases(
+        users=users[case_user_row],
+        inputs=inputs,
+        targets=torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64)),
+        hist_indptr=hist_indptr,
+        hist_items=hist_items,
+    )
 
+
+def history_windows(
+    flat: np.ndarray, base: np.ndarray, pos: np.ndarray, max_len: int
+) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
+    """Model inputs and full histories of C cases whose history is ``flat[base_c : base_c + pos_c]``.
+
+    The one place that turns histories into model inputs, for evaluation cases (history = the items before
+    a target) and recommendations (history = the whole sequence) alike.
+
+    Returns:
+        ``(inputs, hist_indptr, hist_items)``: inputs (C, max_len) int64, the last ``max_len`` history items
+        left-padded with 0 (``inputs[:, -1]`` is the most recent); the whole history of each case in CSR form
+        (hist_indptr (C+1,) int64 from 0, hist_items (nnz,) int64), for masking.
+    """
+    base = np.asarray(base, dtype=np.int64).reshape(-1)
+    pos = np.asarray(pos, dtype=np.int64).reshape(-1)
+    n_cases = len(pos)
     # left-padded inputs: column j holds the item at position pos - max_len + j (0 where that is < 0)
     rel = pos[:, None] - max_len + np.arange(max_len, dtype=np.int64)[None, :]  # (C, L)
     inputs = np.where(rel >= 0, flat[np.clip(base[:, None] + rel, 0, None)] if len(flat) else 0, 0)
@@ -117,13 +142,10 @@ def _cases_from_flat(
     nnz = int(hist_indptr[-1])
     within = np.arange(nnz, dtype=np.int64) - np.repeat(hist_indptr[:-1], pos)
     hist_items = flat[np.repeat(base, pos) + within] if nnz else np.zeros(0, dtype=np.int64)
-
-    return EvalCases(
-        users=users[case_user_row],
-        inputs=torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.int64)).reshape(n_cases, max_len),
-        targets=torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64)),
-        hist_indptr=hist_indptr,
-        hist_items=np.ascontiguousarray(hist_items, dtype=np.int64),
+    return (
+        torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.int64)).reshape(n_cases, max_len),
+        hist_indptr,
+        np.ascontiguousarray(hist_items, dtype=np.int64),
     )
 
 
@@ -263,20 +285,46 @@ def rank_targets(
     s = scores.to(dtype=torch.float32, copy=True)  # (B, N+1), never modify the caller's tensor
     rows = torch.arange(s.shape[0], device=device)
     target_score = s[rows, targets]  # (B,)
-    s[:, 0] = float("-inf")
     if mask_history:
-        indptr = torch.as_tensor(hist_indptr, dtype=torch.long, device=device)
-        cols = torch.as_tensor(hist_items, dtype=torch.long, device=device)
-        if indptr.numel() != s.shape[0] + 1 or int(indptr[-1]) != cols.numel():
-            raise ValueError(
-                f"hist_indptr ({indptr.numel()}) / hist_items ({cols.numel()}) do not "
-                f"describe {s.shape[0]} cases"
-            )
-        hist_rows = torch.repeat_interleave(rows, torch.diff(indptr))  # (nnz,)
-        s.index_put_((hist_rows, cols), torch.tensor(float("-inf"), device=device))
+        mask_scores_(s, hist_indptr, hist_items)
         s[rows, targets] = target_score  # a repeated target stays rankable
+    else:
+        mask_scores_(s)
     # strictly higher + other items equal == (#items >= target score) - the target itself
     return (s >= target_score[:, None]).sum(dim=1) - 1
+
+
+def mask_scores_(
+    scores: torch.Tensor,
+    hist_indptr: np.ndarray | torch.Tensor | None = None,
+    hist_items: np.ndarray | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """In place: ``-inf`` at column 0 (padding) and, when a history is given, at each row's history items.
+
+    The one masking rule of evaluation and recommendation alike (a masked item is never ranked).
+
+    Args:
+        scores: (B, N+1) float scores, modified in place and returned.
+        hist_indptr: (B+1,) CSR pointer over ``hist_items`` starting at 0, or None (padding only).
+        hist_items: the items to mask, row ``b`` owning ``hist_items[hist_indptr[b]:hist_indptr[b+1]]``.
+
+    Raises:
+        ValueError: the CSR arrays do not describe B rows.
+    """
+    device = scores.device
+    scores[:, 0] = float("-inf")
+    if hist_indptr is None:
+        return scores
+    indptr = torch.as_tensor(hist_indptr, dtype=torch.long, device=device)
+    cols = torch.as_tensor(hist_items, dtype=torch.long, device=device)
+    if indptr.numel() != scores.shape[0] + 1 or int(indptr[-1]) != cols.numel():
+        raise ValueError(
+            f"hist_indptr ({indptr.numel()}) / hist_items ({cols.numel()}) do not describe {scores.shape[0]} cases"
+        )
+    rows = torch.arange(scores.shape[0], device=device)
+    hist_rows = torch.repeat_interleave(rows, torch.diff(indptr))  # (nnz,)
+    scores.index_put_((hist_rows, cols), torch.tensor(float("-inf"), device=device, dtype=scores.dtype))
+    return scores
 
 
 def metrics_from_ranks(ranks: np.ndarray | torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
@@ -322,7 +370,7 @@ def evaluate_scorer(
         mask_history: mask items already in the user's history.
         batch_size: cases per call of ``score_fn``.
         device: where inputs are sent and ranks are computed.
-        progress: show a tqdm bar.
+        progress: show progress (a bar on a terminal, plain log lines otherwise).
 
     Returns:
         (metrics, ranks) with ranks a (C,) int64 array in case order.
@@ -334,9 +382,9 @@ def evaluate_scorer(
     ranks = np.empty(n, dtype=np.int64)
     starts = range(0, n, batch_size)
     if progress:
-        from tqdm.auto import tqdm  # noqa: PLC0415
+        from pipeline.progress import progress_bar  # noqa: PLC0415
 
-        starts = tqdm(starts, desc="evaluate", unit="batch", total=(n + batch_size - 1) // batch_size)
+        starts = progress_bar(starts, desc="evaluate", unit="batch", total=(n + batch_size - 1) // batch_size)
     with torch.inference_mode():
         for s in starts:
             e = min(s + batch_size, n)

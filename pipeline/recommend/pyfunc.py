@@ -1,0 +1,160 @@
+"""The trained recommender as an MLflow ``pyfunc`` model (``mlflow.pyfunc.load_model``, ``mlflow models serve``).
+
+Nothing is pickled. The model is logged "from code": MLflow stores :mod:`pipeline.recommend.pyfunc_code`
+(which calls ``set_model(RecommenderModel())``) and, as artifacts, one folder holding ``model.safetensors``,
+``config.json`` (the student config) and ``items.json`` (original item ids in dense-id order); the project's
+``pipeline`` package travels as ``code_paths``. :meth:`RecommenderModel.load_context` rebuilds the student
+from safetensors + JSON with :func:`pipeline.models.load_student`, and :meth:`RecommenderModel.predict` is the
+``recommend`` stage's own top-K (:class:`pipeline.recommend.topk.Recommender`).
+
+Input: a column ``items``, one list of original item ids (oldest first) per row. Output: columns
+``item_ids`` (top-K original ids, best first) and ``scores``. Inference params: ``k`` (default 10) and
+``mask_history`` (default true).
+
+This module imports mlflow; :func:`pipeline.tracking.log_recommender` imports it only when tracking is on.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+from mlflow.exceptions import MlflowException
+from mlflow.models import ModelSignature
+from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
+
+from pipeline.errors import PipelineError
+from pipeline.recommend.topk import ITEMS_JSON, ItemCatalogue, Recommender
+
+ARTIFACT = "recommender"  # the artifacts key (and folder) holding weights, config and item map
+MODEL_NAME = "recommender"  # the logged model's name inside the run
+INPUT_COLUMN = "items"
+DEFAULT_K = 10
+CODE_FILE = Path(__file__).with_name("pyfunc_code.py")
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # the ``pipeline`` package, shipped as code_paths
+
+
+def signature(default_k: int = DEFAULT_K) -> ModelSignature:
+    """Input ``items: list<string>`` per row; output ``item_ids: list<string>``, ``scores: list<double>``."""
+    return ModelSignature(
+        inputs=Schema([ColSpec(Array("string"), INPUT_COLUMN)]),
+        outputs=Schema([ColSpec(Array("string"), "item_ids"), ColSpec(Array("double"), "scores")]),
+        params=ParamSchema([ParamSpec("k", "long", default_k), ParamSpec("mask_history", "boolean", True)]),
+    )
+
+
+def _histories(model_input: Any) -> list[list[str]]:
+    """Rows of original item ids from what a pyfunc may be given (DataFrame, dict, list of lists)."""
+    if isinstance(model_input, pd.DataFrame):
+        if INPUT_COLUMN not in model_input.columns:
+            raise MlflowException(
+                f"input needs a column {INPUT_COLUMN!r} (one list of item ids per row), "
+                f"got columns {list(model_input.columns)}",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        rows = list(model_input[INPUT_COLUMN])
+    elif isinstance(model_input, dict):
+        rows = list(model_input.get(INPUT_COLUMN, []))
+    else:
+        rows = list(model_input)
+    out = []
+    for r in rows:
+        if isinstance(r, str):
+            raise MlflowException(
+                f"each {INPUT_COLUMN!r} value must be a list of item ids, got the string {r!r}",
+                error_code=INVALID_PARAMETER_VALUE,
+            )
+        out.append([str(x) for x in (r.tolist() if isinstance(r, np.ndarray) else r)])
+    return out
+
+
+class RecommenderModel(mlflow.pyfunc.PythonModel):
+    """Histories of original item ids -> top-K original ids and scores (the recommend stage's ranking)."""
+
+    def load_context(self, context: Any) -> None:
+        folder = Path(context.artifacts[ARTIFACT])
+        self.recommender = Recommender.load(folder, ItemCatalogue.from_json(folder / ITEMS_JSON))
+
+    # no type hints: MLflow would try to derive a schema from them; the logged signature is the contract
+    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+        params = params or {}
+        k = int(params.get("k", DEFAULT_K))
+        mask = params.get("mask_history", True)
+        mask = mask if isinstance(mask, bool) else str(mask).lower() in ("1", "true", "yes")
+        if k < 1:
+            raise MlflowException(f"k must be >= 1, got {k}", error_code=INVALID_PARAMETER_VALUE)
+        try:
+            recs = self.recommender.recommend(_histories(model_input), k, mask)
+        except PipelineError as err:  # unknown ids, empty history: the caller's mistake (HTTP 400)
+            raise MlflowException(str(err), error_code=INVALID_PARAMETER_VALUE) from None
+        return pd.DataFrame({"item_ids": [r[0] for r in recs], "scores": [r[1] for r in recs]})
+
+
+def _requirements() -> list[str]:
+    reqs = []
+    for dist in (
+        "torch",
+        "numpy",
+        "pandas",
+        "pyarrow",
+        "safetensors",
+        "pydantic",
+        "pyyaml",
+        "tqdm",
+        "mlflow",
+    ):
+        try:
+            reqs.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:
+            reqs.append(dist)
+    return reqs
+
+
+def log_model(model_dir: Path, items_path: Path, register_as: str | None = None) -> Any:
+    """Log the trained model into the active MLflow run as a pyfunc model; register it when ``register_as``.
+
+    Args:
+        model_dir: folder with ``model.safetensors`` and ``config.json`` (the train stage's ``models/``).
+        items_path: ``data/processed/items.parquet`` (the item-id map).
+        register_as: registered-model name, or None to log without registering.
+
+    Returns:
+        MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``, ...).
+    """
+    from pipeline.models.persist import CONFIG, WEIGHTS  # noqa: PLC0415
+    from pipeline.progress import quiet_third_party_bars  # noqa: PLC0415
+
+    quiet_third_party_bars()  # MLflow's artifact bars redraw with \r: off outside a terminal
+    with tempfile.TemporaryDirectory(prefix="kdsr-pyfunc-") as tmp:
+        folder = Path(tmp) / ARTIFACT
+        folder.mkdir()
+        for name in (WEIGHTS, CONFIG):
+            shutil.copyfile(Path(model_dir) / name, folder / name)
+        catalogue = ItemCatalogue.from_parquet(items_path)
+        catalogue.to_json(folder / ITEMS_JSON)
+        # two items of the catalogue: checked against the signature at logging time, and shown by MLflow
+        # as the model's serving example (serving_input_example.json)
+        example = pd.DataFrame({INPUT_COLUMN: [catalogue.ids[:2]]})
+        # MLflow 3 names a logged model ``name``; 2.x called it ``artifact_path``
+        where = (
+            {"name": MODEL_NAME}
+            if int(mlflow.__version__.split(".")[0]) >= 3
+            else {"artifact_path": MODEL_NAME}
+        )
+        return mlflow.pyfunc.log_model(
+            **where,
+            python_model=str(CODE_FILE),
+            artifacts={ARTIFACT: str(folder)},
+            code_paths=[str(PACKAGE_DIR)],
+            signature=signature(),
+            input_example=example,
+            pip_requirements=_requirements(),
+            registered_model_name=register_as or None,
+        )

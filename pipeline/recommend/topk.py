@@ -1,0 +1,334 @@
+"""Top-K recommendations from a trained student, for every user (the ``recommend`` stage) or for one history.
+
+The scoring, the input windows and the masking are the evaluator's own (:mod:`pipeline.evaluation.metrics`:
+:func:`history_windows`, :func:`mask_scores_`), so item ``r`` of a top-K list is exactly the item the
+evaluator would rank at ``r - 1`` for the same history. The history here is a user's *whole* sequence,
+validation and test items included: recommendations are for use, not for evaluation.
+
+Only torch, numpy and pyarrow are imported (no polars, dvc or mlflow), so the MLflow pyfunc model can use it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from pipeline.devices import resolve_device
+from pipeline.errors import DataError, PipelineError
+from pipeline.evaluation.metrics import history_windows, mask_scores_
+from pipeline.io import atomic_path, read_parquet
+
+log = logging.getLogger(__name__)
+
+ITEMS_JSON = "items.json"  # the item-id map inside an MLflow model: {"item_ids": [...]} in dense-id order
+
+
+class UnknownItemsError(PipelineError, ValueError):
+    """A history names item ids the model's catalogue does not know."""
+
+
+class Scorer(Protocol):
+    """What recommending needs from a model (``pipeline.models.Student`` satisfies it)."""
+
+    num_items: int
+    max_len: int
+
+    def user_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        """(B, L) left-padded int64 inputs -> (B, N+1) next-item scores."""
+        ...
+
+
+# --------------------------------------------------------------------------------------------- item map
+@dataclass(frozen=True)
+class ItemCatalogue:
+    """Original item ids (ASINs) of the dense ids 1..N, and optionally each item's text.
+
+    Attributes:
+        ids: (N,) original ids; ``ids[i]`` is dense item ``i + 1``.
+        text: (N,) item text (what the text teacher embedded), or None.
+    """
+
+    ids: list[str]
+    text: list[str] | None = None
+    _index: dict[str, int] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({item_id: i + 1 for i, item_id in enumerate(self.ids)})
+        if len(self._index) != len(self.ids):
+            raise DataError("item ids are not unique: cannot map original ids to dense ids")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def from_parquet(cls, path: str | Path, with_text: bool = False) -> ItemCatalogue:
+        """Read ``data/processed/items.parquet`` (``item`` dense 1..N, ``item_id`` original id, ``text``)."""
+        path = Path(path)
+        cols = ["item", "item_id"] + (["text"] if with_text else [])
+        try:
+            table = read_parquet(path, columns=cols)
+        except ValueError as err:  # not Parquet, or a column missing
+            raise DataError(f"{err} (needs columns {cols})") from None
+        dense = table.column("item").to_numpy()
+        order = np.argsort(dense, kind="stable")
+        if not np.array_equal(dense[order], np.arange(1, len(dense) + 1)):
+            raise DataError(f"{path}: column 'item' must hold the dense ids 1..{len(dense)} once each")
+        ids = [str(x) for x in np.asarray(table.column("item_id").to_pylist(), dtype=object)[order]]
+        text = None
+        if with_text:
+            raw = table.column("text").to_pylist()
+            text = [raw[i] or "" for i in order]
+        return cls(ids, text)
+
+    def to_json(self, path: str | Path) -> None:
+        """Write ``{"item_ids": [...]}`` (dense order), the item map shipped inside the MLflow model."""
+        Path(path).write_text(json.dumps({"item_ids": self.ids}))
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> ItemCatalogue:
+        path = Path(path)
+        try:
+            ids = json.loads(path.read_text())["item_ids"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as err:
+            raise DataError(f"{path}: not an item map ({err})") from None
+        return cls([str(x) for x in ids])
+
+    def dense(self, original: Sequence[str]) -> np.ndarray:
+        """Dense ids of ``original`` ids, in order (int64).
+
+        Raises:
+            UnknownItemsError: naming every id the catalogue does not hold.
+        """
+        out = np.fromiter((self._index.get(str(x), 0) for x in original), dtype=np.int64, count=len(original))
+        if (out == 0).any():
+            unknown = list(dict.fromkeys(str(x) for x, d in zip(original, out, strict=True) if d == 0))
+            shown = ", ".join(unknown[:20]) + (
+                f" (and {len(unknown) - 20} more)" if len(unknown) > 20 else ""
+            )
+            raise UnknownItemsError(
+                f"unknown item id(s): {shown}; the model's catalogue has {len(self)} items "
+                f"(original ids as in data/processed/items.parquet, column item_id)"
+            )
+        return out
+
+
+# --------------------------------------------------------------------------------------------- top-k
+def top_k(
+    scores: torch.Tensor,
+    k: int,
+    hist_indptr: np.ndarray | None = None,
+    hist_items: np.ndarray | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` best items of each row, best first; padding and (when given) history items never appear.
+
+    Args:
+        scores: (B, N+1) next-item scores (column 0 is padding). Not modified.
+        k: items per row (at most N).
+        hist_indptr, hist_items: CSR histories to mask (see :func:`mask_scores_`), or None.
+
+    Returns:
+        ``(items, scores)``, both (B, min(k, N)): int64 dense ids and float32 scores; a slot that only a
+        masked item could fill (k larger than the unmasked catalogue) holds item 0 and score ``-inf``.
+    """
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    s = mask_scores_(scores.to(dtype=torch.float32, copy=True), hist_indptr, hist_items)
+    vals, idx = torch.topk(s, min(k, s.shape[1] - 1), dim=1, sorted=True)
+    idx = torch.where(torch.isneginf(vals), torch.zeros_like(idx), idx)
+    return idx, vals
+
+
+class Recommender:
+    """A trained student with its item map: histories of item ids in, top-K ids and scores out."""
+
+    def __init__(
+        self, model: Scorer, catalogue: ItemCatalogue, device: str | torch.device | None = None
+    ) -> None:
+        if int(model.num_items) != len(catalogue):
+            raise DataError(
+                f"the model scores {model.num_items} items but the item map has {len(catalogue)}: "
+                "they come from different data (rerun the train stage)"
+            )
+        self.device = resolve_device(device)
+        self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
+        self.catalogue = catalogue
+
+    @classmethod
+    def load(
+        cls,
+        model_dir: str | Path,
+        catalogue: ItemCatalogue | str | Path,
+        device: str | torch.device | None = None,
+    ) -> Recommender:
+        """Load ``model_dir`` (safetensors + config.json) and an item map (an ItemCatalogue or items.parquet)."""
+        from pipeline.models import load_student  # noqa: PLC0415 - torch-heavy, only when used
+
+        if not isinstance(catalogue, ItemCatalogue):
+            catalogue = ItemCatalogue.from_parquet(catalogue)
+        return cls(load_student(model_dir, "cpu"), catalogue, device)
+
+    def top_k_csr(
+        self, flat: np.ndarray, offsets: np.ndarray, k: int, mask_history: bool
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-K of B histories given in CSR form (``flat[offsets[b]:offsets[b+1]]``, dense ids, oldest first).
+
+        Returns:
+            ``(items, scores)``: (B, min(k, N)) int64 / float32 numpy arrays; item 0 / ``-inf`` where fewer
+            than k items are left after masking.
+        """
+        flat = np.asarray(flat, dtype=np.int64)
+        offsets = np.asarray(offsets, dtype=np.int64)
+        lengths = np.diff(offsets)
+        if len(lengths) and lengths.min() < 1:
+            raise DataError(
+                f"history {int(np.argmin(lengths))} of the batch is empty: nothing to recommend from"
+            )
+        if len(flat) and (flat.min() < 1 or flat.max() > len(self.catalogue)):
+            raise DataError(f"item ids must be in 1..{len(self.catalogue)}, found {flat.min()}..{flat.max()}")
+        inputs, hist_indptr, hist_items = history_windows(
+            flat, offsets[:-1], lengths, int(self.model.max_len)
+        )
+        with torch.inference_mode():
+            scores = self.model.user_scores(inputs.to(self.device))
+            if mask_history:
+                items, vals = top_k(scores, k, hist_indptr, hist_items)
+            else:
+                items, vals = top_k(scores, k)
+        return items.cpu().numpy(), vals.cpu().numpy()
+
+    def recommend(
+        self, histories: Sequence[Sequence[str]], k: int, mask_history: bool = True
+    ) -> list[tuple[list[str], list[float]]]:
+        """Top-K original ids and scores for histories of original ids (oldest first).
+
+        Raises:
+            UnknownItemsError: an id is not in the catalogue (all unknown ids named at once).
+            DataError: an empty history.
+        """
+        histories = [list(h) for h in histories]
+        dense = self.catalogue.dense([x for h in histories for x in h])
+        offsets = np.zeros(len(histories) + 1, dtype=np.int64)
+        np.cumsum([len(h) for h in histories], out=offsets[1:])
+        items, vals = self.top_k_csr(dense, offsets, k, mask_history)
+        out = []
+        for row_items, row_vals in zip(items, vals, strict=True):
+            keep = row_items > 0
+            out.append(
+                ([self.catalogue.ids[i - 1] for i in row_items[keep]], [float(v) for v in row_vals[keep]])
+            )
+        return out
+
+
+# --------------------------------------------------------------------------------------------- stage
+OUTPUT_SCHEMA_DOC = {
+    "user": "dense user id (sequences.parquet `user`)",
+    "user_id": "original user id (sequences.parquet `user_id`, when the source has one)",
+    "rank": "1 = best",
+    "item": "dense item id",
+    "item_id": "original item id (ASIN)",
+    "score": "model score (higher is better)",
+}
+
+
+def run_recommend(
+    params: Any,
+    sequences_path: Path = Path("data/processed/sequences.parquet"),
+    items_path: Path = Path("data/processed/items.parquet"),
+    model_dir: Path = Path("models"),
+    out_path: Path = Path("data/recommendations.parquet"),
+    recommender: Recommender | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Top-``params.k`` items for every user from the whole history, streamed in batches of users.
+
+    Memory is one batch of ``params.batch_size`` users (their scores over the catalogue and their rows of
+    output), whatever the number of users. Each batch is one row group of ``out_path``.
+
+    Args:
+        params: the ``recommend`` params section (k, mask_history, batch_size).
+        sequences_path: ``data/processed/sequences.parquet`` (``user``, ``items``, optional ``user_id``).
+        items_path: ``data/processed/items.parquet`` (the item-id map).
+        model_dir: the trained model (safetensors + config.json).
+        out_path: where the recommendations go (written atomically).
+        recommender: an already-built recommender instead of loading ``model_dir`` (tests).
+        device: where scores are computed (default: cuda when available, else cpu).
+        progress: progress bar (plain log lines when stderr is not a terminal).
+
+    Returns:
+        ``{"users": U, "rows": R, "k": k, "mask_history": bool}``.
+    """
+    from pipeline.progress import progress_bar  # noqa: PLC0415
+
+    k, mask, batch_size = int(params.k), bool(params.mask_history), int(params.batch_size)
+    rec = recommender if recommender is not None else Recommender.load(model_dir, items_path, device)
+    item_ids = pa.array(rec.catalogue.ids, pa.string())
+    try:
+        source = pq.ParquetFile(sequences_path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{sequences_path}: not found (run the ingest stage first)") from None
+    except (pa.ArrowInvalid, OSError) as err:
+        raise DataError(f"{sequences_path}: cannot be read as Parquet ({err})") from None
+    names = source.schema_arrow.names
+    missing = [c for c in ("user", "items") if c not in names]
+    if missing:
+        raise DataError(f"{sequences_path}: missing column(s) {missing} (has {names})")
+    columns = ["user", "items"] + (["user_id"] if "user_id" in names else [])
+    fields = [pa.field("user", pa.int32())]
+    if "user_id" in columns:
+        fields.append(pa.field("user_id", pa.string()))
+    fields += [
+        pa.field("rank", pa.int32()),
+        pa.field("item", pa.int32()),
+        pa.field("item_id", pa.string()),
+        pa.field("score", pa.float32()),
+    ]
+    meta = {"k": str(k), "mask_history": str(mask).lower(), "columns": json.dumps(OUTPUT_SCHEMA_DOC)}
+    schema = pa.schema(fields, metadata=meta)
+    n_users = source.metadata.num_rows
+    users_done = rows = 0
+    log.info(
+        "recommending top-%d for %d users over %d items on %s", k, n_users, len(rec.catalogue), rec.device
+    )
+    bar = progress_bar(
+        total=(n_users + batch_size - 1) // batch_size, desc="recommend", unit="batch", disable=not progress
+    )
+    with atomic_path(out_path) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for batch in source.iter_batches(batch_size=batch_size, columns=columns):
+            col = batch.column("items")
+            if col.null_count:
+                raise DataError(f"{sequences_path}: column 'items' has null rows")
+            offsets = col.offsets.to_numpy().astype(np.int64)
+            flat = col.values.to_numpy(zero_copy_only=False).astype(np.int64)[offsets[0] : offsets[-1]]
+            try:
+                items, scores = rec.top_k_csr(flat, offsets - offsets[0], k, mask)
+            except DataError as err:
+                raise DataError(f"{sequences_path} (users {users_done + 1}..): {err}") from None
+            keep = items > 0  # (B, K) slots a masked item would have filled are dropped
+            row_of, slot = np.nonzero(keep)
+            chosen = items[keep]
+            cols: dict[str, Any] = {
+                "user": batch.column("user").cast(pa.int32()).take(pa.array(row_of)),
+            }
+            if "user_id" in columns:
+                cols["user_id"] = batch.column("user_id").cast(pa.string()).take(pa.array(row_of))
+            cols["rank"] = pa.array((slot + 1).astype(np.int32))
+            cols["item"] = pa.array(chosen.astype(np.int32))
+            cols["item_id"] = item_ids.take(pa.array(chosen - 1))
+            cols["score"] = pa.array(scores[keep].astype(np.float32))
+            writer.write_table(pa.table(cols, schema=schema))
+            users_done += batch.num_rows
+            rows += int(keep.sum())
+            bar.update(1)
+    bar.close()
+    log.info("wrote %d recommendations for %d users to %s", rows, users_done, out_path)
+    return {"users": users_done, "rows": rows, "k": k, "mask_history": mask}

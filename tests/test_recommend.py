@@ -1,0 +1,264 @@
+"""Recommendations: the recommend stage, the one-history CLI, the MLflow pyfunc model, plain logs off a terminal."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import write_items, write_sequences, write_tiny_recommender
+
+from pipeline.config import PROJECT_ROOT, MLflowParams, RecommendParams
+from pipeline.evaluation.metrics import build_eval_cases, evaluate_scorer, read_sequences
+from pipeline.io import read_parquet
+from pipeline.models import load_student
+from pipeline.recommend.topk import ItemCatalogue, Recommender, UnknownItemsError, run_recommend
+
+torch.set_num_threads(1)
+
+
+class IdScorer:
+    """Fake student whose score of item i is i: the best items are the largest ids not masked."""
+
+    def __init__(self, num_items: int, max_len: int) -> None:
+        self.num_items, self.max_len = num_items, max_len
+
+    def user_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        assert inputs.shape[1] == self.max_len
+        return torch.arange(self.num_items + 1, dtype=torch.float32).expand(inputs.shape[0], -1).clone()
+
+
+def rows_by_user(path: Path) -> dict[int, list[tuple[int, int, str, float]]]:
+    out: dict[int, list[tuple[int, int, str, float]]] = {}
+    for r in read_parquet(path).to_pylist():
+        out.setdefault(r["user"], []).append((r["rank"], r["item"], r["item_id"], r["score"]))
+    return out
+
+
+# --------------------------------------------------------------------------------------------- known answers
+@pytest.mark.parametrize("mask", [True, False])
+def test_history_masking_known_answers(tmp_path: Path, mask: bool) -> None:
+    seq, items = tmp_path / "sequences.parquet", tmp_path / "items.parquet"
+    # N = 8 items, input window 4; u2 is longer than the window (items 1, 2 outside it), u3's 8 too
+    write_sequences(seq, [[8, 2, 7], [1, 2, 3, 4, 5, 6], [8, 1, 2, 3, 4]])
+    write_items(items, 8)
+    rec = Recommender(IdScorer(8, 4), ItemCatalogue.from_parquet(items), "cpu")
+    out = tmp_path / "rec.parquet"
+    summary = run_recommend(RecommendParams(k=3, mask_history=mask, batch_size=2), seq, items, out_path=out,
+                            recommender=rec, progress=False)  # fmt: skip
+    got = {u: [item for _, item, _, _ in rows] for u, rows in rows_by_user(out).items()}
+    if mask:
+        # history never recommended, also beyond the input window; u2 has only 7 and 8 left
+        assert got == {1: [6, 5, 4], 2: [8, 7], 3: [7, 6, 5]}
+        assert summary == {"users": 3, "rows": 8, "k": 3, "mask_history": True}
+    else:
+        assert got == {1: [8, 7, 6], 2: [8, 7, 6], 3: [8, 7, 6]}
+    table = read_parquet(out)
+    assert table.column_names == ["user", "user_id", "rank", "item", "item_id", "score"]
+    first = table.slice(0, 1).to_pylist()[0]
+    assert first == {
+        "user": 1,
+        "user_id": "u0",
+        "rank": 1,
+        "item": 6 if mask else 8,
+        "item_id": "B000000006" if mask else "B000000008",
+        "score": 6.0 if mask else 8.0,
+    }
+    # the one-history path gives the same lists, by original ids
+    expected = [6, 5, 4] if mask else [8, 7, 6]
+    assert rec.recommend([["B000000008", "B000000002", "B000000007"]], k=3, mask_history=mask) == [
+        ([f"B{i:09d}" for i in expected], [float(i) for i in expected])
+    ]
+
+
+def test_unknown_ids_are_named(tmp_path: Path) -> None:
+    write_items(tmp_path / "items.parquet", 8)
+    rec = Recommender(IdScorer(8, 4), ItemCatalogue.from_parquet(tmp_path / "items.parquet"), "cpu")
+    with pytest.raises(
+        UnknownItemsError, match=r"unknown item id\(s\): NOPE1, NOPE2; the model's catalogue has 8"
+    ):
+        rec.recommend([["B000000001", "NOPE1"], ["NOPE2", "NOPE1"]], k=3)
+
+
+def test_model_and_item_map_must_match(tmp_path: Path) -> None:
+    write_items(tmp_path / "items.parquet", 8)
+    with pytest.raises(Exception, match="the model scores 9 items but the item map has 8"):
+        Recommender(IdScorer(9, 4), ItemCatalogue.from_parquet(tmp_path / "items.parquet"), "cpu")
+
+
+# --------------------------------------------------------------------------------------------- real student
+@pytest.fixture
+def project(tmp_path: Path) -> tuple[Path, list[list[int]]]:
+    return tmp_path, write_tiny_recommender(tmp_path)
+
+
+def test_recommend_stage_equals_the_evaluators_ranking(project) -> None:
+    root, seqs = project
+    out = root / "data" / "recommendations.parquet"
+    run_recommend(
+        RecommendParams(k=5, batch_size=7),  # 23 users: 4 batches, the last one short
+        root / "data/processed/sequences.parquet",
+        root / "data/processed/items.parquet",
+        root / "models",
+        out,
+        device="cpu",
+        progress=False,
+    )
+    rows = read_parquet(out).to_pylist()
+    assert len(rows) == 5 * len(seqs)
+    assert [r["rank"] for r in rows] == [1, 2, 3, 4, 5] * len(seqs)
+    assert all(r["item_id"] == f"B{r['item']:09d}" and r["user_id"] == f"u{r['user'] - 1}" for r in rows)
+    assert not any(r["item"] in seqs[r["user"] - 1] for r in rows)  # history masked
+
+    # the evaluator, case by case: each recommended item as the test target after the user's whole history
+    model = load_student(root / "models")
+    full = read_sequences(root / "data/processed/sequences.parquet")
+    items = [np.append(full.items[r["user"] - 1], r["item"]) for r in rows]
+    ends = [len(s) - 1 for s in items]
+    cases = build_eval_cases(items, ends, ends, "test", model.max_len)
+    _, ranks = evaluate_scorer(model.user_scores, cases, [5], mask_history=True, batch_size=16)
+    assert ranks.tolist() == [r["rank"] - 1 for r in rows]
+    with torch.inference_mode():
+        scores = model.user_scores(cases.inputs)[torch.arange(len(rows)), cases.targets]
+    np.testing.assert_allclose([r["score"] for r in rows], scores.numpy(), rtol=1e-5)
+
+
+def test_cli_prints_the_top_k_with_text(project, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    import stages.recommend as stage
+
+    root, seqs = project
+    monkeypatch.chdir(root)
+    history = [f"B{i:09d}" for i in seqs[0]]
+    stage.run(["--items", *history, "--k", "3"])
+    printed = capsys.readouterr().out.splitlines()
+    # known answer: brute force over the model's scores of this history's window, history left out
+    model = load_student(root / "models")
+    window = torch.tensor([([0] * model.max_len + seqs[0])[-model.max_len :]])
+    with torch.no_grad():
+        s = model.user_scores(window)[0]
+    s[0] = -torch.inf
+    s[seqs[0]] = -torch.inf
+    best = torch.argsort(s, descending=True)[:3].tolist()
+    assert printed[0] == f"top 3 for a history of {len(history)} item(s) (history masked):"
+    assert [line.split()[1] for line in printed[2:]] == [f"B{i:09d}" for i in best]
+    assert printed[2].split()[0] == "1" and f"thing {best[0]} | brand{best[0] % 3}" in printed[2]
+
+
+# --------------------------------------------------------------------------------------------- processes
+def stage_project(root: Path) -> Path:
+    """A folder where ``python -m stages.recommend`` runs on ``root``'s data (stages chdir to their parent)."""
+    shutil.copytree(PROJECT_ROOT / "stages", root / "stages", ignore=shutil.ignore_patterns("__pycache__"))
+    return root
+
+
+def run_stage(root: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "KDSR_MLFLOW": "0", "OMP_NUM_THREADS": "1", "KDSR_PROGRESS_INTERVAL": "0"}
+    env.pop("KDSR_PROGRESS", None)
+    with open(root / "stderr.log", "w") as err:  # stderr is a file, not a terminal
+        proc = subprocess.run(
+            [sys.executable, "-m", "stages.recommend", *args],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+            timeout=300,
+        )
+    proc.stderr = (root / "stderr.log").read_text()
+    return proc
+
+
+def test_stage_log_off_a_terminal_has_plain_lines(project) -> None:
+    root, seqs = project
+    proc = run_stage(stage_project(root))
+    assert proc.returncode == 0, proc.stderr
+    assert "\r" not in proc.stderr
+    assert "INFO pipeline.progress: recommend: 100% 1/1 [" in proc.stderr
+    assert f"wrote {10 * len(seqs)} recommendations for {len(seqs)} users" in proc.stderr
+    assert read_parquet(root / "data/recommendations.parquet").num_rows == 10 * len(seqs)  # params.yaml k=10
+
+
+def test_cli_unknown_ids_exit_2_naming_them(project) -> None:
+    root, _ = project
+    proc = run_stage(stage_project(root), "--items", "NOPE1", "B000000001", "NOPE2")
+    assert proc.returncode == 2
+    assert "error: unknown item id(s): NOPE1, NOPE2; the model's catalogue has 30 items" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+# --------------------------------------------------------------------------------------------- progress
+def test_log_progress_every_tenth_and_at_the_end(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    from pipeline.progress import LogProgress, progress_bar
+
+    monkeypatch.delenv("KDSR_PROGRESS", raising=False)
+    caplog.set_level("INFO", logger="pipeline.progress")
+    bar = progress_bar(range(20), desc="epoch 1/2", unit="batch", mininterval=0, interval_s=3600)
+    assert isinstance(bar, LogProgress)  # pytest's stderr is not a terminal
+    for _ in bar:
+        pass
+    lines = [r.getMessage() for r in caplog.records]
+    assert [line.split()[2] for line in lines] == [f"{p}%" for p in range(10, 101, 10)]
+    assert lines[-1].startswith("epoch 1/2: 100% 20/20 [") and "batch/s" in lines[-1]
+    assert not any("\r" in line or "|" in line for line in lines)
+    caplog.clear()
+    with progress_bar(
+        total=None, desc="lines", mininterval=0, interval_s=3600
+    ) as b:  # no total: the end only
+        b.update(7)
+    assert [r.getMessage().split(" [")[0] for r in caplog.records] == ["lines: 7"]
+
+
+# --------------------------------------------------------------------------------------------- MLflow
+@pytest.mark.slow
+def test_pyfunc_round_trip_through_the_registry(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    mlflow = pytest.importorskip("mlflow")
+    import pandas as pd
+
+    from pipeline.io import file_digest
+    from pipeline.tracking import log_recommender
+
+    root, seqs = project
+    uri = f"sqlite:///{root}/mlflow.db"
+    monkeypatch.setenv("KDSR_MLFLOW", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    exp = mlflow.create_experiment("t", artifact_location=(root / "art").as_uri())
+    # the training run, as the trainer leaves it: closed, tagged with the weights' sha256
+    with mlflow.start_run(
+        experiment_id=exp, tags={"model.sha256": file_digest(root / "models/model.safetensors")}
+    ):
+        train_run = mlflow.active_run().info.run_id
+    params = MLflowParams(tracking_uri=uri, experiment="t", register_as="kdsr-test")
+    model_uri = log_recommender(params, root / "models", root / "data/processed/items.parquet")
+    assert model_uri is not None
+    version = mlflow.MlflowClient().get_model_version("kdsr-test", "1")
+    assert version.run_id == train_run
+
+    loaded = mlflow.pyfunc.load_model("models:/kdsr-test/1")
+    histories = [[f"B{i:09d}" for i in s] for s in seqs[:4]]
+    got = loaded.predict(pd.DataFrame({"items": histories}), params={"k": 5})
+    run_recommend(
+        RecommendParams(k=5),
+        root / "data/processed/sequences.parquet",
+        root / "data/processed/items.parquet",
+        root / "models",
+        root / "rec.parquet",
+        device="cpu",
+        progress=False,
+    )
+    stage = rows_by_user(root / "rec.parquet")
+    for u in range(4):
+        assert list(got["item_ids"][u]) == [item_id for _, _, item_id, _ in stage[u + 1]]
+        np.testing.assert_allclose(list(got["scores"][u]), [s for *_, s in stage[u + 1]], rtol=1e-6)
+    # the model folder holds safetensors + JSON and code, no pickle
+    local = Path(mlflow.artifacts.download_artifacts(model_uri, dst_path=str(root / "dl")))
+    names = {p.name for p in local.rglob("*") if p.is_file()}
+    assert {"model.safetensors", "config.json", "items.json", "pyfunc_code.py", "MLmodel"} <= names
+    assert not any(n.endswith((".pkl", ".pickle", ".pt", ".cloudpickle")) for n in names)
+    with pytest.raises(Exception, match=r"unknown item id\(s\): nope"):
+        loaded.predict(pd.DataFrame({"items": [["B000000001", "nope"]]}))
