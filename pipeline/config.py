@@ -11,6 +11,8 @@ tests instead of silently breaking DVC's change tracking.
 from __future__ import annotations
 
 import math
+import types
+import typing
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
@@ -30,8 +32,48 @@ class ConfigError(PipelineError, ValueError):
     """A params.yaml problem, with the file and dotted key in its message."""
 
 
+class _BoolAsNumber:
+    """A YAML ``true``/``false`` given where a number is expected: pydantic's lax mode would read it as 1/0,
+    so :class:`_Section` swaps it for this marker, which every number type refuses (and the error shows)."""
+
+    def __init__(self, value: bool) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return "true" if self.value else "false"
+
+
+def _number_field(annotation: Any) -> str | None:
+    """``scalar`` for int/float fields (optionally ``| None``), ``list`` for list[int]/list[float], else None."""
+    if annotation in (int, float):
+        return "scalar"
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        rest = [a for a in args if a is not type(None)]
+        return "scalar" if rest and all(a in (int, float) for a in rest) else None
+    if origin is list and args and args[0] in (int, float):
+        return "list"
+    return None
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_booleans_as_numbers(cls, data: Any) -> Any:
+        """``data.kcore: true`` must fail, not become ``kcore: 1`` (pydantic's lax mode accepts it)."""
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for name, value in data.items():
+            field = cls.model_fields.get(name) if isinstance(name, str) else None
+            kind = _number_field(field.annotation) if field is not None else None
+            if kind == "scalar" and isinstance(value, bool):
+                out[name] = _BoolAsNumber(value)
+            elif kind == "list" and isinstance(value, list):
+                out[name] = [_BoolAsNumber(v) if isinstance(v, bool) else v for v in value]
+        return out
 
 
 # --------------------------------------------------------------------------------------------- data
@@ -100,6 +142,12 @@ class ImageTeacherParams(_Section):
     fetch_retries: int = Field(2, ge=0)
     fetch_max_bytes: int = Field(10_000_000, ge=1024)
     fetch_workers: int = Field(4, ge=1, le=64)
+    # local image paths and file:// URLs must resolve inside this folder (null: data.raw_dir); the ingest
+    # output folder (data/processed, where the demo writes its images) is always allowed
+    local_root: str | None = None
+    # URL fetches refuse loopback, private, link-local and other non-public addresses (after every
+    # redirect) unless this is true
+    allow_private_hosts: bool = False
 
 
 class EmbedParams(_Section):
@@ -114,8 +162,15 @@ class EmbedParams(_Section):
 # --------------------------------------------------------------------------------------------- correlate
 class CorrelateParams(_Section):
     dim: int = Field(128, ge=2)
-    reduction: Literal["pca", "autoencoder"] = "pca"
-    ae_epochs: int = Field(20, ge=1)  # reduction: autoencoder only
+    # pca: principal components (ordered by variance); sigmoid_ae: the paper's linear autoencoder with a
+    # sigmoid bottleneck (codes in (0, 1), so all cosines positive and compressed); autoencoder: 2-layer ReLU
+    reduction: Literal["pca", "sigmoid_ae", "autoencoder"] = "pca"
+    # autoencoders: epochs (sigmoid_ae: the most; it stops early on a held-out 10 %);
+    # None = 20 for autoencoder, 200 for sigmoid_ae
+    ae_epochs: int | None = Field(None, ge=1)
+    # a fixed random rotation (seeded by ``seed``) of the reduced vectors, so contiguous sub-vectors share the
+    # variance evenly; keeps holistic cos/dot/euclidean scores, changes manhattan ones
+    rotate: bool = False
     score: Literal["cos", "euclidean", "dot", "manhattan"] = "cos"
     sub_vectors: int = Field(8, ge=1)
     codes: int = Field(50, ge=2)
@@ -149,10 +204,28 @@ class KDParams(_Section):
     # teacher-neighbour pairs added per batch per modality: an item of the batch with one of its
     # ``correlate.topk`` holistic neighbours (data/supervision/topk_<m>.parquet); 0 = within-sequence only
     neighbour_pairs: int = Field(0, ge=0)
+    # mse: mean of squared residuals over the batch's unique pairs (fades next to the CE);
+    # frobenius: the authors' per-sequence non-squared norm of the residual matrix, averaged over sequences
+    # per sequence, pairs of one of its items with an item drawn uniformly from the whole catalogue (the full
+    # softmax of a tied model moves every table row; within-sequence pairs only reach the batch's items)
+    random_pairs: int = Field(0, ge=0)
+    holistic_loss: Literal["mse", "frobenius"] = "mse"
+    # P of the holistic score xi(P m_i, P m_j): identity-initialised linear map, the authors' two random
+    # linear layers, or none (distil on the modality table itself)
+    projection: Literal["identity", "random", "none"] = "identity"
+
+    @model_validator(mode="after")
+    def _check(self) -> KDParams:
+        if self.holistic_loss == "frobenius" and self.neighbour_pairs > 0:
+            raise ValueError(
+                "neighbour_pairs must be 0 with holistic_loss: frobenius (its norm is per sequence, and "
+                "neighbour pairs belong to no sequence)"
+            )
+        return self
 
 
 class AsyncLRParams(_Section):
-    schedule: Literal["linear", "step", "constant", "none"] = "linear"
+    schedule: Literal["linear", "exponential", "step", "constant", "none"] = "linear"
     start_scale: float = Field(0.25, gt=0.0, le=1.0)  # linear/step: initial fraction; constant: the fraction
     warmup_epochs: int = Field(10, ge=1)  # linear: epochs to reach the base rate
     step_epochs: list[int] = Field(default_factory=lambda: [5, 10])  # step: epochs where the scale is x gamma
@@ -162,18 +235,19 @@ class AsyncLRParams(_Section):
 class TrainParams(_Section):
     backbone: Literal["sasrec", "gru4rec"] = "sasrec"
     modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"])
-    fusion: Literal["sum", "gate", "concat"] = "sum"
+    fusion: Literal["sum", "gate", "concat", "paper_gate"] = "sum"
+    output: Literal["fused", "id"] = "fused"  # id: the catalogue is scored by the ID embeddings (the paper's)
     hidden: int = Field(64, ge=4)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
     max_len: int = Field(50, ge=2)
     batch_size: int = Field(256, ge=1)
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    warmup_epochs: int = Field(0, ge=0)
-    cosine: bool = False
-    epochs: int = Field(50, ge=1)
+    warmup_epochs: int = Field(1, ge=0)
+    cosine: bool = True
+    epochs: int = Field(30, ge=1)
     patience: int = Field(10, ge=1)
     eval_every: int = Field(1, ge=1)
     loss: Literal["ce", "sampled_softmax"] = "ce"
@@ -213,10 +287,18 @@ class EvalParams(_Section):
         return sorted(set(v))
 
 
+# --------------------------------------------------------------------------------------------- recommend
+class RecommendParams(_Section):
+    k: int = Field(10, ge=1)  # items recommended per user
+    mask_history: bool = True  # never recommend an item already in the user's history
+    batch_size: int = Field(1024, ge=1)  # users scored at once (memory: batch_size x catalogue floats)
+
+
 class MLflowParams(_Section):
     enabled: bool = True
     tracking_uri: str | None = None  # default: sqlite:///<project root>/mlflow.db
     experiment: str = "kdsr"
+    register_as: str | None = "kdsr"  # train: register the logged pyfunc model under this name (null: off)
 
 
 class Params(_Section):
@@ -225,6 +307,7 @@ class Params(_Section):
     correlate: CorrelateParams = Field(default_factory=CorrelateParams)
     train: TrainParams = Field(default_factory=TrainParams)
     eval: EvalParams = Field(default_factory=EvalParams)
+    recommend: RecommendParams = Field(default_factory=RecommendParams)
     mlflow: MLflowParams = Field(default_factory=MLflowParams)
 
 
@@ -239,7 +322,9 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
             msg = f"unknown key (allowed here: {', '.join(allowed)})"
         else:
             msg = e["msg"]
-            if "input" in e and not isinstance(e["input"], dict):
+            if isinstance(e.get("input"), _BoolAsNumber):
+                msg += f" (got {e['input']!r}: a boolean where a number is expected)"
+            elif "input" in e and not isinstance(e["input"], dict):
                 msg += f" (got {e['input']!r})"
         lines.append(f"  - {key}: {msg}")
     return "\n".join(lines)
@@ -280,17 +365,52 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Par
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
+def _refuse_duplicate_keys(node: yaml.Node, source: str, path: str = "") -> None:
+    """Fail on a key repeated in one mapping (YAML loaders silently keep the last one)."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            full = f"{path}.{key_node.value}" if path else key_node.value
+            line = key_node.start_mark.line + 1
+            if key_node.value in seen:
+                raise ConfigError(
+                    f"{source}: line {line}: {full}: duplicate key (first set at line "
+                    f"{seen[key_node.value]}); a repeated key would silently override the first"
+                )
+            seen[key_node.value] = line
+            _refuse_duplicate_keys(value_node, source, full)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _refuse_duplicate_keys(item, source, f"{path}.{i}" if path else str(i))
+
+
 def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate params.yaml; raises :class:`ConfigError` naming the file and key."""
+    """Read and validate params.yaml; raises :class:`ConfigError` naming the file and key.
+
+    An empty file (or one with only comments) is refused: it would silently run on the code defaults.
+    A key repeated within one mapping is refused too.
+    """
     path = Path(path)
     try:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: params file not found") from None
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"{path}: cannot read the params file ({err})") from None
     try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None:
+            _refuse_duplicate_keys(node, str(path))
         raw = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
+    if raw is None or raw == {}:
+        raise ConfigError(
+            f"{path}: the params file is empty; write at least one section (data, embed, correlate, train, "
+            "eval, mlflow): the repository's params.yaml lists every key with its default"
+        )
     return parse_params(raw, str(path))
 
 

@@ -1,7 +1,7 @@
 """Suite: the experiment suite (baselines, KDSR, ablations over seeds) -> <out>/runs/, results.md/json, plots.
 
     python -m stages.suite --params configs/beauty.yaml --out reports/suite/beauty --seeds 3 --jobs 1 \
-        [--variants kdsr sasrec_id ...] [--set train.epochs=5 ...]
+        [--variants kdsr sasrec_id ...] [--no-twins] [--set train.epochs=5 ...]
 
 A command-line tool, not a dvc.yaml stage. Paths are taken relative to the directory it is started from;
 relative paths inside the params file stay relative to the project root, like the stages'.
@@ -23,10 +23,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--params", type=Path, default=DEFAULT_PARAMS, help="base config (default: the project params.yaml)"
     )
     ap.add_argument("--out", type=Path, required=True, help="suite folder, e.g. reports/suite/beauty")
-    ap.add_argument("--seeds", type=int, default=3, help="seeds of sasrec_id, sasrec_modality, kdsr (3)")
+    ap.add_argument(
+        "--seeds", type=int, default=3, help="seeds of sasrec_id, sasrec_modality, kdsr, kdsr_twin (3)"
+    )
     ap.add_argument("--ablation-seeds", type=int, default=1, help="seeds of the kdsr_* ablations (1)")
     ap.add_argument("--jobs", type=int, default=1, help="runs at once, each in its own process (1)")
     ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all")
+    ap.add_argument(
+        "--twins",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run each KDSR variant's twin (its config without the distillation terms) over the same seeds "
+        "(default: on)",
+    )
     ap.add_argument(
         "--set",
         dest="overrides",
@@ -53,6 +62,7 @@ def run(args: argparse.Namespace) -> None:
         jobs=args.jobs,
         progress=not args.no_progress,
         report=not args.no_report,
+        twins=args.twins,
     )
 
 

@@ -23,10 +23,19 @@ from pipeline.training.distributed import DistInfo, init_from_env, shard_bounds
 
 # Two runs in one torchrun launch (process start-up dominates): batch 13 splits 7/6 rows, so the ranks' loss
 # weights differ; batch 79 over 80 users leaves a last batch of 1 row, so rank 1 has an empty share there
-# (no CE graph, gradients None on rank 1 only) and few KD pairs to split.
+# (no CE graph, gradients None on rank 1 only) and few KD pairs to split; "frob" splits sequences, not pairs.
 RUNS = {
     "b13": {"train.batch_size": 13},
     "b79": {"train.batch_size": 79, "train.kd.max_pairs": 7},
+    # the per-sequence Frobenius loss: ranks take whole sequences' pairs (sampled, plus catalogue pairs)
+    "frob": {
+        "train.batch_size": 13,
+        "train.kd.max_pairs": 40,
+        "train.kd.holistic_loss": "frobenius",
+        "train.kd.random_pairs": 2,
+        "train.output": "id",
+        "train.fusion": "paper_gate",
+    },
 }
 COMMON = {"train.dropout": 0.0, "train.epochs": 2, "train.patience": 5}
 

@@ -6,6 +6,7 @@ import json
 import math
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -15,19 +16,26 @@ from scipy import stats
 
 import pipeline.experiments.report as report_mod
 import pipeline.experiments.suite as suite_mod
-from pipeline.config import PROJECT_ROOT, Params, load_params, with_overrides
+from pipeline.config import PROJECT_ROOT, Params, flatten, load_params, with_overrides
 from pipeline.errors import PipelineError
 from pipeline.experiments.report import aggregate, ndcg_per_user, paired_test, write_report
 from pipeline.experiments.suite import (
+    ABLATIONS,
+    KD_WEIGHTS,
+    MAIN_VARIANTS,
+    TWINS,
+    VARIANTS,
     parse_overrides,
     plan_runs,
     prepare_shared,
     run_suite,
     shared_data,
     stale_runs,
+    twin_overrides,
     variant_seeds,
 )
 from pipeline.io import read_json, write_json, write_parquet
+from pipeline.tracking import Tracker
 
 TINY = {
     "data.demo.users": 150,
@@ -53,7 +61,7 @@ RUN_FILES = ("metrics.json", "per_user.parquet", "train_curve.csv", "summary.jso
 
 @pytest.fixture(scope="module")
 def tiny_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path, list[dict[str, Any]]]:
-    """sasrec_id + kdsr over 2 seeds, 2 epochs, on 150 demo users: built once for the module."""
+    """sasrec_id + kdsr (and so kdsr_twin) over 2 seeds, 2 epochs, on 150 demo users: built once."""
     root = tmp_path_factory.mktemp("suite")
     base = with_overrides(load_params(), {**TINY, "embed.cache_dir": str(root / "embed_cache")})
     out = root / "tiny"
@@ -74,8 +82,10 @@ def test_suite_writes_every_run_and_the_shared_data(tiny_suite) -> None:
     assert [(r["variant"], r["seed"], r["status"]) for r in results] == [
         ("sasrec_id", 0, "done"),  # seed-major: every variant's first seed first
         ("kdsr", 0, "done"),
+        ("kdsr_twin", 0, "done"),  # kdsr brings its twin, with the same seeds
         ("sasrec_id", 1, "done"),
         ("kdsr", 1, "done"),
+        ("kdsr_twin", 1, "done"),
     ]
     for step in ("ingest", "embed", "correlate"):
         assert (out / "data" / f"{step}.params.json").exists()
@@ -96,7 +106,19 @@ def test_suite_writes_every_run_and_the_shared_data(tiny_suite) -> None:
         assert run_params["train"]["modalities"] == ([] if r["variant"] == "sasrec_id" else ["text"])
     # different seeds give different models
     assert results[0]["test"] != results[1]["test"]
-    assert read_json(out / "suite.json")["seeds"] == {"sasrec_id": 2, "kdsr": 2}
+    suite = read_json(out / "suite.json")
+    assert suite["seeds"] == {"sasrec_id": 2, "kdsr": 2, "kdsr_twin": 2}
+    assert suite["twins"] == {"kdsr": "kdsr_twin"}
+    # the twin's recorded config is the variant's with both distillation weights at zero, nothing else
+    for k in (0, 1):
+        mine = read_json(out / "runs" / "kdsr" / f"seed{k}" / "params.json")
+        twin = read_json(out / "runs" / "kdsr_twin" / f"seed{k}" / "params.json")
+        assert mine["params"]["train"]["kd"]["holistic_weight"] > 0
+        twin["params"]["train"]["kd"].update(
+            holistic_weight=mine["params"]["train"]["kd"]["holistic_weight"],
+            code_weight=mine["params"]["train"]["kd"]["code_weight"],
+        )
+        assert twin == mine
 
 
 @pytest.mark.slow
@@ -105,7 +127,7 @@ def test_rerun_skips_finished_runs_and_unchanged_shared_steps(tiny_suite, monkey
     for name in ("run_ingest", "run_embed", "run_correlate", "run_train", "run_evaluate"):
         monkeypatch.setattr(suite_mod, name, _forbid(name))
     again = run_suite(base, out, variants=["sasrec_id", "kdsr"], seeds=2, progress=False)
-    assert [r["status"] for r in again] == ["skipped"] * 4
+    assert [r["status"] for r in again] == ["skipped"] * 6
     assert [r["test"] for r in again] == [r["test"] for r in first]
 
 
@@ -117,8 +139,13 @@ def test_an_unevaluated_run_only_evaluates(tiny_suite, tmp_path, monkeypatch) ->
     (copy / "runs" / "kdsr" / "seed1" / "metrics.json").unlink()
     monkeypatch.setattr(suite_mod, "run_train", _forbid("run_train"))
     again = run_suite(base, copy, variants=["kdsr"], seeds=2, progress=False, report=False)
-    assert [r["status"] for r in again] == ["skipped", "done"]
-    assert again[1]["test"] == first[3]["test"]
+    assert [(r["variant"], r["status"]) for r in again] == [
+        ("kdsr", "skipped"),
+        ("kdsr_twin", "skipped"),
+        ("kdsr", "done"),
+        ("kdsr_twin", "skipped"),
+    ]
+    assert again[2]["test"] == first[4]["test"]
 
 
 @pytest.mark.slow
@@ -128,8 +155,7 @@ def test_a_record_older_than_an_option_matches_that_options_default(
     base, out, first = tiny_suite
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    for seed in ("seed0", "seed1"):  # as a version without train.kd.neighbour_pairs wrote them
-        path = copy / "runs" / "kdsr" / seed / "params.json"
+    for path in copy.glob("runs/kdsr*/seed*/params.json"):  # as a version without neighbour_pairs wrote them
         record = read_json(path)
         del record["params"]["train"]["kd"]["neighbour_pairs"]
         write_json(path, record)
@@ -137,10 +163,10 @@ def test_a_record_older_than_an_option_matches_that_options_default(
     assert stale_runs(plan_runs(base, copy, variant_seeds(["kdsr"], 2, 1)), shared) == []
     monkeypatch.setattr(suite_mod, "run_train", _forbid("run_train"))
     again = run_suite(base, copy, variants=["kdsr"], seeds=2, progress=False, report=False)
-    assert [r["status"] for r in again] == ["skipped", "skipped"]
-    assert [r["test"] for r in again] == [r["test"] for r in first if r["variant"] == "kdsr"]
+    assert [r["status"] for r in again] == ["skipped"] * 4
+    assert [r["test"] for r in again] == [r["test"] for r in first if r["variant"] != "sasrec_id"]
     changed = with_overrides(base, {"train.kd.neighbour_pairs": 8})  # not the default: those runs are stale
-    assert len(stale_runs(plan_runs(changed, copy, variant_seeds(["kdsr"], 2, 1)), shared)) == 2
+    assert len(stale_runs(plan_runs(changed, copy, variant_seeds(["kdsr"], 2, 1)), shared)) == 4
 
 
 @pytest.mark.slow
@@ -157,7 +183,9 @@ def test_changed_params_rerun_only_later_steps_and_flag_stale_runs(tiny_suite, t
     assert read_json(data / "correlate.params.json")["params"]["correlate"]["codes"] == 6
     # the finished runs were made with the old supervision: the suite refuses to mix them in
     specs = plan_runs(changed, out, variant_seeds(["kdsr"], 2, 1))
-    assert stale_runs(specs, shared) == [out / "runs" / "kdsr" / "seed0", out / "runs" / "kdsr" / "seed1"]
+    assert stale_runs(specs, shared) == [
+        out / "runs" / v / f"seed{k}" for k in (0, 1) for v in ("kdsr", "kdsr_twin")
+    ]
     assert (
         stale_runs(plan_runs(base, out, variant_seeds(["kdsr"], 2, 1)), shared_data(base, out / "data")) == []
     )
@@ -199,6 +227,17 @@ def test_results_md_has_rows_mean_std_and_p_values(tiny_suite) -> None:
     assert agreed["table_r"] == pytest.approx(np.mean([r["text"]["table_r"] for r in per_run]))
     assert -1.0 <= agreed["kd_r"] <= 1.0 and per_run[0]["text"]["pairs"] > 40_000
     assert "## What is left of the teacher's correlations" in md and f"| {agreed['table_r']:.3f} |" in md
+    # the KD effect: kdsr against its twin, the same paired test over users on the seed-averaged NDCG@20
+    effect = res["kd_effect"]["kdsr"]
+    assert effect["twin"] == "kdsr_twin" and effect["seeds"] == [0, 1]
+    tw = [ndcg_per_user(out / "runs" / "kdsr_twin" / f"seed{k}" / "per_user.parquet") for k in (0, 1)]
+    t = np.array([(tw[0][u] + tw[1][u]) / 2 for u in users])
+    assert effect["users"]["users"] == len(users) and effect["users"]["twin_mean"] == pytest.approx(t.mean())
+    if not np.array_equal(a, t):
+        assert effect["users"]["ttest_p"] == pytest.approx(stats.ttest_rel(a, t).pvalue)
+    twin_ndcg = [r["test"]["ndcg_at_20"] for r in results if r["variant"] == "kdsr_twin"]
+    assert effect["per_seed"]["differences"] == pytest.approx(np.subtract(ndcg, twin_ndcg))
+    assert "## KD effect: each KDSR variant vs its twin" in md and "| kdsr | kdsr_twin (twin) | 0, 1 | " in md
 
 
 # --------------------------------------------------------------------------------------------- hand-made runs
@@ -307,6 +346,133 @@ def test_report_files_render_the_table(fake_suite: Path) -> None:
         assert (fake_suite / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.fixture
+def fake_twin_suite(fake_suite: Path) -> Path:
+    """The fake suite plus kdsr's twin (3 seeds: the third has no kdsr partner), kdsr_codes_only (shares
+    kdsr_twin) and kdsr_no_async (whose twin is sasrec_modality)."""
+    out = fake_suite
+    _fake_run(out, "kdsr_twin", 0, 0.25, {1: [1], 2: [5], 3: [30], 4: [10]})
+    _fake_run(out, "kdsr_twin", 1, 0.40, {1: [1], 2: [5], 3: [30], 4: [10]})
+    _fake_run(out, "kdsr_twin", 2, 0.50, {1: [0], 2: [0], 3: [0], 4: [0]})  # unpaired: must not count
+    _fake_run(out, "kdsr_codes_only", 0, 0.28, {1: [0], 2: [1], 3: [25], 4: [3, 50]})
+    _fake_run(out, "kdsr_no_async", 0, 0.21, {1: [0], 2: [3], 3: [12], 4: [5]})
+    return out
+
+
+def test_kd_effect_pairs_each_variant_with_its_twin(fake_twin_suite: Path) -> None:
+    res = aggregate(fake_twin_suite)
+    assert list(res["variants"]) == [
+        "sasrec_id",
+        "sasrec_modality",
+        "kdsr",
+        "kdsr_twin",
+        "kdsr_codes_only",
+        "kdsr_no_async",
+        "kdsr_gru4rec",
+    ]
+    effects = res["kd_effect"]
+    assert list(effects) == ["kdsr", "kdsr_codes_only", "kdsr_no_async"]  # kdsr_gru4rec: no twin ran
+    # twins are not KDSR variants: no comparison of theirs against the best baseline
+    assert "kdsr_twin" not in res["relative_change"] and "kdsr_twin" not in res["significance"]
+    assert res["baseline"] == "sasrec_modality"  # the twin (mean 0.383) is not a baseline candidate
+
+    e = effects["kdsr"]
+    assert e["twin"] == "kdsr_twin" and e["seeds"] == [0, 1] and e["metric"] == "ndcg_at_20"
+    # means over the paired seeds only: the twin's (0.25, 0.40), not its third seed
+    hr = e["test"]["hr_at_20"]
+    assert hr["mean"] == pytest.approx(0.33) and hr["std"] == pytest.approx(0.03 * math.sqrt(2))
+    assert hr["twin_mean"] == pytest.approx(0.325) and hr["twin_std"] == pytest.approx(0.075 * math.sqrt(2))
+    assert hr["relative"] == pytest.approx(100 * (0.33 - 0.325) / 0.325)  # +1.54 %
+    assert res["variants"]["kdsr_twin"]["n"] == 3  # the main table keeps every seed
+    # over seeds: NDCG@20 differences 0.30 - 0.25 and 0.36 - 0.40
+    seeds = e["per_seed"]
+    assert seeds["differences"] == pytest.approx([0.05, -0.04])
+    assert seeds["mean"] == pytest.approx(0.005) and seeds["std"] == pytest.approx(0.045 * math.sqrt(2))
+    assert (seeds["better"], seeds["worse"], seeds["tied"]) == (1, 1, 0)
+    # over users: seed-averaged per-user NDCG@20 of kdsr and of the twin's seeds 0 and 1
+    kdsr = np.array(
+        [
+            (g(0) + g(0)) / 2,
+            (g(1) + g(2)) / 2,
+            (g(25) + g(19)) / 2,
+            ((g(3) + g(50)) / 2 + (g(3) + g(3)) / 2) / 2,
+        ]
+    )
+    twin = np.array([g(1), g(5), g(30), g(10)])
+    d = kdsr - twin
+    assert np.all(d > 0) and len(set(np.abs(d))) == 4
+    users = e["users"]
+    assert users["users"] == 4
+    assert users["mean"] == pytest.approx(kdsr.mean()) and users["twin_mean"] == pytest.approx(twin.mean())
+    # exact Wilcoxon: every one of 4 differences positive, W- = 0, p = 2 * (1 / 2^4)
+    assert users["wilcoxon_p"] == pytest.approx(0.125)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(4))
+    assert users["ttest_p"] == pytest.approx(2 * stats.t.sf(t, df=3))
+    assert users["ttest_p"] == pytest.approx(stats.ttest_rel(kdsr, twin).pvalue)
+
+    # kdsr_codes_only shares kdsr's twin, paired on seed 0 only (it ran one seed)
+    c = effects["kdsr_codes_only"]
+    assert c["twin"] == "kdsr_twin" and c["seeds"] == [0]
+    assert c["test"]["ndcg_at_20"]["twin_mean"] == pytest.approx(0.25)
+    assert c["test"]["ndcg_at_20"]["std"] is None and c["per_seed"]["std"] is None
+    assert c["per_seed"]["differences"] == pytest.approx([0.03]) and c["per_seed"]["better"] == 1
+    mine0 = np.array([g(0), g(1), g(25), (g(3) + g(50)) / 2])
+    twin0 = np.array([g(1), g(5), g(30), g(10)])
+    assert c["users"]["wilcoxon_p"] == pytest.approx(stats.wilcoxon(mine0, twin0).pvalue)
+    assert c["users"]["ttest_p"] == pytest.approx(stats.ttest_rel(mine0, twin0).pvalue)
+
+    # kdsr_no_async's twin is sasrec_modality (no async LR, no KD), seed 0 of each; user 4 ties
+    n = effects["kdsr_no_async"]
+    assert n["twin"] == "sasrec_modality" and n["seeds"] == [0]
+    assert n["test"]["ndcg_at_20"]["relative"] == pytest.approx(5.0)  # 0.21 vs 0.20
+    mine0 = np.array([g(0), g(3), g(12), g(5)])
+    twin0 = np.array([g(1), g(4), g(30), g(5)])
+    assert n["users"]["wilcoxon_p"] == pytest.approx(stats.wilcoxon(mine0, twin0).pvalue)
+    assert n["users"]["ttest_p"] == pytest.approx(stats.ttest_rel(mine0, twin0).pvalue)
+
+
+def test_kd_effect_is_rendered_saved_and_logged(fake_twin_suite: Path) -> None:
+    logged: dict[str, float] = {}
+    artifacts: list[str] = []
+    fake_mlflow = SimpleNamespace(
+        log_metrics=lambda metrics, step=None: logged.update(metrics),
+        log_artifact=lambda path, artifact_path=None: artifacts.append(Path(path).name),
+    )
+    res = write_report(fake_twin_suite, tracker=Tracker(SimpleNamespace(), fake_mlflow))
+    saved = json.loads((fake_twin_suite / "results.json").read_text())["kd_effect"]
+    assert saved == json.loads(json.dumps(res["kd_effect"])) and saved["kdsr"]["users"]["wilcoxon_p"] == 0.125
+    md = (fake_twin_suite / "results.md").read_text()
+    assert "## KD effect: each KDSR variant vs its twin" in md
+    assert "| kdsr | kdsr | 0, 1 | 0.3300 ± 0.0424 |" in md
+    assert "| kdsr | kdsr_twin (twin) | 0, 1 | 0.3250 ± 0.1061 |" in md
+    assert "| kdsr | change | | +1.5% | +1.5% |" in md
+    assert "| kdsr_no_async | sasrec_modality (twin) | 0 | 0.2000 |" in md
+    u = res["kd_effect"]["kdsr"]["users"]
+    assert (
+        f"| kdsr | kdsr_twin | 4 | {u['mean']:.4f} | {u['twin_mean']:.4f} | 0.125 | {u['ttest_p']:.3g} | "
+        "+0.0050 ± 0.0636 | 1 / 1 / 0 |"
+    ) in md
+    assert "| kdsr_codes_only | kdsr_twin | 4 | " in md and "| +0.0300 | 1 / 0 / 0 |" in md
+    # the comparison with the best baseline is still there
+    assert "| kdsr | sasrec_modality | 4 | " in md and "| kdsr | +50.0% | +50.0% |" in md
+    # MLflow: flat kd_effect.<variant>.<name> metrics on the suite's run, next to the report files
+    assert logged["kd_effect.kdsr.test_hr_at_20_change_pct"] == pytest.approx(100 * (0.33 / 0.325 - 1))
+    assert logged["kd_effect.kdsr.ndcg_at_20_wilcoxon_p"] == pytest.approx(0.125)
+    assert logged["kd_effect.kdsr.ndcg_at_20_seed_diff_mean"] == pytest.approx(0.005)
+    assert logged["kd_effect.kdsr.ndcg_at_20_seeds_won"] == 1.0
+    assert logged["kd_effect.kdsr_no_async.ndcg_at_20_ttest_p"] == pytest.approx(
+        res["kd_effect"]["kdsr_no_async"]["users"]["ttest_p"]
+    )
+    assert logged["kdsr_twin.test_ndcg_at_20_mean"] == pytest.approx(np.mean([0.25, 0.40, 0.50]))
+    assert {"results.md", "results.json"} <= set(artifacts)
+
+
+def test_a_suite_without_twins_has_no_kd_effect(fake_suite: Path) -> None:
+    res = write_report(fake_suite)
+    assert res["kd_effect"] == {}
+    assert "No KDSR variant with its twin in this suite" in (fake_suite / "results.md").read_text()
+
+
 def test_paired_test_without_differences_reports_no_p_value() -> None:
     same = np.array([0.5, 0.2, 0.1])
     assert paired_test(same, same)["wilcoxon_p"] is None and paired_test(same, same)["ttest_p"] is None
@@ -328,13 +494,15 @@ def test_plan_applies_variant_overrides_and_seeds() -> None:
         "sasrec_id": 3,
         "sasrec_modality": 3,
         "kdsr": 3,
+        "kdsr_twin": 3,
         "kdsr_holistic_only": 1,
         "kdsr_codes_only": 1,
         "kdsr_no_async": 1,
         "kdsr_gru4rec": 1,
+        "kdsr_gru4rec_twin": 1,
     }
     specs = {s.name: s for s in plan_runs(base, Path("o"), counts)}
-    assert len(specs) == 13
+    assert len(specs) == 17
     assert specs["kdsr-seed2"].params.train.seed == 12 and specs["kdsr-seed2"].run_dir == Path(
         "o/runs/kdsr/seed2"
     )
@@ -348,6 +516,19 @@ def test_plan_applies_variant_overrides_and_seeds() -> None:
     assert specs["kdsr_codes_only-seed0"].params.train.kd.holistic_weight == 0
     assert specs["kdsr_no_async-seed0"].params.train.async_lr.schedule == "none"
     assert specs["kdsr_gru4rec-seed0"].params.train.backbone == "gru4rec"
+    twin = specs["kdsr_gru4rec_twin-seed0"].params.train
+    assert twin.backbone == "gru4rec" and twin.kd.holistic_weight == twin.kd.code_weight == 0
+    assert twin.async_lr == base.train.async_lr  # the twin keeps the asynchronous LR
+    # without twins, all variants means the variants other than the added *_twin ones
+    assert list(variant_seeds(None, 3, 1, twins=False)) == [
+        "sasrec_id",
+        "sasrec_modality",
+        "kdsr",
+        "kdsr_holistic_only",
+        "kdsr_codes_only",
+        "kdsr_no_async",
+        "kdsr_gru4rec",
+    ]
 
 
 def test_plan_errors_name_the_problem() -> None:
@@ -376,6 +557,116 @@ def test_cli_resolves_paths_before_changing_directory(tmp_path: Path, monkeypatc
     args = parse_args(["--out", "s", "--variants", "kdsr", "sasrec_id", "--set", "train.epochs=1"])
     assert args.out == tmp_path / "s" and args.variants == ["kdsr", "sasrec_id"]
     assert args.overrides == ["train.epochs=1"] and args.seeds == 3 and args.jobs == 1
+    assert args.twins is True
+    assert parse_args(["--out", "s", "--no-twins"]).twins is False
+    assert parse_args(["--out", "s", "--variants", "kdsr_twin"]).variants == ["kdsr_twin"]
+
+
+def test_cli_passes_twins_to_the_suite(tmp_path: Path, monkeypatch) -> None:
+    import stages.suite as cli  # noqa: PLC0415
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(cli, "run_suite", lambda base, out, **kw: calls.append(kw))
+    cli.run(cli.parse_args(["--out", str(tmp_path / "s"), "--variants", "kdsr", "--no-twins"]))
+    cli.run(cli.parse_args(["--out", str(tmp_path / "s"), "--variants", "kdsr"]))
+    assert [c["twins"] for c in calls] == [False, True] and calls[0]["variants"] == ["kdsr"]
+
+
+# --------------------------------------------------------------------------------------------- twins
+def test_twin_overrides_zero_the_distillation_weights_only() -> None:
+    over = {"train.backbone": "gru4rec", "train.kd.code_weight": 0.3}
+    assert twin_overrides(over) == {
+        "train.backbone": "gru4rec",
+        "train.kd.code_weight": 0.0,
+        "train.kd.holistic_weight": 0.0,
+    }
+    assert over == {"train.backbone": "gru4rec", "train.kd.code_weight": 0.3}  # not modified in place
+    assert twin_overrides({}) == VARIANTS["kdsr_twin"]
+    assert twin_overrides(VARIANTS["kdsr_gru4rec"]) == VARIANTS["kdsr_gru4rec_twin"]
+    # a twin that equals an existing variant is that variant: no duplicate runs
+    assert twin_overrides(VARIANTS["kdsr_no_async"]) == VARIANTS["sasrec_modality"]
+    assert TWINS == {
+        "kdsr": "kdsr_twin",
+        "kdsr_holistic_only": "kdsr_twin",
+        "kdsr_codes_only": "kdsr_twin",
+        "kdsr_no_async": "sasrec_modality",
+        "kdsr_gru4rec": "kdsr_gru4rec_twin",
+    }
+    assert "kdsr_twin" in MAIN_VARIANTS and "kdsr_gru4rec_twin" in ABLATIONS
+    assert not set(TWINS) & set(TWINS.values())  # a twin has no twin
+    assert list(VARIANTS).index("kdsr_twin") == list(VARIANTS).index("kdsr") + 1
+
+
+def test_twins_come_with_their_variants_seeds() -> None:
+    assert variant_seeds(["kdsr"], 3, 1) == {"kdsr": 3, "kdsr_twin": 3}
+    assert variant_seeds(["kdsr"], 3, 1, twins=False) == {"kdsr": 3}
+    assert variant_seeds(["kdsr_gru4rec"], 3, 2) == {"kdsr_gru4rec": 2, "kdsr_gru4rec_twin": 2}
+    # shared twins are scheduled once; a twin that is also asked for keeps the larger seed count
+    assert variant_seeds(["kdsr_holistic_only", "kdsr_codes_only"], 3, 2) == {
+        "kdsr_holistic_only": 2,
+        "kdsr_twin": 2,
+        "kdsr_codes_only": 2,
+    }
+    assert variant_seeds(["kdsr_no_async"], 3, 2) == {"kdsr_no_async": 2, "sasrec_modality": 2}
+    assert variant_seeds(["kdsr_no_async", "sasrec_modality"], 3, 2) == {
+        "kdsr_no_async": 2,
+        "sasrec_modality": 3,
+    }
+    assert variant_seeds(["kdsr_twin"], 3, 1) == {"kdsr_twin": 3}  # a twin alone brings nothing
+    # main variants first, seed-major: the twin's seed k runs next to the variant's seed k
+    names = [
+        s.name for s in plan_runs(load_params(), Path("o"), variant_seeds(["kdsr", "kdsr_gru4rec"], 2, 1))
+    ]
+    assert names == [
+        "kdsr-seed0",
+        "kdsr_twin-seed0",
+        "kdsr-seed1",
+        "kdsr_twin-seed1",
+        "kdsr_gru4rec-seed0",
+        "kdsr_gru4rec_twin-seed0",
+    ]
+
+
+def test_a_kdsr_variant_without_distillation_is_flagged(caplog) -> None:
+    base = with_overrides(
+        load_params(), parse_overrides(["train.kd.holistic_weight=0", "train.kd.code_weight=0"])
+    )
+    with caplog.at_level("WARNING", logger="pipeline.experiments.suite"):
+        specs = plan_runs(base, Path("o"), variant_seeds(["kdsr"], 1, 1))
+    assert specs[0].params == specs[1].params  # the pair is still planned, and says why it is pointless
+    assert "kdsr distils nothing under this config" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [],
+        ["train.kd.holistic_weight=0.3", "train.kd.code_weight=0.7", "train.epochs=3"],
+        ["train.async_lr.schedule=step", "train.async_lr.step_epochs=[2, 4]", "train.fusion=gate"],
+        ["train.backbone=gru4rec", "train.lr=5e-4", "train.modalities=[text]", "train.kd.tau=2.0"],
+        ["train.kd.neighbour_pairs=8", "train.async_lr.start_scale=0.1", "correlate.codes=20"],
+    ],
+)
+def test_a_twin_differs_from_its_variant_only_in_the_distillation_weights(sets: list[str]) -> None:
+    base = with_overrides(load_params(), parse_overrides(sets))
+    specs = {s.name: s for s in plan_runs(base, Path("o"), variant_seeds(None, 2, 2))}
+    for variant, twin in TWINS.items():
+        for k in (0, 1):
+            mine, theirs = specs[f"{variant}-seed{k}"].params, specs[f"{twin}-seed{k}"].params
+            a, b = flatten(mine.model_dump()), flatten(theirs.model_dump())
+            assert {key for key in a if a[key] != b[key]} <= set(KD_WEIGHTS), (variant, sets)
+            assert theirs.train.kd.holistic_weight == theirs.train.kd.code_weight == 0
+            assert with_overrides(mine, dict.fromkeys(KD_WEIGHTS, 0.0)) == theirs
+    # the --set values reach both members of a pair (as validated: "5e-4" is a string to YAML 1.1)
+    resolved = flatten(base.model_dump())
+    for key in parse_overrides(sets):
+        if key not in KD_WEIGHTS:
+            for name in ("kdsr-seed1", "kdsr_twin-seed1", "kdsr_gru4rec_twin-seed0"):
+                assert flatten(specs[name].params.model_dump())[key] == resolved[key]
+    if "train.lr=5e-4" in sets:
+        assert specs["kdsr_twin-seed0"].params.train.lr == 5e-4
+    kd = specs["kdsr-seed0"].params.train.kd
+    assert (kd.holistic_weight, kd.code_weight) == (base.train.kd.holistic_weight, base.train.kd.code_weight)
 
 
 def test_beauty_config_reads_the_shared_benchmark_files() -> None:

@@ -120,3 +120,83 @@ def test_input_dropout_is_applied_once() -> None:
     kept = x != 0
     assert kept.float().mean().item() == pytest.approx(0.5, abs=0.03)
     torch.testing.assert_close(x[kept], 2.0 * clean[kept])  # survivors scaled by 1/(1-p) exactly once
+
+
+def wired_student(output: str, fusion: str = "paper_gate", kd_projection: str = "identity") -> Student:
+    torch.manual_seed(0)
+    cfg = StudentConfig(
+        num_items=30,
+        hidden=16,
+        dropout=0.0,
+        max_len=12,
+        modalities=("text",),
+        modality_dim=8,
+        fusion=fusion,
+        num_codes=5,
+        output=output,
+        kd_projection=kd_projection,
+    )
+    return Student(cfg, {"text": torch.randn(31, 8)})
+
+
+def test_with_id_output_the_catalogue_is_scored_by_id_embeddings_and_tables_feed_the_input_only() -> None:
+    model = wired_student("id")
+    seq = torch.tensor([[0, 0, 3, 7, 9], [0, 4, 5, 6, 2]])
+    items = model.item_representations()
+    assert items is model.item_emb.weight and model.input_table(items) is None
+    hidden = model.encode(seq)[:, -1]  # (B, H)
+    assert torch.allclose(model.full_scores(hidden), hidden @ model.item_emb.weight.T)
+    # a next-item loss over the whole catalogue sends no gradient to table rows outside the batch
+    loss = torch.nn.functional.cross_entropy(model.full_scores(hidden), torch.tensor([11, 12]))
+    loss.backward()
+    grad = model.modality_tables["text"].weight.grad
+    in_batch = torch.zeros(31, dtype=torch.bool)
+    in_batch[seq.unique()] = True
+    assert grad[~in_batch].abs().max() == 0
+    assert grad[[3, 7, 9, 4, 5, 6, 2]].abs().sum(1).min() > 0
+    # ... whereas the tied model's full softmax reaches every row of the table
+    tied = wired_student("fused")
+    h = tied.encode(seq, tied.input_table(tied.item_representations()))[:, -1]
+    torch.nn.functional.cross_entropy(tied.full_scores(h), torch.tensor([11, 12])).backward()
+    assert tied.modality_tables["text"].weight.grad[1:].abs().sum(1).min() > 0
+
+
+def test_paper_gate_sees_the_table_scale_and_the_layer_norm_fusion_does_not() -> None:
+    seq = torch.tensor([[0, 0, 3, 7, 9]])
+    for fusion, scale_matters in (("paper_gate", True), ("sum", False)):
+        model = wired_student("id", fusion=fusion).eval()
+        with torch.no_grad():
+            before = model.encode(seq)
+            model.modality_tables["text"].weight.mul_(3.0)
+            after = model.encode(seq)
+        assert (not torch.allclose(before, after, atol=1e-4)) == scale_matters, fusion
+
+
+def test_paper_gate_weights_the_parts_with_a_softmax_of_one_shared_mlp() -> None:
+    model = wired_student("id")
+    ids = torch.tensor([3, 7])
+    parts = torch.stack(
+        [model.item_emb(ids), model.modality_proj["text"](model.modality_tables["text"](ids))], -2
+    )
+    w = torch.softmax(model.gate(parts), dim=-2)  # (2, 2, 1)
+    assert torch.allclose(w.sum(-2), torch.ones(2, 1))
+    assert torch.allclose(model._fuse(ids), (w * parts).sum(-2), atol=1e-6)
+
+
+@pytest.mark.parametrize("kd_projection", ["identity", "random", "none"])
+def test_kd_projection_options(kd_projection: str) -> None:
+    model = wired_student("id", kd_projection=kd_projection)
+    i, j = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
+    m_i, m_j = model.modality_vectors("text", i), model.modality_vectors("text", j)
+    dot = lambda a, b: (a * b).sum(-1)  # noqa: E731
+    got = model.holistic_student_scores("text", i, j, dot)
+    if kd_projection == "random":
+        assert ("text" in model.kd_proj) and not torch.allclose(got, dot(m_i, m_j))
+    else:  # identity starts at the table's own scores; none *is* the table's scores
+        assert torch.allclose(got, dot(m_i, m_j), atol=1e-5)
+        assert ("text" in model.kd_proj) == (kd_projection == "identity")
+
+
+def test_unknown_wiring_names_are_refused() -> None:
+    with pytest.raises(ValueError, match="unknown output"):
+        wired_student("both")

@@ -15,11 +15,17 @@ from helpers import write_sequences
 from pipeline.config import CorrelateParams, MLflowParams, Params, with_overrides
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import parquet_metadata, read_parquet, vectors_from_column, write_parquet
-from pipeline.supervision.correlate import run_correlate
+from pipeline.supervision.correlate import AE_DEFAULT_EPOCHS, run_correlate
 from pipeline.supervision.kmeans import fit_kmeans
 from pipeline.supervision.pairs import sample_pairs, training_item_sets
-from pipeline.supervision.reduction import autoencoder_reduce, pca_reduce
-from pipeline.supervision.scores import SCORES, TeacherCorrelation, pair_scores, sub_vector_scores
+from pipeline.supervision.reduction import autoencoder_reduce, pca_reduce, random_rotation
+from pipeline.supervision.scores import (
+    SCORES,
+    CorrelationCodebook,
+    TeacherCorrelation,
+    pair_scores,
+    sub_vector_scores,
+)
 from pipeline.supervision.topk import bf16_dot_error_bound, blocked_topk
 
 NO_MLFLOW = MLflowParams(enabled=False)
@@ -344,6 +350,85 @@ def test_codes_are_spread_on_clustered_data(tmp_path: Path, params: CorrelatePar
     cb = _run(p, tmp_path)["text"]["codebook"]
     assert cb["max_code_share"] <= 0.5
     assert cb["codes_used"] == p.codes
+
+
+def _teacher(folder: Path) -> np.ndarray:
+    return vectors_from_column(read_parquet(folder / "teacher_text.parquet").column("vector"))
+
+
+def test_rotation_in_the_stage_keeps_holistic_scores_and_balances_sub_vectors(
+    project: Path, params: CorrelateParams
+) -> None:
+    p = params.model_copy(update={"sample_pairs": 500, "codes": 4})
+    plain = _run(p, project, out="plain")["text"]
+    rot = _run(p.model_copy(update={"rotate": True}), project, out="rot")["text"]
+    # the written vectors are the PCA vectors times the seeded rotation
+    expected = _teacher(project / "plain").astype(np.float64) @ random_rotation(p.dim, p.seed)
+    assert np.allclose(_teacher(project / "rot"), expected, atol=1e-5)
+    # holistic (cos) neighbours and scores unchanged
+    tk_plain = read_parquet(project / "plain" / "topk_text.parquet")
+    tk_rot = read_parquet(project / "rot" / "topk_text.parquet")
+    assert np.allclose(
+        np.array(tk_rot.column("scores").to_pylist()),
+        np.array(tk_plain.column("scores").to_pylist()),
+        atol=1e-5,
+    )
+    same = np.array(tk_rot.column("neighbors").to_pylist()) == np.array(
+        tk_plain.column("neighbors").to_pylist()
+    )
+    assert same.all(1).mean() > 0.95  # only near-tied neighbours may swap places
+    for key in ("mean", "std", "p50"):
+        assert rot["topk"]["random_pairs"][key] == pytest.approx(plain["topk"]["random_pairs"][key], abs=1e-5)
+        assert rot["reduction"]["random_pair_cosine"][key] == pytest.approx(
+            plain["reduction"]["random_pair_cosine"][key], abs=1e-5
+        )
+    # the variance shares: PCA's are ordered and unbalanced, the rotated ones much less so
+    shares = rot["reduction"]["sub_vector_variance_share"]
+    assert "rotated" not in plain["reduction"]["sub_vector_variance_share"]
+    assert shares["reduced"] == plain["reduction"]["sub_vector_variance_share"]["reduced"]
+    assert shares["reduced"]["shares"] == sorted(shares["reduced"]["shares"], reverse=True)
+    assert shares["rotated"]["max_min_ratio"] < shares["reduced"]["max_min_ratio"] / 5
+    assert rot["reduction"]["rotate"] is True and rot["reduction"]["rotation"]["seed"] == p.seed
+    # recorded with the codebook too, with the code usage
+    cb = rot["codebook"]
+    assert cb["sub_vector_variance_share"] == shares["rotated"]["shares"]
+    assert 1.0 <= cb["effective_codes"] <= cb["codes_used"] <= p.codes and 0 < cb["inertia_ratio"] < 1
+    assert len(cb["sub_vector_cosine"]["mean"]) == p.sub_vectors
+    assert len(cb["sub_vector_cosine"]["co_occurring_minus_random"]) == p.sub_vectors
+    meta = CorrelationCodebook.load(project / "rot" / "codebook_text.safetensors").metadata
+    assert meta["rotate"] is True and meta["reduction"] == "pca"
+    assert meta["codes_used"] == cb["codes_used"] and meta["max_code_share"] == cb["max_code_share"]
+    assert meta["sub_vector_variance_share"] == shares["rotated"]["shares"]
+    assert parquet_metadata(project / "rot" / "teacher_text.parquet")["rotate"] is True
+
+
+def test_sigmoid_ae_stage_writes_codes_in_0_1(project: Path, params: CorrelateParams) -> None:
+    p = params.model_copy(
+        update={"reduction": "sigmoid_ae", "ae_epochs": 30, "sample_pairs": 500, "codes": 4}
+    )
+    stats = _run(p, project)["text"]
+    codes = _teacher(project / "sup")
+    assert codes.shape == (120, 16) and codes.min() > 0.0 and codes.max() < 1.0
+    red = stats["reduction"]
+    assert red["method"] == "sigmoid_ae" and red["max_epochs"] == 30 and red["holdout_items"] == 12
+    assert red["random_pair_cosine"]["min"] > 0.0  # all-positive codes: every cosine is positive
+    assert parquet_metadata(project / "sup" / "teacher_text.parquet")["reduction"]["method"] == "sigmoid_ae"
+    # rotated: no longer in (0, 1), same holistic cosines
+    _run(p.model_copy(update={"rotate": True}), project, out="rot")
+    assert _teacher(project / "rot").min() < 0.0
+    assert np.allclose(
+        _teacher(project / "rot"), codes.astype(np.float64) @ random_rotation(16, p.seed), atol=1e-5
+    )
+
+
+def test_reduction_params() -> None:
+    assert CorrelateParams().reduction == "pca" and CorrelateParams().rotate is False
+    assert CorrelateParams().ae_epochs is None and AE_DEFAULT_EPOCHS == {"autoencoder": 20, "sigmoid_ae": 200}
+    assert CorrelateParams(reduction="sigmoid_ae", rotate=True, ae_epochs=50).ae_epochs == 50
+    with pytest.raises(ValueError, match="reduction"):
+        CorrelateParams(reduction="ica")
+    with pytest.raises(ValueError, match="ae_epochs"):
+        CorrelateParams(ae_epochs=0)
 
 
 def test_missing_items_are_excluded_under_policy_exclude(tmp_path: Path, params: CorrelateParams) -> None:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.config import Params, with_overrides
+from pipeline.config import ConfigError, Params, with_overrides
 from pipeline.errors import PipelineError
 from pipeline.io import write_parquet
 from pipeline.models import load_student
@@ -206,3 +206,52 @@ def test_training_beats_popularity_on_structured_data(base_params: Params, tmp_p
     pop = popularity_scores(s.items, s.train_end, N_ITEMS)
     base, _ = evaluate_scorer(lambda x: pop.expand(len(x), -1), cases, [10], True, 32)
     assert ours["ndcg_at_10"] > base["ndcg_at_10"] + 0.05
+
+
+def test_paper_wiring_with_frobenius_distillation_trains_and_logs_the_diagnostics(
+    base_params: Params, tmp_path: Path
+) -> None:
+    seq, sup = write_tiny_data(tmp_path)
+    over = {
+        "train.output": "id",
+        "train.fusion": "paper_gate",
+        "train.kd.holistic_loss": "frobenius",
+        "train.kd.projection": "none",
+        "train.kd.random_pairs": 4,
+        "train.kd.holistic_weight": 0.5,
+        "train.kd.code_weight": 0.5,
+        "train.async_lr.schedule": "exponential",
+    }
+    summary = train(params(base_params, **over), tmp_path, seq, sup, "paper")
+    assert summary["finished"]
+    rows = list(csv.DictReader((tmp_path / "paper" / "curve.csv").open()))
+    for col in (
+        "grad_ce_text",
+        "grad_hol_text",
+        "grad_code_text",
+        "table_r_text",
+        "kd_r_text",
+        "code_acc_text",
+    ):
+        assert col in rows[0], col
+    # no projection: the holistic head is the table, so the two agreements are one number
+    assert all(r["table_r_text"] == r["kd_r_text"] for r in rows)
+    assert float(rows[0]["grad_ce_text"]) > 0 and float(rows[0]["hol_text"]) > 0
+    model = load_student(tmp_path / "paper" / "models")
+    assert (model.cfg.output, model.cfg.fusion, model.cfg.kd_projection) == ("id", "paper_gate", "none")
+    # its twin: the same wiring without the distillation terms logs only the CE's gradient
+    twin = train(
+        params(base_params, **{**over, "train.kd.holistic_weight": 0.0, "train.kd.code_weight": 0.0}),
+        tmp_path,
+        seq,
+        sup,
+        "twin",
+    )
+    assert twin["finished"]
+    rows = list(csv.DictReader((tmp_path / "twin" / "curve.csv").open()))
+    assert "grad_ce_text" in rows[0] and "grad_hol_text" not in rows[0] and "hol_text" not in rows[0]
+
+
+def test_frobenius_loss_refuses_neighbour_pairs(base_params: Params) -> None:
+    with pytest.raises(ConfigError, match="neighbour_pairs must be 0"):
+        params(base_params, **{"train.kd.holistic_loss": "frobenius", "train.kd.neighbour_pairs": 8})

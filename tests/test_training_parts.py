@@ -11,13 +11,15 @@ from pipeline.models import Student, StudentConfig
 from pipeline.training import losses
 from pipeline.training.batches import (
     bucketed_batches,
+    catalogue_pairs,
     neighbour_pairs,
     position_weight,
+    sequence_pairs,
     training_windows,
     trim_left_padding,
     within_sequence_pairs,
 )
-from pipeline.training.losses import code_loss, holistic_loss, next_item_loss
+from pipeline.training.losses import code_loss, frobenius_holistic_loss, holistic_loss, next_item_loss
 from pipeline.training.schedule import LRScheduler, async_lr_scale, base_lr_factor, build_param_groups
 
 
@@ -65,6 +67,10 @@ def test_id_only_model_has_no_modality_group() -> None:
         ("constant", 100, 0.25),
         ("none", 0, 1.0),
         ("none", 7, 1.0),
+        ("exponential", 0, 0.25),
+        ("exponential", 5, 0.5),  # 0.25 ** (1 - 5/10): halfway in log space
+        ("exponential", 10, 1.0),
+        ("exponential", 30, 1.0),
     ],
 )
 def test_async_lr_schedule_values(schedule: str, epoch: float, expected: float) -> None:
@@ -221,3 +227,57 @@ def test_position_weight_makes_bucketed_batch_means_a_mean_over_all_positions() 
     torch.testing.assert_close(weighted, every_position)
     unweighted = sum(b.mean() for b in batches) / len(batches)  # what plain batch means optimise instead
     assert not torch.isclose(unweighted, every_position, rtol=1e-3)
+
+
+def test_sequence_pairs_keep_each_sequence_its_own_pairs() -> None:
+    seq = torch.tensor([[0, 3, 5, 3, 7], [0, 0, 5, 3, 9], [0, 0, 0, 0, 4]])
+    i, j, rows, weight = sequence_pairs(seq, max_pairs=100)
+    got = sorted(zip(rows.tolist(), i.tolist(), j.tolist(), strict=True))
+    # (3, 5) co-occurs in rows 0 and 1 and is kept once per row; the repeated 3 of row 0 adds nothing
+    assert got == [(0, 3, 5), (0, 3, 7), (0, 5, 7), (1, 3, 5), (1, 3, 9), (1, 5, 9)]
+    assert weight.tolist() == [1.0] * 6
+    g = torch.Generator().manual_seed(0)
+    i, j, rows, weight = sequence_pairs(seq, max_pairs=4, generator=g)
+    assert len(i) == 4
+    kept = torch.bincount(rows, minlength=3)
+    assert kept.sum() == 4
+    for p in range(4):  # each pair's weight is its row's 3 pairs over the ones kept
+        assert weight[p] == pytest.approx(3 / int(kept[rows[p]]))
+
+
+def test_catalogue_pairs_pair_each_sequences_items_with_uniform_catalogue_items() -> None:
+    seq = torch.tensor([[0, 0, 3, 5], [0, 0, 0, 0], [0, 7, 7, 7]])
+    i, j, rows = catalogue_pairs(
+        seq, per_sequence=500, num_items=10, generator=torch.Generator().manual_seed(0)
+    )
+    assert rows.tolist() == [0] * 500 + [2] * 500  # the empty row gets none
+    assert set(i[:500].tolist()) == {3, 5} and set(i[500:].tolist()) == {7}
+    assert set(j.tolist()) == set(range(1, 11))  # every catalogue item is reachable, padding never
+
+
+def test_frobenius_holistic_loss_equals_a_hand_computation() -> None:
+    s = torch.tensor([0.9, 0.1, 0.5, -0.2])
+    t = torch.tensor([0.6, 0.1, 0.1, 0.3])
+    rows = torch.tensor([0, 0, 1, 1])
+    tau = 2.0
+    # row 0: residuals 0.15, 0; row 1: 0.2, -0.25; row 1 was sampled at half its pairs (scale 2)
+    row0 = (0.15**2 + 0.0 + 1e-8) ** 0.5
+    row1 = (2 * (0.2**2 + 0.25**2) + 1e-8) ** 0.5
+    got = frobenius_holistic_loss(s, t, tau, rows, torch.tensor([1.0, 1.0, 2.0, 2.0]), num_rows=2)
+    assert float(got) == pytest.approx((row0 + row1) / 2, rel=1e-6)
+
+
+def test_frobenius_gradient_is_finite_at_zero_residual_and_does_not_fade() -> None:
+    t = torch.tensor([0.3, -0.1, 0.7])
+    rows = torch.zeros(3, dtype=torch.long)
+    at_zero = t.clone().requires_grad_(True)
+    frobenius_holistic_loss(at_zero, t, 1.5, rows, torch.ones(3), 1).backward()
+    assert torch.isfinite(at_zero.grad).all() and float(at_zero.grad.abs().max()) == 0.0
+    # away from zero the gradient has unit norm / tau whatever the residual's size (mse fades with it)
+    for eps in (1e-1, 1e-2):  # (near 1e-4 the 1e-8 inside the root starts to count)
+        s = (t + eps).requires_grad_(True)
+        frobenius_holistic_loss(s, t, 1.5, rows, torch.ones(3), 1).backward()
+        assert float(s.grad.norm()) == pytest.approx(1 / 1.5, rel=1e-3)
+        m = (t + eps).requires_grad_(True)
+        holistic_loss(m, t, 1.5).backward()
+        assert float(m.grad.norm()) == pytest.approx(2 * eps * 3**0.5 / 3 / 1.5**2, rel=1e-3)

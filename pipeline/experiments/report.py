@@ -4,6 +4,10 @@ Per variant and test metric: mean ± sample standard deviation over seeds; the r
 variant against the best non-distillation baseline; the popularity floor; epochs and seconds to the best
 epoch; and a paired test over users (Wilcoxon signed-rank and paired t-test on per-user test NDCG@K,
 averaged over seeds) of each KDSR variant against that baseline.
+
+The **KD effect** compares each KDSR variant with its twin (the same config without the distillation terms,
+:data:`~pipeline.experiments.suite.TWINS`) on the seeds both ran: means ± std, the relative change, the same
+paired tests over users, and the per-seed differences (seed k of both uses the same ``train.seed``).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import numpy as np
 from scipy import stats
 
 from pipeline.errors import PipelineError
-from pipeline.experiments.suite import BASELINES, SUITE_FILE, SUITE_TAG, VARIANTS
+from pipeline.experiments.suite import BASELINES, SUITE_FILE, SUITE_TAG, TWIN_SUFFIX, TWINS, VARIANTS
 from pipeline.io import atomic_path, read_json, read_parquet, write_json
 from pipeline.tracking import Tracker, find_run_by_tag, start_run
 
@@ -148,6 +152,69 @@ def paired_test(a: np.ndarray, b: np.ndarray) -> dict[str, float | int | None]:
     return out
 
 
+def _relative(mine: float, reference: float) -> float | None:
+    """``mine`` against ``reference`` in percent; None when the reference is not positive."""
+    return 100.0 * (mine / reference - 1.0) if reference > 0 else None
+
+
+def kd_effect(
+    runs: Sequence[RunResult], twin_runs: Sequence[RunResult], metrics: Sequence[str], k: int = SIGNIFICANCE_K
+) -> dict[str, Any] | None:
+    """The effect of distillation: a KDSR variant's runs against its twin's, on the seeds both ran.
+
+    Returns:
+        ``{"seeds", "metric", "test": {metric: {"mean", "std", "twin_mean", "twin_std", "relative"}},
+        "users": paired_test over users of the seed-averaged per-user NDCG@k ("mean", "twin_mean", p-values),
+        "per_seed": {"differences", "mean", "std", "better", "worse", "tied"} of test NDCG@k}``; None when
+        the two share no seed.
+    """
+    mine = {r.seed: r for r in runs}
+    theirs = {r.seed: r for r in twin_runs}
+    seeds = sorted(set(mine) & set(theirs))
+    if not seeds:
+        return None
+    a, b = [mine[s] for s in seeds], [theirs[s] for s in seeds]
+    test: dict[str, dict[str, float | None]] = {}
+    for m in metrics:
+        mean, std = mean_std([r.metrics["test"][m] for r in a])
+        twin_mean, twin_std = mean_std([r.metrics["test"][m] for r in b])
+        test[m] = {
+            "mean": mean,
+            "std": std,
+            "twin_mean": twin_mean,
+            "twin_std": twin_std,
+            "relative": _relative(mean, twin_mean),
+        }
+    select = f"ndcg_at_{k}"
+    diffs = np.array(
+        [x.metrics["test"][select] - y.metrics["test"][select] for x, y in zip(a, b, strict=True)]
+    )
+    diff_mean, diff_std = mean_std(diffs)
+    users_a, users_b = seed_averaged_ndcg(a, k), seed_averaged_ndcg(b, k)
+    users = sorted(set(users_a) & set(users_b))
+    paired = paired_test(np.array([users_a[u] for u in users]), np.array([users_b[u] for u in users]))
+    return {
+        "seeds": seeds,
+        "metric": select,
+        "test": test,
+        "users": {
+            "users": paired["users"],
+            "mean": paired["mean"],
+            "twin_mean": paired["baseline_mean"],
+            "wilcoxon_p": paired["wilcoxon_p"],
+            "ttest_p": paired["ttest_p"],
+        },
+        "per_seed": {
+            "differences": diffs.tolist(),
+            "mean": diff_mean,
+            "std": diff_std,
+            "better": int((diffs > 0).sum()),
+            "worse": int((diffs < 0).sum()),
+            "tied": int((diffs == 0).sum()),
+        },
+    }
+
+
 # --------------------------------------------------------------------------------------------- aggregating
 def _metric_names(metrics: dict[str, float]) -> list[str]:
     ks = sorted({int(name.rsplit("_", 1)[1]) for name in metrics if name.startswith("ndcg_at_")})
@@ -194,20 +261,18 @@ def aggregate(out: Path) -> dict[str, Any]:
     if any(r.metrics.get("popularity") != popularity for rs in runs.values() for r in rs):
         log.warning("runs disagree on the popularity baseline: were they evaluated on the same data?")
 
+    suite_path = out / SUITE_FILE
+    suite = read_json(suite_path) if suite_path.exists() else {}
+    twins = {**TWINS, **suite.get("twins", {})}
     present = [b for b in BASELINES if b in variants]
     baseline = max(present, key=lambda b: variants[b]["test"][select]["mean"]) if present else None
-    kdsr = [v for v in variants if v.startswith("kdsr")]
+    kdsr = [v for v in variants if _is_kdsr(v, twins)]
     relative: dict[str, dict[str, float | None]] = {}
     significance: dict[str, Any] = {}
     if baseline is not None:
         base_means = variants[baseline]["test"]
         for v in kdsr:
-            relative[v] = {
-                m: (100.0 * (variants[v]["test"][m]["mean"] / base_means[m]["mean"] - 1.0))
-                if base_means[m]["mean"] > 0
-                else None
-                for m in names
-            }
+            relative[v] = {m: _relative(variants[v]["test"][m]["mean"], base_means[m]["mean"]) for m in names}
         base_users = seed_averaged_ndcg(runs[baseline], k_sig)
         for v in kdsr:
             mine = seed_averaged_ndcg(runs[v], k_sig)
@@ -217,8 +282,11 @@ def aggregate(out: Path) -> dict[str, Any]:
                 "metric": select,
                 **paired_test(np.array([mine[u] for u in users]), np.array([base_users[u] for u in users])),
             }
-    suite_path = out / SUITE_FILE
-    suite = read_json(suite_path) if suite_path.exists() else {}
+    effects: dict[str, Any] = {}
+    for v in kdsr:
+        twin = twins.get(v)
+        if twin in runs and (effect := kd_effect(runs[v], runs[twin], names, k_sig)) is not None:
+            effects[v] = {"twin": twin, **effect}
     return {
         "suite": suite.get("name", out.name),
         "metrics": names,
@@ -229,8 +297,16 @@ def aggregate(out: Path) -> dict[str, Any]:
         "selection_metric": select,
         "relative_change": relative,
         "significance": significance,
+        "kd_effect": effects,
         "cases": first.get("cases", {}),
     }
+
+
+def _is_kdsr(variant: str, twins: dict[str, str]) -> bool:
+    """A variant with distillation: one that has a twin, or an unknown ``kdsr*`` name that is no twin."""
+    if variant in twins:
+        return True
+    return variant not in VARIANTS and variant.startswith("kdsr") and not variant.endswith(TWIN_SUFFIX)
 
 
 # --------------------------------------------------------------------------------------------- rendering
@@ -315,6 +391,8 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     else:
         lines.append("Needs a baseline and a KDSR variant.")
 
+    lines += _render_kd_effect(results.get("kd_effect", {}), names)
+
     agreement = [(v, m, a) for v, e in results["variants"].items() for m, a in e["teacher_agreement"].items()]
     if agreement:
         lines += [
@@ -338,6 +416,60 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
     if plots:
         lines += ["", "## Plots", "", *(f"![{p}]({p})" for p in plots)]
     return "\n".join(lines) + "\n"
+
+
+def _render_kd_effect(effects: dict[str, Any], names: Sequence[str]) -> list[str]:
+    """The KD-effect section of ``results.md``: each KDSR variant against its twin."""
+    lines = [
+        "",
+        "## KD effect: each KDSR variant vs its twin",
+        "",
+        "The twin is the same configuration with `train.kd.holistic_weight` and `train.kd.code_weight` at 0 (same "
+        "wiring, same asynchronous LR, same seeds), so the difference is the effect of distillation alone. "
+        "Test metrics: mean ± sample standard deviation over the seeds both ran; change = (variant − twin) / twin.",
+        "",
+    ]
+    if not effects:
+        return [
+            *lines,
+            "No KDSR variant with its twin in this suite (the suite runs twins unless `--no-twins`).",
+        ]
+    lines += [
+        "| variant | run | seeds | " + " | ".join(map(_label, names)) + " |",
+        "|---|---|--:|" + "--:|" * len(names),
+    ]
+    for v, e in effects.items():
+        seeds = ", ".join(map(str, e["seeds"]))
+        mine = [_fmt_mean_std({"mean": e["test"][m]["mean"], "std": e["test"][m]["std"]}) for m in names]
+        twin = [
+            _fmt_mean_std({"mean": e["test"][m]["twin_mean"], "std": e["test"][m]["twin_std"]}) for m in names
+        ]
+        change = [_fmt(e["test"][m]["relative"], "+.1f") + "%" for m in names]
+        lines += [
+            f"| {v} | {v} | {seeds} | " + " | ".join(mine) + " |",
+            f"| {v} | {e['twin']} (twin) | {seeds} | " + " | ".join(twin) + " |",
+            f"| {v} | change | | " + " | ".join(change) + " |",
+        ]
+    select = _label(next(iter(effects.values()))["metric"])
+    lines += [
+        "",
+        f"Paired over users: Wilcoxon signed-rank test and paired t-test on per-user test {select} (averaged over "
+        f"the seeds both ran). Paired over seeds: the per-seed difference of test {select} (mean ± std) and how "
+        "many seeds the variant won, lost and tied.",
+        "",
+        f"| variant | twin | users | mean {select} | twin mean | Wilcoxon p | paired t-test p | per-seed Δ {select} "
+        "| seeds won / lost / tied |",
+        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for v, e in effects.items():
+        u, d = e["users"], e["per_seed"]
+        delta = f"{d['mean']:+.4f}" + ("" if d["std"] is None else f" ± {d['std']:.4f}")
+        lines.append(
+            f"| {v} | {e['twin']} | {u['users']} | {_fmt(u['mean'], '.4f')} | {_fmt(u['twin_mean'], '.4f')} | "
+            f"{_fmt_p(u['wilcoxon_p'])} | {_fmt_p(u['ttest_p'])} | {delta} | "
+            f"{d['better']} / {d['worse']} / {d['tied']} |"
+        )
+    return lines
 
 
 def _read_curve(path: Path, column: str) -> tuple[list[int], list[float]]:
@@ -443,7 +575,23 @@ def write_report(out: Path, tracker: Tracker | None = None) -> dict[str, Any]:
                 for v, e in results["variants"].items()
             }
         )
+        tracker.log_metrics(
+            {"kd_effect": {v: _kd_effect_metrics(e) for v, e in results["kd_effect"].items()}}
+        )
     return results
+
+
+def _kd_effect_metrics(effect: dict[str, Any]) -> dict[str, float | None]:
+    """One KD effect as flat MLflow metrics (``kd_effect.<variant>.<name>``; None values are not logged)."""
+    metric = effect["metric"]
+    return {
+        **{f"test_{m}_change_pct": s["relative"] for m, s in effect["test"].items()},
+        f"{metric}_wilcoxon_p": effect["users"]["wilcoxon_p"],
+        f"{metric}_ttest_p": effect["users"]["ttest_p"],
+        f"{metric}_seed_diff_mean": effect["per_seed"]["mean"],
+        f"{metric}_seeds_won": effect["per_seed"]["better"],
+        f"{metric}_seeds_lost": effect["per_seed"]["worse"],
+    }
 
 
 def run_report(out: Path, mlflow_params: Any) -> dict[str, Any]:

@@ -6,7 +6,8 @@ keep their geometry. This measures what is left, on uniformly random item pairs 
 loss never saw, so it is a test of whether the geometry was kept, not of whether a loss was fitted):
 
 - ``table_r``: Pearson r between ξ(m_i, m_j) of the trained table and the teacher's ξ(t_i, t_j);
-- ``kd_r``: the same for the distillation head's ξ(P m_i, P m_j), the score the holistic loss trains.
+- ``kd_r``: the same for the distillation head's ξ(P m_i, P m_j), the score the holistic loss trains;
+- ``code_acc``: the code head's top-1 accuracy on the teacher's dissected codes of the same pairs.
 """
 
 from __future__ import annotations
@@ -18,17 +19,15 @@ import torch
 
 from pipeline.models.student import Student
 from pipeline.supervision.scores import TeacherCorrelation, pair_scores
-
-
-def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float(torch.corrcoef(torch.stack([a.double(), b.double()]))[0, 1])
+from pipeline.training.diagnostics import random_pairs, teacher_agreement_on_pairs
 
 
 @torch.no_grad()
 def teacher_agreement(
     model: Student, supervision_dir: str | Path, score: str = "cos", pairs: int = 50_000, seed: int = 0
 ) -> dict[str, dict[str, float]]:
-    """``{modality: {"table_r", "kd_r", "pairs"}}`` for each modality of ``model`` (empty for ID-only).
+    """``{modality: {"table_r", "kd_r", "code_acc", "pairs"}}`` for each modality of ``model`` (empty for
+    ID-only).
 
     Args:
         model: a trained student (any device; read on the CPU).
@@ -42,20 +41,10 @@ def teacher_agreement(
     score_fn = functools.partial(pair_scores, score=score)
     for m in model.cfg.modalities:
         teacher = TeacherCorrelation.from_dir(supervision_dir, m, score)
-        n = teacher.num_items
-        if n != model.num_items:
-            raise ValueError(f"{supervision_dir}: teacher has {n} items, the model {model.num_items}")
-        g = torch.Generator().manual_seed(seed)
-        i = torch.randint(1, n + 1, (pairs,), generator=g)
-        j = torch.randint(1, n + 1, (pairs,), generator=g)
-        t_scores, _, valid = teacher(i, j)
-        keep = valid & (i != j)
-        i, j, t_scores = i[keep], j[keep], t_scores[keep]
-        table = score_fn(model.modality_vectors(m, i), model.modality_vectors(m, j))
-        kd = model.holistic_student_scores(m, i, j, score_fn)
-        out[m] = {
-            "table_r": _pearson(table, t_scores),
-            "kd_r": _pearson(kd, t_scores),
-            "pairs": int(keep.sum()),
-        }
+        if teacher.num_items != model.num_items:
+            raise ValueError(
+                f"{supervision_dir}: teacher has {teacher.num_items} items, the model {model.num_items}"
+            )
+        i, j = random_pairs(teacher, pairs, seed)
+        out[m] = {**teacher_agreement_on_pairs(model, m, teacher, i, j, score_fn), "pairs": len(i)}
     return out

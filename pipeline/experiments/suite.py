@@ -7,8 +7,12 @@ Layout under the suite folder ``out``::
     runs/<variant>/seed<k>/                   models/, train_curve.csv, metrics.json, per_user.parquet,
                                               summary.json (timing), params.json (the run's config),
                                               checkpoints/ (while a run is unfinished)
-    suite.json                                the plan: base params, variants and their overrides, seeds
+    suite.json                                the plan: base params, variants and their overrides, seeds,
+                                              each KDSR variant's twin
     results.md, results.json, *.png           written by :mod:`pipeline.experiments.report`
+
+Every KDSR variant has a **twin** (:data:`TWINS`): the same overrides with the distillation weights at zero,
+so the report can measure the effect of distillation alone, paired over users and over seeds.
 
 Every step is resumable: a shared step whose outputs exist and whose params record matches is skipped, a
 run whose ``metrics.json`` exists is skipped, and an interrupted run resumes from its last epoch checkpoint.
@@ -32,13 +36,13 @@ from typing import Any
 
 import torch
 import yaml
-from tqdm.auto import tqdm
 
 from pipeline.config import Params, with_overrides
 from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluation.evaluate import run_evaluate
 from pipeline.io import read_json, write_json
+from pipeline.progress import progress_bar
 from pipeline.supervision.correlate import run_correlate
 from pipeline.teachers.embed import run_embed
 from pipeline.tracking import file_digest, find_run_by_tag, start_run
@@ -47,8 +51,9 @@ from pipeline.training.trainer import run_train
 log = logging.getLogger(__name__)
 
 # name -> dotted overrides of the base config. "kdsr" is the base config itself (modality + both KD terms +
-# asynchronous LR); popularity is not trained: it comes from every evaluate report.
-VARIANTS: dict[str, dict[str, Any]] = {
+# asynchronous LR); popularity is not trained: it comes from every evaluate report. The twins of the KDSR
+# variants are added below (see :func:`twin_overrides`).
+_VARIANTS: dict[str, dict[str, Any]] = {
     "sasrec_id": {"train.modalities": []},
     "sasrec_modality": {
         "train.kd.holistic_weight": 0.0,
@@ -61,8 +66,48 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "kdsr_no_async": {"train.async_lr.schedule": "none"},
     "kdsr_gru4rec": {"train.backbone": "gru4rec"},
 }
-MAIN_VARIANTS = ("sasrec_id", "sasrec_modality", "kdsr")  # run over `seeds` seeds
-ABLATIONS = ("kdsr_holistic_only", "kdsr_codes_only", "kdsr_no_async", "kdsr_gru4rec")  # `ablation_seeds`
+KD_WEIGHTS = ("train.kd.holistic_weight", "train.kd.code_weight")  # all a twin changes
+TWIN_SUFFIX = "_twin"
+
+
+def twin_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """A variant's twin: the same overrides with every distillation weight at zero (DESIGN §4).
+
+    Same wiring, same asynchronous LR, same everything else, so variant - twin is the effect of KD alone;
+    ``--set`` overrides go to the base config and so reach both members of a pair.
+    """
+    return {**overrides, **dict.fromkeys(KD_WEIGHTS, 0.0)}
+
+
+def _distils(name: str, overrides: dict[str, Any]) -> bool:
+    """Whether a variant is a KDSR configuration: a ``kdsr*`` variant that keeps a distillation term."""
+    return name.startswith("kdsr") and not all(overrides.get(k) == 0 for k in KD_WEIGHTS)
+
+
+def _add_twins(variants: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """``variants`` with a ``<name>_twin`` after each KDSR variant, and the map variant -> its twin.
+
+    A twin whose overrides equal those of a variant already there is not added: that variant is the twin
+    (``kdsr_holistic_only`` and ``kdsr_codes_only`` share ``kdsr_twin``; ``kdsr_no_async``'s is
+    ``sasrec_modality``).
+    """
+    out: dict[str, dict[str, Any]] = {}
+    twins: dict[str, str] = {}
+    for name, overrides in variants.items():
+        out[name] = overrides
+        if not _distils(name, overrides):
+            continue
+        twin = twin_overrides(overrides)
+        same = next((v for v, o in {**variants, **out}.items() if o == twin), None)
+        twins[name] = same or name + TWIN_SUFFIX
+        if same is None:
+            out[name + TWIN_SUFFIX] = twin
+    return out, twins
+
+
+VARIANTS, TWINS = _add_twins(_VARIANTS)
+MAIN_VARIANTS = ("sasrec_id", "sasrec_modality", "kdsr", "kdsr_twin")  # run over `seeds` seeds
+ABLATIONS = tuple(v for v in VARIANTS if v not in MAIN_VARIANTS)  # `ablation_seeds` seeds
 BASELINES = ("sasrec_id", "sasrec_modality")  # the non-distillation baselines KDSR is compared with
 SHARED_STEPS = ("ingest", "embed", "correlate")
 SUITE_FILE = "suite.json"
@@ -127,15 +172,34 @@ def parse_overrides(items: Sequence[str]) -> dict[str, Any]:
     return out
 
 
-def variant_seeds(variants: Sequence[str] | None, seeds: int, ablation_seeds: int) -> dict[str, int]:
-    """How many seeds each requested variant runs over (all variants when ``variants`` is None)."""
-    names = list(VARIANTS) if variants is None else list(dict.fromkeys(variants))
+def variant_seeds(
+    variants: Sequence[str] | None, seeds: int, ablation_seeds: int, twins: bool = True
+) -> dict[str, int]:
+    """How many seeds each requested variant runs over (all variants when ``variants`` is None).
+
+    With ``twins`` each KDSR variant brings its twin (:data:`TWINS`), placed right after it and run over at
+    least as many seeds, so every seed of the variant has its twin. Without, ``variants=None`` means the
+    variants other than the added ``*_twin`` ones.
+    """
+    if variants is None:
+        names = [v for v in VARIANTS if twins or v in _VARIANTS]
+    else:
+        names = list(dict.fromkeys(variants))
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise PipelineError(f"unknown variant(s) {unknown}; known: {', '.join(VARIANTS)}")
     if seeds < 1 or ablation_seeds < 1:
         raise PipelineError(f"seeds ({seeds}) and ablation seeds ({ablation_seeds}) must be >= 1")
-    return {v: (ablation_seeds if v in ABLATIONS else seeds) for v in names}
+    own = {v: (ablation_seeds if v in ABLATIONS else seeds) for v in names}
+    if not twins:
+        return own
+    counts: dict[str, int] = {}
+    for v in names:
+        counts[v] = max(counts.get(v, 0), own[v])
+        if v in TWINS:
+            twin = TWINS[v]
+            counts[twin] = max(counts.get(twin, 0), own.get(twin, 0), own[v])
+    return counts
 
 
 def plan_runs(base: Params, out: Path, counts: dict[str, int]) -> list[RunSpec]:
@@ -154,6 +218,9 @@ def plan_runs(base: Params, out: Path, counts: dict[str, int]) -> list[RunSpec]:
         for k in range(n):
             params = with_overrides(base, {**VARIANTS[variant], "train.seed": base.train.seed + k})
             specs.append(RunSpec(variant, k, params, Path(out) / "runs" / variant / f"seed{k}"))
+        kd = with_overrides(base, VARIANTS[variant]).train.kd
+        if variant in TWINS and kd.holistic_weight == kd.code_weight == 0:
+            log.warning("variant %s distils nothing under this config: it equals its twin", variant)
     # main variants seed-major (every variant's first seed before any second seed, so a partial suite is
     # comparable), then the ablations
     return sorted(specs, key=lambda s: (s.variant in ABLATIONS, s.seed_index))
@@ -459,6 +526,7 @@ def _write_suite_file(out: Path, base: Params, counts: dict[str, int]) -> None:
             "params": base.model_dump(),
             "seeds": seeds,
             "variants": {v: VARIANTS[v] for v in seeds if v in VARIANTS},
+            "twins": {v: TWINS[v] for v in seeds if v in TWINS and TWINS[v] in seeds},
         },
     )
 
@@ -472,18 +540,20 @@ def run_suite(
     jobs: int = 1,
     progress: bool = True,
     report: bool = True,
+    twins: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the experiment suite into ``out`` (see the module docstring) and, by default, its report.
 
     Args:
         base: the base config (the ``kdsr`` variant); every variant is a set of overrides of it.
         out: the suite folder; its name names the suite's MLflow parent run.
-        variants: which variants to run (default: all of :data:`VARIANTS`).
+        variants: which variants to run (default: all of :data:`VARIANTS`; see :func:`variant_seeds`).
         seeds: seeds of the main variants (:data:`MAIN_VARIANTS`).
         ablation_seeds: seeds of the ablations (:data:`ABLATIONS`).
         jobs: runs at once; above 1 each run is a spawned process with ``cores // jobs`` torch threads.
         progress: progress bars (per-epoch bars only when ``jobs`` is 1).
         report: write ``results.md``/``results.json`` and plots at the end.
+        twins: add each requested KDSR variant's twin (:data:`TWINS`) with the variant's seeds.
 
     Returns:
         One result per run (see :func:`execute_run`), in plan order.
@@ -495,7 +565,7 @@ def run_suite(
     out = Path(out)
     if jobs < 1:
         raise PipelineError(f"--jobs must be >= 1, got {jobs}")
-    counts = variant_seeds(variants, seeds, ablation_seeds)
+    counts = variant_seeds(variants, seeds, ablation_seeds, twins)
     specs = plan_runs(base, out, counts)
     stale = stale_runs(specs, shared_data(base, out / "data"))
     if stale:
@@ -518,7 +588,7 @@ def run_suite(
         tracker.log_dict(read_json(out / SUITE_FILE), SUITE_FILE)
         shared = prepare_shared(base, out / "data")
         log.info("suite %s: %d runs of %d variants, %d at once", out.name, len(specs), len(counts), jobs)
-        bar = tqdm(total=len(specs), desc="suite runs", unit="run", disable=not progress)
+        bar = progress_bar(total=len(specs), desc="suite runs", unit="run", disable=not progress)
 
         def collect(spec: RunSpec, get: Callable[[], dict[str, Any]]) -> None:
             try:

@@ -1,10 +1,22 @@
 """The student: item representations (ID + modality tables), a backbone, full-catalogue scores, KD heads.
 
 Item ids are dense 1..N with 0 = padding. Every modality has a trainable table ``m`` (N+1, d) initialised from
-the reduced teacher vectors; it is fused with the ID embedding into the item representation that both feeds the
-backbone and scores the catalogue (tied input/output embeddings). The distillation heads read ``m`` directly:
-a projection ``P`` for the holistic score ξ(P m_i, P m_j), and a 2-layer MLP that predicts the dissected
-correlation code from |m_i - m_j|.
+the reduced teacher vectors; it is mapped to the hidden size H and fused with the ID embedding. Two wirings:
+
+- ``output="fused"`` (tied): the fused representation both feeds the backbone and scores the catalogue, so
+  every full-softmax step sends a gradient to every row of every modality table.
+- ``output="id"`` (the paper's): the fused representation feeds the backbone only; the catalogue is scored
+  with the ID embeddings alone, so a modality row gets gradient only when its item is in the batch.
+
+Fusions (:data:`FUSIONS`): ``sum``, ``gate`` and ``concat`` map each table through ``LayerNorm -> Linear``;
+``paper_gate`` (the paper's) maps it through a bias-free ``Linear(d, H)`` with no normalisation, so the
+table's scale (and so its learning rate) reaches the backbone, and weighs the parts with a softmax over the
+scores of one shared MLP (``Linear(H, H) -> ReLU -> Linear(H, 1)``, no bias on the last layer). The backbone's input dropout follows.
+
+The distillation heads read ``m`` directly: the holistic score ξ(P m_i, P m_j) with ``P`` per
+``kd_projection`` (:data:`KD_PROJECTIONS`: ``identity``-initialised linear map, the authors' two ``random``
+linear layers, or ``none`` = the table itself), and a 2-layer MLP that predicts the dissected correlation
+code from |m_i - m_j|.
 """
 
 from __future__ import annotations
@@ -33,6 +45,8 @@ class StudentConfig:
     modality_dim: int = 128
     fusion: str = "sum"
     num_codes: int = 50  # K of the dissected-correlation codebook (0: no code head)
+    output: str = "fused"  # fused (tied input/output) | id (the paper's: catalogue scored by ID embeddings)
+    kd_projection: str = "identity"  # identity | random | none
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -61,6 +75,28 @@ class CodeHead(nn.Module):
         return self.net((mi - mj).abs())  # (P, K)
 
 
+FUSIONS = ("sum", "gate", "concat", "paper_gate")
+OUTPUTS = ("fused", "id")
+KD_PROJECTIONS = ("identity", "random", "none")
+
+
+def _modality_to_hidden(fusion: str, dim: int, hidden: int) -> nn.Module:
+    """The map of a modality table row into the hidden size (see the module docstring)."""
+    if fusion == "paper_gate":
+        return nn.Linear(dim, hidden, bias=False)
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden))
+
+
+def _kd_projection(kind: str, dim: int) -> nn.Module | None:
+    if kind == "identity":
+        proj = nn.Linear(dim, dim, bias=False)
+        nn.init.eye_(proj.weight)  # start at the teacher's own correlations
+        return proj
+    if kind == "random":  # the authors' code: two randomly initialised linear layers
+        return nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, dim))
+    return None
+
+
 class Student(nn.Module):
     """Sequential recommender with modality tables; interface ``encode`` / ``item_representations`` /
     ``full_scores`` / ``user_scores``."""
@@ -69,6 +105,13 @@ class Student(nn.Module):
         super().__init__()
         self.cfg = cfg
         n, h = cfg.num_items + 1, cfg.hidden
+        for name, value, allowed in (
+            ("fusion", cfg.fusion, FUSIONS),
+            ("output", cfg.output, OUTPUTS),
+            ("kd_projection", cfg.kd_projection, KD_PROJECTIONS),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r} ({' | '.join(allowed)})")
         self.item_emb = nn.Embedding(n, h, padding_idx=0)
         nn.init.normal_(self.item_emb.weight, std=h**-0.5)
         with torch.no_grad():
@@ -90,11 +133,10 @@ class Student(nn.Module):
                     table.weight.copy_(t)
                     table.weight[0].zero_()
             self.modality_tables[m] = table
-            self.modality_proj[m] = nn.Sequential(
-                nn.LayerNorm(cfg.modality_dim), nn.Linear(cfg.modality_dim, h)
-            )
-            self.kd_proj[m] = nn.Linear(cfg.modality_dim, cfg.modality_dim, bias=False)
-            nn.init.eye_(self.kd_proj[m].weight)  # start at the teacher's own correlations
+            self.modality_proj[m] = _modality_to_hidden(cfg.fusion, cfg.modality_dim, h)
+            proj = _kd_projection(cfg.kd_projection, cfg.modality_dim)
+            if proj is not None:
+                self.kd_proj[m] = proj
             if cfg.num_codes > 0:
                 self.code_heads[m] = CodeHead(cfg.modality_dim, cfg.num_codes)
         n_parts = 1 + len(cfg.modalities)
@@ -102,8 +144,10 @@ class Student(nn.Module):
             self.fuse = nn.Linear(h * n_parts, h)
         elif cfg.fusion == "gate":
             self.gate = nn.Linear(h, 1)
-        elif cfg.fusion != "sum":
-            raise ValueError(f"unknown fusion {cfg.fusion!r} (sum | gate | concat)")
+        elif cfg.fusion == "paper_gate":
+            # no bias on the score: a constant shared by the parts cancels in the softmax (its gradient is 0
+            # up to rounding, which Adam would blow up into lr-sized steps)
+            self.gate = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1, bias=False))
         if cfg.backbone == "sasrec":
             self.backbone: nn.Module = SASRec(h, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
         elif cfg.backbone == "gru4rec":
@@ -135,21 +179,32 @@ class Student(nn.Module):
             out = torch.stack(parts, 0).sum(0)
         elif self.cfg.fusion == "concat":
             out = self.fuse(torch.cat(parts, -1))
-        else:  # gate: softmax over the parts, per item (the paper's fusion)
+        else:  # gate / paper_gate: softmax over the parts' gate scores, per item
             stacked = torch.stack(parts, -2)  # (..., P, H)
             w = torch.softmax(self.gate(stacked), dim=-2)  # (..., P, 1)
             out = (w * stacked).sum(-2)
         return out
 
+    @property
+    def tied(self) -> bool:
+        """True when the fused representations also score the catalogue (``output="fused"``)."""
+        return self.cfg.output == "fused"
+
     def item_representations(self) -> torch.Tensor:
-        """(N+1, H) representations of every item; row 0 (padding) is never ranked by the evaluator."""
-        return self._fuse(None)
+        """(N+1, H) output embeddings that score the catalogue: the fused representations (tied) or the ID
+        embeddings (``output="id"``); row 0 (padding) is never ranked by the evaluator."""
+        return self._fuse(None) if self.tied else self.item_emb.weight
+
+    def input_table(self, items: torch.Tensor) -> torch.Tensor | None:
+        """The (N+1, H) table :meth:`encode` may reuse: ``items`` when tied, else None (fuse per batch)."""
+        return items if self.tied else None
 
     # ------------------------------------------------------------------ sequence side
     def encode(self, seq: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Hidden states (B, L, H) of a left-padded item sequence (B, L); input dropout is the backbone's.
 
-        ``items`` (N+1, H) may be passed to reuse one :meth:`item_representations` call per step.
+        ``items`` (N+1, H), the fused representations of every item, may be passed to reuse one
+        :meth:`item_representations` call per step of a tied model (see :meth:`input_table`).
         """
         pad = seq == 0
         x = items[seq] if items is not None else self._fuse(seq)  # (B, L, H)
@@ -167,13 +222,14 @@ class Student(nn.Module):
         encoders do not depend on left padding, and several times faster on short-sequence data.
         """
         items = self.item_representations()
+        table = self.input_table(items)
         seq = seq[:, -self.cfg.max_len :]
         order = torch.argsort((seq != 0).sum(1), stable=True)
         h = items.new_empty(seq.shape[0], items.shape[1])
         for rows in order.split(chunk):
             sub = seq[rows]
             longest = max(1, int((sub != 0).sum(1).max()))
-            h[rows] = self.encode(sub[:, -longest:], items)[:, -1]
+            h[rows] = self.encode(sub[:, -longest:], table)[:, -1]
         return self.full_scores(h, items)
 
     # ------------------------------------------------------------------ distillation heads
@@ -185,8 +241,11 @@ class Student(nn.Module):
         self, modality: str, i: torch.Tensor, j: torch.Tensor, score_fn
     ) -> torch.Tensor:
         """s(i, j) = ξ(P m_i, P m_j) for pairs of ids, with ξ given as ``score_fn(a, b) -> (P,)``."""
-        p = self.kd_proj[modality]
-        return score_fn(p(self.modality_vectors(modality, i)), p(self.modality_vectors(modality, j)))
+        a, b = self.modality_vectors(modality, i), self.modality_vectors(modality, j)
+        if modality in self.kd_proj:
+            p = self.kd_proj[modality]
+            a, b = p(a), p(b)
+        return score_fn(a, b)
 
     def code_logits(self, modality: str, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
         """(P, K) logits of the dissected-correlation code of each pair."""

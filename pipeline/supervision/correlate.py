@@ -2,12 +2,17 @@
 
 Per modality in ``train.modalities``:
 
-- ``teacher_<m>.parquet``: teacher vectors reduced to ``correlate.dim`` (PCA or autoencoder), with ``missing``;
+- ``teacher_<m>.parquet``: teacher vectors reduced to ``correlate.dim`` (PCA or an autoencoder; optionally
+  rotated by a fixed random rotation, ``correlate.rotate``), with ``missing``;
 - ``topk_<m>.parquet``: each item's ``correlate.topk`` most correlated other items (blocked, never N x N);
 - ``codebook_<m>.safetensors``: K centroids of dissected-correlation vectors, fitted by k-means on pairs that
   co-occur in TRAINING sequences plus a share of random pairs;
 
-and one ``stats.json`` (deterministic: no timings; those go to the log and MLflow). The folder is built
+and one ``stats.json`` (deterministic: no timings; those go to the log and MLflow). Besides the score
+distributions it records, per modality, each sub-vector's share of the reduced vectors' variance (before and
+after the rotation: PCA without rotation packs most of it in the first sub-vectors, leaving the last ones
+near noise), the mean and spread of teacher cosines on random pairs (compressed near 1 for ``sigmoid_ae``
+codes, which are all positive), per-sub-vector cosine statistics and the code usage. The folder is built
 under a temporary name and swapped in whole, so a failed run leaves the previous one intact.
 """
 
@@ -37,15 +42,24 @@ from pipeline.io import (
     write_json,
     write_parquet,
 )
+from pipeline.lineage import INPUTS_KEY, check_embeddings_match_sequences, supervision_inputs
 from pipeline.supervision.kmeans import fit_kmeans
 from pipeline.supervision.pairs import read_training_item_sets, sample_pairs
-from pipeline.supervision.reduction import Reduction, autoencoder_reduce, pca_reduce
+from pipeline.supervision.reduction import (
+    Reduction,
+    autoencoder_reduce,
+    pca_reduce,
+    rotate,
+    sigmoid_autoencoder_reduce,
+    sub_vector_variance_share,
+)
 from pipeline.supervision.scores import CorrelationCodebook, pair_scores, sub_vector_scores
 from pipeline.supervision.topk import blocked_topk
 from pipeline.tracking import start_run
 
 log = logging.getLogger(__name__)
 
+AE_DEFAULT_EPOCHS = {"autoencoder": 20, "sigmoid_ae": 200}  # correlate.ae_epochs: null
 RANDOM_STATS_PAIRS = 100_000  # random pairs scored for the baseline distribution in stats.json
 _PAIR_CHUNK = 65_536
 _PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
@@ -117,9 +131,48 @@ def _reduce(
 ) -> Reduction:
     if params.reduction == "pca":
         return pca_reduce(vectors, params.dim, missing)
+    epochs = params.ae_epochs or AE_DEFAULT_EPOCHS[params.reduction]
+    if params.reduction == "sigmoid_ae":
+        return sigmoid_autoencoder_reduce(
+            vectors, params.dim, missing, max_epochs=epochs, seed=params.seed, device=str(device)
+        )
     return autoencoder_reduce(
-        vectors, params.dim, missing, epochs=params.ae_epochs, seed=params.seed, device=str(device)
+        vectors, params.dim, missing, epochs=epochs, seed=params.seed, device=str(device)
     )
+
+
+def _share_summary(shares: list[float]) -> dict[str, Any]:
+    """Shares plus max/min ratio (None when a sub-vector has no variance at all)."""
+    lo, hi = min(shares), max(shares)
+    return {
+        "shares": shares,
+        "max": hi,
+        "min": lo,
+        "max_min_ratio": float(f"{hi / lo:.6g}") if lo > 0 else None,
+    }
+
+
+def _fmt_shares(shares: list[float]) -> str:
+    return "[" + " ".join(f"{v:.3f}" for v in shares) + "]"
+
+
+def _inertia_ratio(inertia: float, corr: torch.Tensor) -> float | None:
+    total = float((corr.double() - corr.double().mean(0)).square().sum()) if len(corr) else 0.0
+    return float(f"{inertia / total:.6g}") if total > 0 else None
+
+
+def _sub_vector_cosine_stats(corr: torch.Tensor, n_co: int) -> dict[str, list[float]]:
+    """Per sub-vector: mean and std of the cosines over the codebook sample, and the mean on co-occurring
+    pairs minus the mean on random ones (near 0: the sub-vector tells related items from random ones poorly)."""
+    c = corr.double()
+
+    def r(t: torch.Tensor) -> list[float]:
+        return [float(f"{float(v):.6g}") for v in t]
+
+    out = {"mean": r(c.mean(0)), "std": r(c.std(0, correction=0)) if len(c) else r(c.sum(0))}
+    if 0 < n_co < len(c):
+        out["co_occurring_minus_random"] = r(c[:n_co].mean(0) - c[n_co:].mean(0))
+    return out
 
 
 def topk_search_precision(setting: str, device: torch.device) -> str:
@@ -178,18 +231,66 @@ def build_modality(
     if excluded.all():
         raise DataError(f"{embeddings_path}: every item is excluded (missing_policy=exclude)")
 
-    # ---- reduction
+    # ---- reduction (+ rotation)
     red = _reduce(params, vectors, missing, device)
+    present = np.flatnonzero(~missing)  # the rows the reduction was fitted on
+    shares = {"reduced": _share_summary(sub_vector_variance_share(red.vectors, params.sub_vectors, present))}
+    if params.rotate:
+        red = rotate(red, params.seed)
+        shares["rotated"] = _share_summary(
+            sub_vector_variance_share(red.vectors, params.sub_vectors, present)
+        )
     reduced = red.vectors
     if policy in ("zero", "exclude"):
         # no content: a zero vector (cos 0 with everything), not the projection of an imputed vector
         reduced[missing] = 0.0
+    teacher = torch.from_numpy(reduced).to(device)
+    included = np.flatnonzero(~excluded)
+    rng = np.random.default_rng(params.seed)
+    n_rand = min(RANDOM_STATS_PAIRS, len(included) * (len(included) - 1))
+    ra = rng.integers(0, len(included), size=n_rand)
+    rb = rng.integers(0, max(1, len(included) - 1), size=n_rand)
+    rb += rb >= ra
+    rand_pairs = np.stack([included[ra], included[rb]], axis=1) + 1 if n_rand else np.zeros((0, 2), np.int64)
+    rand_cos = _pair_tensors(teacher, rand_pairs, lambda a, b: pair_scores(a, b, "cos"), device)
+    final_shares = shares.get("rotated", shares["reduced"])
+    reduction_stats = {
+        **red.info,
+        "rotate": params.rotate,
+        "sub_vector_variance_share": shares,
+        "random_pair_cosine": describe(rand_cos.numpy()),
+    }
+    rc = reduction_stats["random_pair_cosine"]
+    log.info(
+        "%s %s%s -> %d: variance share per sub-vector %s (max/min %s)%s; teacher cosine on random pairs "
+        "%.4f +- %.4f",
+        modality,
+        params.reduction,
+        " + rotation" if params.rotate else "",
+        params.dim,
+        _fmt_shares(shares["reduced"]["shares"]),
+        shares["reduced"]["max_min_ratio"],
+        f", after rotation {_fmt_shares(final_shares['shares'])} (max/min {final_shares['max_min_ratio']})"
+        if params.rotate
+        else "",
+        rc.get("mean", float("nan")),
+        rc.get("std", float("nan")),
+    )
+    if params.reduction == "sigmoid_ae":
+        log.info(
+            "%s: sigmoid codes are all positive, so their cosines are all positive and compressed (random "
+            "pairs %.3f +- %.3f): related items differ from random ones by the spread, not the sign",
+            modality,
+            rc.get("mean", float("nan")),
+            rc.get("std", float("nan")),
+        )
     write_parquet(
         out_dir / f"teacher_{modality}.parquet",
         {"item": np.arange(1, n + 1, dtype=np.int32), "vector": reduced, "missing": missing},
         metadata={
             "modality": modality,
-            "reduction": red.info,
+            "reduction": reduction_stats,
+            "rotate": params.rotate,
             "explained_variance_ratio": red.info.get("explained_variance_ratio"),
             "source_model": meta.get("model"),
             "teacher_dim": teacher_dim,
@@ -203,7 +304,6 @@ def build_modality(
 
     # ---- holistic top-k
     t0 = time.perf_counter()
-    teacher = torch.from_numpy(reduced).to(device)
     excl_t = torch.from_numpy(excluded)
     search = topk_search_precision(params.topk_precision, device)
     values, indices = blocked_topk(
@@ -222,13 +322,6 @@ def build_modality(
             "search_precision": search,
         },
     )
-    included = np.flatnonzero(~excluded)
-    rng = np.random.default_rng(params.seed)
-    n_rand = min(RANDOM_STATS_PAIRS, len(included) * (len(included) - 1))
-    ra = rng.integers(0, len(included), size=n_rand)
-    rb = rng.integers(0, max(1, len(included) - 1), size=n_rand)
-    rb += rb >= ra
-    rand_pairs = np.stack([included[ra], included[rb]], axis=1) + 1 if n_rand else np.zeros((0, 2), np.int64)
     rand_scores = _pair_tensors(teacher, rand_pairs, lambda a, b: pair_scores(a, b, params.score), device)
     kept_v = values.numpy()[~excluded]
     topk_stats = {
@@ -247,6 +340,8 @@ def build_modality(
     corr = _pair_tensors(teacher, pairs, lambda a, b: sub_vector_scores(a, b, params.sub_vectors), device)
     km = fit_kmeans(corr.to(device), params.codes, params.kmeans_iters, params.seed)
     usage = torch.bincount(km.labels, minlength=params.codes).numpy()
+    p_use = usage[usage > 0] / max(1, usage.sum())
+    effective = float(np.exp(-(p_use * np.log(p_use)).sum())) if p_use.size else 0.0
     codebook_stats = {
         "codes": params.codes,
         "sub_vectors": params.sub_vectors,
@@ -256,12 +351,19 @@ def build_modality(
         "users_with_pairs": int((sets.sizes >= 2).sum()),
         "inertia": float(f"{km.inertia:.9g}"),
         "mean_sq_distance": float(f"{km.inertia / max(1, len(pairs)):.6g}"),
+        # inertia / total squared deviation of the sample from its mean: the share of the correlation
+        # vectors' variance the K centroids leave unexplained (comparable across reductions, unlike inertia)
+        "inertia_ratio": _inertia_ratio(km.inertia, corr),
         "iterations": km.iterations,
         "converged": km.converged,
         "reseeded_clusters": km.reseeded,
         "usage": usage.tolist(),
         "codes_used": int((usage > 0).sum()),
         "max_code_share": float(f"{usage.max() / max(1, usage.sum()):.6g}"),
+        # exp(entropy of the usage): K when every code is used equally, 1 when one code takes all
+        "effective_codes": float(f"{effective:.6g}"),
+        "sub_vector_variance_share": final_shares["shares"],
+        "sub_vector_cosine": _sub_vector_cosine_stats(corr, n_co),
     }
     CorrelationCodebook(
         km.centroids,
@@ -273,6 +375,12 @@ def build_modality(
             "inertia": codebook_stats["inertia"],
             "kmeans_iters": params.kmeans_iters,
             "dim": params.dim,
+            "reduction": params.reduction,
+            "rotate": params.rotate,
+            "codes_used": codebook_stats["codes_used"],
+            "max_code_share": codebook_stats["max_code_share"],
+            "effective_codes": codebook_stats["effective_codes"],
+            "sub_vector_variance_share": final_shares["shares"],
         },
     ).save(out_dir / f"codebook_{modality}.safetensors")
     timings["codebook"] = time.perf_counter() - t0
@@ -291,7 +399,7 @@ def build_modality(
         "source_model": meta.get("model"),
         "teacher_dim": teacher_dim,
         "dim": params.dim,
-        "reduction": red.info,
+        "reduction": reduction_stats,
         "score": params.score,
         "topk": topk_stats,
         "codebook": codebook_stats,
@@ -330,6 +438,10 @@ def run_correlate(
             if not modalities:
                 stats["note"] = "train.modalities is empty: no correlation supervision was built"
                 log.info("train.modalities is empty: writing an empty %s", out_dir)
+            embeddings = {m: Path(embeddings_dir) / f"{m}.parquet" for m in modalities}
+            for path in embeddings.values():
+                if path.exists():  # a missing file is reported by build_modality
+                    check_embeddings_match_sequences(path, sequences_path)
             for modality in modalities:
                 log.info("correlate %s on %s", modality, device)
                 timings[modality] = {}
@@ -347,6 +459,7 @@ def run_correlate(
                     modality,
                     ", ".join(f"{k} {v:.2f}s" for k, v in timings[modality].items()),
                 )
+            stats[INPUTS_KEY] = supervision_inputs(sequences_path, embeddings)  # lineage, checked by train
             write_json(tmp / "stats.json", stats)
         tracker.set_tags({"device": str(device)})
         tracker.log_metrics({m: s for m, s in stats.items() if isinstance(s, dict)})

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from pipeline.errors import PipelineError
+from pipeline.progress import progress_bar
 from pipeline.supervision.scores import nearest_centroid
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def fit_kmeans(
     tol_abs = tol * float(x64.var(dim=0).mean())
     labels = torch.full((n,), -1, dtype=torch.long, device=x.device)
     converged, reseeded, updates = False, 0, 0
-    bar = tqdm(range(iters), desc="k-means", unit="iter", disable=not progress, leave=False)
+    bar = progress_bar(range(iters), desc="k-means", unit="iter", disable=not progress, leave=False)
     for _ in bar:
         dist = _sq_dist(x, x_sq, centroids)
         best, new_labels = dist.min(dim=1)

@@ -20,8 +20,8 @@ import logging
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
+from pipeline.progress import progress_bar
 from pipeline.supervision.scores import EPS, block_scores
 
 log = logging.getLogger(__name__)
@@ -227,7 +227,7 @@ def blocked_topk(
     )
     lhs = vectors_lo if low else vectors
     blocks = range(0, n, block_size)
-    for r0 in tqdm(blocks, desc="top-k blocks", unit="block", disable=not progress, leave=False):
+    for r0 in progress_bar(blocks, desc="top-k blocks", unit="block", disable=not progress, leave=False):
         r1 = min(n, r0 + block_size)
         best_v: Tensor | None = None
         best_i: Tensor | None = None

@@ -85,6 +85,66 @@ def within_sequence_pairs(
     return key // base, key % base
 
 
+def sequence_pairs(
+    seq: torch.Tensor, max_pairs: int, generator: torch.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Unordered pairs of distinct items within each sequence, with the sequence they come from.
+
+    Unlike :func:`within_sequence_pairs` a pair that co-occurs in two sequences appears once per sequence
+    (the per-sequence correlation matrices of the authors' Frobenius loss). ``seq`` (B, T) left-padded.
+
+    Returns:
+        i, j (P,) ids with i < j; rows (P,) the sequence index in [0, B); weight (P,) float, the pair's
+        sequence's pair count divided by its pairs kept (1.0 unless sampling dropped some). At most
+        ``max_pairs`` pairs, sampled uniformly without replacement when there are more.
+    """
+    B, T = seq.shape
+    iu = torch.triu_indices(T, T, 1, device=seq.device)  # (2, M)
+    a, b = seq[:, iu[0]], seq[:, iu[1]]  # (B, M)
+    ok = (a > 0) & (b > 0) & (a != b)
+    base = int(seq.max()) + 1
+    row = torch.arange(B, device=seq.device).unsqueeze(1).expand_as(a)[ok]
+    lo = torch.minimum(a[ok], b[ok])
+    hi = torch.maximum(a[ok], b[ok])
+    key = torch.unique((row * base + lo) * base + hi)  # sorted: sampling is deterministic given the generator
+    total = torch.bincount(key // (base * base), minlength=B)
+    if key.numel() > max_pairs:
+        pick = torch.randperm(key.numel(), generator=generator)[:max_pairs].to(key.device)
+        key = key[pick]
+    rows = key // (base * base)
+    kept = torch.bincount(rows, minlength=B)
+    weight = (total.float() / kept.clamp(min=1).float())[rows]
+    rest = key % (base * base)
+    return rest // base, rest % base, rows, weight
+
+
+def catalogue_pairs(
+    seq: torch.Tensor, per_sequence: int, num_items: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pairs of an item of each sequence with an item drawn uniformly from the whole catalogue.
+
+    Within-sequence pairs only ever touch the rows of items in the batch, while the full softmax of a tied
+    model moves every row of a modality table at every step; these pairs let distillation reach the rest.
+
+    Returns:
+        i (items of the sequences), j (uniform in 1..num_items), rows (the sequence of each pair); each
+        sequence with an item gets ``per_sequence`` pairs (its items drawn uniformly with replacement).
+        The draws come from ``generator`` on the CPU, so every DDP rank cuts the same pairs.
+    """
+    real = (seq > 0).cpu()
+    has = real.any(1)
+    rows = torch.arange(seq.shape[0])[has].repeat_interleave(per_sequence)
+    if per_sequence <= 0 or rows.numel() == 0:
+        empty = seq.new_zeros(0)
+        return empty, empty, empty
+    pos = torch.multinomial(real[has].float(), per_sequence, replacement=True, generator=generator).reshape(
+        -1
+    )
+    j = torch.randint(1, num_items + 1, (rows.numel(),), generator=generator)
+    rows, pos, j = rows.to(seq.device), pos.to(seq.device), j.to(seq.device)
+    return seq[rows, pos], j, rows
+
+
 def neighbour_pairs(
     seq: torch.Tensor,
     neighbours: torch.Tensor,

@@ -44,6 +44,11 @@ class DistInfo:
         return self.world_size > 1
 
 
+def rank_rows(x: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
+    """This rank's rows ``rank::world_size`` of ``x`` (all of ``x`` in one process)."""
+    return x[dist_info.rank :: dist_info.world_size] if dist_info.distributed else x
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name, "")
     try:

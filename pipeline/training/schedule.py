@@ -47,6 +47,8 @@ def async_lr_scale(
     """The modality group's ``lr_scale`` at a (fractional, 0-based) epoch.
 
     ``linear``: start_scale rising linearly to 1.0 over ``warmup_epochs`` (the paper's "gradually increased");
+    ``exponential``: start_scale rising geometrically to 1.0 over ``warmup_epochs`` (the same factor every
+    epoch, so a small start stays small for longer than linear);
     ``step``: start_scale multiplied by ``gamma`` at each epoch in ``step_epochs``, capped at 1.0;
     ``constant``: start_scale throughout (the authors' code uses 1/4); ``none``: 1.0 (no asynchronous rate).
     """
@@ -56,10 +58,14 @@ def async_lr_scale(
         return start_scale
     if schedule == "linear":
         return min(1.0, start_scale + (1.0 - start_scale) * epoch / warmup_epochs)
+    if schedule == "exponential":  # geometric: equal ratios per epoch, start_scale**(1 - epoch/warmup)
+        return start_scale ** max(0.0, 1.0 - epoch / warmup_epochs)
     if schedule == "step":
         n = bisect.bisect_right(sorted(step_epochs), epoch)
         return min(1.0, start_scale * gamma**n)
-    raise ValueError(f"unknown async_lr schedule {schedule!r} (linear | step | constant | none)")
+    raise ValueError(
+        f"unknown async_lr schedule {schedule!r} (linear | exponential | step | constant | none)"
+    )
 
 
 def base_lr_factor(step: int, total_steps: int, warmup_steps: int, cosine: bool) -> float:

@@ -11,9 +11,6 @@ import contextlib
 import copy
 import csv
 import functools
-import hashlib
-import io
-import json
 import logging
 import math
 import time
@@ -23,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from pipeline.config import section_dict
 from pipeline.devices import resolve_device
@@ -36,17 +32,19 @@ from pipeline.evaluation.metrics import (
     read_sequences,
 )
 from pipeline.io import atomic_path
+from pipeline.lineage import check_supervision, model_inputs
 from pipeline.models import Student, StudentConfig, save_student
+from pipeline.progress import progress_bar
 from pipeline.supervision.scores import TeacherCorrelation, pair_scores, read_neighbours
 from pipeline.tracking import Tracker, file_digest, start_run
 from pipeline.training.batches import (
     bucketed_batches,
-    neighbour_pairs,
     position_weight,
     training_windows,
     trim_left_padding,
-    within_sequence_pairs,
 )
+from pipeline.training.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
+from pipeline.training.diagnostics import random_pairs, table_gradient_norms, teacher_agreement_on_pairs
 from pipeline.training.distributed import (
     DistInfo,
     all_gather_concat,
@@ -55,14 +53,17 @@ from pipeline.training.distributed import (
     broadcast_module_,
     cleanup,
     init_from_env,
+    rank_rows,
     shard_bounds,
 )
-from pipeline.training.losses import code_loss, holistic_loss, next_item_loss
+from pipeline.training.losses import next_item_loss
+from pipeline.training.objective import kd_terms, kd_weight
 from pipeline.training.schedule import LRScheduler, build_param_groups
 
 log = logging.getLogger(__name__)
 
 SELECT_METRIC = "ndcg_at_10"
+DIAGNOSTIC_PAIRS = 20_000  # random item pairs on which teacher agreement is measured each epoch
 RANK_SEED_STRIDE = 1_000_003  # rank r > 0 draws its dropout from seed + r * stride (rank 0 as one process)
 
 
@@ -76,37 +77,6 @@ class TrainState:
     best_epoch: int = -1
     bad_epochs: int = 0
     curve: list[dict[str, float]] = field(default_factory=list)
-
-
-def _checkpoint_key(payload: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def _save_checkpoint(path: Path, model: Student, best_state: dict, optimizer, state: TrainState) -> None:
-    blob = {
-        "model": model.state_dict(),
-        "best": best_state,
-        "optimizer": optimizer.state_dict(),
-        "state": json.dumps(state.__dict__),
-    }
-    buf = io.BytesIO()
-    torch.save(blob, buf)
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
-
-
-def _load_checkpoint(path: Path, model: Student, optimizer) -> tuple[dict, TrainState] | None:
-    if not path.exists():
-        return None
-    try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(blob["model"])
-        optimizer.load_state_dict(blob["optimizer"])
-        state = TrainState(**json.loads(blob["state"]))
-    except Exception as err:  # noqa: BLE001 - a bad checkpoint is discarded, never trusted
-        log.warning("ignoring unreadable checkpoint %s (%s); starting from scratch", path, err)
-        return None
-    return blob["best"], state
 
 
 def run_train(
@@ -184,6 +154,7 @@ def _run_train(
     modalities = list(train.modalities)
 
     seqs = read_sequences(sequences_path)
+    check_supervision(supervision_dir, sequences_path, modalities)  # stale supervision: fail, naming digests
     num_items = int(max(int(s.max()) for s in seqs.items if len(s)))
     teachers: dict[str, TeacherCorrelation] = {}
     for m in modalities:
@@ -214,6 +185,8 @@ def _run_train(
         modality_dim=dims.pop() if dims else 0,
         fusion=train.fusion,
         num_codes=codes.pop() if codes else 0,
+        output=train.output,
+        kd_projection=train.kd.projection,
     )
     teacher_init = {m: t.teacher for m, t in teachers.items()}
     model = Student(cfg, teacher_init).to(device)
@@ -249,6 +222,9 @@ def _run_train(
         optimizer, train.lr, steps_per_epoch, train.epochs, train.warmup_epochs, train.cosine, train.async_lr
     )
     score_fn = functools.partial(pair_scores, score=score)
+    # a fixed random pair sample per modality for the retention diagnostics (same pairs every epoch)
+    diag_pairs = {m: random_pairs(t, DIAGNOSTIC_PAIRS, seed=0) for m, t in teachers.items()}
+    grad_norms: dict[str, float] = {}
     fwd_model = torch.compile(model) if train.compile else model
     autocast = device.type == "cuda" and train.bf16
 
@@ -261,10 +237,10 @@ def _run_train(
     }
     if neighbour_files:
         config_payload["neighbours"] = {m: file_digest(path) for m, path in neighbour_files.items()}
-    ckpt_path = Path(checkpoint_root) / _checkpoint_key(config_payload) / "last.pt"
+    ckpt_path = Path(checkpoint_root) / checkpoint_key(config_payload) / "last.pt"
     state = TrainState()
     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-    resumed = _load_checkpoint(ckpt_path, model, optimizer)
+    resumed = load_checkpoint(ckpt_path, model, optimizer, lambda d: TrainState(**d))
     if resumed is not None:
         best_state, state = resumed
         info("resumed from %s after epoch %d", ckpt_path, state.epoch)
@@ -323,7 +299,7 @@ def _run_train(
             n_batches = 0
             lrs: dict[str, float] = {}
             batches = bucketed_batches(lengths, train.batch_size, gen)
-            bar = tqdm(
+            bar = progress_bar(
                 batches,
                 desc=f"epoch {epoch + 1}/{train.epochs}",
                 unit="batch",
@@ -333,13 +309,13 @@ def _run_train(
             for idx in bar:
                 lrs = scheduler.set_step(state.step)
                 seq = trim_left_padding(windows[idx.to(device)])  # (B, T+1), the whole batch
-                part = _shard(seq, dist_info)  # this rank's rows (all of them in one process)
+                part = rank_rows(seq, dist_info)  # this rank's rows (all of them in one process)
                 inputs, targets = part[:, :-1], part[:, 1:]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    items = model.item_representations()
+                    items = model.item_representations()  # (N+1, H): what scores the catalogue
                     keep = targets != 0
                     if len(part):
-                        hidden = fwd_model.encode(inputs, items)  # (B, T, H)
+                        hidden = fwd_model.encode(inputs, model.input_table(items))  # (B, T, H)
                         ce = next_item_loss(
                             hidden[keep],
                             items,
@@ -354,27 +330,13 @@ def _run_train(
                     terms = {"ce": ce}
                     loss = terms["ce"]
                     if kd_on:
-                        # pairs of the whole batch, so every rank consumes ``gen`` alike; each takes a share
-                        seq_i, seq_j = within_sequence_pairs(seq, train.kd.max_pairs, gen)
-                        for m in modalities:
-                            pi, pj = seq_i, seq_j
-                            if m in neighbours:
-                                ni, nj = neighbour_pairs(seq, *neighbours[m], train.kd.neighbour_pairs, gen)
-                                pi, pj = torch.cat([pi, ni]), torch.cat([pj, nj])
-                            t_scores, t_codes, ok = teachers[m](pi, pj)
-                            i, j, t_scores, t_codes = (
-                                _shard(x[ok], dist_info) for x in (pi, pj, t_scores, t_codes)
-                            )
-                            n_pairs = int(ok.sum()) if dist_info.distributed else len(i)
-                            if train.kd.holistic_weight > 0:
-                                s = model.holistic_student_scores(m, i, j, score_fn)
-                                hol = holistic_loss(s, t_scores, train.kd.tau)
-                                terms[f"hol_{m}"] = _share(hol, len(i), n_pairs, dist_info)
-                                loss = loss + train.kd.holistic_weight * terms[f"hol_{m}"]
-                            if train.kd.code_weight > 0 and cfg.num_codes > 0:
-                                cl = code_loss(model.code_logits(m, i, j), t_codes)
-                                terms[f"code_{m}"] = _share(cl, len(i), n_pairs, dist_info)
-                                loss = loss + train.kd.code_weight * terms[f"code_{m}"]
+                        kd = kd_terms(model, teachers, seq, train.kd, score_fn, gen, dist_info, neighbours)
+                        terms.update(kd)
+                        for name, term in kd.items():
+                            loss = loss + kd_weight(name, train.kd) * term
+                if n_batches == 0 and modalities:  # once per epoch: each term's gradient on the tables
+                    weights = {name: kd_weight(name, train.kd) for name in terms if name != "ce"}
+                    grad_norms = table_gradient_norms(model, terms, weights)
                 optimizer.zero_grad(set_to_none=True)
                 if loss.requires_grad:  # always in one process; a rank with an empty share has no graph
                     loss.backward()
@@ -402,15 +364,27 @@ def _run_train(
             train_seconds = time.perf_counter() - t0
             row: dict[str, float] = {"epoch": epoch + 1}
             row.update({k: v / max(1, n_batches) for k, v in sums.items()})
+            if modalities:
+                row.update(grad_norms)
+                model.eval()
+                for m, (di, dj) in diag_pairs.items():
+                    agreement = teacher_agreement_on_pairs(model, m, teachers[m], di, dj, score_fn)
+                    row.update({f"{k}_{m}": v for k, v in agreement.items()})
             row.update({f"lr_{g}": v for g, v in lrs.items()})
             row["seq_per_s"] = len(windows) / train_seconds
             if (epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs:
                 model.eval()
                 if dist_info.distributed:
-                    metrics = _evaluate_sharded(model, valid_cases, eval_params, device, dist_info)
+                    metrics = _evaluate_sharded(
+                        _nan_guard(model.user_scores, epoch + 1, train.lr),
+                        valid_cases,
+                        eval_params,
+                        device,
+                        dist_info,
+                    )
                 else:
                     metrics, _ = evaluate_scorer(
-                        model.user_scores,
+                        _nan_guard(model.user_scores, epoch + 1, train.lr),
                         valid_cases,
                         eval_params.ks,
                         eval_params.mask_history,
@@ -444,7 +418,7 @@ def _run_train(
                 row["seq_per_s"],
             )
             if is_main:
-                _save_checkpoint(ckpt_path, model, best_state, optimizer, state)
+                save_checkpoint(ckpt_path, model, best_state, optimizer, state.__dict__)
             if state.bad_epochs >= train.patience:
                 info("early stop: no validation gain for %d epochs", state.bad_epochs)
                 stopped_early = True
@@ -476,6 +450,8 @@ def _run_train(
                     "best_epoch": state.best_epoch,
                     "best_valid": summary["best_valid"],
                     "epochs_run": state.epoch,
+                    # lineage: the digests evaluate checks against the sequences it is given
+                    "inputs": model_inputs(sequences_path, supervision_dir, modalities),
                 },
             )
             _write_curve(curve_path, state.curve)
@@ -505,19 +481,6 @@ def _run_train(
     return summary
 
 
-def _shard(x: torch.Tensor, dist_info: DistInfo) -> torch.Tensor:
-    """This rank's rows ``rank::world_size`` of ``x`` (all of ``x`` in one process)."""
-    return x[dist_info.rank :: dist_info.world_size] if dist_info.distributed else x
-
-
-def _share(term: torch.Tensor, n_here: int, n_all: int, dist_info: DistInfo) -> torch.Tensor:
-    """A rank's mean loss over its ``n_here`` of the batch's ``n_all`` pairs, weighted by ``n_here / n_all``
-    so the ranks' shares sum to the single-process mean (``term`` as is in one process)."""
-    if not dist_info.distributed:
-        return term
-    return term * (n_here / n_all) if n_all else term * 0.0
-
-
 def _slice_cases(cases: EvalCases, start: int, end: int) -> EvalCases:
     """Cases ``start:end`` (history pointers rebased)."""
     lo, hi = int(cases.hist_indptr[start]), int(cases.hist_indptr[end])
@@ -530,8 +493,23 @@ def _slice_cases(cases: EvalCases, start: int, end: int) -> EvalCases:
     )
 
 
+def _nan_guard(scorer: Any, epoch: int, lr: float) -> Any:
+    """``scorer`` that stops training with the "lower train.lr" message when the model's scores are NaN
+    (weights blown up by a too large rate while the epoch's loss was still finite)."""
+
+    def scores(inputs: torch.Tensor) -> torch.Tensor:
+        out = scorer(inputs)
+        if torch.isnan(out).any():
+            raise PipelineError(
+                f"training diverged at epoch {epoch} (the model's scores are NaN); lower train.lr (now {lr})"
+            )
+        return out
+
+    return scores
+
+
 def _evaluate_sharded(
-    model: Student, cases: EvalCases, eval_params: Any, device: torch.device, dist_info: DistInfo
+    scorer: Any, cases: EvalCases, eval_params: Any, device: torch.device, dist_info: DistInfo
 ) -> dict[str, float]:
     """Validation metrics with each rank ranking a contiguous 1/world of the cases.
 
@@ -543,7 +521,7 @@ def _evaluate_sharded(
     mine = np.zeros(0, dtype=np.int64)
     if end > start:
         _, mine = evaluate_scorer(
-            model.user_scores,
+            scorer,
             _slice_cases(cases, start, end),
             eval_params.ks,
             eval_params.mask_history,
