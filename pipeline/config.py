@@ -236,7 +236,9 @@ class TrainParams(_Section):
     backbone: Literal["sasrec", "gru4rec"] = "sasrec"
     modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"])
     fusion: Literal["sum", "gate", "concat", "paper_gate"] = "sum"
-    output: Literal["fused", "id"] = "fused"  # id: the catalogue is scored by the ID embeddings (the paper's)
+    # what scores the catalogue: fused (tied input/output) | id (the paper's: the ID embeddings) | id_teacher
+    # (the ID embeddings + a learned map of the frozen teacher vectors; modality tables on the input side only)
+    output: Literal["fused", "id", "id_teacher"] = "fused"
     hidden: int = Field(64, ge=4)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)

@@ -200,3 +200,23 @@ def test_kd_projection_options(kd_projection: str) -> None:
 def test_unknown_wiring_names_are_refused() -> None:
     with pytest.raises(ValueError, match="unknown output"):
         wired_student("both")
+
+
+def test_id_teacher_output_scores_with_ids_plus_the_frozen_teacher_and_never_trains_it() -> None:
+    model = wired_student("id_teacher")
+    frozen = model.frozen_teacher_text.clone()
+    assert torch.equal(frozen[1:], model.modality_tables["text"].weight[1:].detach())  # the same start
+    expected = model.item_emb.weight + model.output_proj["text"](frozen)
+    assert torch.allclose(model.item_representations(), expected, atol=1e-6)
+    assert model.input_table(model.item_representations()) is None  # the tables feed the input only
+    assert "frozen_teacher_text" not in dict(model.named_parameters())
+    seq = torch.tensor([[0, 0, 3, 7, 9]])
+    hidden = model.encode(seq)[:, -1]
+    torch.nn.functional.cross_entropy(model.full_scores(hidden), torch.tensor([11])).backward()
+    grad = model.modality_tables["text"].weight.grad
+    assert grad[[1, 2, 11, 20]].abs().max() == 0 and grad[[3, 7, 9]].abs().sum() > 0
+    with torch.no_grad():  # the frozen vectors are saved and restored with the weights
+        model.modality_tables["text"].weight.add_(1.0)
+    clone = Student(model.cfg)
+    clone.load_state_dict(model.state_dict())
+    assert torch.equal(clone.frozen_teacher_text, frozen)

@@ -7,6 +7,10 @@ the reduced teacher vectors; it is mapped to the hidden size H and fused with th
   every full-softmax step sends a gradient to every row of every modality table.
 - ``output="id"`` (the paper's): the fused representation feeds the backbone only; the catalogue is scored
   with the ID embeddings alone, so a modality row gets gradient only when its item is in the batch.
+- ``output="id_teacher"``: as ``id`` on the input side; the catalogue is scored with the ID embedding plus
+  ``LayerNorm -> Linear(d, H)`` of the **frozen** teacher vectors (a buffer, never trained). The output side
+  keeps the text knowledge of ``fused`` for every item without a table that drifts; the trainable tables
+  live on the input side only, where distillation has to keep them.
 
 Fusions (:data:`FUSIONS`): ``sum``, ``gate`` and ``concat`` map each table through ``LayerNorm -> Linear``;
 ``paper_gate`` (the paper's) maps it through a bias-free ``Linear(d, H)`` with no normalisation, so the
@@ -45,7 +49,9 @@ class StudentConfig:
     modality_dim: int = 128
     fusion: str = "sum"
     num_codes: int = 50  # K of the dissected-correlation codebook (0: no code head)
-    output: str = "fused"  # fused (tied input/output) | id (the paper's: catalogue scored by ID embeddings)
+    output: str = (
+        "fused"  # fused (tied) | id (the paper's: catalogue scored by IDs) | id_teacher (+ frozen teacher)
+    )
     kd_projection: str = "identity"  # identity | random | none
 
     def to_dict(self) -> dict:
@@ -76,7 +82,7 @@ class CodeHead(nn.Module):
 
 
 FUSIONS = ("sum", "gate", "concat", "paper_gate")
-OUTPUTS = ("fused", "id")
+OUTPUTS = ("fused", "id", "id_teacher")
 KD_PROJECTIONS = ("identity", "random", "none")
 
 
@@ -120,6 +126,7 @@ class Student(nn.Module):
         self.modality_proj = nn.ModuleDict()
         self.kd_proj = nn.ModuleDict()
         self.code_heads = nn.ModuleDict()
+        self.output_proj = nn.ModuleDict()  # output="id_teacher": frozen teacher vectors -> H
         for m in cfg.modalities:
             table = nn.Embedding(n, cfg.modality_dim, padding_idx=0)
             if teacher_vectors is not None:
@@ -139,6 +146,15 @@ class Student(nn.Module):
                 self.kd_proj[m] = proj
             if cfg.num_codes > 0:
                 self.code_heads[m] = CodeHead(cfg.modality_dim, cfg.num_codes)
+            if cfg.output == "id_teacher":
+                frozen = torch.zeros(n, cfg.modality_dim)
+                if teacher_vectors is not None:
+                    frozen.copy_(teacher_vectors[m])
+                    frozen[0].zero_()
+                self.register_buffer(f"frozen_teacher_{m}", frozen)  # saved with the weights, never trained
+                self.output_proj[m] = nn.Sequential(
+                    nn.LayerNorm(cfg.modality_dim), nn.Linear(cfg.modality_dim, h)
+                )
         n_parts = 1 + len(cfg.modalities)
         if cfg.fusion == "concat":
             self.fuse = nn.Linear(h * n_parts, h)
@@ -191,9 +207,15 @@ class Student(nn.Module):
         return self.cfg.output == "fused"
 
     def item_representations(self) -> torch.Tensor:
-        """(N+1, H) output embeddings that score the catalogue: the fused representations (tied) or the ID
-        embeddings (``output="id"``); row 0 (padding) is never ranked by the evaluator."""
-        return self._fuse(None) if self.tied else self.item_emb.weight
+        """(N+1, H) output embeddings that score the catalogue: the fused representations (tied), the ID
+        embeddings (``output="id"``) or those plus the projected frozen teacher vectors (``id_teacher``); row 0
+        (padding) is never ranked by the evaluator."""
+        if self.tied:
+            return self._fuse(None)
+        out = self.item_emb.weight
+        for m in self.output_proj:
+            out = out + self.output_proj[m](getattr(self, f"frozen_teacher_{m}"))
+        return out
 
     def input_table(self, items: torch.Tensor) -> torch.Tensor | None:
         """The (N+1, H) table :meth:`encode` may reuse: ``items`` when tied, else None (fuse per batch)."""
