@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.config import PROJECT_ROOT, flatten
 from pipeline.io import file_digest  # noqa: F401 - re-exported: runs are tagged with data/model digests
+from pipeline.layout import MODEL_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,7 @@ def log_recommender(mlflow_params: Any, model_dir: Path, items_path: Path) -> st
         return None
     if _import_mlflow() is None:
         return None
-    weights = Path(model_dir) / "model.safetensors"
+    weights = Path(model_dir) / MODEL_WEIGHTS
     if not weights.exists():
         return None  # training stopped before writing a model
     run_id = find_run_by_tag(mlflow_params, "model.sha256", file_digest(weights))

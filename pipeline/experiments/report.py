@@ -6,7 +6,7 @@ epoch; and a paired test over users (Wilcoxon signed-rank and paired t-test on p
 averaged over seeds) of each KDSR variant against that baseline.
 
 The **KD effect** compares each KDSR variant with its twin (the same config without the distillation terms,
-:data:`~pipeline.experiments.suite.TWINS`) on the seeds both ran: means ± std, the relative change, the same
+:data:`~pipeline.experiments.plan.TWINS`) on the seeds both ran: means ± std, the relative change, the same
 paired tests over users, and the per-seed differences (seed k of both uses the same ``train.seed``).
 """
 
@@ -25,8 +25,17 @@ import numpy as np
 from scipy import stats
 
 from pipeline.errors import PipelineError
-from pipeline.experiments.suite import BASELINES, SUITE_FILE, SUITE_TAG, TWIN_SUFFIX, TWINS, VARIANTS
+from pipeline.experiments.plan import (
+    BASELINES,
+    SUITE_FILE,
+    SUITE_TAG,
+    TWIN_SUFFIX,
+    TWINS,
+    VARIANTS,
+    suite_layout,
+)
 from pipeline.io import atomic_path, read_json, read_parquet, write_json
+from pipeline.layout import Layout
 from pipeline.tracking import Tracker, find_run_by_tag, start_run
 
 log = logging.getLogger(__name__)
@@ -48,12 +57,17 @@ class RunResult:
     metrics: dict[str, Any]  # metrics.json
     summary: dict[str, Any]  # summary.json ({} when missing)
 
+    @property
+    def layout(self) -> Layout:
+        """The run's artefacts (``run_dir`` is ``<suite>/runs/<variant>/seed<k>``)."""
+        return suite_layout(self.run_dir.parents[2], self.run_dir)
+
 
 # --------------------------------------------------------------------------------------------- reading
 def collect_runs(out: Path) -> dict[str, list[RunResult]]:
     """Every finished run (one with ``metrics.json``) under ``out/runs``, per variant, sorted by seed.
 
-    Variants come in :data:`~pipeline.experiments.suite.VARIANTS` order, unknown names after them.
+    Variants come in :data:`~pipeline.experiments.plan.VARIANTS` order, unknown names after them.
     """
     found: dict[str, list[RunResult]] = {}
     for path in sorted(Path(out).glob("runs/*/seed*/metrics.json")):
@@ -80,7 +94,7 @@ def run_agreement(run: RunResult, supervision_dir: Path) -> dict[str, dict[str, 
     from pipeline.models.persist import load_student  # noqa: PLC0415
 
     cache = run.run_dir / AGREEMENT_FILE
-    weights = run.run_dir / "models" / "model.safetensors"
+    weights = run.layout.model_weights
     if cache.exists() and weights.exists() and cache.stat().st_mtime >= weights.stat().st_mtime:
         return read_json(cache)
     if not weights.exists() or not Path(supervision_dir).is_dir():
@@ -123,7 +137,7 @@ def ndcg_per_user(per_user_path: Path, k: int = SIGNIFICANCE_K, part: str = "tes
 
 def seed_averaged_ndcg(runs: Sequence[RunResult], k: int = SIGNIFICANCE_K) -> dict[int, float]:
     """Per-user NDCG@k averaged over a variant's seeds (users every seed evaluated)."""
-    per_seed = [ndcg_per_user(r.run_dir / "per_user.parquet", k) for r in runs]
+    per_seed = [ndcg_per_user(r.layout.per_user, k) for r in runs]
     users = set(per_seed[0]).intersection(*per_seed[1:])
     return {u: float(np.mean([s[u] for s in per_seed])) for u in sorted(users)}
 
@@ -250,7 +264,7 @@ def aggregate(out: Path) -> dict[str, Any]:
                 entry[part][m] = {"mean": mean, "std": std}
         for key in ("best_epoch", "epochs_run", "seconds_to_best", "seconds_total"):
             entry[key] = _mean_of(rs, key)
-        agreements = [run_agreement(r, out / "data" / "supervision") for r in rs]
+        agreements = [run_agreement(r, suite_layout(out).supervision) for r in rs]
         entry["teacher_agreement"] = {
             m: {key: mean_std([a[m][key] for a in agreements])[0] for key in ("table_r", "kd_r")}
             for m in sorted(set.intersection(*(set(a) for a in agreements)))
@@ -497,7 +511,7 @@ def plot_curves(runs: dict[str, list[RunResult]], path: Path) -> bool:
     ax = fig.add_subplot()
     drawn = False
     for v, rs in runs.items():
-        curve = rs[0].run_dir / "train_curve.csv"
+        curve = rs[0].layout.train_curve
         if curve.exists():
             epochs, values = _read_curve(curve, CURVE_METRIC)
             if epochs:

@@ -32,6 +32,7 @@ from pipeline.evaluation.metrics import (
     read_sequences,
 )
 from pipeline.io import atomic_path
+from pipeline.layout import MODEL_CONFIG, neighbours_file, teacher_file
 from pipeline.lineage import check_supervision, model_inputs
 from pipeline.models import Student, StudentConfig, save_student
 from pipeline.progress import progress_bar
@@ -84,11 +85,11 @@ def run_train(
     score: str,
     eval_params: Any,
     mlflow_params: Any,
-    sequences_path: Path = Path("data/processed/sequences.parquet"),
-    supervision_dir: Path = Path("data/supervision"),
-    model_dir: Path = Path("models"),
-    curve_path: Path = Path("reports/train_curve.csv"),
-    checkpoint_root: Path = Path(".cache/train"),
+    sequences_path: Path,
+    supervision_dir: Path,
+    model_dir: Path,
+    curve_path: Path,
+    checkpoint_root: Path,
     max_epochs_this_call: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -165,7 +166,7 @@ def _run_train(
         n_rows = teachers[m].teacher.shape[0]
         if n_rows - 1 < num_items:
             raise PipelineError(
-                f"{supervision_dir}/teacher_{m}.parquet covers {n_rows - 1} items but "
+                f"{teacher_file(supervision_dir, m)} covers {n_rows - 1} items but "
                 f"{sequences_path} uses item ids up to {num_items}"
             )
         num_items = max(num_items, n_rows - 1)
@@ -193,7 +194,7 @@ def _run_train(
     teachers = {m: t.to(device) for m, t in teachers.items()}
     kd_on = bool(modalities) and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0)
     neighbour_files = (
-        {m: Path(supervision_dir) / f"topk_{m}.parquet" for m in modalities}
+        {m: neighbours_file(supervision_dir, m) for m in modalities}
         if kd_on and train.kd.neighbour_pairs > 0
         else {}
     )
@@ -233,7 +234,7 @@ def _run_train(
         "score": score,
         "eval": section_dict(eval_params),
         "sequences": file_digest(sequences_path),
-        "supervision": {m: file_digest(Path(supervision_dir) / f"teacher_{m}.parquet") for m in modalities},
+        "supervision": {m: file_digest(teacher_file(supervision_dir, m)) for m in modalities},
     }
     if neighbour_files:
         config_payload["neighbours"] = {m: file_digest(path) for m, path in neighbour_files.items()}
@@ -466,7 +467,7 @@ def _run_train(
                 **{f"best_valid_{k}": v for k, v in summary["best_valid"].items()},
             }
         )
-        tracker.log_artifact(model_dir / "config.json")
+        tracker.log_artifact(model_dir / MODEL_CONFIG)
         tracker.log_artifact(curve_path)
     if is_main and ckpt_path.exists():
         ckpt_path.unlink()
