@@ -15,6 +15,7 @@ completely or is ignored with the model untouched, which is what the "starting f
 from __future__ import annotations
 
 import copy
+import csv
 import hashlib
 import importlib.metadata
 import io
@@ -175,3 +176,16 @@ def load_checkpoint(
         log.warning("ignoring unusable checkpoint %s (%s); starting from scratch", path, err)
         return None
     return dict(blob["best"]), state
+
+
+def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
+    """The training curve: one row per epoch; columns are the union over epochs (validation columns may be
+    sparse)."""
+    cols: list[str] = []
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
