@@ -68,6 +68,7 @@ from pipeline.config import (  # noqa: E402
 from pipeline.io import atomic_path, read_json, write_json  # noqa: E402
 from pipeline.layout import Layout  # noqa: E402
 from pipeline.runner import run_stage  # noqa: E402
+from pipeline.tracking import git_rev  # noqa: E402
 
 STAGES = ("ingest", "embed", "correlate", "train", "evaluate")
 SCENARIOS = ("demo", "beauty", "large")
@@ -628,21 +629,6 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def _git_rev() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def default_output(now: dt.datetime) -> Path:
     """benchmarks/results/<host>-<date>.json (the folder is git-ignored)."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname().split(".")[0]) or "host"
@@ -714,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "host": socket.gethostname(),
         "date": now.isoformat(timespec="seconds"),
-        "git_rev": _git_rev(),
+        "git_rev": git_rev(ROOT, short=True),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "python": platform.python_version(),
         "platform": platform.platform(),

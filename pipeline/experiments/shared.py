@@ -6,7 +6,6 @@ step's record); a step whose outputs exist and whose record matches is skipped.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -17,7 +16,7 @@ from typing import Any
 
 from pipeline.config import Params
 from pipeline.experiments.plan import UNTRACKED
-from pipeline.io import read_json, write_json
+from pipeline.io import json_digest, read_json, write_json
 from pipeline.layout import Layout
 from pipeline.runner import DATA_STAGES, run_stage
 from pipeline.tracking import file_digest
@@ -48,7 +47,7 @@ def normalised(obj: Any) -> Any:
 
 
 def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(obj)[:16]
 
 
 def read_record(path: Path) -> Any:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import copy
 import csv
-import hashlib
 import importlib.metadata
 import io
 import json
@@ -27,7 +26,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, json_digest
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ def _code_version() -> str:
 def checkpoint_key(payload: Mapping[str, Any]) -> str:
     """16 hex digits identifying a run: ``payload`` (config and input digests) + schema + code version."""
     keyed = {"schema": CHECKPOINT_SCHEMA, "code": _code_version(), "run": payload}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(keyed)[:16]
 
 
 def save_checkpoint(
