@@ -147,7 +147,7 @@ def check_supervision(
         read_supervision_inputs(supervision_dir),
         {"sequences": file_digest(sequences_path)},
         f"{supervision_dir} (run the correlate stage: dvc repro correlate)",
-        artefact=f"{supervision_dir}/stats.json",
+        artefact=str(Path(supervision_dir) / SUPERVISION_STATS),
         paths={"sequences": sequences_path},
     )
 
