@@ -29,37 +29,12 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("KDSR_MLFLOW", "0")
 
 
-def prepare(params, data: Path) -> None:
-    """Run ingest -> embed -> correlate for ``params`` into ``data`` (needs polars and the teachers)."""
-    from pipeline.data.ingest import run_ingest
-    from pipeline.supervision.correlate import run_correlate
-    from pipeline.teachers.embed import run_embed
-
-    mods = list(params.train.modalities)
-    run_ingest(params.data, params.mlflow, out_dir=data / "processed", stats_path=data / "data_stats.json")
-    run_embed(
-        params.embed,
-        mods,
-        params.mlflow,
-        items_path=data / "processed/items.parquet",
-        out_dir=data / "embeddings",
-    )
-    run_correlate(
-        params.correlate,
-        mods,
-        params.mlflow,
-        embeddings_dir=data / "embeddings",
-        sequences_path=data / "processed/sequences.parquet",
-        out_dir=data / "supervision",
-    )
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", type=Path, default=ROOT / "configs" / "beauty.yaml")
     ap.add_argument("--data", type=Path, required=True, help="folder with processed/ and supervision/")
     ap.add_argument("--prepare", action="store_true", help="build --data with ingest/embed/correlate first")
-    from pipeline.experiments.suite import VARIANTS, parse_overrides  # the suite's definitions
+    from pipeline.experiments.plan import VARIANTS, parse_overrides  # the suite's definitions
 
     ap.add_argument("--variants", nargs="+", default=["sasrec_id", "kdsr"], choices=sorted(VARIANTS))
     ap.add_argument("--seeds", nargs="+", type=int, default=[0])
@@ -76,8 +51,8 @@ def main() -> None:
     import torch
 
     from pipeline.config import load_params, with_overrides
-    from pipeline.evaluation.evaluate import run_evaluate
-    from pipeline.training.trainer import run_train
+    from pipeline.layout import Layout
+    from pipeline.runner import prepare_data, run_stage
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -86,8 +61,8 @@ def main() -> None:
     if args.device:
         extra["train.device"] = args.device
     base = with_overrides(base, {"mlflow.enabled": False, **extra})
-    if args.prepare:
-        prepare(base, args.data)
+    if args.prepare:  # ingest -> embed -> correlate into --data (needs polars and the teachers)
+        prepare_data(base, Layout.flat(args.data))
     out = args.out or args.data / "bench"
     device = "cuda" if (base.train.device != "cpu" and torch.cuda.is_available()) else "cpu"
     machine = (
@@ -99,31 +74,12 @@ def main() -> None:
     for variant in args.variants:
         for seed in args.seeds:
             p = with_overrides(base, {**VARIANTS[variant], "train.seed": seed})
-            run_dir = out / f"{variant}-seed{seed}"
+            layout = Layout.flat(args.data, out / f"{variant}-seed{seed}")
             t0 = time.perf_counter()
-            summary = run_train(
-                p.train,
-                p.correlate.score,
-                p.eval,
-                p.mlflow,
-                sequences_path=args.data / "processed/sequences.parquet",
-                supervision_dir=args.data / "supervision",
-                model_dir=run_dir / "models",
-                curve_path=run_dir / "train_curve.csv",
-                checkpoint_root=run_dir / "ckpt",
-                progress=False,
-            )
+            summary = run_stage("train", p, layout, progress=False)
             train_s = time.perf_counter() - t0
             t1 = time.perf_counter()
-            report = run_evaluate(
-                p.eval,
-                p.mlflow,
-                sequences_path=args.data / "processed/sequences.parquet",
-                model_dir=run_dir / "models",
-                metrics_path=run_dir / "metrics.json",
-                per_user_path=run_dir / "per_user.parquet",
-                progress=False,
-            )
+            report = run_stage("evaluate", p, layout, progress=False)
             eval_s = time.perf_counter() - t1
             epochs = summary["epochs_run"]
             row = {

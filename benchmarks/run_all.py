@@ -66,6 +66,9 @@ from pipeline.config import (  # noqa: E402
     with_overrides,
 )
 from pipeline.io import atomic_path, read_json, write_json  # noqa: E402
+from pipeline.layout import Layout  # noqa: E402
+from pipeline.runner import run_stage  # noqa: E402
+from pipeline.tracking import git_rev  # noqa: E402
 
 STAGES = ("ingest", "embed", "correlate", "train", "evaluate")
 SCENARIOS = ("demo", "beauty", "large")
@@ -183,31 +186,22 @@ class Scenario:
     name: str
     params: Params
     work: Path
-    data_dir: Path  # processed data that embed..evaluate read
-    ingest_dir: Path  # where the measured ingest writes
+    data_root: Path  # the data that embed..evaluate read and write (Layout.flat)
+    ingest_root: Path  # where the measured ingest writes (Layout.flat)
     raw: dict[str, Any] | None = None  # large: generated raw Amazon files for the ingest row
     catalogue: DataParams | None = None  # large: the demo catalogue behind embed..evaluate
     prepare: dict[str, Any] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # generated inputs that failed
     note: str = ""
 
-    def paths(self) -> dict[str, str]:
-        """Every input and output path of the five stages (absolute, as strings for the child spec)."""
-        w, d = self.work, self.data_dir
-        paths = {
-            "ingest_out": self.ingest_dir / "processed",
-            "ingest_stats": self.ingest_dir / "data_stats.json",
-            "items": d / "items.parquet",
-            "sequences": d / "sequences.parquet",
-            "embeddings": w / "embeddings",
-            "supervision": w / "supervision",
-            "models": w / "models",
-            "checkpoints": w / "cache" / "train",
-            "curve": w / "reports" / "train_curve.csv",
-            "metrics": w / "reports" / "metrics.json",
-            "per_user": w / "reports" / "per_user.parquet",
-        }
-        return {k: str(v) for k, v in paths.items()}
+    def layout(self, stage: str) -> Layout:
+        """Where ``stage`` reads and writes: the shared data under ``data_root``, model and reports in
+        ``work``; the measured ingest writes under ``ingest_root``."""
+        return layout_for(stage, self.data_root, self.ingest_root, self.work)
+
+
+def layout_for(stage: str, data_root: Path, ingest_root: Path, work: Path) -> Layout:
+    return Layout.flat(ingest_root) if stage == "ingest" else Layout.flat(data_root, work)
 
 
 def _resolve(path: str) -> Path:
@@ -225,7 +219,7 @@ def build_scenario(name: str, args: argparse.Namespace) -> Scenario:
             {"embed.device": args.device, "correlate.device": args.device, "train.device": args.device}
         )
     epochs = args.epochs or (QUICK["epochs"] if args.quick else None)
-    sc_args: dict[str, Any] = {"name": name, "work": work, "data_dir": work / "processed", "ingest_dir": work}
+    sc_args: dict[str, Any] = {"name": name, "work": work, "data_root": work, "ingest_root": work}
     if name == "demo":
         base = load_params(args.demo_params)
         if args.quick:
@@ -265,8 +259,8 @@ def build_scenario(name: str, args: argparse.Namespace) -> Scenario:
                 "train.modalities": ["text"],
             }
         )
-        sc_args["ingest_dir"] = work / "ingest"
-        sc_args["data_dir"] = work / "catalogue" / "processed"
+        sc_args["ingest_root"] = work / "ingest"
+        sc_args["data_root"] = work / "catalogue"
         sc_args["raw"] = {
             "items": items,
             "interactions": interactions,
@@ -293,14 +287,14 @@ def build_scenario(name: str, args: argparse.Namespace) -> Scenario:
 
 def stage_inputs(stage: str, sc: Scenario) -> list[Path]:
     """The files a stage reads that an earlier stage (or the large scenario's generator) writes."""
-    p = {k: Path(v) for k, v in sc.paths().items()}
+    layout = sc.layout(stage)
     mods = list(sc.params.train.modalities)
     return {
         "ingest": [],
-        "embed": [p["items"]],
-        "correlate": [p["sequences"], *(p["embeddings"] / f"{m}.parquet" for m in mods)],
-        "train": [p["sequences"], p["supervision"] / "stats.json"],
-        "evaluate": [p["sequences"], p["models"] / "model.safetensors"],
+        "embed": [layout.items],
+        "correlate": [layout.sequences, *(layout.embedding(m) for m in mods)],
+        "train": [layout.sequences, layout.supervision_stats],
+        "evaluate": [layout.sequences, layout.model_weights],
     }[stage]
 
 
@@ -322,10 +316,8 @@ def _num_rows(path: Path) -> int:
     return pq.ParquetFile(path).metadata.num_rows
 
 
-def _ingest(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.data.ingest import run_ingest
-
-    stats = run_ingest(p.data, p.mlflow, out_dir=paths["ingest_out"], stats_path=paths["ingest_stats"])
+def _ingest(p: Params, layout: Layout, spec: dict[str, Any]) -> dict[str, Any]:
+    stats = run_stage("ingest", p, layout)
     return {
         "count": stats["raw"]["interactions"],
         "unit": "interactions/s",
@@ -334,15 +326,14 @@ def _ingest(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str
     }
 
 
-def _embed(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str, Any]:
+def _embed(p: Params, layout: Layout, spec: dict[str, Any]) -> dict[str, Any]:
     from pipeline.devices import resolve_device
-    from pipeline.teachers.embed import run_embed
 
     mods = list(p.train.modalities)
     device = str(resolve_device(p.embed.device))
     shutil.rmtree(p.embed.cache_dir, ignore_errors=True)  # a cold run: nothing from the vector cache
-    report = run_embed(p.embed, mods, p.mlflow, items_path=paths["items"], out_dir=paths["embeddings"])
-    items = _num_rows(paths["items"])
+    report = run_stage("embed", p, layout)
+    items = _num_rows(layout.items)
     return {
         "count": items * len(mods),
         "unit": "items/s",
@@ -351,20 +342,12 @@ def _embed(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str,
     }
 
 
-def _correlate(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str, Any]:
+def _correlate(p: Params, layout: Layout, spec: dict[str, Any]) -> dict[str, Any]:
     from pipeline.devices import resolve_device
-    from pipeline.supervision.correlate import run_correlate
 
     mods = list(p.train.modalities)
     device = str(resolve_device(p.correlate.device))
-    stats = run_correlate(
-        p.correlate,
-        mods,
-        p.mlflow,
-        embeddings_dir=paths["embeddings"],
-        sequences_path=paths["sequences"],
-        out_dir=paths["supervision"],
-    )
+    stats = run_stage("correlate", p, layout)
     return {
         "count": sum(int(stats[m]["items"]) for m in mods),
         "unit": "items/s",
@@ -373,25 +356,13 @@ def _correlate(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[
     }
 
 
-def _train(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str, Any]:
+def _train(p: Params, layout: Layout, spec: dict[str, Any]) -> dict[str, Any]:
     from pipeline.devices import resolve_device
-    from pipeline.training.trainer import run_train
 
     device = str(resolve_device(p.train.device))
-    shutil.rmtree(paths["checkpoints"], ignore_errors=True)  # never resume: time whole epochs
-    summary = run_train(
-        p.train,
-        p.correlate.score,
-        p.eval,
-        p.mlflow,
-        sequences_path=paths["sequences"],
-        supervision_dir=paths["supervision"],
-        model_dir=paths["models"],
-        curve_path=paths["curve"],
-        checkpoint_root=paths["checkpoints"],
-        progress=False,
-    )
-    with open(paths["curve"], newline="") as f:
+    shutil.rmtree(layout.checkpoints, ignore_errors=True)  # never resume: time whole epochs
+    summary = run_stage("train", p, layout, progress=False)
+    with open(layout.train_curve, newline="") as f:
         rates = [float(r["seq_per_s"]) for r in csv.DictReader(f)]
     epochs = int(summary["epochs_run"])
     return {
@@ -408,21 +379,11 @@ def _train(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str,
     }
 
 
-def _evaluate(p: Params, paths: dict[str, Path], spec: dict[str, Any]) -> dict[str, Any]:
+def _evaluate(p: Params, layout: Layout, spec: dict[str, Any]) -> dict[str, Any]:
     from pipeline.devices import resolve_device
-    from pipeline.evaluation.evaluate import run_evaluate
 
     device = resolve_device(spec.get("eval_device"))
-    report = run_evaluate(
-        p.eval,
-        p.mlflow,
-        sequences_path=paths["sequences"],
-        model_dir=paths["models"],
-        metrics_path=paths["metrics"],
-        per_user_path=paths["per_user"],
-        device=device,
-        progress=False,
-    )
+    report = run_stage("evaluate", p, layout, device=device, progress=False)
     return {
         "count": sum(report["cases"].values()),
         "unit": "seq/s",
@@ -440,18 +401,12 @@ def _generate_raw(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _build_catalogue(spec: dict[str, Any]) -> dict[str, Any]:
-    from pipeline.data.ingest import run_ingest
-
-    stats = run_ingest(
-        DataParams.model_validate(spec["data"]),
-        MLflowParams(enabled=False),
-        out_dir=Path(spec["out"]),
-        stats_path=Path(spec["stats"]),
-    )
+    params = Params(data=DataParams.model_validate(spec["data"]), mlflow=MLflowParams(enabled=False))
+    stats = run_stage("ingest", params, Layout.flat(Path(spec["out"])))
     return {"details": {k: stats[k] for k in ("users", "items", "interactions")}}
 
 
-STAGE_RUNNERS: dict[str, Callable[[Params, dict[str, Path], dict[str, Any]], dict[str, Any]]] = {
+STAGE_RUNNERS: dict[str, Callable[[Params, Layout, dict[str, Any]], dict[str, Any]]] = {
     "ingest": _ingest,
     "embed": _embed,
     "correlate": _correlate,
@@ -478,8 +433,8 @@ def child_main(spec_path: Path) -> None:
     try:
         t0 = time.perf_counter()
         if task in STAGE_RUNNERS:
-            paths = {k: Path(v) for k, v in spec["paths"].items()}
-            result = STAGE_RUNNERS[task](load_params(spec["params"]), paths, spec)
+            roots = (Path(spec[k]) for k in ("data_root", "ingest_root", "work"))
+            result = STAGE_RUNNERS[task](load_params(spec["params"]), layout_for(task, *roots), spec)
         else:
             result = PREPARE_RUNNERS[task](spec)
         result["stage_s"] = time.perf_counter() - t0
@@ -529,12 +484,7 @@ def prepare_inputs(sc: Scenario, stages: Sequence[str], timeout_s: float | None)
         jobs["raw"] = (sc.raw, sc.work / "ingest", {"dir": str(sc.work / "ingest"), "raw": sc.raw})
     if sc.catalogue is not None and any(s != "ingest" for s in stages):
         data = sc.catalogue.model_dump()
-        stats = str(sc.work / "catalogue" / "data_stats.json")
-        jobs["catalogue"] = (
-            data,
-            sc.work / "catalogue",
-            {"data": data, "out": str(sc.data_dir), "stats": stats},
-        )
+        jobs["catalogue"] = (data, sc.data_root, {"data": data, "out": str(sc.data_root)})
     errors: dict[str, str] = {}
     for task, (wanted, folder, spec) in jobs.items():
         record = folder / "generated.json"
@@ -574,7 +524,10 @@ def run_scenario(sc: Scenario, stages: Sequence[str], args: argparse.Namespace) 
     sc.errors = prepare_inputs(sc, stages, args.stage_timeout)
     failed: set[str] = set(sc.errors)  # stages (and generated inputs) that failed in this run
     data = "catalogue" if sc.catalogue is not None else "ingest"
-    spec: dict[str, Any] = {"params": str(params_path), "paths": sc.paths()}
+    spec: dict[str, Any] = {
+        "params": str(params_path),
+        **{k: str(getattr(sc, k)) for k in ("data_root", "ingest_root", "work")},
+    }
     if args.device != "auto":
         spec["eval_device"] = args.device
     rows: list[dict[str, Any]] = []
@@ -676,21 +629,6 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
-def _git_rev() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def default_output(now: dt.datetime) -> Path:
     """benchmarks/results/<host>-<date>.json (the folder is git-ignored)."""
     host = re.sub(r"[^A-Za-z0-9_.-]", "_", socket.gethostname().split(".")[0]) or "host"
@@ -762,7 +700,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     report: dict[str, Any] = {
         "host": socket.gethostname(),
         "date": now.isoformat(timespec="seconds"),
-        "git_rev": _git_rev(),
+        "git_rev": git_rev(ROOT, short=True),
         "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
         "python": platform.python_version(),
         "platform": platform.platform(),

@@ -169,3 +169,8 @@ def parquet_metadata(path: str | Path) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key] = v.decode(errors="replace")
     return out
+
+
+def json_digest(obj: Any) -> str:
+    """SHA-256 hex digest of ``obj`` as JSON with sorted keys (non-JSON values as ``str``): key order ignored."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()

@@ -25,6 +25,7 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.io import file_digest, parquet_metadata
+from pipeline.layout import MODEL_CONFIG, SUPERVISION_STATS, teacher_file
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,7 @@ def check_embeddings_match_sequences(embeddings_path: str | Path, sequences_path
 
 def read_supervision_inputs(supervision_dir: str | Path) -> dict[str, str] | None:
     """The ``inputs`` recorded in ``<supervision_dir>/stats.json`` (None when absent or unreadable)."""
-    path = Path(supervision_dir) / "stats.json"
+    path = Path(supervision_dir) / SUPERVISION_STATS
     try:
         return json.loads(path.read_text()).get(INPUTS_KEY)
     except (OSError, ValueError, AttributeError):
@@ -146,7 +147,7 @@ def check_supervision(
         read_supervision_inputs(supervision_dir),
         {"sequences": file_digest(sequences_path)},
         f"{supervision_dir} (run the correlate stage: dvc repro correlate)",
-        artefact=f"{supervision_dir}/stats.json",
+        artefact=str(Path(supervision_dir) / SUPERVISION_STATS),
         paths={"sequences": sequences_path},
     )
 
@@ -158,7 +159,7 @@ def model_inputs(
     """What the train stage records under ``inputs`` in ``models/config.json``."""
     out = {"sequences": file_digest(sequences_path)}
     for m in modalities:
-        out[f"supervision/teacher_{m}"] = file_digest(Path(supervision_dir) / f"teacher_{m}.parquet")
+        out[f"supervision/teacher_{m}"] = file_digest(teacher_file(supervision_dir, m))
     return out
 
 
@@ -168,7 +169,7 @@ def check_model(model_dir: str | Path, sequences_path: str | Path) -> None:
     Raises:
         LineageError: the sequences changed since training (rerun the train stage).
     """
-    config = Path(model_dir) / "config.json"
+    config = Path(model_dir) / MODEL_CONFIG
     try:
         recorded = json.loads(config.read_text()).get(INPUTS_KEY)
     except (OSError, ValueError, AttributeError):

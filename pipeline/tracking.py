@@ -17,6 +17,7 @@ from typing import Any
 
 from pipeline.config import PROJECT_ROOT, flatten
 from pipeline.io import file_digest  # noqa: F401 - re-exported: runs are tagged with data/model digests
+from pipeline.layout import MODEL_WEIGHTS
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +27,11 @@ def default_tracking_uri(root: Path = PROJECT_ROOT) -> str:
     return f"sqlite:///{root.resolve()}/mlflow.db"
 
 
-def _git_rev(root: Path = PROJECT_ROOT) -> str | None:
+def git_rev(root: Path = PROJECT_ROOT, short: bool = False) -> str | None:
+    """The commit checked out at ``root`` (abbreviated with ``short``); None outside a git work tree."""
+    cmd = ["git", "rev-parse", *(["--short"] if short else []), "HEAD"]
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, timeout=5, check=False
-        )
+        out = subprocess.run(cmd, cwd=root, capture_output=True, text=True, timeout=5, check=False)
     except (OSError, subprocess.SubprocessError):
         return None
     return out.stdout.strip() or None
@@ -39,7 +40,7 @@ def _git_rev(root: Path = PROJECT_ROOT) -> str | None:
 def standard_tags(stage: str, extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """Tags every run carries: stage, git rev, and DVC's experiment name when run by ``dvc exp run``."""
     tags = {"stage": stage}
-    rev = _git_rev()
+    rev = git_rev()
     if rev:
         tags["git.rev"] = rev
     for env, tag in (
@@ -220,7 +221,7 @@ def log_recommender(mlflow_params: Any, model_dir: Path, items_path: Path) -> st
         return None
     if _import_mlflow() is None:
         return None
-    weights = Path(model_dir) / "model.safetensors"
+    weights = Path(model_dir) / MODEL_WEIGHTS
     if not weights.exists():
         return None  # training stopped before writing a model
     run_id = find_run_by_tag(mlflow_params, "model.sha256", file_digest(weights))

@@ -3,22 +3,15 @@
 from pathlib import Path
 
 from pipeline.config import stage_params
-from pipeline.supervision.correlate import run_correlate
+from pipeline.layout import Layout
+from pipeline.runner import run_stage
 from stages._common import main
 
 PARAMS = ("correlate", "train.modalities", "mlflow")  # must equal this stage's `params:` list in dvc.yaml
 
 
 def run() -> None:
-    p = stage_params("correlate", PARAMS)
-    run_correlate(
-        p.correlate,
-        list(p.train.modalities),
-        mlflow_params=p.mlflow,
-        embeddings_dir=Path("data/embeddings"),
-        sequences_path=Path("data/processed/sequences.parquet"),
-        out_dir=Path("data/supervision"),
-    )
+    run_stage("correlate", stage_params("correlate", PARAMS), Layout.project(Path()))
 
 
 if __name__ == "__main__":

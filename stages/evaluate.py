@@ -3,22 +3,15 @@
 from pathlib import Path
 
 from pipeline.config import stage_params
-from pipeline.evaluation.evaluate import run_evaluate
+from pipeline.layout import Layout
+from pipeline.runner import run_stage
 from stages._common import main
 
 PARAMS = ("eval", "mlflow")  # must equal this stage's `params:` list in dvc.yaml
 
 
 def run() -> None:
-    p = stage_params("evaluate", PARAMS)
-    run_evaluate(
-        p.eval,
-        mlflow_params=p.mlflow,
-        sequences_path=Path("data/processed/sequences.parquet"),
-        model_dir=Path("models"),
-        metrics_path=Path("reports/metrics.json"),
-        per_user_path=Path("reports/per_user.parquet"),
-    )
+    run_stage("evaluate", stage_params("evaluate", PARAMS), Layout.project(Path()))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,12 @@ import sys
 from pathlib import Path
 
 from pipeline.config import stage_params
-from pipeline.recommend.topk import ItemCatalogue, Recommender, run_recommend
+from pipeline.layout import Layout
+from pipeline.recommend.topk import ItemCatalogue, Recommender
+from pipeline.runner import run_stage
 from stages._common import main
 
 PARAMS = ("recommend",)  # must equal this stage's `params:` list in dvc.yaml
-SEQUENCES = Path("data/processed/sequences.parquet")
-ITEMS = Path("data/processed/items.parquet")
-MODEL_DIR = Path("models")
-OUT = Path("data/recommendations.parquet")
 
 
 def _args(argv: list[str]) -> argparse.Namespace:
@@ -38,16 +36,17 @@ def _args(argv: list[str]) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> None:
     args = _args(sys.argv[1:] if argv is None else argv)
-    p = stage_params("recommend", PARAMS).recommend
+    params, layout = stage_params("recommend", PARAMS), Layout.project(Path())
+    p = params.recommend
     if args.items is None:
         if args.k is not None or args.mask_history is not None:
             raise SystemExit("--k and --mask-history go with --items (the stage reads recommend.* params)")
-        run_recommend(p, SEQUENCES, ITEMS, MODEL_DIR, OUT)
+        run_stage("recommend", params, layout)
         return
     k = p.k if args.k is None else args.k
     mask = p.mask_history if args.mask_history is None else args.mask_history
-    catalogue = ItemCatalogue.from_parquet(ITEMS, with_text=True)
-    rec = Recommender.load(MODEL_DIR, catalogue)
+    catalogue = ItemCatalogue.from_parquet(layout.items, with_text=True)
+    rec = Recommender.load(layout.models, catalogue)
     ((ids, scores),) = rec.recommend([args.items], k, mask)
     text = dict(zip(catalogue.ids, catalogue.text or [], strict=False))
     print(

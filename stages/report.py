@@ -12,8 +12,8 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import DEFAULT_PARAMS, load_params, parse_params
+from pipeline.experiments.plan import SUITE_FILE
 from pipeline.experiments.report import run_report
-from pipeline.experiments.suite import SUITE_FILE
 from pipeline.io import read_json
 from stages._common import main
 

@@ -13,7 +13,9 @@ import argparse
 from pathlib import Path
 
 from pipeline.config import DEFAULT_PARAMS, load_params, with_overrides
-from pipeline.experiments.suite import VARIANTS, parse_overrides, run_suite
+from pipeline.experiments.plan import VARIANTS, parse_overrides
+from pipeline.experiments.report import run_report
+from pipeline.experiments.suite import RunsFailed, run_suite
 from stages._common import main
 
 
@@ -53,17 +55,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> None:
     base = with_overrides(load_params(args.params), parse_overrides(args.overrides))
-    run_suite(
-        base,
-        args.out,
-        variants=args.variants,
-        seeds=args.seeds,
-        ablation_seeds=args.ablation_seeds,
-        jobs=args.jobs,
-        progress=not args.no_progress,
-        report=not args.no_report,
-        twins=args.twins,
-    )
+    failed: RunsFailed | None = None
+    try:
+        results = run_suite(
+            base,
+            args.out,
+            variants=args.variants,
+            seeds=args.seeds,
+            ablation_seeds=args.ablation_seeds,
+            jobs=args.jobs,
+            progress=not args.no_progress,
+            twins=args.twins,
+        )
+    except RunsFailed as err:  # the report covers the runs that finished; the failure is raised after it
+        results, failed = err.results, err
+    if results and not args.no_report:
+        run_report(args.out, base.mlflow)
+    if failed is not None:
+        raise failed
 
 
 if __name__ == "__main__":

@@ -6,18 +6,19 @@ With MLflow on, the trained model is also logged as a pyfunc model (and register
 from pathlib import Path
 
 from pipeline.config import stage_params
+from pipeline.layout import Layout
+from pipeline.runner import run_stage
 from pipeline.tracking import log_recommender
-from pipeline.training.trainer import run_train
 from stages._common import main
 
 PARAMS = ("train", "correlate.score", "eval", "mlflow")
 
 
 def run() -> None:
-    p = stage_params("train", PARAMS)
-    summary = run_train(p.train, p.correlate.score, p.eval, p.mlflow)
+    p, layout = stage_params("train", PARAMS), Layout.project(Path())
+    summary = run_stage("train", p, layout)
     if summary.get("finished", True):
-        log_recommender(p.mlflow, Path("models"), Path("data/processed/items.parquet"))
+        log_recommender(p.mlflow, layout.models, layout.items)
 
 
 if __name__ == "__main__":

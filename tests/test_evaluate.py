@@ -136,6 +136,7 @@ def test_outputs_are_deterministic(tmp_path: Path, sequences: Path, eval_params,
             eval_params,
             tiny_params.mlflow,
             sequences_path=sequences,
+            model_dir=tmp_path / run / "models",  # not read: the student is given
             student=NextIdStudent(6, 3),
             device="cpu",
             progress=False,
@@ -153,6 +154,7 @@ def test_catalogue_mismatch_is_a_clear_error(
             eval_params,
             tiny_params.mlflow,
             sequences_path=sequences,
+            model_dir=tmp_path / "models",  # not read: the student is given
             student=NextIdStudent(4, 3),
             device="cpu",
             **outputs(tmp_path),

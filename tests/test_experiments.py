@@ -15,11 +15,9 @@ import pytest
 from scipy import stats
 
 import pipeline.experiments.report as report_mod
-import pipeline.experiments.suite as suite_mod
 from pipeline.config import PROJECT_ROOT, Params, flatten, load_params, with_overrides
 from pipeline.errors import PipelineError
-from pipeline.experiments.report import aggregate, ndcg_per_user, paired_test, write_report
-from pipeline.experiments.suite import (
+from pipeline.experiments.plan import (
     ABLATIONS,
     KD_WEIGHTS,
     MAIN_VARIANTS,
@@ -27,13 +25,12 @@ from pipeline.experiments.suite import (
     VARIANTS,
     parse_overrides,
     plan_runs,
-    prepare_shared,
-    run_suite,
-    shared_data,
-    stale_runs,
     twin_overrides,
     variant_seeds,
 )
+from pipeline.experiments.report import aggregate, ndcg_per_user, paired_test, write_report
+from pipeline.experiments.shared import prepare_shared, shared_data
+from pipeline.experiments.suite import run_suite, stale_runs
 from pipeline.io import read_json, write_json, write_parquet
 from pipeline.tracking import Tracker
 
@@ -57,6 +54,14 @@ TINY = {
     "mlflow.enabled": False,
 }
 RUN_FILES = ("metrics.json", "per_user.parquet", "train_curve.csv", "summary.json", "params.json")
+# each stage's library function, as ``run_stage`` imports it when the stage runs
+STAGE_FUNCTIONS = {
+    "run_ingest": "pipeline.data.ingest.run_ingest",
+    "run_embed": "pipeline.teachers.embed.run_embed",
+    "run_correlate": "pipeline.supervision.correlate.run_correlate",
+    "run_train": "pipeline.training.trainer.run_train",
+    "run_evaluate": "pipeline.evaluation.evaluate.run_evaluate",
+}
 
 
 @pytest.fixture(scope="module")
@@ -66,6 +71,7 @@ def tiny_suite(tmp_path_factory: pytest.TempPathFactory) -> tuple[Params, Path, 
     base = with_overrides(load_params(), {**TINY, "embed.cache_dir": str(root / "embed_cache")})
     out = root / "tiny"
     results = run_suite(base, out, variants=["sasrec_id", "kdsr"], seeds=2, progress=False)
+    write_report(out)
     return base, out, results
 
 
@@ -125,7 +131,7 @@ def test_suite_writes_every_run_and_the_shared_data(tiny_suite) -> None:
 def test_rerun_skips_finished_runs_and_unchanged_shared_steps(tiny_suite, monkeypatch) -> None:
     base, out, first = tiny_suite
     for name in ("run_ingest", "run_embed", "run_correlate", "run_train", "run_evaluate"):
-        monkeypatch.setattr(suite_mod, name, _forbid(name))
+        monkeypatch.setattr(STAGE_FUNCTIONS[name], _forbid(name))
     again = run_suite(base, out, variants=["sasrec_id", "kdsr"], seeds=2, progress=False)
     assert [r["status"] for r in again] == ["skipped"] * 6
     assert [r["test"] for r in again] == [r["test"] for r in first]
@@ -137,8 +143,8 @@ def test_an_unevaluated_run_only_evaluates(tiny_suite, tmp_path, monkeypatch) ->
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
     (copy / "runs" / "kdsr" / "seed1" / "metrics.json").unlink()
-    monkeypatch.setattr(suite_mod, "run_train", _forbid("run_train"))
-    again = run_suite(base, copy, variants=["kdsr"], seeds=2, progress=False, report=False)
+    monkeypatch.setattr(STAGE_FUNCTIONS["run_train"], _forbid("run_train"))
+    again = run_suite(base, copy, variants=["kdsr"], seeds=2, progress=False)
     assert [(r["variant"], r["status"]) for r in again] == [
         ("kdsr", "skipped"),
         ("kdsr_twin", "skipped"),
@@ -161,8 +167,8 @@ def test_a_record_older_than_an_option_matches_that_options_default(
         write_json(path, record)
     shared = shared_data(base, copy / "data")
     assert stale_runs(plan_runs(base, copy, variant_seeds(["kdsr"], 2, 1)), shared) == []
-    monkeypatch.setattr(suite_mod, "run_train", _forbid("run_train"))
-    again = run_suite(base, copy, variants=["kdsr"], seeds=2, progress=False, report=False)
+    monkeypatch.setattr(STAGE_FUNCTIONS["run_train"], _forbid("run_train"))
+    again = run_suite(base, copy, variants=["kdsr"], seeds=2, progress=False)
     assert [r["status"] for r in again] == ["skipped"] * 4
     assert [r["test"] for r in again] == [r["test"] for r in first if r["variant"] != "sasrec_id"]
     changed = with_overrides(base, {"train.kd.neighbour_pairs": 8})  # not the default: those runs are stale
@@ -176,7 +182,7 @@ def test_changed_params_rerun_only_later_steps_and_flag_stale_runs(tiny_suite, t
     shutil.copytree(out / "data", data)
     calls: list[str] = []
     for name in ("run_ingest", "run_embed", "run_correlate"):
-        monkeypatch.setattr(suite_mod, name, lambda *a, _n=name, **k: calls.append(_n))
+        monkeypatch.setattr(STAGE_FUNCTIONS[name], lambda *a, _n=name, **k: calls.append(_n))
     changed = with_overrides(base, {"correlate.codes": 6})
     shared = prepare_shared(changed, data)
     assert calls == ["run_correlate"]
@@ -631,7 +637,7 @@ def test_a_kdsr_variant_without_distillation_is_flagged(caplog) -> None:
     base = with_overrides(
         load_params(), parse_overrides(["train.kd.holistic_weight=0", "train.kd.code_weight=0"])
     )
-    with caplog.at_level("WARNING", logger="pipeline.experiments.suite"):
+    with caplog.at_level("WARNING", logger="pipeline.experiments.plan"):
         specs = plan_runs(base, Path("o"), variant_seeds(["kdsr"], 1, 1))
     assert specs[0].params == specs[1].params  # the pair is still planned, and says why it is pointless
     assert "kdsr distils nothing under this config" in caplog.text

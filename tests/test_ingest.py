@@ -25,8 +25,10 @@ from pipeline.data.kcore import kcore_filter
 from pipeline.data.splits import leave_one_out_split, ratio_split, split_boundaries
 from pipeline.errors import DataError
 from pipeline.io import parquet_metadata
+from pipeline.layout import Layout
 
 NO_MLFLOW = MLflowParams(enabled=False)
+PROJECT = Layout.project(Path())  # the stage's outputs, relative to the working directory
 
 
 def digest(path: Path) -> str:
@@ -185,14 +187,16 @@ def tiny_data(tiny_params: Params) -> Any:
 
 
 def test_demo_ingest_is_deterministic_and_matches_the_contract(in_tmp_project: Path, tiny_data: Any) -> None:
-    stats = run_ingest(tiny_data, NO_MLFLOW)
+    stats = run_ingest(tiny_data, NO_MLFLOW, PROJECT.processed, PROJECT.data_stats)
     out = Path("data/processed")
     first = {
         name: digest(out / name)
         for name in ("items.parquet", "sequences.parquet", "demo_raw/meta_Beauty.json.gz")
     }
     stats_text = Path("reports/data_stats.json").read_text()
-    stats2 = run_ingest(tiny_data, NO_MLFLOW)  # replaces the existing output
+    stats2 = run_ingest(
+        tiny_data, NO_MLFLOW, PROJECT.processed, PROJECT.data_stats
+    )  # replaces the existing output
     assert {name: digest(out / name) for name in first} == first
     assert Path("reports/data_stats.json").read_text() == stats_text and stats == stats2
     assert sorted(p.name for p in Path("data").iterdir()) == ["processed"]  # no temporary folders left
@@ -229,7 +233,7 @@ def test_demo_ingest_is_deterministic_and_matches_the_contract(in_tmp_project: P
 
 def test_ratio_split_metadata(in_tmp_project: Path, tiny_params: Params) -> None:
     data = with_overrides(tiny_params, {"data.split": "ratio", "data.demo.images": False}).data
-    stats = run_ingest(data, NO_MLFLOW)
+    stats = run_ingest(data, NO_MLFLOW, PROJECT.processed, PROJECT.data_stats)
     seqs = pq.read_table("data/processed/sequences.parquet")
     lengths = np.array([len(s) for s in seqs.column("items").to_pylist()])
     n_test = np.maximum(1, np.floor(0.2 * lengths + 0.5))
@@ -262,7 +266,7 @@ def _write_2014(raw: Path, review_lines: list[str]) -> None:
 def test_too_many_bad_lines_fail_and_an_existing_output_survives(
     in_tmp_project: Path, tiny_data: Any
 ) -> None:
-    run_ingest(tiny_data, NO_MLFLOW)
+    run_ingest(tiny_data, NO_MLFLOW, PROJECT.processed, PROJECT.data_stats)
     before = {p.relative_to("data"): digest(p) for p in Path("data").rglob("*") if p.is_file()}
     stats_before = Path("reports/data_stats.json").read_text()
 
@@ -274,7 +278,7 @@ def test_too_many_bad_lines_fail_and_an_existing_output_survives(
     with pytest.raises(
         DataError, match=r"reviews_Cat_5\.json\.gz: 2 of 100 records are malformed.*line 51.*line 52"
     ):
-        run_ingest(bad, NO_MLFLOW)
+        run_ingest(bad, NO_MLFLOW, PROJECT.processed, PROJECT.data_stats)
     after = {p.relative_to("data"): digest(p) for p in Path("data").rglob("*") if p.is_file()}
     assert after == before and Path("reports/data_stats.json").read_text() == stats_before
     assert sorted(p.name for p in Path("data").iterdir()) == ["processed"]
@@ -323,7 +327,7 @@ def test_ingest_logs_params_and_numeric_stats_to_mlflow(
 
     monkeypatch.setattr(ingest_module, "start_run", fake_start_run)
     data = with_overrides(Params(data=tiny_data), {"data.demo.images": False}).data
-    stats = run_ingest(data, NO_MLFLOW)
+    stats = run_ingest(data, NO_MLFLOW, PROJECT.processed, PROJECT.data_stats)
     assert calls["stage"] == "ingest"
     assert calls["params"]["data"]["source"] == "demo" and calls["params"]["data"]["demo"]["users"] == 300
     assert calls["metrics"]["users"] == stats["users"] and calls["metrics"]["sequence_length"]["p90"] > 0

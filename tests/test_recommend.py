@@ -49,7 +49,8 @@ def test_history_masking_known_answers(tmp_path: Path, mask: bool) -> None:
     write_items(items, 8)
     rec = Recommender(IdScorer(8, 4), ItemCatalogue.from_parquet(items), "cpu")
     out = tmp_path / "rec.parquet"
-    summary = run_recommend(RecommendParams(k=3, mask_history=mask, batch_size=2), seq, items, out_path=out,
+    summary = run_recommend(RecommendParams(k=3, mask_history=mask, batch_size=2), seq, items,
+                            model_dir=tmp_path / "models", out_path=out,  # the model is given: not read
                             recommender=rec, progress=False)  # fmt: skip
     got = {u: [item for _, item, _, _ in rows] for u, rows in rows_by_user(out).items()}
     if mask:

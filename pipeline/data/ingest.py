@@ -54,6 +54,7 @@ from pipeline.data.kcore import kcore_filter
 from pipeline.data.splits import MIN_SEQUENCE_LENGTH, split_boundaries
 from pipeline.errors import DataError
 from pipeline.io import file_digest, write_json, write_parquet
+from pipeline.layout import ITEMS, SEQUENCES
 from pipeline.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -408,8 +409,8 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
 def run_ingest(
     data: Any,
     mlflow_params: Any,
-    out_dir: Path = Path("data/processed"),
-    stats_path: Path = Path("reports/data_stats.json"),
+    out_dir: Path,
+    stats_path: Path,
 ) -> dict[str, Any]:
     """Run the ingest stage: parse ``data.source``, filter, number, split and write the outputs.
 
@@ -439,10 +440,10 @@ def run_ingest(
             }
             if data.split == "ratio":
                 metadata["test_fraction"] = data.test_fraction
-            write_parquet(staging / "items.parquet", dataset.items, metadata)
+            write_parquet(staging / ITEMS, dataset.items, metadata)
             # lineage: the items these sequences number (embed records the digest of the items it read)
-            lineage = {"items_sha256": file_digest(staging / "items.parquet")}
-            write_parquet(staging / "sequences.parquet", dataset.sequences, {**metadata, **lineage})
+            lineage = {"items_sha256": file_digest(staging / ITEMS)}
+            write_parquet(staging / SEQUENCES, dataset.sequences, {**metadata, **lineage})
             _swap_in(staging, out_dir)
         stats = {**metadata, **dataset.stats}
         write_json(stats_path, stats)
@@ -451,7 +452,7 @@ def run_ingest(
     log.info(
         "ingest done in %.1f s: %s, %s",
         time.perf_counter() - t0,
-        out_dir / "items.parquet",
-        out_dir / "sequences.parquet",
+        out_dir / ITEMS,
+        out_dir / SEQUENCES,
     )
     return stats

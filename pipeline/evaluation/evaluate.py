@@ -25,12 +25,12 @@ from pipeline.evaluation.metrics import (
     read_sequences,
 )
 from pipeline.io import write_json, write_parquet
+from pipeline.layout import MODEL_CONFIG, MODEL_WEIGHTS
 from pipeline.lineage import check_model
 
 log = logging.getLogger(__name__)
 
 PARTS = ("valid", "test")
-MODEL_WEIGHTS = "model.safetensors"
 
 
 class Scorer(Protocol):
@@ -115,10 +115,10 @@ def _log_to_mlflow(
 def run_evaluate(
     eval_params: Any,
     mlflow_params: Any,
-    sequences_path: Path = Path("data/processed/sequences.parquet"),
-    model_dir: Path = Path("models"),
-    metrics_path: Path = Path("reports/metrics.json"),
-    per_user_path: Path = Path("reports/per_user.parquet"),
+    sequences_path: Path,
+    model_dir: Path,
+    metrics_path: Path,
+    per_user_path: Path,
     student: Scorer | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -146,7 +146,7 @@ def run_evaluate(
             recorded in its config.json), even of the same size.
     """
     model_dir, sequences_path = Path(model_dir), Path(sequences_path)
-    if student is None and sequences_path.exists() and (model_dir / "config.json").exists():
+    if student is None and sequences_path.exists() and (model_dir / MODEL_CONFIG).exists():
         check_model(model_dir, sequences_path)  # before any work: a stale model must not be evaluated
     dev = resolve_device(device)
     model = student if student is not None else _load_model(model_dir, dev)

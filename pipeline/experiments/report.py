@@ -6,13 +6,12 @@ epoch; and a paired test over users (Wilcoxon signed-rank and paired t-test on p
 averaged over seeds) of each KDSR variant against that baseline.
 
 The **KD effect** compares each KDSR variant with its twin (the same config without the distillation terms,
-:data:`~pipeline.experiments.suite.TWINS`) on the seeds both ran: means ± std, the relative change, the same
+:data:`~pipeline.experiments.plan.TWINS`) on the seeds both ran: means ± std, the relative change, the same
 paired tests over users, and the per-seed differences (seed k of both uses the same ``train.seed``).
 """
 
 from __future__ import annotations
 
-import csv
 import logging
 import math
 import warnings
@@ -25,15 +24,24 @@ import numpy as np
 from scipy import stats
 
 from pipeline.errors import PipelineError
-from pipeline.experiments.suite import BASELINES, SUITE_FILE, SUITE_TAG, TWIN_SUFFIX, TWINS, VARIANTS
+from pipeline.experiments.plan import (
+    BASELINES,
+    SUITE_FILE,
+    SUITE_TAG,
+    TWIN_SUFFIX,
+    TWINS,
+    VARIANTS,
+    suite_layout,
+)
+from pipeline.experiments.render import plot_bars, plot_curves, render_markdown
 from pipeline.io import atomic_path, read_json, read_parquet, write_json
+from pipeline.layout import Layout
 from pipeline.tracking import Tracker, find_run_by_tag, start_run
 
 log = logging.getLogger(__name__)
 
 TABLE_METRICS = ("hr", "ndcg")  # shown at every K the evaluation computed (5, 10, 20 by default)
 SIGNIFICANCE_K = 20  # per-user NDCG@K of the paired test (the largest K when 20 was not evaluated)
-CURVE_METRIC = "valid_ndcg_at_10"  # the validation curve plotted per variant (the selection metric)
 CURVES_PNG, BARS_PNG = "valid_curves.png", "test_metrics.png"
 AGREEMENT_FILE = "teacher_agreement.json"  # per run: what is left of the teacher's correlations
 
@@ -48,12 +56,17 @@ class RunResult:
     metrics: dict[str, Any]  # metrics.json
     summary: dict[str, Any]  # summary.json ({} when missing)
 
+    @property
+    def layout(self) -> Layout:
+        """The run's artefacts (``run_dir`` is ``<suite>/runs/<variant>/seed<k>``)."""
+        return suite_layout(self.run_dir.parents[2], self.run_dir)
+
 
 # --------------------------------------------------------------------------------------------- reading
 def collect_runs(out: Path) -> dict[str, list[RunResult]]:
     """Every finished run (one with ``metrics.json``) under ``out/runs``, per variant, sorted by seed.
 
-    Variants come in :data:`~pipeline.experiments.suite.VARIANTS` order, unknown names after them.
+    Variants come in :data:`~pipeline.experiments.plan.VARIANTS` order, unknown names after them.
     """
     found: dict[str, list[RunResult]] = {}
     for path in sorted(Path(out).glob("runs/*/seed*/metrics.json")):
@@ -80,7 +93,7 @@ def run_agreement(run: RunResult, supervision_dir: Path) -> dict[str, dict[str, 
     from pipeline.models.persist import load_student  # noqa: PLC0415
 
     cache = run.run_dir / AGREEMENT_FILE
-    weights = run.run_dir / "models" / "model.safetensors"
+    weights = run.layout.model_weights
     if cache.exists() and weights.exists() and cache.stat().st_mtime >= weights.stat().st_mtime:
         return read_json(cache)
     if not weights.exists() or not Path(supervision_dir).is_dir():
@@ -123,7 +136,7 @@ def ndcg_per_user(per_user_path: Path, k: int = SIGNIFICANCE_K, part: str = "tes
 
 def seed_averaged_ndcg(runs: Sequence[RunResult], k: int = SIGNIFICANCE_K) -> dict[int, float]:
     """Per-user NDCG@k averaged over a variant's seeds (users every seed evaluated)."""
-    per_seed = [ndcg_per_user(r.run_dir / "per_user.parquet", k) for r in runs]
+    per_seed = [ndcg_per_user(r.layout.per_user, k) for r in runs]
     users = set(per_seed[0]).intersection(*per_seed[1:])
     return {u: float(np.mean([s[u] for s in per_seed])) for u in sorted(users)}
 
@@ -250,7 +263,7 @@ def aggregate(out: Path) -> dict[str, Any]:
                 entry[part][m] = {"mean": mean, "std": std}
         for key in ("best_epoch", "epochs_run", "seconds_to_best", "seconds_total"):
             entry[key] = _mean_of(rs, key)
-        agreements = [run_agreement(r, out / "data" / "supervision") for r in rs]
+        agreements = [run_agreement(r, suite_layout(out).supervision) for r in rs]
         entry["teacher_agreement"] = {
             m: {key: mean_std([a[m][key] for a in agreements])[0] for key in ("table_r", "kd_r")}
             for m in sorted(set.intersection(*(set(a) for a in agreements)))
@@ -309,245 +322,6 @@ def _is_kdsr(variant: str, twins: dict[str, str]) -> bool:
     return variant not in VARIANTS and variant.startswith("kdsr") and not variant.endswith(TWIN_SUFFIX)
 
 
-# --------------------------------------------------------------------------------------------- rendering
-def _label(metric: str) -> str:
-    name, k = metric.rsplit("_at_", 1)
-    return f"{name.upper()}@{k}"
-
-
-def _fmt_mean_std(stat: dict[str, float | None]) -> str:
-    return f"{stat['mean']:.4f}" if stat["std"] is None else f"{stat['mean']:.4f} ± {stat['std']:.4f}"
-
-
-def _fmt(x: float | None, spec: str) -> str:
-    return "–" if x is None else format(x, spec)
-
-
-def _fmt_p(p: float | None) -> str:
-    return "n/a" if p is None else f"{p:.3g}"
-
-
-def _fmt_override(value: Any) -> str:
-    return "[" + ", ".join(map(str, value)) + "]" if isinstance(value, list) else str(value)
-
-
-def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
-    """``results.md``: the test table, relative changes, the paired tests and the variants' overrides."""
-    names = results["metrics"]
-    head = ["variant", "n", *map(_label, names), "epochs to best", "seconds to best"]
-    lines = [
-        f"# Experiment suite `{results['suite']}`",
-        "",
-        "Test metrics with full-catalogue ranking: mean ± sample standard deviation over seeds (n seeds). "
-        "Epochs and seconds to the best epoch (chosen on validation NDCG@10) are means over seeds. "
-        f"Cases: {results['cases'].get('test', '?')} test, {results['cases'].get('valid', '?')} validation.",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" + "--:|" * (len(head) - 1),
-    ]
-    pop = results["popularity"].get("test")
-    if pop:
-        cells = [f"{pop[m]:.4f}" if m in pop else "–" for m in names]
-        lines.append("| popularity | – | " + " | ".join(cells) + " | – | – |")
-    for v, e in results["variants"].items():
-        cells = [_fmt_mean_std(e["test"][m]) for m in names]
-        timing = [_fmt(e["best_epoch"], ".1f"), _fmt(e["seconds_to_best"], ".1f")]
-        lines.append(f"| {v} | {e['n']} | " + " | ".join(cells + timing) + " |")
-
-    baseline, select = results["baseline"], _label(results["selection_metric"])
-    lines += ["", "## Relative change vs the best baseline", ""]
-    if baseline is None:
-        lines.append(f"No baseline ({', '.join(BASELINES)}) in this suite.")
-    elif not results["relative_change"]:
-        lines.append("No KDSR variant in this suite.")
-    else:
-        lines += [
-            f"Baseline: `{baseline}`, the better of {', '.join(BASELINES)} by mean test {select}.",
-            "",
-            "| variant | " + " | ".join(map(_label, names)) + " |",
-            "|---|" + "--:|" * len(names),
-        ]
-        for v, rel in results["relative_change"].items():
-            lines.append(f"| {v} | " + " | ".join(_fmt(rel[m], "+.1f") + "%" for m in names) + " |")
-
-    lines += [
-        "",
-        f"## Paired significance over users (per-user test {select}, averaged over seeds)",
-        "",
-        "Wilcoxon signed-rank test and paired t-test of each KDSR variant against the best baseline; "
-        "n/a when every user's difference is zero.",
-        "",
-    ]
-    if results["significance"]:
-        lines += [
-            f"| variant | vs | users | mean {select} | baseline mean | Wilcoxon p | paired t-test p |",
-            "|---|---|--:|--:|--:|--:|--:|",
-        ]
-        for v, s in results["significance"].items():
-            lines.append(
-                f"| {v} | {s['baseline']} | {s['users']} | {_fmt(s['mean'], '.4f')} | "
-                f"{_fmt(s['baseline_mean'], '.4f')} | {_fmt_p(s['wilcoxon_p'])} | {_fmt_p(s['ttest_p'])} |"
-            )
-    else:
-        lines.append("Needs a baseline and a KDSR variant.")
-
-    lines += _render_kd_effect(results.get("kd_effect", {}), names)
-
-    agreement = [(v, m, a) for v, e in results["variants"].items() for m, a in e["teacher_agreement"].items()]
-    if agreement:
-        lines += [
-            "",
-            "## What is left of the teacher's correlations",
-            "",
-            "Pearson r between the teacher's item-pair scores and the trained student's on 50,000 random item "
-            "pairs (mean over seeds): of the modality table itself (ξ(m_i, m_j)) and of the distillation head "
-            "(ξ(P m_i, P m_j)). Both are 1.0 at initialisation; lower means more of the teacher was forgotten.",
-            "",
-            "| variant | modality | table r | distillation head r |",
-            "|---|---|--:|--:|",
-        ]
-        for v, m, a in agreement:
-            lines.append(f"| {v} | {m} | {a['table_r']:.3f} | {a['kd_r']:.3f} |")
-
-    lines += ["", "## Variants (overrides of the base config)", "", "| variant | overrides |", "|---|---|"]
-    for v, over in results["overrides"].items():
-        text = ", ".join(f"`{k}={_fmt_override(x)}`" for k, x in (over or {}).items()) or "base config"
-        lines.append(f"| {v} | {text} |")
-    if plots:
-        lines += ["", "## Plots", "", *(f"![{p}]({p})" for p in plots)]
-    return "\n".join(lines) + "\n"
-
-
-def _render_kd_effect(effects: dict[str, Any], names: Sequence[str]) -> list[str]:
-    """The KD-effect section of ``results.md``: each KDSR variant against its twin."""
-    lines = [
-        "",
-        "## KD effect: each KDSR variant vs its twin",
-        "",
-        "The twin is the same configuration with `train.kd.holistic_weight` and `train.kd.code_weight` at 0 (same "
-        "wiring, same asynchronous LR, same seeds), so the difference is the effect of distillation alone. "
-        "Test metrics: mean ± sample standard deviation over the seeds both ran; change = (variant − twin) / twin.",
-        "",
-    ]
-    if not effects:
-        return [
-            *lines,
-            "No KDSR variant with its twin in this suite (the suite runs twins unless `--no-twins`).",
-        ]
-    lines += [
-        "| variant | run | seeds | " + " | ".join(map(_label, names)) + " |",
-        "|---|---|--:|" + "--:|" * len(names),
-    ]
-    for v, e in effects.items():
-        seeds = ", ".join(map(str, e["seeds"]))
-        mine = [_fmt_mean_std({"mean": e["test"][m]["mean"], "std": e["test"][m]["std"]}) for m in names]
-        twin = [
-            _fmt_mean_std({"mean": e["test"][m]["twin_mean"], "std": e["test"][m]["twin_std"]}) for m in names
-        ]
-        change = [_fmt(e["test"][m]["relative"], "+.1f") + "%" for m in names]
-        lines += [
-            f"| {v} | {v} | {seeds} | " + " | ".join(mine) + " |",
-            f"| {v} | {e['twin']} (twin) | {seeds} | " + " | ".join(twin) + " |",
-            f"| {v} | change | | " + " | ".join(change) + " |",
-        ]
-    select = _label(next(iter(effects.values()))["metric"])
-    lines += [
-        "",
-        f"Paired over users: Wilcoxon signed-rank test and paired t-test on per-user test {select} (averaged over "
-        f"the seeds both ran). Paired over seeds: the per-seed difference of test {select} (mean ± std) and how "
-        "many seeds the variant won, lost and tied.",
-        "",
-        f"| variant | twin | users | mean {select} | twin mean | Wilcoxon p | paired t-test p | per-seed Δ {select} "
-        "| seeds won / lost / tied |",
-        "|---|---|--:|--:|--:|--:|--:|--:|--:|",
-    ]
-    for v, e in effects.items():
-        u, d = e["users"], e["per_seed"]
-        delta = f"{d['mean']:+.4f}" + ("" if d["std"] is None else f" ± {d['std']:.4f}")
-        lines.append(
-            f"| {v} | {e['twin']} | {u['users']} | {_fmt(u['mean'], '.4f')} | {_fmt(u['twin_mean'], '.4f')} | "
-            f"{_fmt_p(u['wilcoxon_p'])} | {_fmt_p(u['ttest_p'])} | {delta} | "
-            f"{d['better']} / {d['worse']} / {d['tied']} |"
-        )
-    return lines
-
-
-def _read_curve(path: Path, column: str) -> tuple[list[int], list[float]]:
-    epochs: list[int] = []
-    values: list[float] = []
-    with path.open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get(column):
-                epochs.append(int(float(row["epoch"])))
-                values.append(float(row[column]))
-    return epochs, values
-
-
-def _save(fig: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-
-
-def plot_curves(runs: dict[str, list[RunResult]], path: Path) -> bool:
-    """Validation NDCG@10 per epoch of each variant's first seed; False when no curve exists."""
-    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib only when reporting
-    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
-
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    drawn = False
-    for v, rs in runs.items():
-        curve = rs[0].run_dir / "train_curve.csv"
-        if curve.exists():
-            epochs, values = _read_curve(curve, CURVE_METRIC)
-            if epochs:
-                ax.plot(epochs, values, marker="o", markersize=3, label=f"{v} (seed {rs[0].seed})")
-                drawn = True
-    if not drawn:
-        return False
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation NDCG@10")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    _save(fig, path)
-    return True
-
-
-def plot_bars(results: dict[str, Any], path: Path) -> None:
-    """Test HR@K and NDCG@K (K = the significance K) per variant with std error bars, popularity first."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
-
-    k = results["selection_metric"].rsplit("_", 1)[1]
-    metrics = [f"hr_at_{k}", f"ndcg_at_{k}"]
-    rows: list[tuple[str, list[float], list[float]]] = []
-    pop = results["popularity"].get("test")
-    if pop:
-        rows.append(("popularity", [pop[m] for m in metrics], [0.0, 0.0]))
-    for v, e in results["variants"].items():
-        rows.append(
-            (v, [e["test"][m]["mean"] for m in metrics], [e["test"][m]["std"] or 0.0 for m in metrics])
-        )
-    fig = Figure(figsize=(max(6.0, 1.1 * len(rows) + 2), 4.5))
-    ax = fig.add_subplot()
-    x = np.arange(len(rows))
-    width = 0.38
-    for i, m in enumerate(metrics):
-        ax.bar(
-            x + (i - 0.5) * width,
-            [r[1][i] for r in rows],
-            width,
-            yerr=[r[2][i] for r in rows],
-            capsize=3,
-            label=_label(m),
-        )
-    ax.set_xticks(x, [r[0] for r in rows], rotation=30, ha="right")
-    ax.set_ylabel("test metric (mean ± std over seeds)")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    _save(fig, path)
-
-
 def write_report(out: Path, tracker: Tracker | None = None) -> dict[str, Any]:
     """Write ``results.json``, ``results.md`` and the plots into ``out``; log them to ``tracker``'s run.
 
@@ -557,7 +331,8 @@ def write_report(out: Path, tracker: Tracker | None = None) -> dict[str, Any]:
     out = Path(out)
     results = aggregate(out)
     plots = []
-    if plot_curves(collect_runs(out), out / CURVES_PNG):
+    curves = {v: (rs[0].layout.train_curve, rs[0].seed) for v, rs in collect_runs(out).items()}
+    if plot_curves(curves, out / CURVES_PNG):
         plots.append(CURVES_PNG)
     plot_bars(results, out / BARS_PNG)
     plots.append(BARS_PNG)

@@ -12,10 +12,10 @@ from safetensors.torch import load_file, save_file
 
 from pipeline.errors import PipelineError
 from pipeline.io import atomic_path, write_json
+from pipeline.layout import MODEL_CONFIG, MODEL_WEIGHTS
 from pipeline.models.student import Student, StudentConfig
 
-WEIGHTS = "model.safetensors"
-CONFIG = "config.json"
+WEIGHTS, CONFIG = MODEL_WEIGHTS, MODEL_CONFIG
 
 
 def save_student(model: Student, model_dir: str | Path, extra: dict[str, Any] | None = None) -> Path:

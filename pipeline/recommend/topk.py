@@ -241,10 +241,10 @@ OUTPUT_SCHEMA_DOC = {
 
 def run_recommend(
     params: Any,
-    sequences_path: Path = Path("data/processed/sequences.parquet"),
-    items_path: Path = Path("data/processed/items.parquet"),
-    model_dir: Path = Path("models"),
-    out_path: Path = Path("data/recommendations.parquet"),
+    sequences_path: Path,
+    items_path: Path,
+    model_dir: Path,
+    out_path: Path,
     recommender: Recommender | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,

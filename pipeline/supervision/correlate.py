@@ -42,6 +42,7 @@ from pipeline.io import (
     write_json,
     write_parquet,
 )
+from pipeline.layout import SUPERVISION_STATS, codebook_file, embedding_file, neighbours_file, teacher_file
 from pipeline.lineage import INPUTS_KEY, check_embeddings_match_sequences, supervision_inputs
 from pipeline.supervision.kmeans import fit_kmeans
 from pipeline.supervision.pairs import read_training_item_sets, sample_pairs
@@ -285,7 +286,7 @@ def build_modality(
             rc.get("std", float("nan")),
         )
     write_parquet(
-        out_dir / f"teacher_{modality}.parquet",
+        teacher_file(out_dir, modality),
         {"item": np.arange(1, n + 1, dtype=np.int32), "vector": reduced, "missing": missing},
         metadata={
             "modality": modality,
@@ -311,7 +312,7 @@ def build_modality(
     )
     k_eff = values.shape[1]
     write_parquet(
-        out_dir / f"topk_{modality}.parquet",
+        neighbours_file(out_dir, modality),
         _topk_table(values, indices, excluded),
         metadata={
             "modality": modality,
@@ -382,7 +383,7 @@ def build_modality(
             "effective_codes": codebook_stats["effective_codes"],
             "sub_vector_variance_share": final_shares["shares"],
         },
-    ).save(out_dir / f"codebook_{modality}.safetensors")
+    ).save(codebook_file(out_dir, modality))
     timings["codebook"] = time.perf_counter() - t0
     if codebook_stats["max_code_share"] > 0.5:
         log.warning(
@@ -410,9 +411,9 @@ def run_correlate(
     correlate_params: CorrelateParams,
     modalities: list[str],
     mlflow_params: Any,
-    embeddings_dir: Path = Path("data/embeddings"),
-    sequences_path: Path = Path("data/processed/sequences.parquet"),
-    out_dir: Path = Path("data/supervision"),
+    embeddings_dir: Path,
+    sequences_path: Path,
+    out_dir: Path,
 ) -> dict[str, Any]:
     """Build the correlation supervision of every modality in ``modalities`` into ``out_dir``.
 
@@ -438,7 +439,7 @@ def run_correlate(
             if not modalities:
                 stats["note"] = "train.modalities is empty: no correlation supervision was built"
                 log.info("train.modalities is empty: writing an empty %s", out_dir)
-            embeddings = {m: Path(embeddings_dir) / f"{m}.parquet" for m in modalities}
+            embeddings = {m: embedding_file(embeddings_dir, m) for m in modalities}
             for path in embeddings.values():
                 if path.exists():  # a missing file is reported by build_modality
                     check_embeddings_match_sequences(path, sequences_path)
@@ -448,7 +449,7 @@ def run_correlate(
                 stats[modality] = build_modality(
                     modality,
                     params,
-                    Path(embeddings_dir) / f"{modality}.parquet",
+                    embedding_file(embeddings_dir, modality),
                     Path(sequences_path),
                     tmp,
                     device,
@@ -460,7 +461,7 @@ def run_correlate(
                     ", ".join(f"{k} {v:.2f}s" for k, v in timings[modality].items()),
                 )
             stats[INPUTS_KEY] = supervision_inputs(sequences_path, embeddings)  # lineage, checked by train
-            write_json(tmp / "stats.json", stats)
+            write_json(tmp / SUPERVISION_STATS, stats)
         tracker.set_tags({"device": str(device)})
         tracker.log_metrics({m: s for m, s in stats.items() if isinstance(s, dict)})
         tracker.log_metrics({f"{m}.seconds": t for m, t in timings.items()})

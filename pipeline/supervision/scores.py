@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from pipeline.errors import DataError
+from pipeline.layout import codebook_file, teacher_file
 
 SCORES = ("cos", "euclidean", "dot", "manhattan")
 _META_KEY = "codebook"  # the safetensors metadata entry holding the codebook's JSON metadata
@@ -292,7 +293,7 @@ class TeacherCorrelation(torch.nn.Module):
         from pipeline.io import parquet_metadata, read_parquet, vectors_from_column  # noqa: PLC0415
 
         supervision_dir = Path(supervision_dir)
-        path = supervision_dir / f"teacher_{modality}.parquet"
+        path = teacher_file(supervision_dir, modality)
         table = read_parquet(path)
         for col in ("item", "vector", "missing"):
             if col not in table.column_names:
@@ -308,7 +309,7 @@ class TeacherCorrelation(torch.nn.Module):
         if meta.get("missing_policy") == "exclude":
             missing = torch.from_numpy(table.column("missing").to_numpy(zero_copy_only=False).astype(bool))
             excluded = torch.cat([torch.ones(1, dtype=torch.bool), missing])
-        codebook = CorrelationCodebook.load(supervision_dir / f"codebook_{modality}.safetensors")
+        codebook = CorrelationCodebook.load(codebook_file(supervision_dir, modality))
         return cls(teacher, codebook, score, excluded)
 
 

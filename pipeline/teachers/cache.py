@@ -13,7 +13,6 @@ DVC outputs (``embed.cache_dir``) and is disposable: an unreadable part is skipp
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 
-from pipeline.io import read_parquet, vector_array, vectors_from_column, write_parquet
+from pipeline.io import json_digest, read_parquet, vector_array, vectors_from_column, write_parquet
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +32,7 @@ def content_key(fingerprint: str, content: bytes) -> bytes:
 
 def fingerprint_of(spec: dict) -> str:
     """A hex digest of a JSON-able description of a model and its preprocessing (key order ignored)."""
-    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    return json_digest(spec)
 
 
 class VectorCache:

@@ -31,6 +31,7 @@ from pipeline.config import section_dict
 from pipeline.devices import resolve_device, resolve_precision
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import file_digest, read_parquet, write_json, write_parquet
+from pipeline.layout import embedding_file
 from pipeline.progress import progress_bar
 from pipeline.teachers.cache import VectorCache, content_key
 from pipeline.teachers.fetch import fetch_images
@@ -328,8 +329,8 @@ def run_embed(
     embed_params: Any,
     modalities: list[str],
     mlflow_params: Any,
-    items_path: Path = Path("data/processed/items.parquet"),
-    out_dir: Path = Path("data/embeddings"),
+    items_path: Path,
+    out_dir: Path,
     image_roots: Sequence[Path] | None = None,
 ) -> dict[str, Any]:
     """Embed every item for each modality in play and write ``<out_dir>/<modality>.parquet`` + report.json.
@@ -361,7 +362,7 @@ def run_embed(
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     # outputs are rewritten whole: no file of a modality no longer in play survives from an earlier run
-    stale = [out_dir / f"{m}.parquet" for m in MODALITIES if m not in modalities]
+    stale = [embedding_file(out_dir, m) for m in MODALITIES if m not in modalities]
     if not modalities:
         for path in [*stale, out_dir / REPORT_NAME]:
             path.unlink(missing_ok=True)
@@ -444,7 +445,7 @@ def run_embed(
                 "vector": res.vectors,  # (N, dim) -> fixed_size_list<float32>[dim]
                 "missing": pa.array(res.missing, type=pa.bool_()),
             }
-            write_parquet(out_dir / f"{m}.parquet", columns, metadata=metadata)
+            write_parquet(embedding_file(out_dir, m), columns, metadata=metadata)
         write_json(out_dir / REPORT_NAME, report)
         for path in stale:
             path.unlink(missing_ok=True)

@@ -15,7 +15,7 @@ completely or is ignored with the model untouched, which is what the "starting f
 from __future__ import annotations
 
 import copy
-import hashlib
+import csv
 import importlib.metadata
 import io
 import json
@@ -26,7 +26,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from pipeline.io import atomic_path
+from pipeline.io import atomic_path, json_digest
 
 log = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def _code_version() -> str:
 def checkpoint_key(payload: Mapping[str, Any]) -> str:
     """16 hex digits identifying a run: ``payload`` (config and input digests) + schema + code version."""
     keyed = {"schema": CHECKPOINT_SCHEMA, "code": _code_version(), "run": payload}
-    return hashlib.sha256(json.dumps(keyed, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return json_digest(keyed)[:16]
 
 
 def save_checkpoint(
@@ -175,3 +175,16 @@ def load_checkpoint(
         log.warning("ignoring unusable checkpoint %s (%s); starting from scratch", path, err)
         return None
     return dict(blob["best"]), state
+
+
+def write_curve(path: Path, rows: list[dict[str, float]]) -> None:
+    """The training curve: one row per epoch; columns are the union over epochs (validation columns may be
+    sparse)."""
+    cols: list[str] = []
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=cols)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

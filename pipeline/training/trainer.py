@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import csv
-import functools
 import logging
 import math
 import time
@@ -25,40 +23,33 @@ from pipeline.config import section_dict
 from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluation.metrics import (
-    EvalCases,
-    build_eval_cases,
     evaluate_scorer,
-    metrics_from_ranks,
-    read_sequences,
 )
-from pipeline.io import atomic_path
-from pipeline.lineage import check_supervision, model_inputs
-from pipeline.models import Student, StudentConfig, save_student
+from pipeline.layout import MODEL_CONFIG
+from pipeline.lineage import model_inputs
+from pipeline.models import save_student
 from pipeline.progress import progress_bar
-from pipeline.supervision.scores import TeacherCorrelation, pair_scores, read_neighbours
 from pipeline.tracking import Tracker, file_digest, start_run
 from pipeline.training.batches import (
     bucketed_batches,
     position_weight,
-    training_windows,
     trim_left_padding,
 )
-from pipeline.training.checkpoint import checkpoint_key, load_checkpoint, save_checkpoint
-from pipeline.training.diagnostics import random_pairs, table_gradient_norms, teacher_agreement_on_pairs
+from pipeline.training.checkpoint import load_checkpoint, save_checkpoint, write_curve
+from pipeline.training.diagnostics import table_gradient_norms, teacher_agreement_on_pairs
 from pipeline.training.distributed import (
     DistInfo,
-    all_gather_concat,
     all_reduce_gradients,
     all_reduce_sum,
     broadcast_module_,
     cleanup,
     init_from_env,
     rank_rows,
-    shard_bounds,
 )
 from pipeline.training.losses import next_item_loss
 from pipeline.training.objective import kd_terms, kd_weight
-from pipeline.training.schedule import LRScheduler, build_param_groups
+from pipeline.training.setup import build_training
+from pipeline.training.validation import evaluate_sharded, nan_guard
 
 log = logging.getLogger(__name__)
 
@@ -84,11 +75,11 @@ def run_train(
     score: str,
     eval_params: Any,
     mlflow_params: Any,
-    sequences_path: Path = Path("data/processed/sequences.parquet"),
-    supervision_dir: Path = Path("data/supervision"),
-    model_dir: Path = Path("models"),
-    curve_path: Path = Path("reports/train_curve.csv"),
-    checkpoint_root: Path = Path(".cache/train"),
+    sequences_path: Path,
+    supervision_dir: Path,
+    model_dir: Path,
+    curve_path: Path,
+    checkpoint_root: Path,
     max_epochs_this_call: int | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -151,93 +142,21 @@ def _run_train(
     info = log.info if is_main else log.debug  # one copy of the progress log, from rank 0
     torch.manual_seed(train.seed)
     np.random.seed(train.seed)
-    modalities = list(train.modalities)
 
-    seqs = read_sequences(sequences_path)
-    check_supervision(supervision_dir, sequences_path, modalities)  # stale supervision: fail, naming digests
-    num_items = int(max(int(s.max()) for s in seqs.items if len(s)))
-    teachers: dict[str, TeacherCorrelation] = {}
-    for m in modalities:
-        try:
-            teachers[m] = TeacherCorrelation.from_dir(supervision_dir, m, score)
-        except FileNotFoundError as err:
-            raise PipelineError(f"{err} (train.modalities includes {m!r}; run the correlate stage)") from None
-        n_rows = teachers[m].teacher.shape[0]
-        if n_rows - 1 < num_items:
-            raise PipelineError(
-                f"{supervision_dir}/teacher_{m}.parquet covers {n_rows - 1} items but "
-                f"{sequences_path} uses item ids up to {num_items}"
-            )
-        num_items = max(num_items, n_rows - 1)
-    dims = {t.teacher.shape[1] for t in teachers.values()}
-    if len(dims) > 1:
-        raise PipelineError(f"teacher vectors of {modalities} have different dimensions {sorted(dims)}")
-    codes = {t.codes for t in teachers.values()}
-    cfg = StudentConfig(
-        num_items=num_items,
-        backbone=train.backbone,
-        hidden=train.hidden,
-        layers=train.layers,
-        heads=train.heads,
-        dropout=train.dropout,
-        max_len=train.max_len,
-        modalities=tuple(modalities),
-        modality_dim=dims.pop() if dims else 0,
-        fusion=train.fusion,
-        num_codes=codes.pop() if codes else 0,
-        output=train.output,
-        kd_projection=train.kd.projection,
+    setup = build_training(
+        train, score, eval_params, sequences_path, supervision_dir, checkpoint_root, device
     )
-    teacher_init = {m: t.teacher for m, t in teachers.items()}
-    model = Student(cfg, teacher_init).to(device)
-    teachers = {m: t.to(device) for m, t in teachers.items()}
-    kd_on = bool(modalities) and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0)
-    neighbour_files = (
-        {m: Path(supervision_dir) / f"topk_{m}.parquet" for m in modalities}
-        if kd_on and train.kd.neighbour_pairs > 0
-        else {}
+    modalities, num_items, teachers, model = setup.modalities, setup.num_items, setup.teachers, setup.model
+    kd_on, neighbours, windows, lengths = setup.kd_on, setup.neighbours, setup.windows, setup.lengths
+    valid_cases, steps_per_epoch, mean_targets = setup.valid_cases, setup.steps_per_epoch, setup.mean_targets
+    optimizer, scheduler, score_fn, diag_pairs = (
+        setup.optimizer,
+        setup.scheduler,
+        setup.score_fn,
+        setup.diag_pairs,
     )
-    neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-    for m, path in neighbour_files.items():
-        try:
-            table, counts = read_neighbours(path, num_items)
-        except FileNotFoundError:
-            raise PipelineError(
-                f"{path} is missing (train.kd.neighbour_pairs > 0; run the correlate stage)"
-            ) from None
-        neighbours[m] = (table.to(device), counts.to(device))
-
-    windows = training_windows(seqs.items, seqs.train_end, train.max_len)  # (U', L+1) on CPU
-    lengths = (windows != 0).sum(1)
-    valid_cases = build_eval_cases(
-        seqs.items, seqs.train_end, seqs.valid_end, "valid", train.max_len, users=seqs.users
-    )
-    windows = windows.to(device)
-    steps_per_epoch = math.ceil(len(windows) / train.batch_size)
-    mean_targets = float((windows[:, 1:] != 0).sum()) / steps_per_epoch  # next-item targets per batch
-
-    groups = build_param_groups(model, train.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98))
-    scheduler = LRScheduler(
-        optimizer, train.lr, steps_per_epoch, train.epochs, train.warmup_epochs, train.cosine, train.async_lr
-    )
-    score_fn = functools.partial(pair_scores, score=score)
-    # a fixed random pair sample per modality for the retention diagnostics (same pairs every epoch)
-    diag_pairs = {m: random_pairs(t, DIAGNOSTIC_PAIRS, seed=0) for m, t in teachers.items()}
+    fwd_model, autocast, ckpt_path = setup.fwd_model, setup.autocast, setup.ckpt_path
     grad_norms: dict[str, float] = {}
-    fwd_model = torch.compile(model) if train.compile else model
-    autocast = device.type == "cuda" and train.bf16
-
-    config_payload = {
-        "train": section_dict(train),
-        "score": score,
-        "eval": section_dict(eval_params),
-        "sequences": file_digest(sequences_path),
-        "supervision": {m: file_digest(Path(supervision_dir) / f"teacher_{m}.parquet") for m in modalities},
-    }
-    if neighbour_files:
-        config_payload["neighbours"] = {m: file_digest(path) for m, path in neighbour_files.items()}
-    ckpt_path = Path(checkpoint_root) / checkpoint_key(config_payload) / "last.pt"
     state = TrainState()
     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
     resumed = load_checkpoint(ckpt_path, model, optimizer, lambda d: TrainState(**d))
@@ -375,8 +294,8 @@ def _run_train(
             if (epoch + 1) % train.eval_every == 0 or epoch + 1 == train.epochs:
                 model.eval()
                 if dist_info.distributed:
-                    metrics = _evaluate_sharded(
-                        _nan_guard(model.user_scores, epoch + 1, train.lr),
+                    metrics = evaluate_sharded(
+                        nan_guard(model.user_scores, epoch + 1, train.lr),
                         valid_cases,
                         eval_params,
                         device,
@@ -384,7 +303,7 @@ def _run_train(
                     )
                 else:
                     metrics, _ = evaluate_scorer(
-                        _nan_guard(model.user_scores, epoch + 1, train.lr),
+                        nan_guard(model.user_scores, epoch + 1, train.lr),
                         valid_cases,
                         eval_params.ks,
                         eval_params.mask_history,
@@ -454,7 +373,7 @@ def _run_train(
                     "inputs": model_inputs(sequences_path, supervision_dir, modalities),
                 },
             )
-            _write_curve(curve_path, state.curve)
+            write_curve(curve_path, state.curve)
             tracker.set_tags({"model.sha256": file_digest(weights), "best_epoch": state.best_epoch})
         summary["seconds_total"] = time.perf_counter() - t_start
         summary["seconds_to_best"] = sum(r["seconds"] for r in state.curve[: state.best_epoch])
@@ -466,7 +385,7 @@ def _run_train(
                 **{f"best_valid_{k}": v for k, v in summary["best_valid"].items()},
             }
         )
-        tracker.log_artifact(model_dir / "config.json")
+        tracker.log_artifact(model_dir / MODEL_CONFIG)
         tracker.log_artifact(curve_path)
     if is_main and ckpt_path.exists():
         ckpt_path.unlink()
@@ -479,67 +398,3 @@ def _run_train(
         summary["seconds_total"],
     )
     return summary
-
-
-def _slice_cases(cases: EvalCases, start: int, end: int) -> EvalCases:
-    """Cases ``start:end`` (history pointers rebased)."""
-    lo, hi = int(cases.hist_indptr[start]), int(cases.hist_indptr[end])
-    return EvalCases(
-        users=cases.users[start:end],
-        inputs=cases.inputs[start:end],
-        targets=cases.targets[start:end],
-        hist_indptr=cases.hist_indptr[start : end + 1] - lo,
-        hist_items=cases.hist_items[lo:hi],
-    )
-
-
-def _nan_guard(scorer: Any, epoch: int, lr: float) -> Any:
-    """``scorer`` that stops training with the "lower train.lr" message when the model's scores are NaN
-    (weights blown up by a too large rate while the epoch's loss was still finite)."""
-
-    def scores(inputs: torch.Tensor) -> torch.Tensor:
-        out = scorer(inputs)
-        if torch.isnan(out).any():
-            raise PipelineError(
-                f"training diverged at epoch {epoch} (the model's scores are NaN); lower train.lr (now {lr})"
-            )
-        return out
-
-    return scores
-
-
-def _evaluate_sharded(
-    scorer: Any, cases: EvalCases, eval_params: Any, device: torch.device, dist_info: DistInfo
-) -> dict[str, float]:
-    """Validation metrics with each rank ranking a contiguous 1/world of the cases.
-
-    The integer ranks are gathered in case order, so every rank computes the same metrics as one process
-    (and takes the same early-stopping decision without further communication).
-    """
-    bounds = shard_bounds(len(cases), dist_info.world_size)
-    start, end = bounds[dist_info.rank], bounds[dist_info.rank + 1]
-    mine = np.zeros(0, dtype=np.int64)
-    if end > start:
-        _, mine = evaluate_scorer(
-            scorer,
-            _slice_cases(cases, start, end),
-            eval_params.ks,
-            eval_params.mask_history,
-            eval_params.batch_size,
-            device,
-        )
-    sizes = [b - a for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
-    ranks = all_gather_concat(torch.from_numpy(mine).to(device), sizes)
-    return metrics_from_ranks(ranks, eval_params.ks)
-
-
-def _write_curve(path: Path, rows: list[dict[str, float]]) -> None:
-    """One row per epoch; columns are the union over epochs (validation columns may be sparse)."""
-    cols: list[str] = []
-    for r in rows:
-        cols.extend(k for k in r if k not in cols)
-    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=cols)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

@@ -1,29 +1,14 @@
-"""Typed, validated configuration parsed from ``params.yaml``.
-
-Every section of params.yaml maps onto a frozen pydantic model that forbids unknown keys, so a typo or a
-wrong type fails before any work with a message that names the dotted key and what is allowed.
-
-Stages never see the whole :class:`Params`: :func:`stage_params` wraps it in a :class:`ParamsView` that only
-lets the stage read the keys it declares under ``params:`` in dvc.yaml, so an undeclared read fails loudly in
-tests instead of silently breaking DVC's change tracking.
-"""
+"""The sections of params.yaml: one frozen pydantic model per section, unknown keys forbidden."""
 
 from __future__ import annotations
 
-import math
 import types
 import typing
-from collections.abc import Iterable
-from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from pipeline.errors import PipelineError
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 
 Modality = Literal["text", "image"]
 
@@ -32,7 +17,7 @@ class ConfigError(PipelineError, ValueError):
     """A params.yaml problem, with the file and dotted key in its message."""
 
 
-class _BoolAsNumber:
+class BoolAsNumber:
     """A YAML ``true``/``false`` given where a number is expected: pydantic's lax mode would read it as 1/0,
     so :class:`_Section` swaps it for this marker, which every number type refuses (and the error shows)."""
 
@@ -70,9 +55,9 @@ class _Section(BaseModel):
             field = cls.model_fields.get(name) if isinstance(name, str) else None
             kind = _number_field(field.annotation) if field is not None else None
             if kind == "scalar" and isinstance(value, bool):
-                out[name] = _BoolAsNumber(value)
+                out[name] = BoolAsNumber(value)
             elif kind == "list" and isinstance(value, list):
-                out[name] = [_BoolAsNumber(v) if isinstance(v, bool) else v for v in value]
+                out[name] = [BoolAsNumber(v) if isinstance(v, bool) else v for v in value]
         return out
 
 
@@ -311,202 +296,3 @@ class Params(_Section):
     eval: EvalParams = Field(default_factory=EvalParams)
     recommend: RecommendParams = Field(default_factory=RecommendParams)
     mlflow: MLflowParams = Field(default_factory=MLflowParams)
-
-
-# --------------------------------------------------------------------------------------------- loading
-def _format_validation_error(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid parameters ({err.error_count()} problem(s)):"]
-    for e in err.errors():
-        key = ".".join(str(p) for p in e["loc"]) or "<top level>"
-        if e["type"] == "extra_forbidden":
-            parent = e["loc"][:-1]
-            allowed = _allowed_keys(parent)
-            msg = f"unknown key (allowed here: {', '.join(allowed)})"
-        else:
-            msg = e["msg"]
-            if isinstance(e.get("input"), _BoolAsNumber):
-                msg += f" (got {e['input']!r}: a boolean where a number is expected)"
-            elif "input" in e and not isinstance(e["input"], dict):
-                msg += f" (got {e['input']!r})"
-        lines.append(f"  - {key}: {msg}")
-    return "\n".join(lines)
-
-
-def _allowed_keys(loc: Iterable[Any]) -> list[str]:
-    model: type[BaseModel] = Params
-    for part in loc:
-        field = model.model_fields.get(str(part))
-        ann = getattr(field, "annotation", None)
-        if not (isinstance(ann, type) and issubclass(ann, BaseModel)):
-            return []
-        model = ann
-    return sorted(model.model_fields)
-
-
-def _reject_non_finite(obj: Any, path: str = "") -> None:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        raise ConfigError(f"{path}: must be a finite number, got {obj}")
-    if isinstance(obj, dict):
-        for k, v in obj.items():
-            _reject_non_finite(v, f"{path}.{k}" if path else str(k))
-
-
-def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Params:
-    """Validate a params mapping (as read from YAML) into :class:`Params`.
-
-    Strings such as ``"1e-5"`` (PyYAML's YAML 1.1 reading of ``1e-5``) are coerced to float by pydantic's
-    lax mode, so both YAML 1.1 and 1.2 spellings give the same config.
-    """
-    raw = raw or {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: top level must be a mapping of sections, got {type(raw).__name__}")
-    _reject_non_finite(raw)
-    try:
-        return Params.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(_format_validation_error(err, source)) from None
-
-
-def _refuse_duplicate_keys(node: yaml.Node, source: str, path: str = "") -> None:
-    """Fail on a key repeated in one mapping (YAML loaders silently keep the last one)."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag == "tag:yaml.org,2002:merge":
-                continue
-            full = f"{path}.{key_node.value}" if path else key_node.value
-            line = key_node.start_mark.line + 1
-            if key_node.value in seen:
-                raise ConfigError(
-                    f"{source}: line {line}: {full}: duplicate key (first set at line "
-                    f"{seen[key_node.value]}); a repeated key would silently override the first"
-                )
-            seen[key_node.value] = line
-            _refuse_duplicate_keys(value_node, source, full)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _refuse_duplicate_keys(item, source, f"{path}.{i}" if path else str(i))
-
-
-def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
-    """Read and validate params.yaml; raises :class:`ConfigError` naming the file and key.
-
-    An empty file (or one with only comments) is refused: it would silently run on the code defaults.
-    A key repeated within one mapping is refused too.
-    """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: params file not found") from None
-    except (OSError, UnicodeDecodeError) as err:
-        raise ConfigError(f"{path}: cannot read the params file ({err})") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None:
-            _refuse_duplicate_keys(node, str(path))
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{path}: not valid YAML: {err}") from None
-    if raw is None or raw == {}:
-        raise ConfigError(
-            f"{path}: the params file is empty; write at least one section (data, embed, correlate, train, "
-            "eval, mlflow): the repository's params.yaml lists every key with its default"
-        )
-    return parse_params(raw, str(path))
-
-
-def with_overrides(params: Params, overrides: dict[str, Any]) -> Params:
-    """Return a copy of ``params`` with dotted-key overrides applied and re-validated.
-
-    ``with_overrides(p, {"train.epochs": 2, "data.demo.users": 50})``
-    """
-    raw = params.model_dump()
-    for dotted, value in overrides.items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            if part not in node or not isinstance(node[part], dict):
-                raise ConfigError(f"override {dotted}: no section {part!r}")
-            node = node[part]
-        if leaf not in node:
-            raise ConfigError(f"override {dotted}: unknown key {leaf!r}")
-        node[leaf] = value
-    return parse_params(raw, "overrides")
-
-
-# --------------------------------------------------------------------------------------------- stage views
-class UndeclaredParamError(AttributeError):
-    """A stage read a params key that its dvc.yaml ``params:`` list does not declare."""
-
-
-class ParamsView:
-    """Read-only view of a config that only exposes the dotted keys a stage declares.
-
-    Declared ``train`` exposes the whole section; declared ``correlate.score`` exposes just that key of
-    ``correlate``. Reading anything else raises :class:`UndeclaredParamError`.
-    """
-
-    __slots__ = ("_model", "_path", "_declared", "_stage")
-
-    def __init__(self, model: BaseModel, declared: Iterable[str], stage: str, path: str = "") -> None:
-        object.__setattr__(self, "_model", model)
-        object.__setattr__(self, "_path", path)
-        object.__setattr__(self, "_declared", tuple(declared))
-        object.__setattr__(self, "_stage", stage)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        full = f"{self._path}.{name}" if self._path else name
-        value = getattr(self._model, name)  # AttributeError for keys that do not exist at all
-        if any(full == d or full.startswith(d + ".") for d in self._declared):
-            return value
-        if any(d.startswith(full + ".") for d in self._declared) and isinstance(value, BaseModel):
-            return ParamsView(value, self._declared, self._stage, full)
-        raise UndeclaredParamError(
-            f"stage '{self._stage}' reads params key '{full}' but dvc.yaml does not declare it under "
-            f"stages.{self._stage}.params (declared: {', '.join(self._declared)})"
-        )
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise AttributeError("params are read-only")
-
-    def to_dict(self) -> dict[str, Any]:
-        """The declared keys only, as a nested dict (what a stage logs as its params)."""
-        out: dict[str, Any] = {}
-        for name in type(self._model).model_fields:
-            full = f"{self._path}.{name}" if self._path else name
-            if any(full == d or full.startswith(d + ".") for d in self._declared):
-                value = getattr(self._model, name)
-                out[name] = value.model_dump() if isinstance(value, BaseModel) else value
-            elif any(d.startswith(full + ".") for d in self._declared):
-                out[name] = getattr(self, name).to_dict()
-        return out
-
-    def __repr__(self) -> str:
-        return f"ParamsView(stage={self._stage!r}, path={self._path!r}, declared={self._declared})"
-
-
-def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}} -> {"a.b": 1}`` (lists are kept as values)."""
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict):
-            out.update(flatten(v, key))
-        else:
-            out[key] = v
-    return out
-
-
-def section_dict(section: Any) -> dict[str, Any]:
-    """A params section as a nested dict: a pydantic section whole, a :class:`ParamsView` its declared keys."""
-    if isinstance(section, ParamsView):
-        return section.to_dict()
-    return section.model_dump()
-
-
-def stage_params(stage: str, declared: Iterable[str], path: str | Path = DEFAULT_PARAMS) -> ParamsView:
-    """Load params.yaml and return the view a stage may read (its declared keys only)."""
-    return ParamsView(load_params(path), declared, stage)

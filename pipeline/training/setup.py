@@ -1,0 +1,172 @@
+"""Training set-up: everything the loop needs, built from the params and the input artefacts.
+
+Reads the sequences and the supervision (checking they belong together), builds the student with its teacher
+initialisation, the training windows and validation cases, the optimiser with its parameter groups and LR
+schedule, and names the run's checkpoint after everything that determines its result.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.config import EvalParams, ParamsView, TrainParams, section_dict
+from pipeline.errors import PipelineError
+from pipeline.evaluation.metrics import EvalCases, build_eval_cases, read_sequences
+from pipeline.layout import neighbours_file, teacher_file
+from pipeline.lineage import check_supervision
+from pipeline.models import Student, StudentConfig
+from pipeline.supervision.scores import TeacherCorrelation, pair_scores, read_neighbours
+from pipeline.tracking import file_digest
+from pipeline.training.batches import training_windows
+from pipeline.training.checkpoint import checkpoint_key
+from pipeline.training.diagnostics import random_pairs
+from pipeline.training.schedule import LRScheduler, build_param_groups
+
+DIAGNOSTIC_PAIRS = 20_000  # random item pairs on which teacher agreement is measured each epoch
+
+
+@dataclass
+class Training:
+    """What the training loop works with (see :func:`build_training`)."""
+
+    modalities: list[str]
+    num_items: int
+    teachers: dict[str, TeacherCorrelation]  # on the training device
+    model: Student
+    kd_on: bool  # a modality and a non-zero distillation weight
+    neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]]  # modality -> (table, counts) of neighbour pairs
+    windows: torch.Tensor  # (U', L+1) training windows on the device
+    lengths: torch.Tensor  # (U',) non-padding length of each window, on CPU
+    valid_cases: EvalCases
+    steps_per_epoch: int
+    mean_targets: float  # next-item targets per batch
+    optimizer: torch.optim.Optimizer
+    scheduler: LRScheduler
+    score_fn: Callable[..., torch.Tensor]  # the correlation function of correlate.score
+    diag_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]  # fixed pairs of the retention diagnostics
+    fwd_model: torch.nn.Module  # the model, compiled when train.compile
+    autocast: bool  # bf16 autocast on a GPU
+    ckpt_path: Path
+
+
+def build_training(
+    train: TrainParams | ParamsView,
+    score: str,
+    eval_params: EvalParams | ParamsView,
+    sequences_path: Path,
+    supervision_dir: Path,
+    checkpoint_root: Path,
+    device: torch.device,
+) -> Training:
+    """Everything the loop needs; fails (naming the files) on supervision that does not fit the sequences."""
+    modalities = list(train.modalities)
+    seqs = read_sequences(sequences_path)
+    check_supervision(supervision_dir, sequences_path, modalities)  # stale supervision: fail, naming digests
+    num_items = int(max(int(s.max()) for s in seqs.items if len(s)))
+    teachers: dict[str, TeacherCorrelation] = {}
+    for m in modalities:
+        try:
+            teachers[m] = TeacherCorrelation.from_dir(supervision_dir, m, score)
+        except FileNotFoundError as err:
+            raise PipelineError(f"{err} (train.modalities includes {m!r}; run the correlate stage)") from None
+        n_rows = teachers[m].teacher.shape[0]
+        if n_rows - 1 < num_items:
+            raise PipelineError(
+                f"{teacher_file(supervision_dir, m)} covers {n_rows - 1} items but "
+                f"{sequences_path} uses item ids up to {num_items}"
+            )
+        num_items = max(num_items, n_rows - 1)
+    dims = {t.teacher.shape[1] for t in teachers.values()}
+    if len(dims) > 1:
+        raise PipelineError(f"teacher vectors of {modalities} have different dimensions {sorted(dims)}")
+    codes = {t.codes for t in teachers.values()}
+    cfg = StudentConfig(
+        num_items=num_items,
+        backbone=train.backbone,
+        hidden=train.hidden,
+        layers=train.layers,
+        heads=train.heads,
+        dropout=train.dropout,
+        max_len=train.max_len,
+        modalities=tuple(modalities),
+        modality_dim=dims.pop() if dims else 0,
+        fusion=train.fusion,
+        num_codes=codes.pop() if codes else 0,
+        output=train.output,
+        kd_projection=train.kd.projection,
+    )
+    teacher_init = {m: t.teacher for m, t in teachers.items()}
+    model = Student(cfg, teacher_init).to(device)
+    teachers = {m: t.to(device) for m, t in teachers.items()}
+    kd_on = bool(modalities) and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0)
+    neighbour_files = (
+        {m: neighbours_file(supervision_dir, m) for m in modalities}
+        if kd_on and train.kd.neighbour_pairs > 0
+        else {}
+    )
+    neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    for m, path in neighbour_files.items():
+        try:
+            table, counts = read_neighbours(path, num_items)
+        except FileNotFoundError:
+            raise PipelineError(
+                f"{path} is missing (train.kd.neighbour_pairs > 0; run the correlate stage)"
+            ) from None
+        neighbours[m] = (table.to(device), counts.to(device))
+
+    windows = training_windows(seqs.items, seqs.train_end, train.max_len)  # (U', L+1) on CPU
+    lengths = (windows != 0).sum(1)
+    valid_cases = build_eval_cases(
+        seqs.items, seqs.train_end, seqs.valid_end, "valid", train.max_len, users=seqs.users
+    )
+    windows = windows.to(device)
+    steps_per_epoch = math.ceil(len(windows) / train.batch_size)
+    mean_targets = float((windows[:, 1:] != 0).sum()) / steps_per_epoch  # next-item targets per batch
+
+    groups = build_param_groups(model, train.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98))
+    scheduler = LRScheduler(
+        optimizer, train.lr, steps_per_epoch, train.epochs, train.warmup_epochs, train.cosine, train.async_lr
+    )
+    score_fn = functools.partial(pair_scores, score=score)
+    # a fixed random pair sample per modality for the retention diagnostics (same pairs every epoch)
+    diag_pairs = {m: random_pairs(t, DIAGNOSTIC_PAIRS, seed=0) for m, t in teachers.items()}
+    fwd_model = torch.compile(model) if train.compile else model
+    autocast = device.type == "cuda" and train.bf16
+
+    config_payload = {
+        "train": section_dict(train),
+        "score": score,
+        "eval": section_dict(eval_params),
+        "sequences": file_digest(sequences_path),
+        "supervision": {m: file_digest(teacher_file(supervision_dir, m)) for m in modalities},
+    }
+    if neighbour_files:
+        config_payload["neighbours"] = {m: file_digest(path) for m, path in neighbour_files.items()}
+    ckpt_path = Path(checkpoint_root) / checkpoint_key(config_payload) / "last.pt"
+    return Training(
+        modalities=modalities,
+        num_items=num_items,
+        teachers=teachers,
+        model=model,
+        kd_on=kd_on,
+        neighbours=neighbours,
+        windows=windows,
+        lengths=lengths,
+        valid_cases=valid_cases,
+        steps_per_epoch=steps_per_epoch,
+        mean_targets=mean_targets,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        score_fn=score_fn,
+        diag_pairs=diag_pairs,
+        fwd_model=fwd_model,
+        autocast=autocast,
+        ckpt_path=ckpt_path,
+    )

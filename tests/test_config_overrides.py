@@ -1,0 +1,74 @@
+"""Experiment configs hold overrides only: ``base:`` names the params file they are merged over."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipeline.config import PROJECT_ROOT, ConfigError, load_params
+from pipeline.config.files import merge_params, read_params_file
+
+
+def _write(path: Path, data: dict) -> Path:
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_mappings_merge_and_other_values_replace() -> None:
+    base = {"train": {"epochs": 30, "kd": {"tau": 1.5, "code_weight": 0.1}, "modalities": ["text", "image"]}}
+    over = {"train": {"kd": {"tau": 2.0}, "modalities": ["text"]}}
+    assert merge_params(base, over) == {
+        "train": {"epochs": 30, "kd": {"tau": 2.0, "code_weight": 0.1}, "modalities": ["text"]}
+    }
+    assert base["train"]["kd"]["tau"] == 1.5  # not modified in place
+
+
+def test_an_overrides_file_is_its_base_with_the_overrides(tmp_path: Path) -> None:
+    _write(tmp_path / "params.yaml", {"train": {"epochs": 30, "lr": 0.003}, "eval": {"ks": [5, 10]}})
+    (tmp_path / "configs").mkdir()
+    config = _write(tmp_path / "configs" / "x.yaml", {"base": "../params.yaml", "train": {"epochs": 5}})
+    p = load_params(config)
+    assert (p.train.epochs, p.train.lr, p.eval.ks) == (5, 0.003, [5, 10])
+    chained = _write(tmp_path / "configs" / "y.yaml", {"base": "x.yaml", "eval": {"ks": [20]}})
+    assert (load_params(chained).train.epochs, load_params(chained).eval.ks) == (5, [20])
+
+
+def test_bad_overrides_name_the_file_and_key(tmp_path: Path) -> None:
+    _write(tmp_path / "params.yaml", {"train": {"epochs": 30}})
+    typo = _write(tmp_path / "typo.yaml", {"base": "params.yaml", "train": {"epoch": 5}})
+    with pytest.raises(ConfigError, match=r"(?s)typo\.yaml.*train\.epoch: unknown key"):
+        load_params(typo)
+    missing = _write(tmp_path / "missing.yaml", {"base": "nowhere.yaml"})
+    with pytest.raises(ConfigError, match=r"nowhere\.yaml: params file not found"):
+        load_params(missing)
+    loop = _write(tmp_path / "loop.yaml", {"base": "loop.yaml"})
+    with pytest.raises(ConfigError, match="a cycle"):
+        load_params(loop)
+    with pytest.raises(ConfigError, match="expected the path"):
+        load_params(_write(tmp_path / "bad.yaml", {"base": 3}))
+
+
+def test_beauty_config_holds_overrides_of_params_yaml_only() -> None:
+    path = PROJECT_ROOT / "configs" / "beauty.yaml"
+    own = yaml.safe_load(path.read_text())
+    assert own["base"] == "../params.yaml"
+    base = read_params_file(PROJECT_ROOT / "params.yaml")
+    for section, keys in own.items():
+        if section == "base":
+            continue
+        for key, value in keys.items():
+            assert base[section][key] != value, f"{section}.{key} repeats params.yaml's value"
+    p = load_params(path)
+    assert p.train.epochs == 50 and p.train.modalities == ["text"]
+    assert p.correlate == load_params().correlate  # not overridden: params.yaml's
+
+
+def test_params_cli_writes_the_merged_file(tmp_path: Path, capsys) -> None:
+    from stages.params import parse_args, run
+
+    run(parse_args(["--config", str(PROJECT_ROOT / "configs" / "beauty.yaml")]))
+    merged = _write(tmp_path / "params.yaml", yaml.safe_load(capsys.readouterr().out))
+    assert "base" not in yaml.safe_load(merged.read_text())
+    assert load_params(merged) == load_params(PROJECT_ROOT / "configs" / "beauty.yaml")
