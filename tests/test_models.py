@@ -220,3 +220,16 @@ def test_id_teacher_output_scores_with_ids_plus_the_frozen_teacher_and_never_tra
     clone = Student(model.cfg)
     clone.load_state_dict(model.state_dict())
     assert torch.equal(clone.frozen_teacher_text, frozen)
+
+
+@pytest.mark.parametrize("output", ["fused", "id", "id_teacher"])
+def test_item_projection_distils_on_the_rows_that_score_the_catalogue(output: str) -> None:
+    model = wired_student(output, fusion="sum", kd_projection="item")
+    i, j = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
+    items = model.item_representations()
+    assert torch.allclose(model.output_vectors(i), items[i], atol=1e-6)
+    dot = lambda a, b: (a * b).sum(-1)  # noqa: E731
+    assert torch.allclose(
+        model.holistic_student_scores("text", i, j, dot), dot(items[i], items[j]), atol=1e-5
+    )
+    assert "text" not in model.kd_proj

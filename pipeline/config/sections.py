@@ -196,8 +196,8 @@ class KDParams(_Section):
     random_pairs: int = Field(0, ge=0)
     holistic_loss: Literal["mse", "frobenius"] = "mse"
     # P of the holistic score xi(P m_i, P m_j): identity-initialised linear map, the authors' two random
-    # linear layers, or none (distil on the modality table itself)
-    projection: Literal["identity", "random", "none"] = "identity"
+    # linear layers, none (distil on the modality table itself) or item (on the items' output embeddings)
+    projection: Literal["identity", "random", "none", "item"] = "identity"
 
     @model_validator(mode="after")
     def _check(self) -> KDParams:

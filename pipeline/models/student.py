@@ -19,7 +19,7 @@ scores of one shared MLP (``Linear(H, H) -> ReLU -> Linear(H, 1)``, no bias on t
 
 The distillation heads read ``m`` directly: the holistic score ξ(P m_i, P m_j) with ``P`` per
 ``kd_projection`` (:data:`KD_PROJECTIONS`: ``identity``-initialised linear map, the authors' two ``random``
-linear layers, or ``none`` = the table itself), and a 2-layer MLP that predicts the dissected correlation
+linear layers, ``none`` = the table itself, or ``item`` = the items' output embeddings), and a 2-layer MLP that predicts the dissected correlation
 code from |m_i - m_j|.
 """
 
@@ -83,7 +83,7 @@ class CodeHead(nn.Module):
 
 FUSIONS = ("sum", "gate", "concat", "paper_gate")
 OUTPUTS = ("fused", "id", "id_teacher")
-KD_PROJECTIONS = ("identity", "random", "none")
+KD_PROJECTIONS = ("identity", "random", "none", "item")
 
 
 def _modality_to_hidden(fusion: str, dim: int, hidden: int) -> nn.Module:
@@ -217,6 +217,15 @@ class Student(nn.Module):
             out = out + self.output_proj[m](getattr(self, f"frozen_teacher_{m}"))
         return out
 
+    def output_vectors(self, ids: torch.Tensor) -> torch.Tensor:
+        """The rows of :meth:`item_representations` for ``ids`` (any shape), computed for those ids only."""
+        if self.tied:
+            return self._fuse(ids)
+        out = self.item_emb(ids)
+        for m in self.output_proj:
+            out = out + self.output_proj[m](getattr(self, f"frozen_teacher_{m}")[ids])
+        return out
+
     def input_table(self, items: torch.Tensor) -> torch.Tensor | None:
         """The (N+1, H) table :meth:`encode` may reuse: ``items`` when tied, else None (fuse per batch)."""
         return items if self.tied else None
@@ -262,7 +271,14 @@ class Student(nn.Module):
     def holistic_student_scores(
         self, modality: str, i: torch.Tensor, j: torch.Tensor, score_fn
     ) -> torch.Tensor:
-        """s(i, j) = ξ(P m_i, P m_j) for pairs of ids, with ξ given as ``score_fn(a, b) -> (P,)``."""
+        """s(i, j) = ξ(P m_i, P m_j) for pairs of ids, with ξ given as ``score_fn(a, b) -> (P,)``.
+
+        With ``kd_projection="item"`` the student side is the items' output embeddings (the rows of
+        :meth:`item_representations` that score the catalogue), whatever the modality: distillation then
+        shapes the representation that ranks, not a table behind a free map.
+        """
+        if self.cfg.kd_projection == "item":
+            return score_fn(self.output_vectors(i), self.output_vectors(j))
         a, b = self.modality_vectors(modality, i), self.modality_vectors(modality, j)
         if modality in self.kd_proj:
             p = self.kd_proj[modality]
