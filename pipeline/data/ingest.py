@@ -21,13 +21,8 @@ failed run leaves an existing good output untouched and nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,7 +39,7 @@ from pipeline.data.sources.demo import write_demo_raw
 from pipeline.data.sources.sequences import load_sequences
 from pipeline.data.splits import MIN_SEQUENCE_LENGTH, split_boundaries
 from pipeline.errors import DataError
-from pipeline.io import file_digest, write_json, write_parquet
+from pipeline.io import file_digest, staged_dir, write_json, write_parquet
 from pipeline.layout import ITEMS, SEQUENCES
 from pipeline.tracking import start_run
 
@@ -242,31 +237,6 @@ def build_dataset(raw: RawData, kcore: int, split: str, test_fraction: float = 0
 
 
 # --------------------------------------------------------------------------------------------- output
-@contextlib.contextmanager
-def _staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A fresh temporary sibling of ``out_dir`` (removed on exit unless it was swapped in)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield staging
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _swap_in(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``staging`` (two renames; the old folder is deleted afterwards)."""
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def run_ingest(
     data: Any,
     mlflow_params: Any,
@@ -289,7 +259,7 @@ def run_ingest(
     t0 = time.perf_counter()
     with start_run("ingest", mlflow_params, tags={"data.source": data.source}) as tracker:
         tracker.log_params({"data": section_dict(data)})
-        with _staging_dir(out_dir) as staging:
+        with staged_dir(out_dir, clear_stale=True) as staging:
             raw = load_raw(data, staging, out_dir)
             dataset = build_dataset(raw, data.kcore, data.split, data.test_fraction)
             metadata: dict[str, Any] = {
@@ -305,7 +275,6 @@ def run_ingest(
             # lineage: the items these sequences number (embed records the digest of the items it read)
             lineage = {"items_sha256": file_digest(staging / ITEMS)}
             write_parquet(staging / SEQUENCES, dataset.sequences, {**metadata, **lineage})
-            _swap_in(staging, out_dir)
         stats = {**metadata, **dataset.stats}
         write_json(stats_path, stats)
         tracker.log_metrics({k: v for k, v in dataset.stats.items()})
