@@ -40,16 +40,10 @@ from pipeline.io import (
 )
 from pipeline.layout import SUPERVISION_STATS, codebook_file, embedding_file, neighbours_file, teacher_file
 from pipeline.lineage import INPUTS_KEY, check_embeddings_match_sequences, supervision_inputs
+from pipeline.supervision.autoencoders import autoencoder_reduce, sigmoid_autoencoder_reduce
 from pipeline.supervision.kmeans import fit_kmeans
 from pipeline.supervision.pairs import read_training_item_sets, sample_pairs
-from pipeline.supervision.reduction import (
-    Reduction,
-    autoencoder_reduce,
-    pca_reduce,
-    rotate,
-    sigmoid_autoencoder_reduce,
-    sub_vector_variance_share,
-)
+from pipeline.supervision.reduction import Reduction, pca_reduce, rotate, sub_vector_variance_share
 from pipeline.supervision.scores import CorrelationCodebook, pair_scores, sub_vector_scores
 from pipeline.supervision.summaries import (
     describe,
