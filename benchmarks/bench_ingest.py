@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipeline.config import DataParams, DemoParams, MLflowParams  # noqa: E402
-from pipeline.data.demo import write_demo_raw  # noqa: E402
 from pipeline.data.ingest import run_ingest  # noqa: E402
+from pipeline.data.sources.demo import write_demo_raw  # noqa: E402
 
 CATEGORY = "Bench"
 

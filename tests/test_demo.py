@@ -12,18 +12,16 @@ import numpy as np
 import pytest
 
 from pipeline.config import DemoParams
-from pipeline.data.demo import (
+from pipeline.data.sources.demo import write_demo_raw
+from pipeline.data.sources.demo.catalogue import generate_catalogue, generate_interactions
+from pipeline.data.sources.demo.images import family_style, render_item_image
+from pipeline.data.sources.demo.text import (
     ADJECTIVES,
     BRANDS,
     NOUNS,
     PRODUCT_TYPES,
     VARIANTS,
     catalogue_text,
-    family_style,
-    generate_catalogue,
-    generate_interactions,
-    render_item_image,
-    write_demo_raw,
 )
 
 DEMO = DemoParams(seed=3, users=400, items=150, families=6, image_size=16)

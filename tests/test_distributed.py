@@ -17,7 +17,7 @@ from safetensors.torch import load_file
 from test_trainer import params, train, write_tiny_data
 
 from pipeline.config import PROJECT_ROOT, Params
-from pipeline.evaluation.metrics import load_eval_cases
+from pipeline.evaluation.cases import load_eval_cases
 from pipeline.models import load_student
 from pipeline.training.distributed import DistInfo, init_from_env, shard_bounds
 

@@ -177,7 +177,8 @@ def test_missing_model_dir_names_the_file(tmp_path: Path, sequences: Path, eval_
 
 def test_saved_student_round_trip(tmp_path: Path, sequences: Path, eval_params, tiny_params) -> None:
     models = pytest.importorskip("pipeline.models")
-    from pipeline.evaluation.metrics import evaluate_scorer, load_eval_cases
+    from pipeline.evaluation.cases import load_eval_cases
+    from pipeline.evaluation.metrics import evaluate_scorer
 
     torch.manual_seed(0)
     cfg = models.StudentConfig(num_items=6, hidden=8, layers=1, heads=1, max_len=3, dropout=0.0, num_codes=0)

@@ -19,9 +19,9 @@ from conftest import BEAUTY_DIR, requires_beauty
 
 from pipeline.config import PROJECT_ROOT, DataParams, MLflowParams, Params, with_overrides
 from pipeline.data import ingest as ingest_module
-from pipeline.data.formats import INTERACTION_SCHEMA, ITEM_SCHEMA, FileReport
-from pipeline.data.ingest import RawData, build_dataset, run_ingest
+from pipeline.data.ingest import build_dataset, run_ingest
 from pipeline.data.kcore import kcore_filter
+from pipeline.data.records import INTERACTION_SCHEMA, ITEM_SCHEMA, FileReport, RawData
 from pipeline.data.splits import leave_one_out_split, ratio_split, split_boundaries
 from pipeline.errors import DataError
 from pipeline.io import parquet_metadata

@@ -16,8 +16,8 @@ import pytest
 
 from pipeline.config import DataParams, MLflowParams
 from pipeline.data.download import checksum_path, download_file, verify_checksum
-from pipeline.data.formats import AMAZON_FORMATS
-from pipeline.data.ingest import amazon_files, run_ingest
+from pipeline.data.ingest import run_ingest
+from pipeline.data.sources.amazon import AMAZON_FORMATS, amazon_files
 from pipeline.errors import DataError
 
 PAYLOAD = bytes(range(256)) * 1200  # 307,200 bytes

@@ -10,18 +10,12 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import DataParams, MLflowParams
-from pipeline.data.formats import (
-    AMAZON_FORMATS,
-    assemble_text,
-    image_reference,
-    parse_metadata_line,
-    read_item_table,
-    read_json_reviews,
-    read_metadata,
-    read_ratings_csv,
-    read_sequences_file,
-)
 from pipeline.data.ingest import run_ingest
+from pipeline.data.sources.amazon import AMAZON_FORMATS
+from pipeline.data.sources.metadata import parse_metadata_line, read_metadata
+from pipeline.data.sources.reviews import read_json_reviews, read_ratings_csv
+from pipeline.data.sources.sequences import read_item_table, read_sequences_file
+from pipeline.data.text import assemble_text, image_reference
 from pipeline.errors import DataError
 
 NO_MLFLOW = MLflowParams(enabled=False)
@@ -230,7 +224,7 @@ def test_malformed_json_lines_are_skipped_counted_and_reported(
     wrong_type = json.dumps({"reviewerID": "U8", "asin": "B1", "unixReviewTime": "yesterday"})
     lines += [wrong_type, "[1, 2]", *good[4:]]
     path = write_lines(tmp_path / "reviews_X_5.json.gz", lines)
-    with caplog.at_level(logging.WARNING, logger="pipeline.data.formats"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.records"):
         df, report = read_json_reviews(path, "reviewerID", "asin", "unixReviewTime")
     assert df.get_column("user_id").to_list() == [f"U{k}" for k in range(6)]
     assert df.get_column("line").to_list() == [1, 2, 4, 5, 9, 10]  # original line numbers: file order

@@ -11,14 +11,8 @@ import torch
 from helpers import write_sequences
 
 from pipeline.errors import DataError
-from pipeline.evaluation.metrics import (
-    build_eval_cases,
-    evaluate_scorer,
-    load_eval_cases,
-    metrics_from_ranks,
-    popularity_scores,
-    rank_targets,
-)
+from pipeline.evaluation.cases import build_eval_cases, load_eval_cases
+from pipeline.evaluation.metrics import evaluate_scorer, metrics_from_ranks, popularity_scores, rank_targets
 from pipeline.io import write_parquet
 
 

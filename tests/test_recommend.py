@@ -14,7 +14,8 @@ import torch
 from helpers import write_items, write_sequences, write_tiny_recommender
 
 from pipeline.config import PROJECT_ROOT, MLflowParams, RecommendParams
-from pipeline.evaluation.metrics import build_eval_cases, evaluate_scorer, read_sequences
+from pipeline.evaluation.cases import build_eval_cases, read_sequences
+from pipeline.evaluation.metrics import evaluate_scorer
 from pipeline.io import read_parquet
 from pipeline.models import load_student
 from pipeline.recommend.topk import ItemCatalogue, Recommender, UnknownItemsError, run_recommend

@@ -15,10 +15,11 @@ from helpers import write_sequences
 from pipeline.config import CorrelateParams, MLflowParams, Params, with_overrides
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import parquet_metadata, read_parquet, vectors_from_column, write_parquet
+from pipeline.supervision.autoencoders import autoencoder_reduce
 from pipeline.supervision.correlate import AE_DEFAULT_EPOCHS, run_correlate
 from pipeline.supervision.kmeans import fit_kmeans
 from pipeline.supervision.pairs import sample_pairs, training_item_sets
-from pipeline.supervision.reduction import autoencoder_reduce, pca_reduce, random_rotation
+from pipeline.supervision.reduction import pca_reduce, random_rotation
 from pipeline.supervision.scores import (
     SCORES,
     CorrelationCodebook,

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from pipeline.supervision.autoencoders import sigmoid_autoencoder_reduce
 from pipeline.supervision.reduction import (
     Reduction,
     pca_reduce,
     random_rotation,
     rotate,
-    sigmoid_autoencoder_reduce,
     sub_vector_variance_share,
 )
 from pipeline.supervision.scores import block_scores

@@ -16,7 +16,8 @@ from pipeline.config import PROJECT_ROOT, EmbedParams, MLflowParams, Params, wit
 from pipeline.devices import native_bf16, resolve_precision
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import parquet_metadata, read_json, read_parquet, vectors_from_column, write_parquet
-from pipeline.teachers.embed import CoverageError, finalize_vectors, run_embed
+from pipeline.teachers.embed import CoverageError, run_embed
+from pipeline.teachers.encode import finalize_vectors
 from pipeline.teachers.text import TextTeacher, load_text_teacher, resolve_text_model
 
 pytestmark = pytest.mark.slow  # loads MiniLM once (~5 s with the import)

@@ -5,7 +5,8 @@ when complete it is renamed to ``<file>`` and its SHA-256 is recorded in ``<file
 format). A file that has a sidecar is verified against it every time it is reused.
 
 Safety: a download larger than ``max_bytes`` (announced or streamed) is refused, and a redirect may not
-change the URL's scheme (except http -> https), so an https URL never continues over plain http, ftp or file.
+change the URL's scheme (except http -> https), so an https URL never continues over plain http, ftp or file
+(:func:`pipeline.http.open_url` with ``same_scheme``).
 """
 
 from __future__ import annotations
@@ -14,13 +15,11 @@ import http.client
 import logging
 import os
 import re
-import time
 import urllib.error
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 from pipeline.errors import DataError
+from pipeline.http import open_url, with_retries
 from pipeline.io import file_digest
 from pipeline.progress import progress_bar
 
@@ -29,19 +28,7 @@ log = logging.getLogger(__name__)
 USER_AGENT = "kdsr-pipeline (research data ingest)"
 CHUNK = 1 << 20
 MAX_DOWNLOAD_BYTES = 50 * 10**9  # the largest official Amazon file (2023 reviews) is ~ 11 GB
-
-
-class _SameSchemeRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to the same scheme (or from http up to https)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's API
-        old = urllib.parse.urlsplit(req.full_url).scheme.lower()
-        new = urllib.parse.urlsplit(newurl).scheme.lower()
-        if new != old and (old, new) != ("http", "https"):
-            raise urllib.error.HTTPError(
-                newurl, code, f"redirect from {old} to {new} ({newurl}) refused", headers, fp
-            )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+RETRY_STATUS = (408, 429, 500, 502, 503, 504)  # HTTP statuses retried
 
 
 class _TooLarge(Exception):
@@ -86,12 +73,9 @@ class _Incomplete(OSError):
 
 def _fetch_once(url: str, part: Path, timeout: float, max_bytes: int = MAX_DOWNLOAD_BYTES) -> None:
     offset = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    if offset:
-        request.add_header("Range", f"bytes={offset}-")
-    opener = urllib.request.build_opener(_SameSchemeRedirects)
+    headers = {"Range": f"bytes={offset}-"} if offset else None
     try:
-        response = opener.open(request, timeout=timeout)
+        response = open_url(url, user_agent=USER_AGENT, timeout=timeout, headers=headers, same_scheme=True)
     except urllib.error.HTTPError as err:
         if err.code == 416 and offset:  # nothing left to send: the part is complete, or stale
             total = _total_from_content_range(err.headers.get("Content-Range"))
@@ -149,6 +133,13 @@ def _total_from_content_range(value: str | None) -> int | None:
     return int(m.group(1)) if m else None
 
 
+def _retryable(err: Exception) -> bool:
+    """A network failure or a transient HTTP status: another attempt (resuming) may succeed."""
+    if isinstance(err, urllib.error.HTTPError):
+        return err.code in RETRY_STATUS
+    return isinstance(err, urllib.error.URLError | OSError | http.client.HTTPException)
+
+
 def download_file(
     url: str,
     dest: Path,
@@ -176,34 +167,34 @@ def download_file(
     """
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = dest.with_name(dest.name + ".part")
-    for attempt in range(retries + 1):
-        try:
-            _fetch_once(url, part, timeout, max_bytes)
-            break
-        except _TooLarge as err:
-            part.unlink(missing_ok=True)
-            raise DataError(
-                f"cannot download {url}: {err} (download limit); put the file at {dest} by hand"
-            ) from None
-        except urllib.error.HTTPError as err:
-            if err.code not in (408, 429, 500, 502, 503, 504) or attempt == retries:
-                raise DataError(
-                    f"cannot download {url}: HTTP {err.code} {err.reason}; put the file at {dest} by hand"
-                ) from None
-            reason: object = f"HTTP {err.code}"
-        except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
-            if attempt == retries:
-                raise DataError(
-                    f"cannot download {url} ({getattr(err, 'reason', err)}); without network access, put the "
-                    f"file at {dest} by hand"
-                    + (f" (the partial download {part} is kept and resumed)" if part.exists() else "")
-                ) from None
-            reason = err
-        wait = backoff_s * 2**attempt
-        log.warning(
-            "download of %s failed (%s); retry %d/%d in %.1f s", url, reason, attempt + 1, retries, wait
+
+    def on_retry(err: Exception, n: int, wait: float) -> None:
+        reason = f"HTTP {err.code}" if isinstance(err, urllib.error.HTTPError) else err
+        log.warning("download of %s failed (%s); retry %d/%d in %.1f s", url, reason, n + 1, retries, wait)
+
+    try:
+        with_retries(
+            lambda: _fetch_once(url, part, timeout, max_bytes),
+            retries=retries,
+            retryable=_retryable,
+            backoff_s=backoff_s,
+            on_retry=on_retry,
         )
-        time.sleep(wait)
+    except _TooLarge as err:
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"cannot download {url}: {err} (download limit); put the file at {dest} by hand"
+        ) from None
+    except urllib.error.HTTPError as err:
+        raise DataError(
+            f"cannot download {url}: HTTP {err.code} {err.reason}; put the file at {dest} by hand"
+        ) from None
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as err:
+        raise DataError(
+            f"cannot download {url} ({getattr(err, 'reason', err)}); without network access, put the "
+            f"file at {dest} by hand"
+            + (f" (the partial download {part} is kept and resumed)" if part.exists() else "")
+        ) from None
     digest = file_digest(part)
     os.replace(part, dest)
     _write_sidecar(dest, digest)

@@ -2,7 +2,7 @@
 
 Steps, each counted in ``reports/data_stats.json``:
 
-1. parse the source's files (:mod:`pipeline.data.formats`), skipping and counting malformed records; a
+1. parse the source's files (:mod:`pipeline.data.sources`), skipping and counting malformed records; a
    file with more than ``data.max_bad_fraction`` malformed records fails the stage;
 2. order each user's events chronologically (timestamp, then position in the file; for ``sequences`` the
    file order is the time order) and drop repeated (user, item) events, keeping the earliest;
@@ -21,14 +21,9 @@ failed run leaves an existing good output untouched and nothing half-written.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,48 +32,18 @@ import polars as pl
 import pyarrow as pa
 
 from pipeline.config import section_dict
-from pipeline.data.demo import write_demo_raw
-from pipeline.data.download import download_file, verify_checksum
-from pipeline.data.formats import (
-    AMAZON_FORMATS,
-    AmazonFormat,
-    FieldCounts,
-    FileReport,
-    read_item_table,
-    read_json_reviews,
-    read_metadata,
-    read_ratings_csv,
-    read_sequences_file,
-)
 from pipeline.data.kcore import kcore_filter
+from pipeline.data.records import RawData
+from pipeline.data.sources.amazon import AMAZON_FORMATS, amazon_files, load_amazon_files
+from pipeline.data.sources.demo import write_demo_raw
+from pipeline.data.sources.sequences import load_sequences
 from pipeline.data.splits import MIN_SEQUENCE_LENGTH, split_boundaries
 from pipeline.errors import DataError
-from pipeline.io import file_digest, write_json, write_parquet
+from pipeline.io import file_digest, staged_dir, write_json, write_parquet
 from pipeline.layout import ITEMS, SEQUENCES
 from pipeline.tracking import start_run
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class RawData:
-    """Parsed input before filtering.
-
-    Attributes:
-        interactions: user_id, item_id, ts, line (see :mod:`pipeline.data.formats`).
-        items: item_id, text, image (one row per id).
-        numeric_ids: number users/items in numeric rather than lexicographic id order.
-        reports: one per parsed file.
-        category: recorded in the outputs' metadata.
-        metadata_duplicates: repeated metadata ids dropped.
-    """
-
-    interactions: pl.DataFrame
-    items: pl.DataFrame
-    numeric_ids: bool
-    reports: list[FileReport] = field(default_factory=list)
-    category: str = ""
-    metadata_duplicates: int = 0
 
 
 @dataclass
@@ -91,115 +56,6 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def amazon_files(
-    fmt: AmazonFormat, category: str, folder: Path, download: bool
-) -> tuple[tuple[Path, str], Path]:
-    """Find (or download) an Amazon release's review and metadata files in ``folder``.
-
-    Returns:
-        ((reviews path, kind), metadata path); kind is ``json`` or ``ratings_csv``.
-
-    Raises:
-        DataError: files missing and ``download`` off (or the download failed), naming the expected paths.
-    """
-    reviews = [(folder / name.format(category=category), kind) for name, kind in fmt.reviews]
-    metas = [folder / name.format(category=category) for name in fmt.meta]
-    found_reviews = next(((p, k) for p, k in reviews if p.exists()), None)
-    found_meta = next((p for p in metas if p.exists()), None)
-    if download:
-        if found_reviews is None:
-            found_reviews = (
-                download_file(fmt.review_url.format(category=category), reviews[0][0]),
-                reviews[0][1],
-            )
-        if found_meta is None:
-            found_meta = download_file(fmt.meta_url.format(category=category), metas[0])
-    if found_reviews is None or found_meta is None:
-        missing = []
-        if found_reviews is None:
-            missing.append(
-                " or ".join(str(p) for p, _ in reviews)
-                + f"  (from {fmt.review_url.format(category=category)})"
-            )
-        if found_meta is None:
-            missing.append(
-                " or ".join(str(p) for p in metas) + f"  (from {fmt.meta_url.format(category=category)})"
-            )
-        raise DataError(
-            f"data.source={fmt.name}, data.category={category}: raw file(s) missing:\n  - "
-            + "\n  - ".join(missing)
-            + "\nPut them there, or set data.download: true to fetch them from the official URLs."
-        )
-    for path in (found_reviews[0], found_meta):
-        if verify_checksum(path):
-            log.info("%s: checksum verified", path)
-    return found_reviews, found_meta
-
-
-def load_amazon_files(
-    fmt: AmazonFormat,
-    reviews: tuple[Path, str],
-    meta: Path,
-    text_columns: list[str],
-    image_column: str | None,
-    max_bad_fraction: float,
-) -> RawData:
-    """Parse one release's reviews and metadata; fail when a file has too many malformed records, or when
-    a configured text or image field is in none of the metadata records (warn when it is in few)."""
-    path, kind = reviews
-    t0 = time.perf_counter()
-    if kind == "ratings_csv":
-        inter, rep = read_ratings_csv(path)
-    else:
-        inter, rep = read_json_reviews(path, fmt.user_key, fmt.item_key, fmt.time_key)
-    rep.check(max_bad_fraction)
-    log.info(
-        "%s: %d interactions (%d malformed) in %.1f s",
-        path,
-        inter.height,
-        rep.malformed,
-        time.perf_counter() - t0,
-    )
-    t0 = time.perf_counter()
-    image_columns = [] if image_column is None else list(dict.fromkeys([image_column, fmt.image_field]))
-    counts = FieldCounts(meta)
-    items, meta_rep, duplicates = read_metadata(
-        meta, fmt.meta_item_key, text_columns, image_columns, fmt.meta_python_literal, counts
-    )
-    meta_rep.check(max_bad_fraction)
-    counts.check(text_columns, image_column, [fmt.image_field])
-    log.info(
-        "%s: %d items (%d malformed) in %.1f s",
-        meta,
-        items.height,
-        meta_rep.malformed,
-        time.perf_counter() - t0,
-    )
-    return RawData(inter, items, numeric_ids=False, reports=[rep, meta_rep], metadata_duplicates=duplicates)
-
-
-def load_sequences(data: Any) -> RawData:
-    """The ``sequences`` source: ``data.sequences_file`` + the item table ``data.items_file``."""
-    seq_path, items_path = Path(data.sequences_file), Path(data.items_file)
-    if not seq_path.exists():
-        raise DataError(f"{seq_path}: sequences file not found (data.sequences_file)")
-    inter, rep = read_sequences_file(seq_path)  # canonical integer ids only: the rest are malformed lines
-    rep.check(data.max_bad_fraction)
-    counts = FieldCounts(items_path)
-    items, duplicates = read_item_table(
-        items_path, data.item_id_column, list(data.text_columns), data.image_column, counts
-    )
-    counts.check(list(data.text_columns), data.image_column, [])
-    return RawData(
-        inter,
-        items,
-        numeric_ids=True,
-        reports=[rep],
-        category=seq_path.stem,
-        metadata_duplicates=duplicates,
-    )
-
-
 def load_raw(data: Any, staging: Path, out_dir: Path) -> RawData:
     """Parse the configured source. The demo generator writes its raw files into ``staging/demo_raw``,
     with image paths pointing at their final place ``out_dir/demo_raw/images``."""
@@ -381,31 +237,6 @@ def build_dataset(raw: RawData, kcore: int, split: str, test_fraction: float = 0
 
 
 # --------------------------------------------------------------------------------------------- output
-@contextlib.contextmanager
-def _staging_dir(out_dir: Path) -> Iterator[Path]:
-    """A fresh temporary sibling of ``out_dir`` (removed on exit unless it was swapped in)."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out_dir.parent.glob(f".{out_dir.name}.tmp-*"):  # left by a killed run
-        shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
-        yield staging
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-
-
-def _swap_in(staging: Path, out_dir: Path) -> None:
-    """Replace ``out_dir`` by ``staging`` (two renames; the old folder is deleted afterwards)."""
-    old = None
-    if out_dir.exists() or out_dir.is_symlink():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old-", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    os.replace(staging, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def run_ingest(
     data: Any,
     mlflow_params: Any,
@@ -428,7 +259,7 @@ def run_ingest(
     t0 = time.perf_counter()
     with start_run("ingest", mlflow_params, tags={"data.source": data.source}) as tracker:
         tracker.log_params({"data": section_dict(data)})
-        with _staging_dir(out_dir) as staging:
+        with staged_dir(out_dir, clear_stale=True) as staging:
             raw = load_raw(data, staging, out_dir)
             dataset = build_dataset(raw, data.kcore, data.split, data.test_fraction)
             metadata: dict[str, Any] = {
@@ -444,7 +275,6 @@ def run_ingest(
             # lineage: the items these sequences number (embed records the digest of the items it read)
             lineage = {"items_sha256": file_digest(staging / ITEMS)}
             write_parquet(staging / SEQUENCES, dataset.sequences, {**metadata, **lineage})
-            _swap_in(staging, out_dir)
         stats = {**metadata, **dataset.stats}
         write_json(stats_path, stats)
         tracker.log_metrics({k: v for k, v in dataset.stats.items()})

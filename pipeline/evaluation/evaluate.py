@@ -17,13 +17,8 @@ import torch
 
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
-from pipeline.evaluation.metrics import (
-    EvalCases,
-    build_eval_cases,
-    evaluate_scorer,
-    popularity_scores,
-    read_sequences,
-)
+from pipeline.evaluation.cases import EvalCases, build_eval_cases, read_sequences
+from pipeline.evaluation.metrics import evaluate_scorer, popularity_scores
 from pipeline.io import write_json, write_parquet
 from pipeline.layout import MODEL_CONFIG, MODEL_WEIGHTS
 from pipeline.lineage import check_model

@@ -1,4 +1,4 @@
-"""Full-ranking evaluation: evaluation cases, target ranks, HR/NDCG/MRR (DESIGN §5).
+"""Full-ranking evaluation: target ranks, HR/NDCG/MRR and the popularity baseline (DESIGN §5).
 
 One metrics module for the trainer's validation and the evaluate stage alike. Only torch and numpy are
 imported at module level, so it runs where polars and mlflow are absent (the GPU machine).
@@ -7,244 +7,33 @@ Protocol: every target is ranked against the whole catalogue (no sampled negativ
 the number of items scoring strictly higher plus the number of *other* items scoring equal to it (ties count
 against the target, so a constant-score model scores ~0, not 1). Column 0 (padding) is never ranked and,
 with ``mask_history``, items already in the user's history before the target are removed, except the
-target itself.
+target itself. The evaluation cases are built in :mod:`pipeline.evaluation.cases`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, NamedTuple
 
 import numpy as np
 import torch
 
+# build_eval_cases and read_sequences are imported from here by pipeline.training (which this step leaves as
+# it is); other modules import them from pipeline.evaluation.cases
+from pipeline.evaluation.cases import EvalCases, build_eval_cases, read_sequences
+
 log = logging.getLogger(__name__)
 
-Part = Literal["valid", "test"]
-
-
-@dataclass(frozen=True)
-class EvalCases:
-    """One case per held-out target: the user, the model input, the target and the full history.
-
-    Attributes:
-        users: (C,) int64 user of each case (the ``user`` column when read from sequences.parquet,
-            otherwise the row position of the user's sequence).
-        inputs: (C, max_len) int64, the last ``max_len`` items before the target, left-padded with 0, so
-            ``inputs[:, -1]`` is the most recent item.
-        targets: (C,) int64 target item of each case.
-        hist_indptr: (C+1,) int64 CSR row pointer over ``hist_items``.
-        hist_items: (nnz,) int64, ALL items before each target (not truncated to max_len), for masking.
-    """
-
-    users: np.ndarray
-    inputs: torch.Tensor
-    targets: torch.Tensor
-    hist_indptr: np.ndarray
-    hist_items: np.ndarray
-
-    def __len__(self) -> int:
-        return int(self.targets.shape[0])
-
-
-# --------------------------------------------------------------------------------------------- cases
-def _flatten_sequences(items: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user item arrays -> (flat values int64, offsets (U+1,) int64)."""
-    lengths = np.fromiter((len(s) for s in items), dtype=np.int64, count=len(items))
-    offsets = np.zeros(len(items) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] == 0:
-        return np.zeros(0, dtype=np.int64), offsets
-    flat = np.concatenate([np.asarray(s, dtype=np.int64).reshape(-1) for s in items])
-    return flat, offsets
-
-
-def _cases_from_flat(
-    flat: np.ndarray,
-    offsets: np.ndarray,
-    train_end: np.ndarray,
-    valid_end: np.ndarray,
-    part: Part,
-    max_len: int,
-    users: np.ndarray,
-) -> EvalCases:
-    """Vectorised core of :func:`build_eval_cases` on a CSR (flat values, offsets) view of the sequences."""
-    if part not in ("valid", "test"):
-        raise ValueError(f"part must be 'valid' or 'test', got {part!r}")
-    if max_len < 1:
-        raise ValueError(f"max_len must be >= 1, got {max_len}")
-    n_users = len(offsets) - 1
-    lengths = np.diff(offsets)
-    train_end = np.asarray(train_end, dtype=np.int64).reshape(-1)
-    valid_end = np.asarray(valid_end, dtype=np.int64).reshape(-1)
-    users = np.asarray(users, dtype=np.int64).reshape(-1)
-    for name, arr in (("train_end", train_end), ("valid_end", valid_end), ("users", users)):
-        if len(arr) != n_users:
-            raise ValueError(f"{name} has {len(arr)} entries but there are {n_users} sequences")
-    bad = np.flatnonzero((train_end < 0) | (train_end > valid_end) | (valid_end > lengths))
-    if len(bad):
-        r = int(bad[0])
-        raise ValueError(
-            f"sequence at row {r}: need 0 <= train_end <= valid_end <= len(items), got train_end="
-            f"{train_end[r]}, valid_end={valid_end[r]}, len={lengths[r]} ({len(bad)} bad row(s))"
-        )
-    if len(flat) and flat.min() < 1:
-        r = int(np.searchsorted(offsets, int(np.argmax(flat < 1)), side="right") - 1)
-        raise ValueError(f"sequence at row {r}: item ids must be >= 1 (0 is padding)")
-
-    start, stop = (train_end, valid_end) if part == "valid" else (valid_end, lengths)
-    per_user = stop - start  # targets per user
-    n_cases = int(per_user.sum())
-    case_user_row = np.repeat(np.arange(n_users, dtype=np.int64), per_user)  # (C,)
-    case_first = np.repeat(np.cumsum(per_user) - per_user, per_user)
-    pos = np.repeat(start, per_user) + (np.arange(n_cases, dtype=np.int64) - case_first)  # (C,) position
-    if n_cases and pos.min() < 1:
-        r = int(case_user_row[int(np.argmin(pos))])
-        raise ValueError(f"sequence at row {r}: a {part} target is its first item (no items before it)")
-    base = offsets[:-1][case_user_row]  # (C,) flat index of each case's first item
-    targets = flat[base + pos] if n_cases else np.zeros(0, dtype=np.int64)
-    inputs, hist_indptr, hist_items = history_windows(flat, base, pos, max_len)
-    return EvalCases(
-        users=users[case_user_row],
-        inputs=inputs,
-        targets=torch.from_numpy(np.ascontiguousarray(targets, dtype=np.int64)),
-        hist_indptr=hist_indptr,
-        hist_items=hist_items,
-    )
-
-
-def history_windows(
-    flat: np.ndarray, base: np.ndarray, pos: np.ndarray, max_len: int
-) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-    """Model inputs and full histories of C cases whose history is ``flat[base_c : base_c + pos_c]``.
-
-    The one place that turns histories into model inputs, for evaluation cases (history = the items before
-    a target) and recommendations (history = the whole sequence) alike.
-
-    Returns:
-        ``(inputs, hist_indptr, hist_items)``: inputs (C, max_len) int64, the last ``max_len`` history items
-        left-padded with 0 (``inputs[:, -1]`` is the most recent); the whole history of each case in CSR form
-        (hist_indptr (C+1,) int64 from 0, hist_items (nnz,) int64), for masking.
-    """
-    base = np.asarray(base, dtype=np.int64).reshape(-1)
-    pos = np.asarray(pos, dtype=np.int64).reshape(-1)
-    n_cases = len(pos)
-    # left-padded inputs: column j holds the item at position pos - max_len + j (0 where that is < 0)
-    rel = pos[:, None] - max_len + np.arange(max_len, dtype=np.int64)[None, :]  # (C, L)
-    inputs = np.where(rel >= 0, flat[np.clip(base[:, None] + rel, 0, None)] if len(flat) else 0, 0)
-
-    # CSR history: case c owns flat[base_c : base_c + pos_c]
-    hist_indptr = np.zeros(n_cases + 1, dtype=np.int64)
-    np.cumsum(pos, out=hist_indptr[1:])
-    nnz = int(hist_indptr[-1])
-    within = np.arange(nnz, dtype=np.int64) - np.repeat(hist_indptr[:-1], pos)
-    hist_items = flat[np.repeat(base, pos) + within] if nnz else np.zeros(0, dtype=np.int64)
-    return (
-        torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.int64)).reshape(n_cases, max_len),
-        hist_indptr,
-        np.ascontiguousarray(hist_items, dtype=np.int64),
-    )
-
-
-def build_eval_cases(
-    items: Sequence[np.ndarray],
-    train_end: Sequence[int] | np.ndarray,
-    valid_end: Sequence[int] | np.ndarray,
-    part: Part,
-    max_len: int,
-    users: Sequence[int] | np.ndarray | None = None,
-) -> EvalCases:
-    """Build one evaluation case per held-out target.
-
-    Args:
-        items: per-user chronological item arrays (the full sequences, held-out items included).
-        train_end: per-user end of the training part.
-        valid_end: per-user end of the validation part.
-        part: ``"valid"`` (targets ``items[train_end:valid_end]``) or ``"test"`` (``items[valid_end:]``).
-        max_len: model input length; each input holds the last ``max_len`` items before its target.
-        users: per-user id stored in :attr:`EvalCases.users` (default: the row position 0..U-1).
-
-    Returns:
-        The cases, users in row order and targets in chronological order within a user.
-
-    Raises:
-        ValueError: inconsistent split boundaries, a padding id (0) in a sequence, or a target with no
-            item before it.
-    """
-    flat, offsets = _flatten_sequences(items)
-    if users is None:
-        users = np.arange(len(items), dtype=np.int64)
-    return _cases_from_flat(
-        flat, offsets, np.asarray(train_end), np.asarray(valid_end), part, max_len, np.asarray(users)
-    )
-
-
-class SequenceTable(NamedTuple):
-    """The columns of ``data/processed/sequences.parquet`` that evaluation needs, one entry per user."""
-
-    users: np.ndarray  # (U,) int64 user ids
-    items: list[np.ndarray]  # per-user int64 chronological items (held-out items included)
-    train_end: np.ndarray  # (U,) int64
-    valid_end: np.ndarray  # (U,) int64
-
-
-def read_sequences(sequences_path: Path) -> SequenceTable:
-    """Read ``user``, ``items``, ``train_end``, ``valid_end`` from ``data/processed/sequences.parquet``.
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        DataError: not Parquet, or a required column is missing or malformed.
-    """
-    import pyarrow as pa  # noqa: PLC0415 - keep module imports to torch + numpy
-
-    from pipeline.errors import DataError  # noqa: PLC0415
-    from pipeline.io import read_parquet  # noqa: PLC0415
-
-    sequences_path = Path(sequences_path)
-    try:
-        table = read_parquet(sequences_path)
-    except ValueError as err:
-        raise DataError(str(err)) from None
-    required = ["user", "items", "train_end", "valid_end"]
-    missing = [c for c in required if c not in table.column_names]
-    if missing:
-        raise DataError(f"{sequences_path}: missing column(s) {missing} (has {table.column_names})")
-    col = table.column("items").combine_chunks()
-    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
-        raise DataError(f"{sequences_path}: column 'items' must be a list of ints, got {col.type}")
-    for name in required:
-        nulls = table.column(name).null_count
-        if nulls:
-            raise DataError(f"{sequences_path}: column {name!r} has {nulls} null row(s)")
-    offsets = col.offsets.to_numpy().astype(np.int64)
-    values = col.values.to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = values[offsets[0] : offsets[-1]]
-    items = np.split(flat, offsets[1:-1] - offsets[0])
-    return SequenceTable(
-        users=table.column("user").to_numpy().astype(np.int64),
-        items=items,
-        train_end=table.column("train_end").to_numpy().astype(np.int64),
-        valid_end=table.column("valid_end").to_numpy().astype(np.int64),
-    )
-
-
-def load_eval_cases(sequences_path: Path, part: Part, max_len: int) -> EvalCases:
-    """Read ``data/processed/sequences.parquet`` and build the ``part`` cases (users = its ``user`` column).
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        DataError: a required column is missing or the split boundaries are inconsistent.
-    """
-    from pipeline.errors import DataError  # noqa: PLC0415
-
-    seqs = read_sequences(sequences_path)
-    try:
-        return build_eval_cases(seqs.items, seqs.train_end, seqs.valid_end, part, max_len, users=seqs.users)
-    except ValueError as err:
-        raise DataError(f"{sequences_path}: {err}") from None
+__all__ = [
+    "EvalCases",
+    "build_eval_cases",
+    "evaluate_scorer",
+    "mask_scores_",
+    "metrics_from_ranks",
+    "popularity_scores",
+    "rank_targets",
+    "read_sequences",
+]
 
 
 # --------------------------------------------------------------------------------------------- ranking

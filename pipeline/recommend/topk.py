@@ -24,7 +24,8 @@ import torch
 
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
-from pipeline.evaluation.metrics import history_windows, mask_scores_
+from pipeline.evaluation.cases import history_windows
+from pipeline.evaluation.metrics import mask_scores_
 from pipeline.io import atomic_path, read_parquet
 
 log = logging.getLogger(__name__)

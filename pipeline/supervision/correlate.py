@@ -18,13 +18,8 @@ under a temporary name and swapped in whole, so a failed run leaves the previous
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
 import time
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,29 +28,31 @@ import pyarrow as pa
 import torch
 
 from pipeline.config import CorrelateParams
-from pipeline.devices import resolve_device, resolve_precision
+from pipeline.devices import resolve_device
 from pipeline.errors import DataError
 from pipeline.io import (
     parquet_metadata,
     read_parquet,
+    staged_dir,
     vectors_from_column,
     write_json,
     write_parquet,
 )
 from pipeline.layout import SUPERVISION_STATS, codebook_file, embedding_file, neighbours_file, teacher_file
 from pipeline.lineage import INPUTS_KEY, check_embeddings_match_sequences, supervision_inputs
+from pipeline.supervision.autoencoders import autoencoder_reduce, sigmoid_autoencoder_reduce
 from pipeline.supervision.kmeans import fit_kmeans
 from pipeline.supervision.pairs import read_training_item_sets, sample_pairs
-from pipeline.supervision.reduction import (
-    Reduction,
-    autoencoder_reduce,
-    pca_reduce,
-    rotate,
-    sigmoid_autoencoder_reduce,
-    sub_vector_variance_share,
-)
+from pipeline.supervision.reduction import Reduction, pca_reduce, rotate, sub_vector_variance_share
 from pipeline.supervision.scores import CorrelationCodebook, pair_scores, sub_vector_scores
-from pipeline.supervision.topk import blocked_topk
+from pipeline.supervision.summaries import (
+    describe,
+    format_shares,
+    inertia_ratio,
+    share_summary,
+    sub_vector_cosine_stats,
+)
+from pipeline.supervision.topk import blocked_topk, topk_search_precision
 from pipeline.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -63,40 +60,6 @@ log = logging.getLogger(__name__)
 AE_DEFAULT_EPOCHS = {"autoencoder": 20, "sigmoid_ae": 200}  # correlate.ae_epochs: null
 RANDOM_STATS_PAIRS = 100_000  # random pairs scored for the baseline distribution in stats.json
 _PAIR_CHUNK = 65_536
-_PERCENTILES = (1, 5, 25, 50, 75, 95, 99)
-
-
-@contextlib.contextmanager
-def staged_dir(target: Path) -> Iterator[Path]:
-    """Yield an empty sibling folder; on success it replaces ``target`` whole, on failure it is removed."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.tmp"
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = None
-        if target.exists():
-            old = target.parent / f".{target.name}.{uuid.uuid4().hex[:12]}.old"
-            os.replace(target, old)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def describe(values: np.ndarray) -> dict[str, float | int]:
-    """Count, mean, std, min, max and percentiles of a score sample (6 significant digits)."""
-    values = np.asarray(values, dtype=np.float64)
-    if values.size == 0:
-        return {"count": 0}
-    pct = np.percentile(values, _PERCENTILES)
-    out: dict[str, float | int] = {"count": int(values.size)}
-    stats = {"mean": values.mean(), "std": values.std(), "min": values.min(), "max": values.max()}
-    stats.update({f"p{p:02d}": v for p, v in zip(_PERCENTILES, pct, strict=True)})
-    out.update({k: float(f"{float(v):.6g}") for k, v in stats.items()})
-    return out
 
 
 def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -140,48 +103,6 @@ def _reduce(
     return autoencoder_reduce(
         vectors, params.dim, missing, epochs=epochs, seed=params.seed, device=str(device)
     )
-
-
-def _share_summary(shares: list[float]) -> dict[str, Any]:
-    """Shares plus max/min ratio (None when a sub-vector has no variance at all)."""
-    lo, hi = min(shares), max(shares)
-    return {
-        "shares": shares,
-        "max": hi,
-        "min": lo,
-        "max_min_ratio": float(f"{hi / lo:.6g}") if lo > 0 else None,
-    }
-
-
-def _fmt_shares(shares: list[float]) -> str:
-    return "[" + " ".join(f"{v:.3f}" for v in shares) + "]"
-
-
-def _inertia_ratio(inertia: float, corr: torch.Tensor) -> float | None:
-    total = float((corr.double() - corr.double().mean(0)).square().sum()) if len(corr) else 0.0
-    return float(f"{inertia / total:.6g}") if total > 0 else None
-
-
-def _sub_vector_cosine_stats(corr: torch.Tensor, n_co: int) -> dict[str, list[float]]:
-    """Per sub-vector: mean and std of the cosines over the codebook sample, and the mean on co-occurring
-    pairs minus the mean on random ones (near 0: the sub-vector tells related items from random ones poorly)."""
-    c = corr.double()
-
-    def r(t: torch.Tensor) -> list[float]:
-        return [float(f"{float(v):.6g}") for v in t]
-
-    out = {"mean": r(c.mean(0)), "std": r(c.std(0, correction=0)) if len(c) else r(c.sum(0))}
-    if 0 < n_co < len(c):
-        out["co_occurring_minus_random"] = r(c[:n_co].mean(0) - c[n_co:].mean(0))
-    return out
-
-
-def topk_search_precision(setting: str, device: torch.device) -> str:
-    """The top-k candidate search precision: ``auto`` is bfloat16 only on a CPU with native bf16 matmuls
-    (a GPU searches in float32 fast enough, and its bf16 reductions need not accumulate in float32)."""
-    if setting == "auto" and device.type != "cpu":
-        return "float32"
-    return resolve_precision(setting, device)
 
 
 def _pair_tensors(teacher: torch.Tensor, pairs: np.ndarray, fn: Any, device: torch.device) -> torch.Tensor:
@@ -235,12 +156,10 @@ def build_modality(
     # ---- reduction (+ rotation)
     red = _reduce(params, vectors, missing, device)
     present = np.flatnonzero(~missing)  # the rows the reduction was fitted on
-    shares = {"reduced": _share_summary(sub_vector_variance_share(red.vectors, params.sub_vectors, present))}
+    shares = {"reduced": share_summary(sub_vector_variance_share(red.vectors, params.sub_vectors, present))}
     if params.rotate:
         red = rotate(red, params.seed)
-        shares["rotated"] = _share_summary(
-            sub_vector_variance_share(red.vectors, params.sub_vectors, present)
-        )
+        shares["rotated"] = share_summary(sub_vector_variance_share(red.vectors, params.sub_vectors, present))
     reduced = red.vectors
     if policy in ("zero", "exclude"):
         # no content: a zero vector (cos 0 with everything), not the projection of an imputed vector
@@ -269,9 +188,9 @@ def build_modality(
         params.reduction,
         " + rotation" if params.rotate else "",
         params.dim,
-        _fmt_shares(shares["reduced"]["shares"]),
+        format_shares(shares["reduced"]["shares"]),
         shares["reduced"]["max_min_ratio"],
-        f", after rotation {_fmt_shares(final_shares['shares'])} (max/min {final_shares['max_min_ratio']})"
+        f", after rotation {format_shares(final_shares['shares'])} (max/min {final_shares['max_min_ratio']})"
         if params.rotate
         else "",
         rc.get("mean", float("nan")),
@@ -354,7 +273,7 @@ def build_modality(
         "mean_sq_distance": float(f"{km.inertia / max(1, len(pairs)):.6g}"),
         # inertia / total squared deviation of the sample from its mean: the share of the correlation
         # vectors' variance the K centroids leave unexplained (comparable across reductions, unlike inertia)
-        "inertia_ratio": _inertia_ratio(km.inertia, corr),
+        "inertia_ratio": inertia_ratio(km.inertia, corr),
         "iterations": km.iterations,
         "converged": km.converged,
         "reseeded_clusters": km.reseeded,
@@ -364,7 +283,7 @@ def build_modality(
         # exp(entropy of the usage): K when every code is used equally, 1 when one code takes all
         "effective_codes": float(f"{effective:.6g}"),
         "sub_vector_variance_share": final_shares["shares"],
-        "sub_vector_cosine": _sub_vector_cosine_stats(corr, n_co),
+        "sub_vector_cosine": sub_vector_cosine_stats(corr, n_co),
     }
     CorrelationCodebook(
         km.centroids,

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pipeline.devices import resolve_precision
 from pipeline.progress import progress_bar
 from pipeline.supervision.scores import EPS, block_scores
 
@@ -267,3 +268,11 @@ def blocked_topk(
         out_v[r0:r1] = best_v.cpu()
         out_i[r0:r1] = best_i.cpu()
     return out_v, out_i
+
+
+def topk_search_precision(setting: str, device: torch.device) -> str:
+    """The top-k candidate search precision: ``auto`` is bfloat16 only on a CPU with native bf16 matmuls
+    (a GPU searches in float32 fast enough, and its bf16 reductions need not accumulate in float32)."""
+    if setting == "auto" and device.type != "cpu":
+        return "float32"
+    return resolve_precision(setting, device)

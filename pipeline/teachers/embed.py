@@ -18,23 +18,19 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
 from pipeline.config import section_dict
-from pipeline.devices import resolve_device, resolve_precision
+from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import file_digest, read_parquet, write_json, write_parquet
 from pipeline.layout import embedding_file
-from pipeline.progress import progress_bar
-from pipeline.teachers.cache import VectorCache, content_key
-from pipeline.teachers.fetch import fetch_images
+from pipeline.teachers.encode import Items, ModalityResult, embed_image, embed_text
 from pipeline.tracking import start_run
 
 log = logging.getLogger(__name__)
@@ -50,41 +46,6 @@ class CoverageError(PipelineError):
     def __init__(self, message: str, report: dict[str, Any]) -> None:
         super().__init__(message)
         self.report = report
-
-
-@dataclass
-class Items:
-    """The columns of items.parquet the embed stage reads."""
-
-    item: np.ndarray  # (N,) int32, 1..N
-    item_id: list[str]
-    text: list[str]
-    image: list[str | None] | None  # None when the file has no image column
-
-
-@dataclass
-class Encoded:
-    """What :func:`_encode_with_cache` produced for one modality."""
-
-    raw: np.ndarray  # (N, dim) float32 encoder outputs; zero rows for items without a usable input
-    failures: dict[int, str]  # row -> reason the encoder rejected its input (e.g. not an image)
-    computed: int  # distinct inputs encoded in this run
-    cache_hits: int  # rows served from the cache
-    encode_s: float
-
-
-@dataclass
-class ModalityResult:
-    """Final vectors of one modality and how they came about."""
-
-    vectors: np.ndarray  # (N, dim) float32, normalised, missing policy applied
-    missing: np.ndarray  # (N,) bool
-    failures: dict[int, tuple[str, str]]  # row -> (kind, detail) for every missing row
-    teacher: Any
-    normalize: bool
-    encoded: Encoded
-    load_s: float
-    seconds: float = 0.0
 
 
 def read_items(items_path: Path) -> Items:
@@ -126,165 +87,6 @@ def _check_inputs(items: Items, modalities: Sequence[str], items_path: Path) -> 
                 "(the 'image' column is absent or all null); this dataset has no images: set "
                 "train.modalities without 'image'"
             )
-
-
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise unit norm in float64 then float32 (rows of zero norm stay zero)."""
-    x64 = x.astype(np.float64)
-    norms = np.linalg.norm(x64, axis=1, keepdims=True)
-    return np.divide(x64, norms, out=np.zeros_like(x64), where=norms > 0).astype(np.float32)
-
-
-def finalize_vectors(raw: np.ndarray, missing: np.ndarray, normalize: bool, policy: str) -> np.ndarray:
-    """Normalise usable rows and fill missing rows by the missing policy.
-
-    Args:
-        raw: (N, dim) float32 encoder outputs (missing rows ignored).
-        missing: (N,) bool.
-        normalize: Unit-normalise usable rows (and the mean vector).
-        policy: ``zero`` | ``mean`` | ``exclude`` (``exclude`` fills like ``mean``).
-
-    Returns:
-        (N, dim) float32 final vectors.
-    """
-    out = np.zeros_like(raw, dtype=np.float32)
-    usable = ~missing
-    out[usable] = _l2_normalize(raw[usable]) if normalize else raw[usable]
-    if policy in ("mean", "exclude") and usable.any() and missing.any():
-        mean = out[usable].astype(np.float64).mean(axis=0, keepdims=True)
-        out[missing] = _l2_normalize(mean) if normalize else mean.astype(np.float32)
-    return out
-
-
-def _encode_with_cache(
-    teacher: Any,
-    keys: list[bytes | None],
-    inputs: list[Any],
-    batch_size: int,
-    cache_root: Path,
-    sort_key: Callable[[Any], Any] | None = None,
-) -> Encoded:
-    """Raw vectors for rows with a key, from the cache or the encoder (each distinct key encoded once).
-
-    Args:
-        teacher: A text or image teacher (``modality``, ``fingerprint``, ``dim``, ``encode(inputs, batch_size)``).
-        keys: Content key per row; None for rows without a usable input (left as zero vectors).
-        inputs: What ``teacher.encode`` takes, per row (a text or an image file).
-        batch_size: Inputs per forward pass.
-        cache_root: Folder of the vector cache.
-        sort_key: Orders the inputs still to encode (e.g. longest texts first, so batches pad less).
-    """
-    cache = VectorCache(cache_root, teacher.modality, teacher.fingerprint, teacher.dim)
-    rows_of: dict[bytes, list[int]] = defaultdict(list)
-    for row, key in enumerate(keys):
-        if key is not None:
-            rows_of[key].append(row)
-    todo = [k for k in rows_of if k not in cache]
-    if sort_key is not None:
-        todo.sort(key=lambda k: (sort_key(inputs[rows_of[k][0]]), k))
-    hits = sum(len(rows_of[k]) for k in rows_of if k in cache)
-    start = time.perf_counter()
-    chunk = batch_size * 4
-    with progress_bar(
-        total=len(todo), desc=f"embed {teacher.modality}", unit="item", disable=not todo
-    ) as bar:
-        for s in range(0, len(todo), chunk):
-            part = todo[s : s + chunk]
-            vectors, failures = teacher.encode([inputs[rows_of[k][0]] for k in part], batch_size)
-            ok = [i for i in range(len(part)) if i not in failures]
-            for i, reason in failures.items():
-                cache.put_failure(part[i], reason)
-            if ok:
-                cache.put([part[i] for i in ok], vectors[ok])
-            bar.update(len(part))
-    cache.flush()
-    encode_s = time.perf_counter() - start
-    raw = np.zeros((len(keys), teacher.dim), dtype=np.float32)
-    row_failures: dict[int, str] = {}
-    for key, rows in rows_of.items():
-        entry = cache.get(key)
-        if isinstance(entry, str):  # the encoder rejected this content (now or in an earlier run)
-            row_failures.update(dict.fromkeys(rows, entry))
-        else:
-            raw[rows] = entry
-    return Encoded(raw, row_failures, computed=len(todo), cache_hits=hits, encode_s=encode_s)
-
-
-def _embed_text(items: Items, params: Any, device: str, cache_root: Path) -> ModalityResult:
-    from pipeline.teachers.text import load_text_teacher  # noqa: PLC0415
-
-    t0 = time.perf_counter()
-    precision = resolve_precision(params.text.precision, torch.device(device))
-    teacher = load_text_teacher(params.text.model, params.text.max_length, device, precision)
-    load_s = time.perf_counter() - t0
-    empty = [not t.strip() for t in items.text]
-    keys = [
-        None if e else content_key(teacher.fingerprint, t.encode())
-        for t, e in zip(items.text, empty, strict=True)
-    ]
-    encoded = _encode_with_cache(
-        teacher, keys, items.text, params.text.batch_size, cache_root, sort_key=lambda t: -len(t)
-    )
-    failures = {row: ("empty_text", "empty text") for row, e in enumerate(empty) if e}
-    missing = np.array(empty, dtype=bool)
-    return ModalityResult(
-        vectors=finalize_vectors(encoded.raw, missing, params.text.normalize, params.missing_policy),
-        missing=missing,
-        failures=failures,
-        teacher=teacher,
-        normalize=params.text.normalize,
-        encoded=encoded,
-        load_s=load_s,
-    )
-
-
-def _embed_image(
-    items: Items,
-    params: Any,
-    device: str,
-    cache_root: Path,
-    fetch_root: Path,
-    local_roots: Sequence[Path] | None = None,
-) -> ModalityResult:
-    from pipeline.teachers.image import load_image_teacher  # noqa: PLC0415
-
-    p = params.image
-    t0 = time.perf_counter()
-    teacher = load_image_teacher(p.model, p.weights, device, p.fetch_workers)
-    load_s = time.perf_counter() - t0
-    assert items.image is not None  # checked by _check_inputs
-    sources = fetch_images(
-        items.image,
-        fetch_root,
-        timeout_s=p.fetch_timeout_s,
-        retries=p.fetch_retries,
-        max_bytes=p.fetch_max_bytes,
-        workers=p.fetch_workers,
-        local_roots=local_roots,
-        allow_private_hosts=p.allow_private_hosts,
-    )
-    keys = [
-        None if s.sha256 is None else content_key(teacher.fingerprint, s.sha256.encode()) for s in sources
-    ]
-    paths = [s.path for s in sources]
-    encoded = _encode_with_cache(teacher, keys, paths, p.batch_size, cache_root)
-    failures: dict[int, tuple[str, str]] = {}
-    for row, s in enumerate(sources):
-        if s.failure is not None:
-            failures[row] = (s.failure, s.detail)
-        elif row in encoded.failures:
-            failures[row] = ("not_image", f"{items.image[row]}: {encoded.failures[row]}")
-    missing = np.zeros(len(sources), dtype=bool)
-    missing[list(failures)] = True
-    return ModalityResult(
-        vectors=finalize_vectors(encoded.raw, missing, p.normalize, params.missing_policy),
-        missing=missing,
-        failures=failures,
-        teacher=teacher,
-        normalize=p.normalize,
-        encoded=encoded,
-        load_s=load_s,
-    )
 
 
 def _report_entry(res: ModalityResult, items: Items, policy: str) -> dict[str, Any]:
@@ -382,9 +184,9 @@ def run_embed(
         for m in modalities:
             t0 = time.perf_counter()
             if m == "text":
-                res = _embed_text(items, embed_params, device, cache_dir / "vectors")
+                res = embed_text(items, embed_params, device, cache_dir / "vectors")
             else:
-                res = _embed_image(
+                res = embed_image(
                     items, embed_params, device, cache_dir / "vectors", cache_dir / "images", image_roots
                 )
             res.seconds = time.perf_counter() - t0 - res.load_s  # model loading is reported on its own

@@ -26,25 +26,20 @@ total deadline passed), ``truncated`` (fewer bytes than announced) and ``unreach
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
-import http.client
-import ipaddress
 import logging
 import re
-import socket
-import threading
 import time
-import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.http import HttpFailure, get_bytes, with_retries
 from pipeline.io import atomic_path, file_digest
 from pipeline.progress import progress_bar
 
@@ -54,7 +49,7 @@ USER_AGENT = "kdsr-pipeline/0.1 (image teacher)"
 # One source (every attempt and back-off included) is abandoned after this many timeouts in total, however
 # its server trickles bytes (a watchdog closes the connection at the deadline).
 TOTAL_TIMEOUT_FACTOR = 6.0
-_CHUNK = 1 << 16
+PRIVATE_HINT = "embed.image.allow_private_hosts: true allows it"
 _URL_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -75,156 +70,8 @@ class ImageSource:
     detail: str = ""
 
 
-class _FetchFailure(Exception):
-    def __init__(self, kind: str, detail: str, retryable: bool) -> None:
-        super().__init__(f"{kind}: {detail}")
-        self.kind = kind
-        self.detail = detail
-        self.retryable = retryable
-
-
-class _HTTPOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects only to http(s) URLs (urllib would also follow one to ftp://)."""
-
-    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201 - urllib's API
-        if urllib.parse.urlparse(newurl).scheme.lower() not in ("http", "https"):
-            raise urllib.error.HTTPError(
-                newurl, code, f"redirect to non-http(s) URL {newurl!r} refused", headers, fp
-            )
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
-
-
 def _sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def public_address(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """True for a globally routable unicast address (not loopback, private, link-local, reserved, ...)."""
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    return ip.is_global and not ip.is_multicast
-
-
-class _Guard:
-    """One download's policy and deadline: which addresses it may connect to, and a watchdog that shuts its
-    sockets down when the deadline passes (a blocked read then returns at once, whatever the server does)."""
-
-    def __init__(self, allow_private: bool, seconds: float) -> None:
-        self.allow_private = allow_private
-        self.seconds = seconds
-        self.deadline = time.monotonic() + seconds
-        self.expired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(max(seconds, 0.0), self._expire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Guard:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-    def _expire(self) -> None:
-        with self._lock:
-            self.expired = True
-            for sock in self._sockets:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-
-    def remaining(self) -> float:
-        return self.deadline - time.monotonic()
-
-    def check_host(self, host: str | None, port: int | None = None) -> list[tuple]:
-        """Resolve ``host``; refuse it (``private_host``) when any of its addresses is not public."""
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        if not self.allow_private:
-            for info in infos:
-                ip = ipaddress.ip_address(str(info[4][0]).split("%")[0])
-                if not public_address(ip):
-                    raise _FetchFailure(
-                        "private_host",
-                        f"host {host} resolves to {ip}, which is not a public address "
-                        "(embed.image.allow_private_hosts: true allows it)",
-                        False,
-                    )
-        return infos
-
-    def create_connection(
-        self,
-        address: tuple[str, int],
-        timeout: float | None = None,
-        source_address: tuple[str, int] | None = None,
-        *,
-        check: bool = True,
-    ) -> socket.socket:
-        """``socket.create_connection`` that refuses non-public addresses (when ``check``) and registers the
-        socket with the watchdog."""
-        host, port = address
-        infos = (
-            self.check_host(host, port) if check else socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-        )
-        last: OSError | None = None
-        for family, kind, proto, _, sockaddr in infos:
-            sock = socket.socket(family, kind, proto)
-            with self._lock:
-                if self.expired:
-                    sock.close()
-                    raise TimeoutError("deadline passed")
-                self._sockets.append(sock)
-            try:
-                left = max(self.remaining(), 0.001)
-                sock.settimeout(left if timeout is None else min(timeout, left))
-                if source_address:
-                    sock.bind(source_address)
-                sock.connect(sockaddr)
-                if timeout is not None:
-                    sock.settimeout(timeout)
-                return sock
-            except OSError as err:
-                last = err
-                sock.close()
-        raise last if last is not None else OSError(f"cannot resolve {host}")
-
-    def connection_factory(self, base: type, req: urllib.request.Request) -> Callable[..., object]:
-        """An ``http.client`` connection class for ``req`` whose sockets go through :meth:`create_connection`.
-
-        Through a proxy the connection goes to the proxy (the user's own), so the target host is checked
-        by name here instead."""
-        proxied = req.has_proxy() or bool(getattr(req, "_tunnel_host", None))
-        if proxied:
-            self.check_host(urllib.parse.urlsplit(req.full_url).hostname)
-
-        def factory(host: str, **kwargs: object) -> object:
-            conn = base(host, **kwargs)
-            conn._create_connection = functools.partial(self.create_connection, check=not proxied)
-            return conn
-
-        return factory
-
-
-class _GuardedHTTPHandler(urllib.request.HTTPHandler):
-    def __init__(self, guard: _Guard) -> None:
-        super().__init__()
-        self.guard = guard
-
-    def http_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(self.guard.connection_factory(http.client.HTTPConnection, req), req)
-
-
-class _GuardedHTTPSHandler(urllib.request.HTTPSHandler):
-    def __init__(self, guard: _Guard) -> None:
-        super().__init__()
-        self.guard = guard
-
-    def https_open(self, req: urllib.request.Request) -> http.client.HTTPResponse:
-        return self.do_open(
-            self.guard.connection_factory(http.client.HTTPSConnection, req),
-            req,
-            context=self._context,
-            check_hostname=self._check_hostname,
-        )
 
 
 def within_roots(path: Path, roots: Sequence[Path]) -> bool:
@@ -258,80 +105,6 @@ def _local_source(path: Path, max_bytes: int, roots: Sequence[Path] | None = Non
     except OSError as err:
         return ImageSource(failure="unreadable_file", detail=f"{path}: {err.strerror or err}")
     return ImageSource(path=path, sha256=digest)
-
-
-def _http_get(
-    url: str, timeout_s: float, max_bytes: int, budget_s: float, allow_private: bool = False
-) -> bytes:
-    """One GET attempt of at most ``budget_s`` seconds in all (a watchdog closes the connection then);
-    raises :class:`_FetchFailure` with a kind and whether a retry may help."""
-    request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    with _Guard(allow_private, budget_s) as guard:
-        opener = urllib.request.build_opener(
-            _HTTPOnlyRedirects, _GuardedHTTPHandler(guard), _GuardedHTTPSHandler(guard)
-        )
-        try:
-            return _read_body(opener, request, timeout_s, max_bytes, guard)
-        except _FetchFailure:
-            raise
-        except Exception as err:
-            if guard.expired:
-                raise _FetchFailure(
-                    "timeout", f"no complete answer within {guard.seconds:.3g} s (total limit)", False
-                ) from None
-            failure = _classify(err, timeout_s)
-            if failure is None:
-                raise
-            raise failure from None
-
-
-def _read_body(
-    opener: urllib.request.OpenerDirector,
-    request: urllib.request.Request,
-    timeout_s: float,
-    max_bytes: int,
-    guard: _Guard,
-) -> bytes:
-    with opener.open(request, timeout=timeout_s) as resp:
-        length = resp.headers.get("Content-Length")
-        expected = int(length) if length is not None and length.strip().isdigit() else None
-        if expected is not None and expected > max_bytes:
-            raise _FetchFailure("too_large", f"Content-Length {length} > limit {max_bytes}", False)
-        buf = bytearray()
-        while chunk := resp.read1(_CHUNK):  # one socket read at a time: the deadline is checked between them
-            buf += chunk
-            if len(buf) > max_bytes:
-                raise _FetchFailure("too_large", f"more than {max_bytes} bytes", False)
-            if guard.expired or guard.remaining() <= 0:
-                break
-        if guard.expired or guard.remaining() <= 0:
-            raise _FetchFailure(
-                "timeout",
-                f"download took over {guard.seconds:.3g} s (total limit); got {len(buf)} bytes",
-                False,
-            )
-        if expected is not None and len(buf) != expected:
-            raise _FetchFailure("truncated", f"got {len(buf)} of {expected} announced bytes", True)
-        return bytes(buf)
-
-
-def _classify(err: Exception, timeout_s: float) -> _FetchFailure | None:
-    """The failure kind of a urllib/http.client/socket error (None for anything else: a bug, re-raised)."""
-    if isinstance(err, urllib.error.HTTPError):
-        return _FetchFailure(
-            "http_error", f"HTTP {err.code} {err.reason}", err.code >= 500 or err.code == 429
-        )
-    if isinstance(err, urllib.error.URLError):
-        if isinstance(err.reason, TimeoutError):
-            return _FetchFailure("timeout", f"no response within {timeout_s:g} s", True)
-        return _FetchFailure("unreachable", str(err.reason), True)
-    if isinstance(err, TimeoutError):
-        return _FetchFailure("timeout", f"no response within {timeout_s:g} s", True)
-    if isinstance(err, http.client.HTTPException | OSError):
-        return _FetchFailure("unreachable", f"{type(err).__name__}: {err}", True)
-    if isinstance(err, ValueError):  # e.g. a URL urllib cannot parse (bad port, control characters)
-        return _FetchFailure("bad_url", str(err), False)
-    return None
 
 
 def _cached(url_key: Path, cache_dir: Path) -> ImageSource | None:
@@ -371,16 +144,32 @@ def _download(
     if hit is not None:
         return hit
     deadline = time.monotonic() + TOTAL_TIMEOUT_FACTOR * timeout_s  # for all attempts together
-    for attempt in range(retries + 1):
-        try:
-            data = _http_get(url, timeout_s, max_bytes, deadline - time.monotonic(), allow_private)
-            break
-        except _FetchFailure as fail:
-            wait = min(0.25 * 2**attempt, 2.0)
-            if not fail.retryable or attempt == retries or time.monotonic() + wait >= deadline:
-                tries = f" (after {attempt + 1} attempts)" if attempt else ""
-                return ImageSource(failure=fail.kind, detail=f"{url}: {fail.detail}{tries}")
-            time.sleep(wait)
+    retried: list[int] = []
+
+    def attempt() -> bytes:
+        return get_bytes(
+            url,
+            user_agent=USER_AGENT,
+            timeout_s=timeout_s,
+            max_bytes=max_bytes,
+            budget_s=deadline - time.monotonic(),
+            allow_private=allow_private,
+            private_hint=PRIVATE_HINT,
+        )
+
+    try:
+        data = with_retries(
+            attempt,
+            retries=retries,
+            retryable=lambda err: isinstance(err, HttpFailure) and err.retryable,
+            backoff_s=0.25,
+            max_wait_s=2.0,
+            deadline=deadline,
+            on_retry=lambda err, n, wait: retried.append(n),
+        )
+    except HttpFailure as fail:
+        tries = f" (after {len(retried) + 1} attempts)" if retried else ""
+        return ImageSource(failure=fail.kind, detail=f"{url}: {fail.detail}{tries}")
     digest = _sha256_bytes(data)
     blob = cache_dir / "blobs" / digest[:2] / digest
     if not blob.is_file() or blob.stat().st_size != len(data):

@@ -17,9 +17,9 @@ import pytest
 from PIL import Image
 from rel_servers import LoopbackServer
 
+from pipeline import http as pipeline_http
 from pipeline.config import MLflowParams, Params, with_overrides
 from pipeline.io import read_json, write_parquet
-from pipeline.teachers import fetch
 from pipeline.teachers.embed import run_embed
 from pipeline.teachers.fetch import TOTAL_TIMEOUT_FACTOR, fetch_images, resolve_source
 from pipeline.teachers.image import MAX_IMAGE_PIXELS, decode_image
@@ -98,7 +98,7 @@ def test_redirect_to_a_private_address_is_refused(
     inner.files["/secret.png"] = PNG_BYTES
     try:
         # stand-in for the internet: 127.0.0.1 (the redirecting server) counts as public, 127.0.0.2 does not
-        monkeypatch.setattr(fetch, "public_address", lambda ip: str(ip) == "127.0.0.1")
+        monkeypatch.setattr(pipeline_http, "public_address", lambda ip: str(ip) == "127.0.0.1")
         got = resolve_source(
             f"{server.url}/redirect?to={inner.url}/secret.png", tmp_path, timeout_s=1, retries=0
         )
@@ -114,8 +114,8 @@ def test_public_address_policy() -> None:
     public = ["8.8.8.8", "2606:4700:4700::1111"]
     private = ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1", "0.0.0.0",
                "::1", "fe80::1", "fc00::1", "::ffff:127.0.0.1", "224.0.0.1"]  # fmt: skip
-    assert all(fetch.public_address(ipaddress.ip_address(a)) for a in public)
-    assert not any(fetch.public_address(ipaddress.ip_address(a)) for a in private)
+    assert all(pipeline_http.public_address(ipaddress.ip_address(a)) for a in public)
+    assert not any(pipeline_http.public_address(ipaddress.ip_address(a)) for a in private)
 
 
 # --------------------------------------------------------------------------------------------- 7. local paths

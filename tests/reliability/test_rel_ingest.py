@@ -16,8 +16,10 @@ from rel_servers import LoopbackServer
 
 from pipeline.config import DataParams, MLflowParams
 from pipeline.data.download import download_file
-from pipeline.data.formats import AMAZON_FORMATS, read_json_reviews, read_metadata
 from pipeline.data.ingest import run_ingest
+from pipeline.data.sources.amazon import AMAZON_FORMATS
+from pipeline.data.sources.metadata import read_metadata
+from pipeline.data.sources.reviews import read_json_reviews
 from pipeline.errors import DataError
 
 NO_MLFLOW = MLflowParams(enabled=False)
@@ -110,7 +112,7 @@ def test_field_in_few_records_warns_with_the_count(tmp_path: Path, caplog: pytes
     _amazon_2014(tmp_path, meta)
     data = DataParams(source="amazon2014", category="Cat", raw_dir=str(tmp_path / "raw"), kcore=2,
                       text_columns=["title", "brand"])  # fmt: skip
-    with caplog.at_level(logging.WARNING, logger="pipeline.data.formats"):
+    with caplog.at_level(logging.WARNING, logger="pipeline.data.records"):
         run_ingest(data, NO_MLFLOW, tmp_path / "out", tmp_path / "stats.json")
     assert "data.text_columns field 'brand' is in only 1 of 40 records (2.5%)" in caplog.text
 
@@ -163,7 +165,7 @@ def test_out_of_range_timestamp_is_a_malformed_line(tmp_path: Path) -> None:
     assert "'unixReviewTime' is out of range: 99999999999999999999" in report.examples[0][1]
     csv = tmp_path / "ratings.csv"
     csv.write_text("U1,B1,5.0,1\nU2,B1,4.0,123456789012345678901234\n")
-    from pipeline.data.formats import read_ratings_csv
+    from pipeline.data.sources.reviews import read_ratings_csv
 
     df, report = read_ratings_csv(csv)
     assert df.height == 1 and report.examples[0][0] == 2 and "out of range" in report.examples[0][1]

@@ -1,0 +1,111 @@
+"""The Amazon metadata files: one record per item, read into (item_id, text, image) rows.
+
+Metadata is parsed per line in Python because its fields are heterogeneous and the text is assembled in
+Python anyway; the 2014 files are Python literals, read with :func:`ast.literal_eval` (never ``eval``)
+after a cheap exact JSON fast path for lines that contain no double quote or backslash.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from pipeline.data.records import ITEM_SCHEMA, FieldCounts, FileReport, as_id, iter_lines, parse_progress
+from pipeline.data.text import assemble_text, has_text, image_reference
+
+
+def parse_metadata_line(text: str, python_literal: bool) -> Any:
+    """Parse one metadata line: strict JSON, or (2014) a Python literal via :func:`ast.literal_eval`.
+
+    A Python-literal line without double quotes or backslashes has only single-quoted strings that contain
+    no quote and no escape, so swapping the quotes gives equivalent JSON: a fast exact path for most lines.
+    """
+    if python_literal:
+        if '"' not in text and "\\" not in text:
+            try:
+                return json.loads(text.replace("'", '"'))
+            except (ValueError, RecursionError):
+                pass
+        try:
+            return json.loads(text)
+        except (ValueError, RecursionError):
+            pass
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
+            raise ValueError(f"neither JSON nor a Python literal ({type(err).__name__}: {err})") from None
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply to parse") from None
+
+
+def read_metadata(
+    path: Path,
+    item_key: str,
+    text_columns: Sequence[str],
+    image_columns: Sequence[str],
+    python_literal: bool,
+    counts: FieldCounts | None = None,
+) -> tuple[pl.DataFrame, FileReport, int]:
+    """Read an Amazon metadata file into (item_id, text, image) rows.
+
+    Args:
+        path: ``meta_<Category>.json(l)(.gz)``.
+        item_key: the id field (``asin`` / ``parent_asin``).
+        text_columns: fields joined into the text (see :func:`assemble_text`).
+        image_columns: fields tried in order for the image reference (empty: no images).
+        python_literal: the 2014 format (one Python dict literal per line).
+        counts: filled with how many records carry each text/image field (see :meth:`FieldCounts.check`).
+
+    Returns:
+        The item frame (first record of a repeated id kept), the file report, and the number of
+        repeated ids dropped.
+    """
+    report = FileReport(path)
+    ids: list[str] = []
+    texts: list[str] = []
+    images: list[str | None] = []
+    seen: set[str] = set()
+    duplicates = 0
+    for number, raw in parse_progress(iter_lines(path), path):
+        if not raw.strip():
+            continue
+        report.records += 1
+        try:
+            obj = parse_metadata_line(raw.decode("utf-8"), python_literal)
+            if not isinstance(obj, dict):
+                raise ValueError(f"not a record ({type(obj).__name__})")
+            item = as_id(obj, item_key)
+            if item in seen:
+                duplicates += 1
+                continue
+            image = None
+            for col in image_columns:
+                image = image_reference(obj.get(col))
+                if image:
+                    break
+            text = assemble_text(obj, text_columns)
+        except ValueError as err:
+            report.bad(number, str(err))
+            continue
+        except RecursionError:  # a record nested deeper than the text helpers can walk
+            report.bad(number, "nested too deeply to parse")
+            continue
+        seen.add(item)
+        if counts is not None:
+            for col in text_columns:
+                counts.text[col] = counts.text.get(col, 0) + has_text(obj, col)
+            counts.image += image is not None
+        ids.append(item)
+        texts.append(text)
+        images.append(image)
+    frame = pl.DataFrame({"item_id": ids, "text": texts, "image": images}, schema=ITEM_SCHEMA)
+    if counts is not None:
+        counts.records = len(ids)
+    return frame, report, duplicates
