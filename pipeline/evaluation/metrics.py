@@ -18,21 +18,16 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-# build_eval_cases and read_sequences are imported from here by pipeline.training (which this step leaves as
-# it is); other modules import them from pipeline.evaluation.cases
-from pipeline.evaluation.cases import EvalCases, build_eval_cases, read_sequences
+from pipeline.evaluation.cases import EvalCases
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "EvalCases",
-    "build_eval_cases",
     "evaluate_scorer",
     "mask_scores_",
     "metrics_from_ranks",
     "popularity_scores",
     "rank_targets",
-    "read_sequences",
 ]
 
 

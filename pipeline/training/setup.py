@@ -17,7 +17,7 @@ import torch
 
 from pipeline.config import EvalParams, ParamsView, TrainParams, section_dict
 from pipeline.errors import PipelineError
-from pipeline.evaluation.metrics import EvalCases, build_eval_cases, read_sequences
+from pipeline.evaluation.cases import EvalCases, build_eval_cases, read_sequences
 from pipeline.layout import neighbours_file, teacher_file
 from pipeline.lineage import check_supervision
 from pipeline.models import Student, StudentConfig

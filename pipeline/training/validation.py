@@ -8,7 +8,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import PipelineError
-from pipeline.evaluation.metrics import EvalCases, evaluate_scorer, metrics_from_ranks
+from pipeline.evaluation.cases import EvalCases
+from pipeline.evaluation.metrics import evaluate_scorer, metrics_from_ranks
 from pipeline.training.distributed import DistInfo, all_gather_concat, shard_bounds
 
 
