@@ -161,9 +161,9 @@ def test_a_record_older_than_an_option_matches_that_options_default(
     base, out, first = tiny_suite
     copy = tmp_path / "copy"
     shutil.copytree(out, copy)
-    for path in copy.glob("runs/kdsr*/seed*/params.json"):  # as a version without neighbour_pairs wrote them
+    for path in copy.glob("runs/kdsr*/seed*/params.json"):  # as a version without random_pairs wrote them
         record = read_json(path)
-        del record["params"]["train"]["kd"]["neighbour_pairs"]
+        del record["params"]["train"]["kd"]["random_pairs"]
         write_json(path, record)
     shared = shared_data(base, copy / "data")
     assert stale_runs(plan_runs(base, copy, variant_seeds(["kdsr"], 2, 1)), shared) == []
@@ -171,7 +171,7 @@ def test_a_record_older_than_an_option_matches_that_options_default(
     again = run_suite(base, copy, variants=["kdsr"], seeds=2, progress=False)
     assert [r["status"] for r in again] == ["skipped"] * 4
     assert [r["test"] for r in again] == [r["test"] for r in first if r["variant"] != "sasrec_id"]
-    changed = with_overrides(base, {"train.kd.neighbour_pairs": 8})  # not the default: those runs are stale
+    changed = with_overrides(base, {"train.kd.random_pairs": 3})  # not the default: those runs are stale
     assert len(stale_runs(plan_runs(changed, copy, variant_seeds(["kdsr"], 2, 1)), shared)) == 4
 
 
@@ -650,7 +650,12 @@ def test_a_kdsr_variant_without_distillation_is_flagged(caplog) -> None:
         ["train.kd.holistic_weight=0.3", "train.kd.code_weight=0.7", "train.epochs=3"],
         ["train.async_lr.schedule=step", "train.async_lr.step_epochs=[2, 4]", "train.fusion=gate"],
         ["train.backbone=gru4rec", "train.lr=5e-4", "train.modalities=[text]", "train.kd.tau=2.0"],
-        ["train.kd.neighbour_pairs=8", "train.async_lr.start_scale=0.1", "correlate.codes=20"],
+        [
+            "train.kd.holistic_loss=mse",
+            "train.kd.neighbour_pairs=8",
+            "train.async_lr.start_scale=0.1",
+            "correlate.codes=20",
+        ],
     ],
 )
 def test_a_twin_differs_from_its_variant_only_in_the_distillation_weights(sets: list[str]) -> None:

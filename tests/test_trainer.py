@@ -167,7 +167,8 @@ def test_missing_supervision_for_a_modality_is_a_clear_error(base_params: Params
 
 def test_teacher_neighbour_pairs_join_the_distillation(base_params: Params, tmp_path: Path) -> None:
     seq, sup = write_tiny_data(tmp_path)
-    p = params(base_params, **{"train.epochs": 1, "train.kd.neighbour_pairs": 64})
+    mse = {"train.kd.holistic_loss": "mse"}  # neighbour pairs join the batch's unique pairs (mse form)
+    p = params(base_params, **{**mse, "train.epochs": 1, "train.kd.neighbour_pairs": 64})
     with pytest.raises(PipelineError, match="topk_text.parquet is missing"):
         train(p, tmp_path, seq, sup, "no_lists")
     family = [
@@ -178,7 +179,7 @@ def test_teacher_neighbour_pairs_join_the_distillation(base_params: Params, tmp_
         pa.table({"item": pa.array(range(1, N_ITEMS + 1), pa.int32()), "neighbors": family}),
     )
     assert train(p, tmp_path, seq, sup, "neighbours")["finished"]
-    plain = params(base_params, **{"train.epochs": 1})
+    plain = params(base_params, **{**mse, "train.epochs": 1})
     train(plain, tmp_path, seq, sup, "plain")
     row = {
         name: next(csv.DictReader((tmp_path / name / "curve.csv").open())) for name in ("neighbours", "plain")
