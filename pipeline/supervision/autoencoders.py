@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from pipeline.progress import progress_bar
-from pipeline.supervision.reduction import CHUNK_ROWS, Reduction, check_dims, fit_rows
+from pipeline.supervision.reduction import CHUNK_ROWS, Reduction, check_dims, fit_mean, fit_rows
 
 log = logging.getLogger(__name__)
 
@@ -155,10 +155,7 @@ def sigmoid_autoencoder_reduce(
     check_dims(vectors, dim)
     rows = fit_rows(vectors, missing)
     d = vectors.shape[1]
-    total = np.zeros(d, dtype=np.float64)
-    for s in range(0, len(rows), CHUNK_ROWS):
-        total += vectors[rows[s : s + CHUNK_ROWS]].astype(np.float64).sum(0)
-    mean = total / len(rows)
+    mean = fit_mean(vectors, rows)
     sq = 0.0
     for s in range(0, len(rows), CHUNK_ROWS):
         sq += float(np.square(vectors[rows[s : s + CHUNK_ROWS]].astype(np.float64) - mean).sum())

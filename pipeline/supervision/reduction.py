@@ -68,6 +68,14 @@ def fit_rows(vectors: np.ndarray, missing: np.ndarray | None) -> np.ndarray:
     return rows
 
 
+def fit_mean(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """The float64 mean of ``vectors[rows]``, summed in chunks of :data:`CHUNK_ROWS` rows."""
+    total = np.zeros(vectors.shape[1], dtype=np.float64)
+    for s in range(0, len(rows), CHUNK_ROWS):
+        total += vectors[rows[s : s + CHUNK_ROWS]].astype(np.float64).sum(0)
+    return total / len(rows)
+
+
 def pca_reduce(vectors: np.ndarray, dim: int, missing: np.ndarray | None = None) -> Reduction:
     """Project centred vectors on their ``dim`` leading principal components (deterministic).
 
@@ -86,10 +94,7 @@ def pca_reduce(vectors: np.ndarray, dim: int, missing: np.ndarray | None = None)
     check_dims(vectors, dim)
     rows = fit_rows(vectors, missing)
     d = vectors.shape[1]
-    total = np.zeros(d, dtype=np.float64)
-    for s in range(0, len(rows), CHUNK_ROWS):
-        total += vectors[rows[s : s + CHUNK_ROWS]].astype(np.float64).sum(0)
-    mean = total / len(rows)
+    mean = fit_mean(vectors, rows)
     cov = np.zeros((d, d), dtype=np.float64)
     for s in range(0, len(rows), CHUNK_ROWS):
         x = vectors[rows[s : s + CHUNK_ROWS]].astype(np.float64) - mean
