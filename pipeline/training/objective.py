@@ -6,10 +6,10 @@ Kept apart from the loop so the loop reads at a glance and the diagnostics can e
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
+from pipeline.config import KDParams
 from pipeline.models import Student
 from pipeline.supervision.scores import TeacherCorrelation
 from pipeline.training.batches import catalogue_pairs, neighbour_pairs, sequence_pairs, within_sequence_pairs
@@ -29,7 +29,7 @@ def kd_terms(
     model: Student,
     teachers: dict[str, TeacherCorrelation],
     seq: torch.Tensor,
-    kd: Any,
+    kd: KDParams,
     score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     generator: torch.Generator,
     dist_info: DistInfo,
@@ -95,6 +95,6 @@ def kd_terms(
     return terms
 
 
-def kd_weight(name: str, kd: Any) -> float:
+def kd_weight(name: str, kd: KDParams) -> float:
     """The weight of a term named by :func:`kd_terms` (``hol_<m>`` or ``code_<m>``)."""
     return kd.holistic_weight if name.startswith("hol_") else kd.code_weight
