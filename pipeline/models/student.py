@@ -210,20 +210,17 @@ class Student(nn.Module):
         """(N+1, H) output embeddings that score the catalogue: the fused representations (tied), the ID
         embeddings (``output="id"``) or those plus the projected frozen teacher vectors (``id_teacher``); row 0
         (padding) is never ranked by the evaluator."""
-        if self.tied:
-            return self._fuse(None)
-        out = self.item_emb.weight
-        for m in self.output_proj:
-            out = out + self.output_proj[m](getattr(self, f"frozen_teacher_{m}"))
-        return out
+        return self.output_vectors(None)
 
-    def output_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """The rows of :meth:`item_representations` for ``ids`` (any shape), computed for those ids only."""
+    def output_vectors(self, ids: torch.Tensor | None) -> torch.Tensor:
+        """The rows of :meth:`item_representations` for ``ids`` (any shape), computed for those ids only; the
+        whole catalogue when ``ids`` is None."""
         if self.tied:
             return self._fuse(ids)
-        out = self.item_emb(ids)
+        out = self.item_emb.weight if ids is None else self.item_emb(ids)
         for m in self.output_proj:
-            out = out + self.output_proj[m](getattr(self, f"frozen_teacher_{m}")[ids])
+            frozen = getattr(self, f"frozen_teacher_{m}")
+            out = out + self.output_proj[m](frozen if ids is None else frozen[ids])
         return out
 
     def input_table(self, items: torch.Tensor) -> torch.Tensor | None:
