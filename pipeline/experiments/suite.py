@@ -50,6 +50,7 @@ from pipeline.experiments.shared import SharedData, normalised, prepare_shared, 
 from pipeline.io import read_json, write_json
 from pipeline.progress import progress_bar
 from pipeline.runner import run_stage
+from pipeline.threads import cpu_budget
 from pipeline.tracking import find_run_by_tag, start_run
 
 log = logging.getLogger(__name__)
@@ -201,13 +202,6 @@ def _init_worker(threads: int, log_level: int) -> None:
     torch.set_num_threads(threads)
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
-
-
 def _log_result(res: dict[str, Any]) -> None:
     test = res["test"]
     k = _top_k(test)
@@ -307,7 +301,7 @@ def run_suite(
             except PipelineError as err:  # an expected failure (e.g. diverged): its message says it all
                 log.error("run %s failed: %s", spec.name, err)
                 failures[spec.name] = str(err)
-            except Exception as err:  # noqa: BLE001 - one failed run must not lose the others
+            except Exception as err:  # one failed run must not lose the others
                 log.exception("run %s failed", spec.name)
                 failures[spec.name] = f"{type(err).__name__}: {err}"
             bar.update(1)
@@ -316,7 +310,7 @@ def run_suite(
             for spec in specs:
                 collect(spec, lambda s=spec: execute_run(s, shared, tracker.run_id, progress))
         else:
-            threads = max(1, _cores() // jobs)
+            threads = max(1, cpu_budget() // jobs)
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(
                 jobs, mp_context=ctx, initializer=_init_worker, initargs=(threads, logging.getLogger().level)
