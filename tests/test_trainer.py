@@ -77,6 +77,7 @@ def params(base: Params, **over) -> Params:
         "train.lr": 0.005,
         "train.warmup_epochs": 0,  # a constant base rate, whatever the demo's schedule
         "train.cosine": False,
+        "train.precision": "float32",  # the same arithmetic on every CI machine (bf16: its own test)
         "eval.batch_size": 7,
         "mlflow.enabled": False,
     }
@@ -127,6 +128,21 @@ def test_kdsr_run_writes_model_and_curve_with_every_term(base_params: Params, tm
     assert model.cfg.modalities == ("text",) and model.cfg.num_codes == 6
     # no checkpoint is left behind after a finished run
     assert not any((tmp_path / "ckpt").rglob("*.pt"))
+
+
+def test_bfloat16_training_follows_the_float32_run(base_params: Params, tmp_path: Path) -> None:
+    # train.precision: bfloat16 autocasts the step's matmuls (auto picks it on AMX CPUs and GPUs); the
+    # losses stay within bf16 rounding of the float32 run's, and validation still scores in float32
+    seq, sup = write_tiny_data(tmp_path)
+    curves = {}
+    for precision in ("float32", "bfloat16"):
+        train(params(base_params, **{"train.precision": precision}), tmp_path, seq, sup, precision)
+        curves[precision] = list(csv.DictReader((tmp_path / precision / "curve.csv").open()))
+    for key in ("ce", "hol_text", "code_text"):
+        f32, b16 = (float(curves[p][0][key]) for p in ("float32", "bfloat16"))
+        assert b16 == pytest.approx(f32, rel=0.05, abs=1e-3), key
+        assert b16 != f32  # the bf16 path did run
+    assert float(curves["bfloat16"][-1]["valid_ndcg_at_10"]) > 0
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(base_params: Params, tmp_path: Path) -> None:

@@ -138,7 +138,7 @@ def encode_with_cache(
 
 def embed_text(items: Items, params: Any, device: str, cache_root: Path) -> ModalityResult:
     """Text vectors of every item (``params``: the ``embed`` section); empty texts are missing rows."""
-    from pipeline.teachers.text import load_text_teacher  # noqa: PLC0415
+    from pipeline.teachers.text import load_text_teacher
 
     t0 = time.perf_counter()
     precision = resolve_precision(params.text.precision, torch.device(device))
@@ -175,11 +175,12 @@ def embed_image(
 ) -> ModalityResult:
     """Image vectors of every item: its image fetched (:func:`~pipeline.teachers.fetch.fetch_images`), then
     encoded; a failed fetch or an undecodable file is a missing row of that kind."""
-    from pipeline.teachers.image import load_image_teacher  # noqa: PLC0415
+    from pipeline.teachers.image import load_image_teacher
 
     p = params.image
     t0 = time.perf_counter()
-    teacher = load_image_teacher(p.model, p.weights, device, p.fetch_workers)
+    precision = resolve_precision(p.precision, torch.device(device))
+    teacher = load_image_teacher(p.model, p.weights, device, p.fetch_workers, precision)
     load_s = time.perf_counter() - t0
     assert items.image is not None  # checked by _check_inputs
     sources = fetch_images(

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pipeline.config import EvalParams, ParamsView, TrainParams, section_dict
+from pipeline.devices import resolve_precision
 from pipeline.errors import PipelineError
 from pipeline.evaluation.cases import EvalCases, build_eval_cases, read_sequences
 from pipeline.layout import neighbours_file, teacher_file
@@ -51,7 +52,7 @@ class Training:
     score_fn: Callable[..., torch.Tensor]  # the correlation function of correlate.score
     diag_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]  # fixed pairs of the retention diagnostics
     fwd_model: torch.nn.Module  # the model, compiled when train.compile
-    autocast: bool  # bf16 autocast on a GPU
+    autocast: bool  # bf16 autocast of the training step (train.precision)
     ckpt_path: Path
 
 
@@ -138,7 +139,7 @@ def build_training(
     # a fixed random pair sample per modality for the retention diagnostics (same pairs every epoch)
     diag_pairs = {m: random_pairs(t, DIAGNOSTIC_PAIRS, seed=0) for m, t in teachers.items()}
     fwd_model = torch.compile(model) if train.compile else model
-    autocast = device.type == "cuda" and train.bf16
+    autocast = resolve_precision(train.precision, device) == "bfloat16"
 
     config_payload = {
         "train": section_dict(train),
