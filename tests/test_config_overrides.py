@@ -50,10 +50,10 @@ def test_bad_overrides_name_the_file_and_key(tmp_path: Path) -> None:
         load_params(_write(tmp_path / "bad.yaml", {"base": 3}))
 
 
-def test_beauty_config_holds_overrides_of_params_yaml_only() -> None:
+def test_beauty_config_holds_overrides_of_the_defaults_only() -> None:
     path = PROJECT_ROOT / "configs" / "beauty.yaml"
     own = yaml.safe_load(path.read_text())
-    assert own["base"] == "../params.yaml"
+    assert own["base"] == "defaults"
     base = read_params_file(PROJECT_ROOT / "params.yaml")
     for section, keys in own.items():
         if section == "base":
@@ -72,3 +72,45 @@ def test_params_cli_writes_the_merged_file(tmp_path: Path, capsys) -> None:
     merged = _write(tmp_path / "params.yaml", yaml.safe_load(capsys.readouterr().out))
     assert "base" not in yaml.safe_load(merged.read_text())
     assert load_params(merged) == load_params(PROJECT_ROOT / "configs" / "beauty.yaml")
+
+
+def test_base_defaults_is_the_shipped_params_yaml_whatever_params_yaml_now_holds(tmp_path: Path) -> None:
+    config = _write(tmp_path / "c.yaml", {"base": "defaults", "train": {"epochs": 7}})
+    expected = read_params_file(PROJECT_ROOT / "params.yaml")
+    expected["train"]["epochs"] = 7
+    assert load_params(config) == load_params(_write(tmp_path / "full.yaml", expected))
+    # a params.yaml beside it (e.g. a merged Beauty file written for DVC) does not leak in
+    _write(tmp_path / "params.yaml", {"train": {"epochs": 99, "lr": 0.5}})
+    assert load_params(config).train.lr == load_params().train.lr
+
+
+def test_params_cli_out_writes_atomically_and_refuses_its_own_inputs(tmp_path: Path) -> None:
+    from stages.params import parse_args, run
+
+    out = tmp_path / "params.yaml"
+    run(parse_args(["--config", str(PROJECT_ROOT / "configs" / "beauty.yaml"), "--out", str(out)]))
+    assert load_params(out) == load_params(PROJECT_ROOT / "configs" / "beauty.yaml")
+    base = _write(tmp_path / "base.yaml", {"train": {"epochs": 3}})
+    config = _write(tmp_path / "x.yaml", {"base": "base.yaml", "train": {"lr": 0.001}})
+    with pytest.raises(ConfigError, match=r"base\.yaml: .*x\.yaml reads that file"):
+        run(parse_args(["--config", str(config), "--out", str(base)]))
+    assert yaml.safe_load(base.read_text()) == {"train": {"epochs": 3}}  # untouched
+
+
+def test_params_cli_explains_a_redirect_onto_its_own_base(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    base = _write(tmp_path / "params.yaml", {"train": {"epochs": 3}})
+    config = _write(tmp_path / "x.yaml", {"base": "params.yaml", "train": {"lr": 0.001}})
+    with base.open("w") as redirect:  # what `> params.yaml` does: the file is emptied before the command runs
+        proc = subprocess.run(
+            [sys.executable, "-m", "stages.params", "--config", str(config)],
+            cwd=PROJECT_ROOT,
+            stdout=redirect,
+            stderr=subprocess.PIPE,
+            text=True,
+            check=False,
+        )
+    assert proc.returncode == 2
+    assert f"stdout is {base}" in proc.stderr and "--out" in proc.stderr

@@ -22,6 +22,9 @@ from pipeline.config.sections import BoolAsNumber, ConfigError, Params
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_PARAMS = PROJECT_ROOT / "params.yaml"
 BASE_KEY = "base"  # top-level key of an overrides file: the params file it overrides
+# ``base: defaults``: the built-in defaults (equal to the shipped params.yaml, a test checks), so a config's
+# meaning does not change when params.yaml is overwritten with a merged config for DVC
+DEFAULTS_BASE = "defaults"
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -135,6 +138,8 @@ def read_params_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any
     base = raw.pop(BASE_KEY)
     if not isinstance(base, str):
         raise ConfigError(f"{path}: {BASE_KEY}: expected the path of the params file this one overrides")
+    if base == DEFAULTS_BASE:
+        return merge_params(Params().model_dump(mode="json"), raw)
     base_path = (path.parent / base).resolve()
     chain = (*_chain, path.resolve())
     if base_path in chain:
