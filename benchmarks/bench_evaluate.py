@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from pipeline.evaluation.cases import build_eval_cases  # noqa: E402
-from pipeline.evaluation.metrics import evaluate_scorer  # noqa: E402
+from pipeline.evaluation.cases import build_eval_cases
+from pipeline.evaluation.metrics import evaluate_scorer
 
 BEAUTY = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "amazon-beauty" / "Beauty.txt"
 USERS, ITEMS = 22_363, 12_101

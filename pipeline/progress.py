@@ -166,7 +166,7 @@ def progress_bar(iterable: Iterable[Any] | None = None, **kwargs: Any) -> _std_t
     if mode == "off" or disable is True:
         return _std_tqdm(iterable, disable=True, **kwargs)
     if mode == "bar":
-        from tqdm.auto import tqdm  # noqa: PLC0415 - a notebook widget under Jupyter
+        from tqdm.auto import tqdm  # a notebook widget under Jupyter
 
         return tqdm(iterable, disable=False, **kwargs)
     kwargs.pop("file", None)

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import PROJECT_ROOT, flatten
-from pipeline.io import file_digest  # noqa: F401 - re-exported: runs are tagged with data/model digests
+from pipeline.io import file_digest  # re-exported: runs are tagged with data/model digests
 from pipeline.layout import MODEL_WEIGHTS
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def tracking_enabled(mlflow_params: Any) -> bool:
 
 def _import_mlflow() -> Any | None:
     try:
-        import mlflow  # noqa: PLC0415 - optional and slow to import
+        import mlflow  # optional and slow to import
     except ImportError:
         log.warning("mlflow is not installed: tracking is off for this run")
         return None
@@ -170,7 +170,7 @@ def start_run(
             nested=mlflow.active_run() is not None,
             parent_run_id=parent,
         )
-    except Exception as err:  # noqa: BLE001 - tracking must never break the pipeline
+    except Exception as err:  # tracking must never break the pipeline
         log.warning("MLflow tracking unavailable (%s): continuing without it", err)
         yield Tracker(None, None)
         return
@@ -203,7 +203,7 @@ def find_run_by_tag(mlflow_params: Any, key: str, value: str) -> str | None:
             max_results=1,
             output_format="list",
         )
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         log.warning("MLflow search failed (%s)", err)
         return None
     return runs[0].info.run_id if runs else None
@@ -230,10 +230,10 @@ def log_recommender(mlflow_params: Any, model_dir: Path, items_path: Path) -> st
         if not tracker.active:
             return None
         try:
-            from pipeline.recommend.pyfunc import log_model  # noqa: PLC0415 - imports mlflow
+            from pipeline.recommend.pyfunc import log_model  # imports mlflow
 
             info = log_model(Path(model_dir), Path(items_path), register_as)
-        except Exception as err:  # noqa: BLE001 - tracking must never fail the stage
+        except Exception as err:  # tracking must never fail the stage
             log.warning("logging the MLflow model failed (%s): outputs are written, model not logged", err)
             return None
         version = getattr(info, "registered_model_version", None)

@@ -57,10 +57,10 @@ def write_tiny_recommender(
 
     Some sequences are longer than ``max_len``, so masking must reach beyond the model's input window.
     """
-    import numpy as np  # noqa: PLC0415
-    import torch  # noqa: PLC0415
+    import numpy as np
+    import torch
 
-    from pipeline.models import Student, StudentConfig, save_student  # noqa: PLC0415
+    from pipeline.models import Student, StudentConfig, save_student
 
     torch.manual_seed(0)
     cfg = StudentConfig(

@@ -557,7 +557,7 @@ def test_set_overrides_parse_as_yaml() -> None:
 
 
 def test_cli_resolves_paths_before_changing_directory(tmp_path: Path, monkeypatch) -> None:
-    from stages.suite import parse_args  # noqa: PLC0415
+    from stages.suite import parse_args
 
     monkeypatch.chdir(tmp_path)
     args = parse_args(["--out", "s", "--variants", "kdsr", "sasrec_id", "--set", "train.epochs=1"])
@@ -569,7 +569,7 @@ def test_cli_resolves_paths_before_changing_directory(tmp_path: Path, monkeypatc
 
 
 def test_cli_passes_twins_to_the_suite(tmp_path: Path, monkeypatch) -> None:
-    import stages.suite as cli  # noqa: PLC0415
+    import stages.suite as cli
 
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(cli, "run_suite", lambda base, out, **kw: calls.append(kw))

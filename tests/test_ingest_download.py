@@ -49,7 +49,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:  # keep test output quiet
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server API
+    def do_GET(self) -> None:  # http.server API
         body = self.server.files.get(self.path)
         range_header = self.headers.get("Range")
         self.server.seen.append(range_header)

@@ -192,7 +192,7 @@ def test_teacher_correlation_from_dir(tmp_path: Path) -> None:
 
 
 def test_read_neighbours_makes_dense_lists_with_counts(tmp_path: Path) -> None:
-    import pyarrow as pa  # noqa: PLC0415
+    import pyarrow as pa
 
     path = tmp_path / "topk_text.parquet"
     lists = pa.array([[2, 3], [], [1, 4], [3]], pa.list_(pa.int32()))  # item 2 was excluded: no list

@@ -32,7 +32,7 @@ class LoopbackServer:
         server = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's API
+            def do_GET(self) -> None:  # http.server's API
                 server.hits[self.path] += 1
                 if self.path == "/hang":
                     server.release.wait(10)  # never answers within the test's timeout

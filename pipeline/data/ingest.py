@@ -31,7 +31,7 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 
-from pipeline.config import section_dict
+from pipeline.config import DataParams, MLflowParams, ParamsView, section_dict
 from pipeline.data.kcore import kcore_filter
 from pipeline.data.records import RawData
 from pipeline.data.sources.amazon import AMAZON_FORMATS, amazon_files, load_amazon_files
@@ -238,8 +238,8 @@ def build_dataset(raw: RawData, kcore: int, split: str, test_fraction: float = 0
 
 # --------------------------------------------------------------------------------------------- output
 def run_ingest(
-    data: Any,
-    mlflow_params: Any,
+    data: DataParams | ParamsView,
+    mlflow_params: MLflowParams | ParamsView,
     out_dir: Path,
     stats_path: Path,
 ) -> dict[str, Any]:

@@ -190,10 +190,10 @@ def read_sequences(sequences_path: Path) -> SequenceTable:
         FileNotFoundError: the file is missing.
         DataError: not Parquet, or a required column is missing or malformed.
     """
-    import pyarrow as pa  # noqa: PLC0415 - keep module imports to torch + numpy
+    import pyarrow as pa  # keep module imports to torch + numpy
 
-    from pipeline.errors import DataError  # noqa: PLC0415
-    from pipeline.io import read_parquet  # noqa: PLC0415
+    from pipeline.errors import DataError
+    from pipeline.io import read_parquet
 
     sequences_path = Path(sequences_path)
     try:
@@ -230,7 +230,7 @@ def load_eval_cases(sequences_path: Path, part: Part, max_len: int) -> EvalCases
         FileNotFoundError: the file is missing.
         DataError: a required column is missing or the split boundaries are inconsistent.
     """
-    from pipeline.errors import DataError  # noqa: PLC0415
+    from pipeline.errors import DataError
 
     seqs = read_sequences(sequences_path)
     try:

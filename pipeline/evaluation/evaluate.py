@@ -15,6 +15,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.config import EvalParams, MLflowParams, ParamsView
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.evaluation.cases import EvalCases, build_eval_cases, read_sequences
@@ -40,7 +41,7 @@ class Scorer(Protocol):
 
 
 def _load_model(model_dir: Path, device: torch.device) -> Scorer:
-    from pipeline.models import load_student  # noqa: PLC0415 - the models package is optional for tests
+    from pipeline.models import load_student  # the models package is optional for tests
 
     try:
         return load_student(model_dir, device)
@@ -84,7 +85,7 @@ def _log_to_mlflow(
     report: dict[str, Any], eval_params: Any, mlflow_params: Any, model_dir: Path, metrics_path: Path
 ) -> None:
     """Mirror the metrics to the training run that made the model (a new run when it cannot be found)."""
-    from pipeline.tracking import file_digest, find_run_by_tag, start_run, tracking_enabled  # noqa: PLC0415
+    from pipeline.tracking import file_digest, find_run_by_tag, start_run, tracking_enabled
 
     if not tracking_enabled(mlflow_params):
         return
@@ -103,13 +104,13 @@ def _log_to_mlflow(
                 tracker.log_params({"eval": dump() if dump else dict(eval_params)})
             tracker.log_metrics(_mlflow_metrics(report))
             tracker.log_artifact(metrics_path, artifact_path="evaluate")
-        except Exception as err:  # noqa: BLE001 - tracking must never fail the stage
+        except Exception as err:  # tracking must never fail the stage
             log.warning("MLflow logging failed (%s): outputs are written, tracking skipped", err)
 
 
 def run_evaluate(
-    eval_params: Any,
-    mlflow_params: Any,
+    eval_params: EvalParams | ParamsView,
+    mlflow_params: MLflowParams | ParamsView,
     sequences_path: Path,
     model_dir: Path,
     metrics_path: Path,

@@ -166,7 +166,7 @@ def evaluate_scorer(
     ranks = np.empty(n, dtype=np.int64)
     starts = range(0, n, batch_size)
     if progress:
-        from pipeline.progress import progress_bar  # noqa: PLC0415
+        from pipeline.progress import progress_bar
 
         starts = progress_bar(starts, desc="evaluate", unit="batch", total=(n + batch_size - 1) // batch_size)
     with torch.inference_mode():

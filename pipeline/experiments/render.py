@@ -196,8 +196,8 @@ def _save(fig: Any, path: Path) -> None:
 def plot_curves(curves: dict[str, tuple[Path, int]], path: Path) -> bool:
     """Validation NDCG@10 per epoch of each variant's curve (variant -> (train curve, its seed)); False when
     no curve exists."""
-    from matplotlib.figure import Figure  # noqa: PLC0415 - matplotlib only when reporting
-    from matplotlib.ticker import MaxNLocator  # noqa: PLC0415
+    from matplotlib.figure import Figure  # matplotlib only when reporting
+    from matplotlib.ticker import MaxNLocator
 
     fig = Figure(figsize=(7, 4.5))
     ax = fig.add_subplot()
@@ -221,7 +221,7 @@ def plot_curves(curves: dict[str, tuple[Path, int]], path: Path) -> bool:
 
 def plot_bars(results: dict[str, Any], path: Path) -> None:
     """Test HR@K and NDCG@K (K = the significance K) per variant with std error bars, popularity first."""
-    from matplotlib.figure import Figure  # noqa: PLC0415
+    from matplotlib.figure import Figure
 
     k = results["selection_metric"].rsplit("_", 1)[1]
     metrics = [f"hr_at_{k}", f"ndcg_at_{k}"]

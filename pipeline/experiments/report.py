@@ -89,8 +89,8 @@ def run_agreement(run: RunResult, supervision_dir: Path) -> dict[str, dict[str, 
 
     Empty for an ID-only run, or when the model or the suite's supervision files are gone.
     """
-    from pipeline.experiments.retention import teacher_agreement  # noqa: PLC0415 - loads torch
-    from pipeline.models.persist import load_student  # noqa: PLC0415
+    from pipeline.experiments.retention import teacher_agreement  # loads torch
+    from pipeline.models.persist import load_student
 
     cache = run.run_dir / AGREEMENT_FILE
     weights = run.layout.model_weights

@@ -83,7 +83,7 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         self.recommender = Recommender.load(folder, ItemCatalogue.from_json(folder / ITEMS_JSON))
 
     # no type hints: MLflow would try to derive a schema from them; the logged signature is the contract
-    def predict(self, context, model_input, params=None):  # noqa: ANN001, ANN201
+    def predict(self, context, model_input, params=None):
         params = params or {}
         k = int(params.get("k", DEFAULT_K))
         mask = params.get("mask_history", True)
@@ -128,8 +128,8 @@ def log_model(model_dir: Path, items_path: Path, register_as: str | None = None)
     Returns:
         MLflow's ``ModelInfo`` (``model_uri``, ``registered_model_version``, ...).
     """
-    from pipeline.models.persist import CONFIG, WEIGHTS  # noqa: PLC0415
-    from pipeline.progress import quiet_third_party_bars  # noqa: PLC0415
+    from pipeline.models.persist import CONFIG, WEIGHTS
+    from pipeline.progress import quiet_third_party_bars
 
     quiet_third_party_bars()  # MLflow's artifact bars redraw with \r: off outside a terminal
     with tempfile.TemporaryDirectory(prefix="kdsr-pyfunc-") as tmp:

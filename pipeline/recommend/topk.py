@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.config import ParamsView, RecommendParams
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.evaluation.cases import history_windows
@@ -171,7 +172,7 @@ class Recommender:
         device: str | torch.device | None = None,
     ) -> Recommender:
         """Load ``model_dir`` (safetensors + config.json) and an item map (an ItemCatalogue or items.parquet)."""
-        from pipeline.models import load_student  # noqa: PLC0415 - torch-heavy, only when used
+        from pipeline.models import load_student  # torch-heavy, only when used
 
         if not isinstance(catalogue, ItemCatalogue):
             catalogue = ItemCatalogue.from_parquet(catalogue)
@@ -241,7 +242,7 @@ OUTPUT_SCHEMA_DOC = {
 
 
 def run_recommend(
-    params: Any,
+    params: RecommendParams | ParamsView,
     sequences_path: Path,
     items_path: Path,
     model_dir: Path,
@@ -268,7 +269,7 @@ def run_recommend(
     Returns:
         ``{"users": U, "rows": R, "k": k, "mask_history": bool}``.
     """
-    from pipeline.progress import progress_bar  # noqa: PLC0415
+    from pipeline.progress import progress_bar
 
     k, mask, batch_size = int(params.k), bool(params.mask_history), int(params.batch_size)
     rec = recommender if recommender is not None else Recommender.load(model_dir, items_path, device)

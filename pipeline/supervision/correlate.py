@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.config import CorrelateParams
+from pipeline.config import CorrelateParams, MLflowParams, ParamsView
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError
 from pipeline.io import (
@@ -329,7 +329,7 @@ def build_modality(
 def run_correlate(
     correlate_params: CorrelateParams,
     modalities: list[str],
-    mlflow_params: Any,
+    mlflow_params: MLflowParams | ParamsView,
     embeddings_dir: Path,
     sequences_path: Path,
     out_dir: Path,

@@ -171,9 +171,9 @@ class CorrelationCodebook:
         The metadata goes in ONE safetensors metadata entry (``codebook``, sorted-key JSON): safetensors
         writes a metadata map in hash order, so several entries would make equal codebooks differ in bytes.
         """
-        from safetensors.torch import save_file  # noqa: PLC0415
+        from safetensors.torch import save_file
 
-        from pipeline.io import atomic_path  # noqa: PLC0415 - pyarrow only when writing files
+        from pipeline.io import atomic_path  # pyarrow only when writing files
 
         meta = dict(self.metadata)
         meta.update({"codes": self.codes, "sub_vectors": self.sub_vectors})
@@ -184,7 +184,7 @@ class CorrelationCodebook:
     @classmethod
     def load(cls, path: str | Path) -> CorrelationCodebook:
         """Read a codebook written by :meth:`save`; a missing or corrupt file raises an error naming it."""
-        from safetensors import safe_open  # noqa: PLC0415
+        from safetensors import safe_open
 
         path = Path(path)
         if not path.exists():
@@ -290,7 +290,7 @@ class TeacherCorrelation(torch.nn.Module):
 
         Items flagged ``missing`` are excluded when the embeddings' missing_policy was ``exclude``.
         """
-        from pipeline.io import parquet_metadata, read_parquet, vectors_from_column  # noqa: PLC0415
+        from pipeline.io import parquet_metadata, read_parquet, vectors_from_column
 
         supervision_dir = Path(supervision_dir)
         path = teacher_file(supervision_dir, modality)
@@ -327,9 +327,9 @@ def read_neighbours(path: str | Path, num_items: int) -> tuple[Tensor, Tensor]:
     Raises:
         DataError: a missing column, or an item or neighbour id outside 1..N.
     """
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
-    from pipeline.io import read_parquet  # noqa: PLC0415
+    from pipeline.io import read_parquet
 
     path = Path(path)
     table = read_parquet(path)

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pipeline.config import section_dict
+from pipeline.config import EmbedParams, MLflowParams, ParamsView, section_dict
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import file_digest, read_parquet, write_json, write_parquet
@@ -128,9 +128,9 @@ def _coverage_message(modality: str, entry: dict[str, Any], min_coverage: float,
 
 
 def run_embed(
-    embed_params: Any,
+    embed_params: EmbedParams | ParamsView,
     modalities: list[str],
-    mlflow_params: Any,
+    mlflow_params: MLflowParams | ParamsView,
     items_path: Path,
     out_dir: Path,
     image_roots: Sequence[Path] | None = None,

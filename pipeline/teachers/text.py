@@ -141,7 +141,7 @@ class TextTeacher:
 
     def encode(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
         """Embed texts (un-normalised model output as float32; (len(texts), dim)); no per-item failures."""
-        import torch  # noqa: PLC0415 - loaded by sentence-transformers already
+        import torch  # loaded by sentence-transformers already
 
         with torch.inference_mode():  # lighter than encode's own no_grad: no version counters
             vectors = self.model.encode(
@@ -170,11 +170,11 @@ def load_text_teacher(model: str, max_length: int, device: str, precision: str =
     """
     resolved = resolve_text_model(model)
     with _hub_offline(resolved.local):
-        from sentence_transformers import SentenceTransformer  # noqa: PLC0415 - ~6 s import
+        from sentence_transformers import SentenceTransformer  # ~6 s import
 
         try:
             st = SentenceTransformer(resolved.load, device=device)
-        except Exception as err:  # noqa: BLE001 - any loader failure becomes a clear config error
+        except Exception as err:  # any loader failure becomes a clear config error
             where = "" if resolved.local else " (a hub name needs network access or a filled HF cache)"
             raise PipelineError(f"embed.text.model: cannot load {model!r}{where}: {err}") from err
     limit = getattr(st.tokenizer, "model_max_length", None)
@@ -184,7 +184,7 @@ def load_text_teacher(model: str, max_length: int, device: str, precision: str =
     st.max_seq_length = max_length
     if precision == "bfloat16":
         # bfloat16 weights, not autocast: no per-batch weight casts (813 vs 621 Beauty texts/s on 2 AMX cores)
-        import torch  # noqa: PLC0415 - loaded by sentence-transformers already
+        import torch  # loaded by sentence-transformers already
 
         st = st.to(torch.bfloat16)
     get_dim = getattr(st, "get_embedding_dimension", None) or st.get_sentence_embedding_dimension

@@ -160,7 +160,7 @@ def load_checkpoint(
         if not isinstance(saved_state, dict):
             raise ValueError("state: not a mapping")
         state = make_state(saved_state)
-    except Exception as err:  # noqa: BLE001 - a bad checkpoint is discarded, never trusted
+    except Exception as err:  # a bad checkpoint is discarded, never trusted
         log.warning("ignoring unusable checkpoint %s (%s); starting from scratch", path, err)
         return None
     # everything checked: apply, and put the previous state back should applying still fail
@@ -169,7 +169,7 @@ def load_checkpoint(
     try:
         optimizer.load_state_dict(blob["optimizer"])
         model.load_state_dict(blob["model"], strict=True)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         model.load_state_dict(model_before, strict=True)
         optimizer.load_state_dict(optimizer_before)
         log.warning("ignoring unusable checkpoint %s (%s); starting from scratch", path, err)

@@ -22,7 +22,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, items, targets, rows, dtype):  # noqa: D102 (autograd API)
+    def forward(ctx, hidden, items, targets, rows, dtype):  # autograd API
         h, e = hidden.to(dtype), items.to(dtype)
         lse = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
         for s in range(0, h.shape[0], rows):
@@ -33,7 +33,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         return (lse - target_logit).mean()
 
     @staticmethod
-    def backward(ctx, grad):  # noqa: D102 (autograd API)
+    def backward(ctx, grad):  # autograd API
         hidden, items, targets, lse = ctx.saved_tensors
         h, e = hidden.to(ctx.dtype), items.to(ctx.dtype)
         scale = grad.float() / h.shape[0]

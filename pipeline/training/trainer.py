@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from pipeline.config import section_dict
+from pipeline.config import EvalParams, MLflowParams, ParamsView, TrainParams, section_dict
 from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.evaluation.metrics import (
@@ -71,10 +71,10 @@ class TrainState:
 
 
 def run_train(
-    train: Any,
+    train: TrainParams | ParamsView,
     score: str,
-    eval_params: Any,
-    mlflow_params: Any,
+    eval_params: EvalParams | ParamsView,
+    mlflow_params: MLflowParams | ParamsView,
     sequences_path: Path,
     supervision_dir: Path,
     model_dir: Path,
@@ -123,10 +123,10 @@ def run_train(
 
 
 def _run_train(
-    train: Any,
+    train: TrainParams | ParamsView,
     score: str,
-    eval_params: Any,
-    mlflow_params: Any,
+    eval_params: EvalParams | ParamsView,
+    mlflow_params: MLflowParams | ParamsView,
     sequences_path: Path,
     supervision_dir: Path,
     model_dir: Path,

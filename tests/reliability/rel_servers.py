@@ -32,7 +32,7 @@ class LoopbackServer:
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"
 
-            def do_GET(self) -> None:  # noqa: N802 - http.server's API
+            def do_GET(self) -> None:  # http.server's API
                 path, _, query = self.path.partition("?")
                 server.hits[path] += 1
                 # the client giving up (BrokenPipe, reset) is what the slow routes expect

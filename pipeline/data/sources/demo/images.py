@@ -31,7 +31,7 @@ def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
     raise ValueError(shape)
 
 
-def render_item_image(family: int, shade: float, size: int, jitter: tuple[float, float] = (0.0, 0.0)):  # noqa: ANN201
+def render_item_image(family: int, shade: float, size: int, jitter: tuple[float, float] = (0.0, 0.0)):
     """A small product picture: the family's shape in the family's colour on a light background.
 
     Args:
@@ -43,7 +43,7 @@ def render_item_image(family: int, shade: float, size: int, jitter: tuple[float,
     Returns:
         A PIL RGB image.
     """
-    from PIL import Image, ImageDraw  # noqa: PLC0415 - only needed when writing images
+    from PIL import Image, ImageDraw  # only needed when writing images
 
     hue, shape = family_style(family)
     colour = tuple(int(round(255 * c)) for c in colorsys.hsv_to_rgb(hue, 0.8, 0.95 - 0.45 * shade))
