@@ -8,7 +8,12 @@ import pytest
 import torch
 
 from pipeline.models import Student, StudentConfig
-from pipeline.supervision.scores import CorrelationCodebook, TeacherCorrelation, pair_scores
+from pipeline.supervision.scores import (
+    CorrelationCodebook,
+    ProductCodebook,
+    TeacherCorrelation,
+    pair_scores,
+)
 from pipeline.training.diagnostics import random_pairs, table_gradient_norms, teacher_agreement_on_pairs
 from pipeline.training.losses import code_loss, holistic_loss
 
@@ -57,3 +62,28 @@ def test_agreement_is_perfect_at_initialisation_and_pairs_are_a_fixed_sample() -
     )
     assert got["table_r"] == pytest.approx(1.0, abs=1e-6) and got["kd_r"] == pytest.approx(1.0, abs=1e-6)
     assert 0.0 <= got["code_acc"] <= 1.0
+
+
+def test_vq_code_accuracy_is_the_mean_over_sub_vectors_of_each_heads_accuracy() -> None:
+    torch.manual_seed(0)
+    vectors = torch.cat([torch.zeros(1, D), torch.randn(N, D)])
+    cfg = StudentConfig(
+        num_items=N, hidden=16, modalities=("text",), modality_dim=D, num_codes=3, code_groups=2
+    )
+    model = Student(cfg, {"text": vectors})
+    teacher = TeacherCorrelation(vectors, ProductCodebook(torch.tensor([[-0.5, 0.0, 0.5]] * 2)), "cos")
+    i, j = random_pairs(teacher, 500, seed=1)
+    score = functools.partial(pair_scores, score="cos")
+    got = teacher_agreement_on_pairs(model, "text", teacher, i, j, score)["code_acc"]
+    _, codes, _ = teacher(i, j)
+    pred = model.code_logits("text", i, j).argmax(-1)  # (P, 2)
+    per_sub = [float((pred[:, d] == codes[:, d]).float().mean()) for d in range(2)]
+    assert got == pytest.approx(sum(per_sub) / 2, abs=1e-7)
+    # constant logits: every head answers level 0, so the accuracy is the share of level-0 codes
+    with torch.no_grad():
+        head = model.code_heads["text"]
+        head.weight2.zero_()
+        head.bias2.zero_()
+    assert teacher_agreement_on_pairs(model, "text", teacher, i, j, score)["code_acc"] == pytest.approx(
+        float((codes == 0).float().mean())
+    )

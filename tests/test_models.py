@@ -7,6 +7,7 @@ import torch
 
 from pipeline.errors import PipelineError
 from pipeline.models import Student, StudentConfig, load_student, save_student
+from pipeline.models.student import CodeHead, SubVectorCodeHeads
 
 
 def make_student(backbone: str = "sasrec", modalities=("text",), fusion: str = "sum") -> Student:
@@ -233,3 +234,52 @@ def test_item_projection_distils_on_the_rows_that_score_the_catalogue(output: st
         model.holistic_student_scores("text", i, j, dot), dot(items[i], items[j]), atol=1e-5
     )
     assert "text" not in model.kd_proj
+
+
+def vq_student(groups: int = 4) -> Student:
+    torch.manual_seed(0)
+    cfg = StudentConfig(
+        num_items=30, hidden=16, modalities=("text",), modality_dim=8, num_codes=5, code_groups=groups
+    )
+    return Student(cfg, {"text": torch.randn(31, 8)}).eval()
+
+
+def test_vq_student_has_one_code_head_per_sub_vector_reading_its_slice() -> None:
+    model = vq_student(groups=4)
+    head = model.code_heads["text"]
+    assert isinstance(head, SubVectorCodeHeads)
+    i, j = torch.tensor([1, 2, 3]), torch.tensor([4, 5, 6])
+    logits = model.code_logits("text", i, j)
+    assert logits.shape == (3, 4, 5)
+    # head d equals Linear(2, 2) -> ReLU -> Linear(2, K) on slice d of |m_i - m_j|
+    x = (model.modality_vectors("text", i) - model.modality_vectors("text", j)).abs()
+    for d in range(4):
+        h = torch.relu(x[:, 2 * d : 2 * d + 2] @ head.weight1[d] + head.bias1.view(4, -1)[d])
+        ref = h @ head.weight2[d] + head.bias2.view(4, -1)[d]
+        torch.testing.assert_close(logits[:, d], ref)
+    # changing slice 1 of the table moves head 1's logits only
+    with torch.no_grad():
+        model.modality_tables["text"].weight[1, 2:4] += 1.0
+    moved = (model.code_logits("text", i, j) - logits).abs().amax(dim=(0, 2))
+    assert moved[1] > 0 and moved[[0, 2, 3]].abs().sum() == 0
+    # biases are 1-D (no weight decay, as nn.Linear biases); k-means students keep the single head
+    assert head.bias1.ndim == head.bias2.ndim == 1
+    assert isinstance(make_student().code_heads["text"], CodeHead)
+    with pytest.raises(ValueError, match=r"code_groups \(3\) must divide the modality dimension \(8\)"):
+        vq_student(groups=3)
+
+
+def test_vq_student_round_trip_and_old_configs_load(tmp_path) -> None:
+    model = vq_student()
+    save_student(model, tmp_path)
+    loaded = load_student(tmp_path)
+    assert loaded.cfg.code_groups == 4 and loaded.cfg.num_codes == 5
+    i, j = torch.tensor([1, 7]), torch.tensor([3, 9])
+    with torch.no_grad():
+        assert torch.equal(model.code_logits("text", i, j), loaded.code_logits("text", i, j))
+    assert model.cfg.to_dict()["code_groups"] == 4
+    # a k-means student writes its config.json as before the vq codebook (no code_groups), and such a file
+    # loads with the k-means layout
+    old = make_student().cfg.to_dict()
+    assert "code_groups" not in old and StudentConfig.from_dict(old).code_groups == 0
+    assert StudentConfig.from_dict(old) == make_student().cfg

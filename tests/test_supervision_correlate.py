@@ -17,13 +17,16 @@ from pipeline.errors import DataError, PipelineError
 from pipeline.io import parquet_metadata, read_parquet, vectors_from_column, write_parquet
 from pipeline.supervision.autoencoders import autoencoder_reduce
 from pipeline.supervision.correlate import AE_DEFAULT_EPOCHS, run_correlate
-from pipeline.supervision.kmeans import fit_kmeans
+from pipeline.supervision.kmeans import fit_kmeans, fit_levels_1d, fit_product_levels
 from pipeline.supervision.pairs import sample_pairs, training_item_sets
 from pipeline.supervision.reduction import pca_reduce, random_rotation
 from pipeline.supervision.scores import (
     SCORES,
     CorrelationCodebook,
+    ProductCodebook,
     TeacherCorrelation,
+    load_codebook,
+    nearest_level,
     pair_scores,
     sub_vector_scores,
 )
@@ -295,6 +298,63 @@ def test_kmeans_reseeds_empty_clusters() -> None:
     assert res.labels[0] != res.labels[4]
 
 
+# ------------------------------------------------------------------------------------------ 1-D levels (vq)
+def test_1d_quantiser_recovers_the_levels_of_separated_clusters_exactly() -> None:
+    # exactly repeated dyadic values (sums exact in float64), unequal sizes, shuffled
+    values = np.repeat([-0.5, 0.25, 0.75], [30, 200, 10])
+    x = np.random.default_rng(0).permutation(values)
+    res = fit_levels_1d(x, 3)
+    # every initial quantile falls in the big cluster: three equal levels, the middle cell is empty (ties go
+    # to the lower level) and is re-seeded on the farthest value
+    assert res.levels.tolist() == [-0.5, 0.25, 0.75] and res.converged and res.reseeded == 1
+    # noisy clusters of unequal sizes: the levels are the cluster means (to float64 rounding)
+    rng = np.random.default_rng(1)
+    clusters = [c + 0.01 * rng.normal(size=m) for c, m in ((-0.6, 100), (0.1, 500), (0.7, 50))]
+    res = fit_levels_1d(rng.permutation(np.concatenate(clusters)), 3)
+    assert np.allclose(res.levels, [c.mean() for c in clusters], rtol=0, atol=1e-12)
+
+
+def test_product_levels_fit_each_sub_vector_and_label_by_the_nearest_level() -> None:
+    rng = np.random.default_rng(2)
+    truth = rng.integers(0, 3, size=(600, 2))
+    centres = np.array([[-0.5, 0.0, 0.5], [0.0, 0.25, 1.0]])  # (D, K)
+    x = centres[[0, 1], truth] + 0.005 * rng.normal(size=(600, 2))
+    res = fit_product_levels(torch.from_numpy(x), 3, progress=False)
+    assert res.levels.shape == (2, 3) and res.levels.dtype == torch.float32
+    for d in range(2):
+        means = [x[truth[:, d] == k, d].mean() for k in range(3)]
+        assert np.allclose(res.levels[d].numpy(), means, atol=1e-6)  # float32 storage
+    assert torch.equal(res.labels, torch.from_numpy(truth))
+    assert torch.equal(res.labels, nearest_level(torch.from_numpy(x), res.levels))
+    sq = (x - res.levels.double().numpy()[[0, 1], truth]) ** 2
+    assert res.sub_vector_inertia == pytest.approx(sq.sum(0).tolist())
+    assert res.inertia == pytest.approx(sq.sum()) and all(res.converged)
+
+
+def test_1d_lloyd_ends_at_a_fixed_point_as_good_as_kmeans() -> None:
+    from sklearn.cluster import KMeans
+
+    x = np.tanh(np.random.default_rng(3).normal(size=3000))
+    res = fit_levels_1d(x, 8)
+    assert res.converged and np.all(np.diff(res.levels) > 0)
+    # a fixed point of Lloyd: every level is the mean of the values nearest to it
+    labels = np.abs(x[:, None] - res.levels[None]).argmin(1)
+    assert np.allclose([x[labels == k].mean() for k in range(8)], res.levels, atol=1e-12)
+    inertia = ((x - res.levels[labels]) ** 2).sum()
+    sk = KMeans(8, n_init=5, random_state=0).fit(x[:, None])
+    assert inertia <= sk.inertia_ * 1.01
+
+
+def test_1d_quantiser_with_fewer_distinct_values_than_levels() -> None:
+    res = fit_levels_1d(np.array([0.0] * 50 + [1.0] * 50), 4)
+    assert set(res.levels.tolist()) == {0.0, 1.0} and res.converged
+    # duplicate quantiles (many zeros) are re-seeded on the far values
+    res = fit_levels_1d(np.array([0.0] * 90 + [0.5, 1.0] * 5), 3)
+    assert res.levels.tolist() == [0.0, 0.5, 1.0] and res.reseeded >= 1
+    with pytest.raises(PipelineError, match="at least as many samples as levels: 2 samples < 3 levels"):
+        fit_levels_1d(np.array([0.0, 1.0]), 3)
+
+
 # ------------------------------------------------------------------------------------------ the stage
 @pytest.mark.slow
 def test_run_correlate_outputs(project: Path, params: CorrelateParams) -> None:
@@ -511,3 +571,72 @@ def test_stage_entry_point_reads_declared_params_only(in_tmp_project: Path, base
         run()
     assert not (in_tmp_project / "data" / "supervision").exists()
     assert list((in_tmp_project / "data").iterdir()) == []  # the temporary folder is gone
+
+
+KMEANS_CODEBOOK_META = [
+    "co_occurring_pairs",
+    "codes",
+    "codes_used",
+    "dim",
+    "effective_codes",
+    "inertia",
+    "kmeans_iters",
+    "max_code_share",
+    "modality",
+    "reduction",
+    "rotate",
+    "sample_pairs",
+    "seed",
+    "sub_vector_variance_share",
+    "sub_vectors",
+]
+
+
+def test_kmeans_codebook_file_format_is_unchanged(project: Path, params: CorrelateParams) -> None:
+    from safetensors import safe_open
+
+    p = params.model_copy(update={"sample_pairs": 500, "codes": 4})
+    assert p.quantizer == "kmeans"  # the default
+    stats = _run(p, project)["text"]["codebook"]
+    path = project / "sup" / "codebook_text.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        assert list(f.keys()) == ["centroids"] and list(f.metadata()) == ["codebook"]
+        assert f.get_tensor("centroids").shape == (4, p.sub_vectors)
+        assert sorted(json.loads(f.metadata()["codebook"])) == KMEANS_CODEBOOK_META  # no quantizer entry
+    assert "quantizer" not in stats and isinstance(stats["usage"][0], int)
+    assert isinstance(load_codebook(path), CorrelationCodebook)
+    assert TeacherCorrelation.from_dir(project / "sup", "text")(torch.tensor([1]), torch.tensor([2]))[
+        1
+    ].shape == (1,)
+
+
+def test_vq_stage_writes_levels_and_the_teacher_reads_d_tuples(
+    project: Path, params: CorrelateParams
+) -> None:
+    p = params.model_copy(update={"sample_pairs": 800, "codes": 5, "quantizer": "vq"})
+    stats = _run(p, project)["text"]["codebook"]
+    out = project / "sup"
+    book = load_codebook(out / "codebook_text.safetensors")
+    assert isinstance(book, ProductCodebook) and book.levels.shape == (p.sub_vectors, 5)
+    assert book.metadata["quantizer"] == "vq" and "kmeans_iters" not in book.metadata
+    assert bool((book.levels.diff(dim=1) >= 0).all())  # ascending per sub-vector
+    assert stats["quantizer"] == "vq" and stats["converged"] is True
+    usage = np.array(stats["usage"])
+    assert usage.shape == (p.sub_vectors, 5) and (usage.sum(1) == p.sample_pairs).all()
+    assert stats["codes_used"] == min(stats["codes_used_per_sub_vector"]) == 5
+    assert stats["max_code_share"] == max(stats["max_code_share_per_sub_vector"]) <= 0.5
+    assert 0 < stats["inertia_ratio"] < 1 and len(stats["sub_vector_inertia_ratio"]) == p.sub_vectors
+    # the teacher's codes of some pairs are the nearest levels of their sub-vector cosines, a D-tuple
+    vec = torch.from_numpy(_teacher(out).copy())
+    module = TeacherCorrelation.from_dir(out, "text", p.score)
+    i, j = torch.tensor([1, 5, 7, 40]), torch.tensor([2, 6, 9, 3])
+    _, codes, valid = module(i, j)
+    expected = nearest_level(sub_vector_scores(vec[i - 1], vec[j - 1], p.sub_vectors), book.levels)
+    assert codes.shape == (4, p.sub_vectors) and torch.equal(codes, expected) and valid.all()
+    assert torch.equal(codes, module(j, i)[1])
+    assert module.code_groups == p.sub_vectors and module.codes == 5
+    # deterministic: a second run writes the same bytes
+    _run(p, project, out="again")
+    assert (out / "codebook_text.safetensors").read_bytes() == (
+        project / "again" / "codebook_text.safetensors"
+    ).read_bytes()

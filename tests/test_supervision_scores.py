@@ -17,9 +17,12 @@ from pipeline.supervision import scores as S
 from pipeline.supervision.scores import (
     SCORES,
     CorrelationCodebook,
+    ProductCodebook,
     TeacherCorrelation,
     block_scores,
+    load_codebook,
     nearest_centroid,
+    nearest_level,
     pair_scores,
     read_neighbours,
     sub_vector_scores,
@@ -135,6 +138,74 @@ def test_corrupt_codebook_names_the_file(tmp_path: Path) -> None:
         CorrelationCodebook.load(tmp_path / "absent.safetensors")
 
 
+# ------------------------------------------------------------------------------------------ vq codebook
+def test_nearest_level_by_hand_with_tie_to_lowest_index() -> None:
+    levels = torch.tensor([[-0.5, 0.0, 0.5], [0.0, 0.25, 1.0]])  # (D=2, K=3)
+    # col 0: 0.25 is equidistant from levels 1 and 2 -> 1; col 1: 0.625 is equidistant from 1 and 2 -> 1
+    c = torch.tensor([[-0.9, 0.1], [0.25, 0.625], [0.3, 0.9], [-0.2, -3.0]])
+    assert nearest_level(c, levels).tolist() == [[0, 0], [1, 1], [2, 2], [1, 0]]
+    assert ProductCodebook(levels).assign(c).dtype == torch.int64
+
+
+def test_nearest_level_equals_brute_force_across_chunks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(S, "_ASSIGN_CHUNK_ELEMENTS", 8 * 13 * 100)  # 100-row chunks
+    rng = np.random.default_rng(2)
+    c = rng.uniform(-1, 1, size=(2500, 8)).astype(np.float32)
+    levels = np.sort(rng.uniform(-1, 1, size=(8, 13)).astype(np.float32), axis=1)
+    brute = np.abs(c[:, :, None].astype(np.float64) - levels[None]).argmin(2)
+    assert np.array_equal(nearest_level(torch.from_numpy(c), torch.from_numpy(levels)).numpy(), brute)
+
+
+def test_product_codebook_round_trip_and_load_picks_the_class(tmp_path: Path) -> None:
+    from safetensors import safe_open
+
+    levels = torch.linspace(-1, 1, 12).reshape(3, 4)
+    path = tmp_path / "codebook_text.safetensors"
+    ProductCodebook(levels, {"modality": "text"}).save(path)
+    with safe_open(str(path), framework="pt") as f:
+        assert list(f.keys()) == ["levels"]
+    book = load_codebook(path)
+    assert isinstance(book, ProductCodebook) and torch.equal(book.levels, levels)
+    assert (book.codes, book.sub_vectors, book.code_groups) == (4, 3, 3)
+    assert book.metadata["quantizer"] == "vq" and book.metadata["modality"] == "text"
+    assert torch.equal(ProductCodebook.load(path).levels, levels)
+    with pytest.raises(DataError, match="a vq codebook, not a k-means one"):
+        CorrelationCodebook.load(path)
+    # a k-means file (no quantizer entry, as every file before vq) still loads as a CorrelationCodebook
+    km = tmp_path / "codebook_image.safetensors"
+    CorrelationCodebook(torch.eye(3)).save(km)
+    assert isinstance(load_codebook(km), CorrelationCodebook) and load_codebook(km).code_groups == 0
+    assert "quantizer" not in load_codebook(km).metadata
+    with pytest.raises(DataError, match="a kmeans codebook, not a vq one"):
+        ProductCodebook.load(km)
+
+
+def test_vq_codes_of_constructed_pairs_equal_the_hand_computed_levels() -> None:
+    # d = 4, D = 2 sub-vectors of 2 dims
+    teacher = torch.tensor(
+        [
+            [0.0, 0.0, 0.0, 0.0],  # padding
+            [1.0, 0.0, 1.0, 0.0],  # item 1
+            [1.0, 0.0, 0.0, 1.0],  # item 2
+            [0.0, 1.0, -1.0, 0.0],  # item 3
+            [1.0, 1.0, 1.0, 1.0],  # item 4
+        ]
+    )
+    # sub-vector cosines: (1,2) = [1, 0]; (1,3) = [0, -1]; (2,3) = [0, 0]; (1,4) = [0.7071, 0.7071]
+    levels = torch.tensor([[-0.9, 0.1, 0.8], [-1.0, -0.2, 0.5]])
+    module = TeacherCorrelation(teacher, ProductCodebook(levels), "cos")
+    i, j = torch.tensor([1, 1, 2, 1]), torch.tensor([2, 3, 3, 4])
+    scores, codes, valid = module(i, j)
+    # sub 0: 1 -> 0.8 (2); 0 -> 0.1 (1); 0 -> 1; 0.707 -> 0.8 (2)
+    # sub 1: 0 -> -0.2 (1) (0.2 < 0.5); -1 -> -1.0 (0); 0 -> 1; 0.707 -> 0.5 (2)
+    assert codes.tolist() == [[2, 1], [1, 0], [1, 1], [2, 2]]
+    assert codes.dtype == torch.int64 and valid.all()
+    assert torch.allclose(scores, pair_scores(teacher[i], teacher[j], "cos"))
+    assert (module.codes, module.code_groups, module.quantizer) == (3, 2, "vq")
+    assert {n for n, _ in module.named_buffers()} == {"teacher", "levels", "excluded"}
+    assert torch.equal(module(j, i)[1], codes)  # symmetric
+
+
 # ------------------------------------------------------------------------------------------ TeacherCorrelation
 def _teacher(n: int = 30, d: int = 8, seed: int = 0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
@@ -152,7 +223,7 @@ def test_teacher_correlation_equals_direct_computation(score: str) -> None:
     assert torch.allclose(scores, pair_scores(teacher[i], teacher[j], score), atol=1e-6)
     assert torch.equal(codes, codebook.assign(sub_vector_scores(teacher[i], teacher[j], 4)))
     assert valid.all()
-    assert (module.num_items, module.codes) == (30, 5)
+    assert (module.num_items, module.codes, module.code_groups, module.quantizer) == (30, 5, 0, "kmeans")
 
 
 def test_teacher_correlation_masks_padding_and_excluded() -> None:

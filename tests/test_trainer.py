@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from pipeline.config import ConfigError, Params, with_overrides
 from pipeline.errors import PipelineError
-from pipeline.io import write_parquet
+from pipeline.io import read_parquet, vectors_from_column, write_parquet
 from pipeline.models import load_student
 from pipeline.supervision.scores import CorrelationCodebook
 from pipeline.training.trainer import run_train
@@ -125,7 +125,7 @@ def test_kdsr_run_writes_model_and_curve_with_every_term(base_params: Params, tm
     lr_mod = [float(r["lr_modality"]) for r in rows]
     assert lr_mod[0] < lr_mod[1] < lr_mod[2] < float(rows[2]["lr_default"])
     model = load_student(tmp_path / "kd" / "models")
-    assert model.cfg.modalities == ("text",) and model.cfg.num_codes == 6
+    assert model.cfg.modalities == ("text",) and model.cfg.num_codes == 6 and model.cfg.code_groups == 0
     # no checkpoint is left behind after a finished run
     assert not any((tmp_path / "ckpt").rglob("*.pt"))
 
@@ -143,6 +143,51 @@ def test_bfloat16_training_follows_the_float32_run(base_params: Params, tmp_path
         assert b16 == pytest.approx(f32, rel=0.05, abs=1e-3), key
         assert b16 != f32  # the bf16 path did run
     assert float(curves["bfloat16"][-1]["valid_ndcg_at_10"]) > 0
+
+
+def test_vq_codebook_from_the_correlate_stage_trains_one_head_per_sub_vector(
+    base_params: Params, tmp_path: Path
+) -> None:
+    from pipeline.supervision.correlate import run_correlate
+    from pipeline.supervision.scores import ProductCodebook, load_codebook
+
+    seq, sup = write_tiny_data(tmp_path)
+    teacher = read_parquet(sup / "teacher_text.parquet")  # the tiny data's family-structured vectors
+    write_parquet(
+        tmp_path / "emb" / "text.parquet",
+        {
+            "item": teacher.column("item"),
+            "vector": vectors_from_column(teacher.column("vector")),
+            "missing": teacher.column("missing"),
+        },
+        metadata={"model": "synthetic", "missing_policy": "mean"},
+    )
+    p = params(
+        base_params,
+        **{
+            "correlate.quantizer": "vq",
+            "correlate.dim": DIM,
+            "correlate.sub_vectors": 4,
+            "correlate.codes": 5,
+            "correlate.topk": 5,
+            "correlate.sample_pairs": 500,
+            "correlate.device": "cpu",
+            "train.epochs": 2,
+        },
+    )
+    vq_sup = tmp_path / "vq_supervision"
+    run_correlate(p.correlate, ["text"], p.mlflow, tmp_path / "emb", seq, vq_sup)
+    assert isinstance(load_codebook(vq_sup / "codebook_text.safetensors"), ProductCodebook)
+    assert train(p, tmp_path, seq, vq_sup, "vq")["finished"]
+    rows = list(csv.DictReader((tmp_path / "vq" / "curve.csv").open()))
+    for col in ("code_text", "code_acc_text", "grad_code_text", "hol_text"):
+        assert col in rows[0], col
+    # mean CE over 4 heads of 5 levels: positive, and near log 5 at the start; accuracy a mean of shares
+    assert 0 < float(rows[0]["code_text"]) < 2 * np.log(5)
+    assert all(0.0 <= float(r["code_acc_text"]) <= 1.0 for r in rows)
+    model = load_student(tmp_path / "vq" / "models")
+    assert (model.cfg.num_codes, model.cfg.code_groups) == (5, 4)
+    assert model.code_logits("text", torch.tensor([1, 2]), torch.tensor([3, 4])).shape == (2, 4, 5)
 
 
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(base_params: Params, tmp_path: Path) -> None:

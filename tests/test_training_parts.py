@@ -121,6 +121,56 @@ def test_code_loss_vanishes_for_a_confident_correct_student_and_is_positive_othe
     assert code_loss(torch.zeros(2, 4), codes) == pytest.approx(torch.log(torch.tensor(4.0)).item())
 
 
+def test_vq_code_loss_is_the_mean_over_sub_vectors_of_the_cross_entropy_by_hand() -> None:
+    import math
+
+    # 2 pairs, D = 2 sub-vectors, K = 3 levels
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [2.0, 0.0, 0.0]], [[1.0, 0.0, -1.0], [0.0, 0.0, 3.0]]])
+    codes = torch.tensor([[1, 0], [2, 2]])
+
+    def ce(row: list[float], k: int) -> float:
+        return math.log(sum(math.exp(v) for v in row)) - row[k]
+
+    sub0 = (ce([0.0, 0.0, 0.0], 1) + ce([1.0, 0.0, -1.0], 2)) / 2  # log 3, and 1 + log(e + 1 + 1/e)
+    sub1 = (ce([2.0, 0.0, 0.0], 0) + ce([0.0, 0.0, 3.0], 2)) / 2
+    assert code_loss(logits, codes).item() == pytest.approx((sub0 + sub1) / 2, rel=1e-6)
+    assert sub0 == pytest.approx((math.log(3) + 1 + math.log(math.e + 1 + 1 / math.e)) / 2)
+    with pytest.raises(ValueError, match=r"need codes of shape \(2, 2\), got \(2,\)"):
+        code_loss(logits, torch.tensor([1, 2]))
+
+
+@pytest.mark.parametrize("holistic", ["mse", "frobenius"])
+def test_kd_terms_with_vq_codes_split_over_ranks_add_up_to_one_process(holistic: str) -> None:
+    from pipeline.config import KDParams
+    from pipeline.supervision.scores import ProductCodebook, TeacherCorrelation, pair_scores
+    from pipeline.training.distributed import DistInfo
+    from pipeline.training.objective import kd_terms
+
+    torch.manual_seed(0)
+    cfg = StudentConfig(
+        num_items=20, hidden=16, modalities=("text",), modality_dim=8, num_codes=3, code_groups=4
+    )
+    vectors = torch.cat([torch.zeros(1, 8), torch.randn(20, 8)])
+    model = Student(cfg, {"text": vectors})
+    levels = torch.tensor([[-0.5, 0.0, 0.5]]).repeat(4, 1)
+    teachers = {"text": TeacherCorrelation(vectors, ProductCodebook(levels), "cos")}
+    seq = torch.tensor([[0, 1, 2, 3, 4], [5, 6, 7, 8, 9], [0, 0, 10, 11, 12]])
+    kd = KDParams(holistic_loss=holistic, random_pairs=2)
+
+    def score(a, b):
+        return pair_scores(a, b, "cos")
+
+    def run(rank: int, world: int) -> dict[str, torch.Tensor]:
+        return kd_terms(
+            model, teachers, seq, kd, score, torch.Generator().manual_seed(1), DistInfo(rank, world)
+        )
+
+    whole = run(0, 1)
+    assert whole["code_text"].item() > 0
+    shares = [run(r, 2)["code_text"] for r in range(2)]
+    assert sum(shares).item() == pytest.approx(whole["code_text"].item(), rel=1e-5)
+
+
 def test_full_softmax_ignores_padding_column() -> None:
     items = torch.tensor([[100.0, 0.0], [1.0, 0.0], [0.0, 1.0]])  # row 0 = padding would win if ranked
     h = torch.tensor([[1.0, 0.0]])

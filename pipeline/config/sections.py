@@ -162,10 +162,14 @@ class CorrelateParams(_Section):
     score: Literal["cos", "euclidean", "dot", "manhattan"] = "cos"
     sub_vectors: int = Field(8, ge=1)
     codes: int = Field(50, ge=2)
+    # kmeans: K centroids of the D-dim dissected-correlation vectors, one code per pair; vq: product
+    # quantisation, K scalar levels per sub-vector (1-D k-means), a D-tuple of codes per pair and one student
+    # code head per sub-vector
+    quantizer: Literal["kmeans", "vq"] = "kmeans"
     topk: int = Field(20, ge=1)
     sample_pairs: int = Field(200_000, ge=100)
     random_pair_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    kmeans_iters: int = Field(50, ge=1)
+    kmeans_iters: int = Field(50, ge=1)  # quantizer kmeans; vq's 1-D Lloyd runs to its fixed point
     block_size: int = Field(4096, ge=16)
     # top-k candidate search for cos/dot: bfloat16 tiles (fast on AMX/AVX512-BF16 CPUs) with a proven
     # rounding margin and float32 rescoring, so the neighbours are the float32 ones; auto = bfloat16 on such

@@ -20,7 +20,8 @@ scores of one shared MLP (``Linear(H, H) -> ReLU -> Linear(H, 1)``, no bias on t
 The distillation heads read ``m`` directly: the holistic score ξ(P m_i, P m_j) with ``P`` per
 ``kd_projection`` (:data:`KD_PROJECTIONS`: ``identity``-initialised linear map, the authors' two ``random``
 linear layers, ``none`` = the table itself, or ``item`` = the items' output embeddings), and a 2-layer MLP that predicts the dissected correlation
-code from |m_i - m_j|.
+code from |m_i - m_j|: one K-way head for a k-means codebook (:class:`CodeHead`), or, for a vq codebook, one
+per sub-vector, each reading its own slice of |m_i - m_j| (:class:`SubVectorCodeHeads`).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class StudentConfig:
     modality_dim: int = 128
     fusion: str = "sum"
     num_codes: int = 50  # K of the dissected-correlation codebook (0: no code head)
+    # the code layout: 0 = one code per pair (k-means codebook; logits (P, K)); D >= 1 = one code per
+    # sub-vector (vq codebook; logits (P, D, K), one head per sub-vector). Absent from older config.json: 0
+    code_groups: int = 0
     output: str = (
         "fused"  # fused (tied) | id (the paper's: catalogue scored by IDs) | id_teacher (+ frozen teacher)
     )
@@ -57,6 +61,8 @@ class StudentConfig:
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["modalities"] = list(self.modalities)
+        if not self.code_groups:  # k-means layout: config.json exactly as before the vq codebook
+            del d["code_groups"]
         return d
 
     @classmethod
@@ -79,6 +85,45 @@ class CodeHead(nn.Module):
 
     def forward(self, mi: torch.Tensor, mj: torch.Tensor) -> torch.Tensor:
         return self.net((mi - mj).abs())  # (P, K)
+
+
+class SubVectorCodeHeads(nn.Module):
+    """One code head per sub-vector (vq codebook): head d predicts sub-vector d's level from slice d of
+    |m_i - m_j|, a 2-layer MLP ``Linear(s, s) -> ReLU -> Linear(s, K)`` with s = dim / D (the k-means head's
+    shape on a slice).
+
+    Why D heads on slices rather than a shared trunk on the whole |m_i - m_j| with a Linear to D x K: sub-vector
+    d's code is a function of the teacher's slice d alone, and the table starts at the teacher vectors, so
+    slice d of the table is where that code's information lives. Separate heads on separate slices are "one
+    head per sub-vector" literally: each code is predicted, and each code loss flows, only through its own
+    slice, which keeps the dissected structure in the table instead of letting a shared trunk read any code
+    from anywhere. The D heads run as batched matmuls (``baddbmm``), the same numbers as D ``nn.Linear`` pairs
+    (and initialised as they would be).
+
+    Args:
+        dim: the modality dimension d; ``groups`` must divide it.
+        groups: D, the number of sub-vectors.
+        num_codes: K, the levels of each sub-vector.
+    """
+
+    def __init__(self, dim: int, groups: int, num_codes: int) -> None:
+        super().__init__()
+        if groups < 1 or dim % groups:
+            raise ValueError(f"code_groups ({groups}) must divide the modality dimension ({dim})")
+        self.groups, s = groups, dim // groups
+        self.weight1 = nn.Parameter(torch.empty(groups, s, s))  # (D, in, out)
+        self.weight2 = nn.Parameter(torch.empty(groups, s, num_codes))
+        # biases flat (1-D), so the optimiser groups them with the other biases (no weight decay)
+        self.bias1 = nn.Parameter(torch.empty(groups * s))
+        self.bias2 = nn.Parameter(torch.empty(groups * num_codes))
+        for p in self.parameters():  # nn.Linear's default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = s
+            nn.init.uniform_(p, -(s**-0.5), s**-0.5)
+
+    def forward(self, mi: torch.Tensor, mj: torch.Tensor) -> torch.Tensor:
+        x = (mi - mj).abs().reshape(mi.shape[0], self.groups, -1).transpose(0, 1)  # (D, P, s)
+        h = torch.relu(torch.baddbmm(self.bias1.view(self.groups, 1, -1), x, self.weight1))  # (D, P, s)
+        out = torch.baddbmm(self.bias2.view(self.groups, 1, -1), h, self.weight2)  # (D, P, K)
+        return out.transpose(0, 1)  # (P, D, K)
 
 
 FUSIONS = ("sum", "gate", "concat", "paper_gate")
@@ -144,7 +189,9 @@ class Student(nn.Module):
             proj = _kd_projection(cfg.kd_projection, cfg.modality_dim)
             if proj is not None:
                 self.kd_proj[m] = proj
-            if cfg.num_codes > 0:
+            if cfg.num_codes > 0 and cfg.code_groups > 0:
+                self.code_heads[m] = SubVectorCodeHeads(cfg.modality_dim, cfg.code_groups, cfg.num_codes)
+            elif cfg.num_codes > 0:
                 self.code_heads[m] = CodeHead(cfg.modality_dim, cfg.num_codes)
             if cfg.output == "id_teacher":
                 frozen = torch.zeros(n, cfg.modality_dim)
@@ -283,7 +330,8 @@ class Student(nn.Module):
         return score_fn(a, b)
 
     def code_logits(self, modality: str, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        """(P, K) logits of the dissected-correlation code of each pair."""
+        """Logits of the dissected-correlation code of each pair: (P, K), or (P, D, K) with ``code_groups``
+        D (one code per sub-vector)."""
         return self.code_heads[modality](
             self.modality_vectors(modality, i), self.modality_vectors(modality, j)
         )

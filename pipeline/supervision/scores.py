@@ -2,8 +2,15 @@
 
 Holistic correlation r(i, j) = xi(t_i, t_j) with xi one of ``cos`` (cosine), ``euclidean`` (-||a - b||_2),
 ``dot`` (a . b) or ``manhattan`` (-||a - b||_1). Dissected correlation: split each vector into D equal
-sub-vectors; the D per-sub-vector cosines form c(i, j), which a :class:`CorrelationCodebook` (K centroids)
-maps to a discrete code, the nearest centroid in Euclidean distance.
+sub-vectors; the D per-sub-vector cosines form c(i, j), which a codebook maps to a discrete code:
+
+- ``correlate.quantizer: kmeans``: a :class:`CorrelationCodebook` (K centroids in the D-dim space): ONE code
+  per pair, the nearest centroid in Euclidean distance; codes (P,).
+- ``correlate.quantizer: vq``: a :class:`ProductCodebook` (K scalar levels per sub-vector, product
+  quantisation): a D-tuple of codes per pair, each sub-vector's cosine mapped to its nearest level; codes
+  (P, D).
+
+:func:`load_codebook` reads either kind (the file's metadata names it; files without the entry are k-means).
 
 Only torch (and the tiny ``pipeline.errors``) is imported at module level, so the trainer can use this on a
 machine without polars, dvc or mlflow; pyarrow and safetensors are imported inside the functions that read
@@ -25,6 +32,7 @@ from pipeline.layout import codebook_file, teacher_file
 
 SCORES = ("cos", "euclidean", "dot", "manhattan")
 _META_KEY = "codebook"  # the safetensors metadata entry holding the codebook's JSON metadata
+QUANTIZERS = ("kmeans", "vq")  # correlate.quantizer; a file's metadata ``quantizer`` (absent: kmeans)
 EPS = 1e-8  # norms below this count as zero: the cosine with a zero vector is 0, not NaN
 _ASSIGN_CHUNK_ELEMENTS = 1 << 22  # (rows x K) float64 distances per chunk of the nearest-centroid search
 
@@ -133,6 +141,46 @@ def nearest_centroid(c: Tensor, centroids: Tensor) -> Tensor:
     return out
 
 
+def nearest_level(c: Tensor, levels: Tensor) -> Tensor:
+    """Per sub-vector, the index of the nearest scalar level (the lowest index on an exact tie).
+
+    Evaluated in float64 (a float32 difference is exact there) and in row chunks, so memory stays bounded.
+
+    Args:
+        c: (P, D) correlation vectors.
+        levels: (D, K) levels, row d the scalar codebook of sub-vector d.
+
+    Returns:
+        (P, D) int64 codes in [0, K).
+    """
+    if c.ndim != 2 or levels.ndim != 2 or c.shape[1] != levels.shape[0]:
+        raise ValueError(
+            f"nearest_level needs (P, D) and (D, K), got {tuple(c.shape)} and {tuple(levels.shape)}"
+        )
+    lv = levels.to(device=c.device, dtype=torch.float64)[None]  # (1, D, K)
+    chunk = max(1, _ASSIGN_CHUNK_ELEMENTS // max(1, lv.numel()))
+    out = torch.empty(c.shape, dtype=torch.long, device=c.device)
+    for start in range(0, c.shape[0], chunk):
+        part = c[start : start + chunk].to(torch.float64)[:, :, None]  # (chunk, D, 1)
+        out[start : start + chunk] = (part - lv).abs().argmin(dim=2)  # first minimum: the lowest index
+    return out
+
+
+def _save_codebook(path: str | Path, name: str, tensor: Tensor, meta: dict[str, Any]) -> None:
+    """Write one tensor and the metadata as safetensors, atomically.
+
+    The metadata goes in ONE safetensors metadata entry (``codebook``, sorted-key JSON): safetensors writes a
+    metadata map in hash order, so several entries would make equal codebooks differ in bytes.
+    """
+    from safetensors.torch import save_file
+
+    from pipeline.io import atomic_path  # pyarrow only when writing files
+
+    header = {_META_KEY: json.dumps(meta, sort_keys=True, default=str)}
+    with atomic_path(path) as tmp:
+        save_file({name: tensor.cpu().contiguous()}, str(tmp), metadata=header)
+
+
 class CorrelationCodebook:
     """K centroids of D-dim dissected-correlation vectors; maps a correlation vector to its nearest code.
 
@@ -140,6 +188,9 @@ class CorrelationCodebook:
         centroids: (K, D) float tensor.
         metadata: JSON-serialisable fit settings and statistics stored with the file.
     """
+
+    quantizer = "kmeans"
+    code_groups = 0  # one code per pair (codes (P,)); see ProductCodebook
 
     def __init__(self, centroids: Tensor, metadata: dict[str, Any] | None = None) -> None:
         if centroids.ndim != 2 or centroids.shape[0] < 1 or centroids.shape[1] < 1:
@@ -166,53 +217,119 @@ class CorrelationCodebook:
         return nearest_centroid(c, self.centroids.to(c.device))
 
     def save(self, path: str | Path) -> None:
-        """Write the centroids (tensor ``centroids``) and metadata as safetensors, atomically.
-
-        The metadata goes in ONE safetensors metadata entry (``codebook``, sorted-key JSON): safetensors
-        writes a metadata map in hash order, so several entries would make equal codebooks differ in bytes.
-        """
-        from safetensors.torch import save_file
-
-        from pipeline.io import atomic_path  # pyarrow only when writing files
-
+        """Write the centroids (tensor ``centroids``) and metadata as safetensors, atomically (the format has
+        no ``quantizer`` entry: a k-means file reads as it always did)."""
         meta = dict(self.metadata)
         meta.update({"codes": self.codes, "sub_vectors": self.sub_vectors})
-        header = {_META_KEY: json.dumps(meta, sort_keys=True, default=str)}
-        with atomic_path(path) as tmp:
-            save_file({"centroids": self.centroids.cpu().contiguous()}, str(tmp), metadata=header)
+        _save_codebook(path, "centroids", self.centroids, meta)
 
     @classmethod
     def load(cls, path: str | Path) -> CorrelationCodebook:
-        """Read a codebook written by :meth:`save`; a missing or corrupt file raises an error naming it."""
-        from safetensors import safe_open
+        """Read a k-means codebook written by :meth:`save`; a missing, corrupt or vq file raises an error
+        naming it (:func:`load_codebook` reads either kind)."""
+        book = load_codebook(path)
+        if not isinstance(book, cls):
+            raise DataError(f"{path}: a {book.quantizer} codebook, not a k-means one (use load_codebook)")
+        return book
 
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: codebook not found (run the correlate stage first)")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                keys = list(f.keys())
-                if "centroids" not in keys:
-                    raise DataError(f"{path}: not a codebook file (no 'centroids' tensor; found {keys})")
-                centroids = f.get_tensor("centroids")
-                metadata: dict[str, Any] = dict(f.metadata() or {})
+
+class ProductCodebook:
+    """Product quantisation of dissected-correlation vectors: K scalar levels for each of the D sub-vectors.
+
+    A pair's code is the D-tuple of its sub-vectors' nearest levels (:func:`nearest_level`), so codes are
+    (P, D) and the student predicts each with its own head.
+
+    Args:
+        levels: (D, K) float tensor, row d the levels of sub-vector d (the fit stores them ascending).
+        metadata: JSON-serialisable fit settings and statistics stored with the file.
+    """
+
+    quantizer = "vq"
+
+    def __init__(self, levels: Tensor, metadata: dict[str, Any] | None = None) -> None:
+        if levels.ndim != 2 or levels.shape[0] < 1 or levels.shape[1] < 1:
+            raise ValueError(f"levels must be a non-empty (D, K) tensor, got shape {tuple(levels.shape)}")
+        if not torch.isfinite(levels).all():
+            raise ValueError("levels contain NaN or infinite values")
+        self.levels = levels.detach().to(torch.float32).contiguous()
+        self.metadata: dict[str, Any] = dict(metadata or {})
+
+    @property
+    def codes(self) -> int:
+        """K, the number of levels of each sub-vector (each head's output size)."""
+        return int(self.levels.shape[1])
+
+    @property
+    def sub_vectors(self) -> int:
+        """D, the length of a correlation vector."""
+        return int(self.levels.shape[0])
+
+    @property
+    def code_groups(self) -> int:
+        """D: one code per sub-vector (codes (P, D))."""
+        return self.sub_vectors
+
+    def assign(self, c: Tensor) -> Tensor:
+        """Codes (P, D) int64 of correlation vectors ``c`` (P, D): per sub-vector, the nearest level."""
+        return nearest_level(c, self.levels.to(c.device))
+
+    def save(self, path: str | Path) -> None:
+        """Write the levels (tensor ``levels``, (D, K)) and metadata, with ``quantizer: vq``, atomically."""
+        meta = dict(self.metadata)
+        meta.update({"codes": self.codes, "sub_vectors": self.sub_vectors, "quantizer": self.quantizer})
+        _save_codebook(path, "levels", self.levels, meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ProductCodebook:
+        """Read a vq codebook written by :meth:`save` (errors as :meth:`CorrelationCodebook.load`)."""
+        book = load_codebook(path)
+        if not isinstance(book, cls):
+            raise DataError(f"{path}: a {book.quantizer} codebook, not a vq one (use load_codebook)")
+        return book
+
+
+Codebook = CorrelationCodebook | ProductCodebook
+_TENSOR = {"kmeans": ("centroids", CorrelationCodebook), "vq": ("levels", ProductCodebook)}
+
+
+def load_codebook(path: str | Path) -> Codebook:
+    """Read a codebook file of either kind: the metadata entry ``quantizer`` picks the class (absent:
+    ``kmeans``, as every file written before the vq codebook); a missing or corrupt file raises an error
+    naming it."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: codebook not found (run the correlate stage first)")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata: dict[str, Any] = dict(f.metadata() or {})
             if _META_KEY in metadata:
                 metadata.update(json.loads(metadata.pop(_META_KEY)))
-        except DataError:
-            raise
-        except Exception as err:  # safetensors raises its own error types for corrupt headers/data
-            raise DataError(
-                f"{path}: corrupt or unreadable codebook file ({type(err).__name__}: {err})"
-            ) from None
-        if centroids.ndim != 2 or not centroids.is_floating_point():
-            raise DataError(
-                f"{path}: 'centroids' must be a 2-D float tensor, got {centroids.dtype} "
-                f"{tuple(centroids.shape)}"
-            )
-        try:
-            return cls(centroids, metadata)
-        except ValueError as err:
-            raise DataError(f"{path}: {err}") from None
+            quantizer = metadata.get("quantizer", "kmeans")
+            if quantizer not in _TENSOR:
+                raise DataError(
+                    f"{path}: unknown codebook quantizer {quantizer!r} (allowed: {', '.join(QUANTIZERS)})"
+                )
+            name, cls = _TENSOR[quantizer]
+            keys = list(f.keys())
+            if name not in keys:
+                raise DataError(f"{path}: not a codebook file (no {name!r} tensor; found {keys})")
+            tensor = f.get_tensor(name)
+    except DataError:
+        raise
+    except Exception as err:  # safetensors raises its own error types for corrupt headers/data
+        raise DataError(
+            f"{path}: corrupt or unreadable codebook file ({type(err).__name__}: {err})"
+        ) from None
+    if tensor.ndim != 2 or not tensor.is_floating_point():
+        raise DataError(
+            f"{path}: {name!r} must be a 2-D float tensor, got {tensor.dtype} {tuple(tensor.shape)}"
+        )
+    try:
+        return cls(tensor, metadata)
+    except ValueError as err:
+        raise DataError(f"{path}: {err}") from None
 
 
 class TeacherCorrelation(torch.nn.Module):
@@ -220,7 +337,7 @@ class TeacherCorrelation(torch.nn.Module):
 
     Args:
         teacher: (N + 1, d) reduced teacher vectors; row 0 is the padding item.
-        codebook: the modality's codebook; its D must divide d.
+        codebook: the modality's codebook (k-means or vq); its D must divide d.
         score: holistic score name (``cos``, ``euclidean``, ``dot``, ``manhattan``).
         excluded: optional (N + 1,) bool mask of items whose pairs carry no supervision.
     """
@@ -228,7 +345,7 @@ class TeacherCorrelation(torch.nn.Module):
     def __init__(
         self,
         teacher: Tensor,
-        codebook: CorrelationCodebook,
+        codebook: Codebook,
         score: str = "cos",
         excluded: Tensor | None = None,
     ) -> None:
@@ -251,8 +368,12 @@ class TeacherCorrelation(torch.nn.Module):
         mask[0] = True  # padding
         self.score = score
         self.sub_vectors = codebook.sub_vectors
+        self.quantizer = codebook.quantizer
         self.register_buffer("teacher", teacher.detach().to(torch.float32).contiguous())
-        self.register_buffer("centroids", codebook.centroids.clone())
+        if isinstance(codebook, ProductCodebook):
+            self.register_buffer("levels", codebook.levels.clone())  # (D, K)
+        else:
+            self.register_buffer("centroids", codebook.centroids.clone())  # (K, D)
         self.register_buffer("excluded", mask)
 
     @property
@@ -262,8 +383,13 @@ class TeacherCorrelation(torch.nn.Module):
 
     @property
     def codes(self) -> int:
-        """K, the number of codes (the classifier's output size)."""
-        return int(self.centroids.shape[0])
+        """K, the number of codes (the classifier's output size; per sub-vector for vq)."""
+        return int(self.levels.shape[1] if self.quantizer == "vq" else self.centroids.shape[0])
+
+    @property
+    def code_groups(self) -> int:
+        """0 for k-means (one code per pair, codes (P,)); D for vq (one code per sub-vector, codes (P, D))."""
+        return self.sub_vectors if self.quantizer == "vq" else 0
 
     @torch.no_grad()
     def forward(self, i: Tensor, j: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -274,13 +400,17 @@ class TeacherCorrelation(torch.nn.Module):
             j: (P,) item indices in [0, N].
 
         Returns:
-            scores (P,) float32, codes (P,) int64, valid (P,) bool: False when either item is padding (0) or
-            excluded. Scores and codes of invalid pairs are computed all the same; mask them with ``valid``.
+            scores (P,) float32, codes int64 ((P,) k-means: the nearest centroid; (P, D) vq: each sub-vector's
+            nearest level), valid (P,) bool: False when either item is padding (0) or excluded. Scores and
+            codes of invalid pairs are computed all the same; mask them with ``valid``.
         """
         a = self.teacher[i]  # (P, d)
         b = self.teacher[j]
         scores = pair_scores(a, b, self.score)
-        codes = nearest_centroid(sub_vector_scores(a, b, self.sub_vectors), self.centroids)
+        c = sub_vector_scores(a, b, self.sub_vectors)
+        codes = (
+            nearest_level(c, self.levels) if self.quantizer == "vq" else nearest_centroid(c, self.centroids)
+        )
         valid = ~(self.excluded[i] | self.excluded[j])
         return scores, codes, valid
 
@@ -309,7 +439,7 @@ class TeacherCorrelation(torch.nn.Module):
         if meta.get("missing_policy") == "exclude":
             missing = torch.from_numpy(table.column("missing").to_numpy(zero_copy_only=False).astype(bool))
             excluded = torch.cat([torch.ones(1, dtype=torch.bool), missing])
-        codebook = CorrelationCodebook.load(codebook_file(supervision_dir, modality))
+        codebook = load_codebook(codebook_file(supervision_dir, modality))
         return cls(teacher, codebook, score, excluded)
 
 

@@ -6,7 +6,8 @@ of the teacher's geometry the table and the distillation heads keep.
   Under DDP it is rank 0's share of the batch.
 - :func:`teacher_agreement_on_pairs`: on a fixed sample of item pairs, the Pearson r of the table's and of
   the holistic head's pair scores with the teacher's (``table_r``, ``kd_r``), and the code head's top-1
-  accuracy on the teacher's dissected codes (``code_acc``).
+  accuracy on the teacher's dissected codes (``code_acc``; for a vq codebook the mean over sub-vectors of
+  each sub-vector head's accuracy).
 """
 
 from __future__ import annotations
@@ -75,6 +76,8 @@ def teacher_agreement_on_pairs(
     kd = model.holistic_student_scores(modality, i, j, score_fn)
     out = {"table_r": _pearson(table, t_scores), "kd_r": _pearson(kd, t_scores)}
     if modality in model.code_heads:
-        pred = model.code_logits(modality, i, j).argmax(-1)
+        pred = model.code_logits(modality, i, j).argmax(-1)  # (P,) k-means, (P, D) vq
+        # vq: each sub-vector has the same P pairs, so the mean over P x D is the mean of the per-sub-vector
+        # accuracies
         out["code_acc"] = float((pred == t_codes).float().mean())
     return out

@@ -145,7 +145,23 @@ def frobenius_holistic_loss(
 
 
 def code_loss(code_logits: torch.Tensor, codes: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy of the teacher's dissected-correlation code of each pair."""
+    """Cross-entropy of the teacher's dissected-correlation code of each pair.
+
+    Args:
+        code_logits: (P, K) for a k-means codebook, or (P, D, K) for a vq one (one head per sub-vector).
+        codes: (P,) or (P, D) int64 teacher codes.
+
+    Returns:
+        The mean CE over the pairs; for vq the mean over the D sub-vectors of each one's mean CE over the
+        pairs (every sub-vector has the same P pairs, so that is the mean over all P x D entries).
+    """
     if code_logits.numel() == 0:
         return code_logits.new_zeros(())
+    if code_logits.ndim == 3:
+        if codes.shape != code_logits.shape[:2]:
+            raise ValueError(
+                f"vq code logits {tuple(code_logits.shape)} need codes of shape {tuple(code_logits.shape[:2])}, "
+                f"got {tuple(codes.shape)}"
+            )
+        return F.cross_entropy(code_logits.float().flatten(0, 1), codes.flatten())
     return F.cross_entropy(code_logits.float(), codes)

@@ -51,7 +51,8 @@ def kd_terms(
 
     With ``holistic_loss: frobenius`` the pairs are per sequence (:func:`sequence_pairs`) and a rank's share
     is its sequences ``rank::world_size``; with ``mse`` they are the batch's unique pairs and a rank's share
-    is every world_size-th pair.
+    is every world_size-th pair. Teacher codes are (P,) for a k-means codebook and (P, D) for a vq one; both
+    are sliced along the pairs (dim 0) alike.
     """
     terms: dict[str, torch.Tensor] = {}
     per_sequence = kd.holistic_loss == "frobenius"

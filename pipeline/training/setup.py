@@ -86,7 +86,13 @@ def build_training(
     dims = {t.teacher.shape[1] for t in teachers.values()}
     if len(dims) > 1:
         raise PipelineError(f"teacher vectors of {modalities} have different dimensions {sorted(dims)}")
-    codes = {t.codes for t in teachers.values()}
+    layouts = {(t.codes, t.code_groups) for t in teachers.values()}  # K, and 0 (k-means) or D (vq)
+    if len(layouts) > 1:
+        raise PipelineError(
+            f"the codebooks of {modalities} differ in (codes, code groups): {sorted(layouts)} "
+            "(rerun the correlate stage)"
+        )
+    num_codes, code_groups = layouts.pop() if layouts else (0, 0)
     cfg = StudentConfig(
         num_items=num_items,
         backbone=train.backbone,
@@ -98,7 +104,8 @@ def build_training(
         modalities=tuple(modalities),
         modality_dim=dims.pop() if dims else 0,
         fusion=train.fusion,
-        num_codes=codes.pop() if codes else 0,
+        num_codes=num_codes,
+        code_groups=code_groups,
         output=train.output,
         kd_projection=train.kd.projection,
     )
