@@ -79,7 +79,7 @@ def main() -> None:
             loss = next_item_loss(hidden[keep], items, targets[keep])
             if t.kd_on:
                 for name, term in kd_terms(
-                    t.model, t.teachers, seq, p.train.kd, t.score_fn, gen, DistInfo(), t.neighbours
+                    t.model, t.teachers, seq, p.train.kd, t.score_fn, gen, DistInfo(), t.neighbours, items
                 ).items():
                     loss = loss + kd_weight(name, p.train.kd) * term
         t.optimizer.zero_grad(set_to_none=True)

@@ -61,7 +61,7 @@ def test_beauty_config_holds_overrides_of_the_defaults_only() -> None:
         for key, value in keys.items():
             assert base[section][key] != value, f"{section}.{key} repeats params.yaml's value"
     p = load_params(path)
-    assert p.train.epochs == 50 and p.train.modalities == ["text"]
+    assert p.train.epochs == 20 and p.train.modalities == ["text"]
     assert p.correlate == load_params().correlate  # not overridden: params.yaml's
 
 

@@ -233,6 +233,11 @@ def test_item_projection_distils_on_the_rows_that_score_the_catalogue(output: st
     assert torch.allclose(
         model.holistic_student_scores("text", i, j, dot), dot(items[i], items[j]), atol=1e-5
     )
+    # the training step passes its item representations: indexed, same scores, gradient to the same rows
+    reused = model.holistic_student_scores("text", i, j, dot, items)
+    assert torch.allclose(reused, model.holistic_student_scores("text", i, j, dot), atol=1e-5)
+    reused.sum().backward()
+    assert model.item_emb.weight.grad[1:7].abs().sum() > 0 and model.item_emb.weight.grad[7:].abs().sum() == 0
     assert "text" not in model.kd_proj
 
 

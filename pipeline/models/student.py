@@ -313,15 +313,24 @@ class Student(nn.Module):
         return self.modality_tables[modality](ids)
 
     def holistic_student_scores(
-        self, modality: str, i: torch.Tensor, j: torch.Tensor, score_fn
+        self,
+        modality: str,
+        i: torch.Tensor,
+        j: torch.Tensor,
+        score_fn,
+        items: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """s(i, j) = ξ(P m_i, P m_j) for pairs of ids, with ξ given as ``score_fn(a, b) -> (P,)``.
 
         With ``kd_projection="item"`` the student side is the items' output embeddings (the rows of
         :meth:`item_representations` that score the catalogue), whatever the modality: distillation then
-        shapes the representation that ranks, not a table behind a free map.
+        shapes the representation that ranks, not a table behind a free map. ``items``, the step's
+        :meth:`item_representations` when the caller has them, are then indexed instead of computing the rows
+        of ``i`` and ``j`` again (the same values; cheaper when the pairs name more ids than the catalogue has).
         """
         if self.cfg.kd_projection == "item":
+            if items is not None:
+                return score_fn(items[i], items[j])
             return score_fn(self.output_vectors(i), self.output_vectors(j))
         a, b = self.modality_vectors(modality, i), self.modality_vectors(modality, j)
         if modality in self.kd_proj:

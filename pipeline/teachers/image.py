@@ -20,7 +20,7 @@ import functools
 import importlib.metadata
 import logging
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -234,8 +234,14 @@ class ImageTeacher:
         out = np.zeros((len(paths), self.dim), dtype=np.float32)
         failures: dict[int, str] = {}
         with ThreadPoolExecutor(max_workers=self.decode_workers, thread_name_prefix="decode") as pool:
+
+            def decode(start: int) -> list[Future]:
+                return [pool.submit(self._load, p) for p in paths[start : start + batch_size]]
+
+            upcoming = decode(0)
             for start in range(0, len(paths), batch_size):
-                loaded = list(pool.map(self._load, paths[start : start + batch_size]))
+                loaded = [f.result() for f in upcoming]
+                upcoming = decode(start + batch_size)  # decoded while this batch runs through the model
                 ok = [i for i, t in enumerate(loaded) if isinstance(t, torch.Tensor)]
                 failures.update({start + i: t for i, t in enumerate(loaded) if isinstance(t, str)})
                 if ok:

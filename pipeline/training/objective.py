@@ -34,6 +34,7 @@ def kd_terms(
     generator: torch.Generator,
     dist_info: DistInfo,
     neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
+    items: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Unweighted distillation terms ``hol_<m>`` and ``code_<m>`` of one batch, per modality.
 
@@ -48,6 +49,7 @@ def kd_terms(
         generator: the epoch's CPU generator.
         dist_info: the DDP set-up (one process: everything is this rank's).
         neighbours: per modality, the dense teacher top-k lists for ``kd.neighbour_pairs``.
+        items: the step's ``model.item_representations()``, reused by the ``item`` projection.
 
     With ``holistic_loss: frobenius`` the pairs are per sequence (:func:`sequence_pairs`) and a rank's share
     is its sequences ``rank::world_size``; with ``mse`` they are the batch's unique pairs and a rank's share
@@ -85,7 +87,7 @@ def kd_terms(
             i, j, t_scores, t_codes = (rank_rows(x[ok], dist_info) for x in (pi, pj, t_scores, t_codes))
             n_pairs = int(ok.sum()) if dist_info.distributed else len(i)
         if kd.holistic_weight > 0:
-            s = model.holistic_student_scores(m, i, j, score_fn)
+            s = model.holistic_student_scores(m, i, j, score_fn, items)
             if per_sequence:
                 terms[f"hol_{m}"] = frobenius_holistic_loss(s, t_scores, kd.tau, pr, pw, n_rows)
             else:

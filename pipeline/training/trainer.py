@@ -249,7 +249,9 @@ def _run_train(
                     terms = {"ce": ce}
                     loss = terms["ce"]
                     if kd_on:
-                        kd = kd_terms(model, teachers, seq, train.kd, score_fn, gen, dist_info, neighbours)
+                        kd = kd_terms(
+                            model, teachers, seq, train.kd, score_fn, gen, dist_info, neighbours, items
+                        )
                         terms.update(kd)
                         for name, term in kd.items():
                             loss = loss + kd_weight(name, train.kd) * term
