@@ -60,6 +60,7 @@ def random_pairs(teacher: TeacherCorrelation, pairs: int, seed: int = 0) -> tupl
 
 
 @torch.no_grad()
+@torch.inference_mode()
 def teacher_agreement_on_pairs(
     model: Student,
     modality: str,
@@ -67,13 +68,15 @@ def teacher_agreement_on_pairs(
     i: torch.Tensor,
     j: torch.Tensor,
     score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    items: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """``table_r``, ``kd_r`` and (with a code head) ``code_acc`` of ``model`` on the pairs ``(i, j)``."""
+    """``table_r``, ``kd_r`` and (with a code head) ``code_acc`` of ``model`` on the pairs ``(i, j)``
+    (``items``: ``model.item_representations()`` when the caller has them, for the ``item`` projection)."""
     dev = teacher.teacher.device
     i, j = i.to(dev), j.to(dev)
     t_scores, t_codes, _ = teacher(i, j)
     table = score_fn(model.modality_vectors(modality, i), model.modality_vectors(modality, j))
-    kd = model.holistic_student_scores(modality, i, j, score_fn)
+    kd = model.holistic_student_scores(modality, i, j, score_fn, items)
     out = {"table_r": _pearson(table, t_scores), "kd_r": _pearson(kd, t_scores)}
     if modality in model.code_heads:
         pred = model.code_logits(modality, i, j).argmax(-1)  # (P,) k-means, (P, D) vq

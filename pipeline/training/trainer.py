@@ -288,8 +288,10 @@ def _run_train(
             if modalities:
                 row.update(grad_norms)
                 model.eval()
+                with torch.inference_mode():
+                    items = model.item_representations()  # once for every modality's pairs
                 for m, (di, dj) in diag_pairs.items():
-                    agreement = teacher_agreement_on_pairs(model, m, teachers[m], di, dj, score_fn)
+                    agreement = teacher_agreement_on_pairs(model, m, teachers[m], di, dj, score_fn, items)
                     row.update({f"{k}_{m}": v for k, v in agreement.items()})
             row.update({f"lr_{g}": v for g, v in lrs.items()})
             row["seq_per_s"] = len(windows) / train_seconds
