@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from pipeline import threads
 from pipeline.errors import PipelineError
 from pipeline.progress import quiet_third_party_bars
 
@@ -38,6 +39,7 @@ def main(run: Callable[[], None]) -> None:
         datefmt="%H:%M:%S",
     )
     os.chdir(Path(__file__).resolve().parent.parent)
+    log.info(threads.describe())
     quiet_third_party_bars()  # off a terminal, Hugging Face / MLflow bars would fill logs with carriage returns
     try:
         run()
