@@ -168,7 +168,7 @@ def main() -> None:
         ("one_user_top10_ms_p95", "p95"),
         ("test_ndcg_at_20", "test NDCG@20"),
     ]
-    print(f"\n{rows[0]['machine']}, {device}, {args.threads} threads")
+    print(f"\n{rows[0]['machine']} ({device})")
     print("| " + " | ".join(c[1] for c in cols) + " |\n|" + "---|" * len(cols))
     for r in rows:
         cells = [
