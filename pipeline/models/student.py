@@ -27,6 +27,7 @@ per sub-vector, each reading its own slice of |m_i - m_j| (:class:`SubVectorCode
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -126,16 +127,59 @@ class SubVectorCodeHeads(nn.Module):
         return out.transpose(0, 1)  # (P, D, K)
 
 
-FUSIONS = ("sum", "gate", "concat", "paper_gate")
 OUTPUTS = ("fused", "id", "id_teacher")
 KD_PROJECTIONS = ("identity", "random", "none", "item")
 
 
-def _modality_to_hidden(fusion: str, dim: int, hidden: int) -> nn.Module:
-    """The map of a modality table row into the hidden size (see the module docstring)."""
-    if fusion == "paper_gate":
-        return nn.Linear(dim, hidden, bias=False)
+def _norm_linear(dim: int, hidden: int) -> nn.Module:
     return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden))
+
+
+def _sum_parts(model: Student, parts: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(parts, 0).sum(0)
+
+
+def _concat_parts(model: Student, parts: list[torch.Tensor]) -> torch.Tensor:
+    return model.fuse(torch.cat(parts, -1))
+
+
+def _gate_parts(model: Student, parts: list[torch.Tensor]) -> torch.Tensor:
+    """Softmax over the parts' gate scores, per item."""
+    stacked = torch.stack(parts, -2)  # (..., P, H)
+    w = torch.softmax(model.gate(stacked), dim=-2)  # (..., P, 1)
+    return (w * stacked).sum(-2)
+
+
+def _paper_gate(hidden: int, n_parts: int) -> dict[str, nn.Module]:
+    # no bias on the score: a constant shared by the parts cancels in the softmax (its gradient is 0 up to
+    # rounding, which Adam would blow up into lr-sized steps)
+    return {"gate": nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1, bias=False))}
+
+
+@dataclass(frozen=True)
+class Fusion:
+    """How one ``fusion`` setting maps a modality row into the hidden size and combines the parts.
+
+    ``modules(hidden, n_parts)`` names the fusion's own modules, registered on the student under those
+    attribute names (so saved weights keep their keys); ``combine(student, parts)`` uses them.
+    """
+
+    to_hidden: Callable[[int, int], nn.Module]  # (modality dim, hidden) -> the map of a table row
+    modules: Callable[[int, int], dict[str, nn.Module]]
+    combine: Callable[[Student, list[torch.Tensor]], torch.Tensor]
+
+
+FUSIONS: dict[str, Fusion] = {
+    "sum": Fusion(_norm_linear, lambda h, n: {}, _sum_parts),
+    "gate": Fusion(_norm_linear, lambda h, n: {"gate": nn.Linear(h, 1)}, _gate_parts),
+    "concat": Fusion(_norm_linear, lambda h, n: {"fuse": nn.Linear(h * n, h)}, _concat_parts),
+    "paper_gate": Fusion(lambda d, h: nn.Linear(d, h, bias=False), _paper_gate, _gate_parts),
+}
+
+BACKBONES: dict[str, Callable[[StudentConfig], nn.Module]] = {
+    "sasrec": lambda c: SASRec(c.hidden, c.layers, c.heads, c.dropout, c.max_len),
+    "gru4rec": lambda c: GRU4Rec(c.hidden, c.layers, c.dropout, c.max_len),
+}
 
 
 def _kd_projection(kind: str, dim: int) -> nn.Module | None:
@@ -157,12 +201,14 @@ class Student(nn.Module):
         self.cfg = cfg
         n, h = cfg.num_items + 1, cfg.hidden
         for name, value, allowed in (
-            ("fusion", cfg.fusion, FUSIONS),
+            ("fusion", cfg.fusion, tuple(FUSIONS)),
+            ("backbone", cfg.backbone, tuple(BACKBONES)),
             ("output", cfg.output, OUTPUTS),
             ("kd_projection", cfg.kd_projection, KD_PROJECTIONS),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r} ({' | '.join(allowed)})")
+        fusion = FUSIONS[cfg.fusion]
         self.item_emb = nn.Embedding(n, h, padding_idx=0)
         nn.init.normal_(self.item_emb.weight, std=h**-0.5)
         with torch.no_grad():
@@ -185,7 +231,7 @@ class Student(nn.Module):
                     table.weight.copy_(t)
                     table.weight[0].zero_()
             self.modality_tables[m] = table
-            self.modality_proj[m] = _modality_to_hidden(cfg.fusion, cfg.modality_dim, h)
+            self.modality_proj[m] = fusion.to_hidden(cfg.modality_dim, h)
             proj = _kd_projection(cfg.kd_projection, cfg.modality_dim)
             if proj is not None:
                 self.kd_proj[m] = proj
@@ -202,21 +248,9 @@ class Student(nn.Module):
                 self.output_proj[m] = nn.Sequential(
                     nn.LayerNorm(cfg.modality_dim), nn.Linear(cfg.modality_dim, h)
                 )
-        n_parts = 1 + len(cfg.modalities)
-        if cfg.fusion == "concat":
-            self.fuse = nn.Linear(h * n_parts, h)
-        elif cfg.fusion == "gate":
-            self.gate = nn.Linear(h, 1)
-        elif cfg.fusion == "paper_gate":
-            # no bias on the score: a constant shared by the parts cancels in the softmax (its gradient is 0
-            # up to rounding, which Adam would blow up into lr-sized steps)
-            self.gate = nn.Sequential(nn.Linear(h, h), nn.ReLU(), nn.Linear(h, 1, bias=False))
-        if cfg.backbone == "sasrec":
-            self.backbone: nn.Module = SASRec(h, cfg.layers, cfg.heads, cfg.dropout, cfg.max_len)
-        elif cfg.backbone == "gru4rec":
-            self.backbone = GRU4Rec(h, cfg.layers, cfg.dropout, cfg.max_len)
-        else:
-            raise ValueError(f"unknown backbone {cfg.backbone!r} (sasrec | gru4rec)")
+        for name, module in fusion.modules(h, 1 + len(cfg.modalities)).items():
+            self.add_module(name, module)
+        self.backbone: nn.Module = BACKBONES[cfg.backbone](cfg)
 
     @property
     def num_items(self) -> int:
@@ -236,17 +270,7 @@ class Student(nn.Module):
         parts = [lookup(self.item_emb)]
         for m in self.cfg.modalities:
             parts.append(self.modality_proj[m](lookup(self.modality_tables[m])))
-        if len(parts) == 1:
-            out = parts[0]
-        elif self.cfg.fusion == "sum":
-            out = torch.stack(parts, 0).sum(0)
-        elif self.cfg.fusion == "concat":
-            out = self.fuse(torch.cat(parts, -1))
-        else:  # gate / paper_gate: softmax over the parts' gate scores, per item
-            stacked = torch.stack(parts, -2)  # (..., P, H)
-            w = torch.softmax(self.gate(stacked), dim=-2)  # (..., P, 1)
-            out = (w * stacked).sum(-2)
-        return out
+        return parts[0] if len(parts) == 1 else FUSIONS[self.cfg.fusion].combine(self, parts)
 
     @property
     def tied(self) -> bool:
