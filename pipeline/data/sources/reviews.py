@@ -11,7 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import polars as pl
@@ -34,6 +34,34 @@ def _has_gaps(df: pl.DataFrame, id_cols: Sequence[str], other: Sequence[str]) ->
     checks = [pl.col(c).is_null().any() for c in [*id_cols, *other]]
     checks += [(pl.col(c).str.len_bytes() == 0).any() for c in id_cols]
     return bool(df.select(pl.any_horizontal(checks)).item())
+
+
+def _parse_line_by_line(
+    path: Path, report: FileReport, parse: Callable[[bytes], tuple[str, str, int]]
+) -> pl.DataFrame:
+    """The slow path of both readers: ``parse`` each non-blank line into (user, item, timestamp); a line it
+    rejects (ValueError, or JSON nested too deeply) is counted in ``report`` with its number and skipped."""
+    users: list[str] = []
+    items: list[str] = []
+    times: list[int] = []
+    lines: list[int] = []
+    for number, raw in parse_progress(iter_lines(path), path):
+        if not raw.strip():
+            continue
+        report.records += 1
+        try:
+            u, i, t = parse(raw)
+        except ValueError as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
+            report.bad(number, str(err))
+            continue
+        except RecursionError:
+            report.bad(number, "nested too deeply to parse")
+            continue
+        users.append(u)
+        items.append(i)
+        times.append(t)
+        lines.append(number)
+    return interactions_frame(users, items, times, lines)
 
 
 def read_json_reviews(
@@ -68,30 +96,13 @@ def read_json_reviews(
             return frame, report
         log.info("%s: records with missing fields; parsing line by line to report them", path)
 
-    users: list[str] = []
-    items: list[str] = []
-    times: list[int] = []
-    lines: list[int] = []
-    for number, raw in parse_progress(iter_lines(path), path):
-        if not raw.strip():
-            continue
-        report.records += 1
-        try:
-            obj = json.loads(raw)
-            if not isinstance(obj, dict):
-                raise ValueError(f"not a JSON object ({type(obj).__name__})")
-            u, i, t = as_id(obj, user_key), as_id(obj, item_key), as_int(obj, time_key)
-        except ValueError as err:  # json.JSONDecodeError and UnicodeDecodeError are ValueErrors
-            report.bad(number, str(err))
-            continue
-        except RecursionError:
-            report.bad(number, "nested too deeply to parse")
-            continue
-        users.append(u)
-        items.append(i)
-        times.append(t)
-        lines.append(number)
-    return interactions_frame(users, items, times, lines), report
+    def parse(raw: bytes) -> tuple[str, str, int]:
+        obj = json.loads(raw)
+        if not isinstance(obj, dict):
+            raise ValueError(f"not a JSON object ({type(obj).__name__})")
+        return as_id(obj, user_key), as_id(obj, item_key), as_int(obj, time_key)
+
+    return _parse_line_by_line(path, report, parse), report
 
 
 def read_ratings_csv(path: Path) -> tuple[pl.DataFrame, FileReport]:
@@ -110,27 +121,14 @@ def read_ratings_csv(path: Path) -> tuple[pl.DataFrame, FileReport]:
             return df.select("user_id", "item_id", "ts", pl.col("line").cast(pl.Int64)), report
         log.info("%s: rows with missing fields; parsing line by line to report them", path)
 
-    users: list[str] = []
-    items: list[str] = []
-    times: list[int] = []
-    lines: list[int] = []
-    for number, raw in parse_progress(iter_lines(path), path):
-        if not raw.strip():
-            continue
-        report.records += 1
-        try:
-            row = next(csv.reader([raw.decode("utf-8")]))
-            if len(row) != 4:
-                raise ValueError(f"expected 4 fields (user,item,rating,timestamp), got {len(row)}")
-            u, i, rating, t = (x.strip() for x in row)
-            if not u or not i:
-                raise ValueError("empty user or item id")
-            float(rating)
-            times.append(in_int64(int(t), "timestamp"))
-        except ValueError as err:
-            report.bad(number, str(err))
-            continue
-        users.append(u)
-        items.append(i)
-        lines.append(number)
-    return interactions_frame(users, items, times, lines), report
+    def parse(raw: bytes) -> tuple[str, str, int]:
+        row = next(csv.reader([raw.decode("utf-8")]))
+        if len(row) != 4:
+            raise ValueError(f"expected 4 fields (user,item,rating,timestamp), got {len(row)}")
+        u, i, rating, t = (x.strip() for x in row)
+        if not u or not i:
+            raise ValueError("empty user or item id")
+        float(rating)
+        return u, i, in_int64(int(t), "timestamp")
+
+    return _parse_line_by_line(path, report, parse), report
