@@ -9,8 +9,9 @@ affinity mask, capped by a cgroup CPU quota) unless the user set it, and must ru
 
 Cores busy with other processes when a stage starts are left to them: OpenMP threads spin-wait at every
 barrier, so two threads on two cores that another job also uses run several times slower than one thread
-(the demo's training step on 2 cores beside one other single-threaded job: 3.5 s per epoch with 2 threads,
-1.4 s with 1; alone 1.0 s and 1.3 s). :func:`busy_cpus` samples ``/proc/stat`` for 0.1 s to see them.
+(the demo's training step on 2 cores beside one other single-threaded job: 3.0 s per epoch with 2 threads,
+1.0 s with 1; alone 0.7 s and 1.0 s; docs/RESULTS.md). :func:`busy_cpus` samples ``/proc/stat`` for 0.1 s
+to see them.
 """
 
 from __future__ import annotations
