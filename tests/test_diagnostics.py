@@ -8,12 +8,8 @@ import pytest
 import torch
 
 from pipeline.models import Student, StudentConfig
-from pipeline.supervision.scores import (
-    CorrelationCodebook,
-    ProductCodebook,
-    TeacherCorrelation,
-    pair_scores,
-)
+from pipeline.supervision.codebooks import CorrelationCodebook, ProductCodebook
+from pipeline.supervision.scores import TeacherCorrelation, pair_scores
 from pipeline.training.diagnostics import random_pairs, table_gradient_norms, teacher_agreement_on_pairs
 from pipeline.training.losses import code_loss, holistic_loss
 

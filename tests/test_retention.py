@@ -11,7 +11,7 @@ import torch
 from pipeline.experiments.retention import teacher_agreement
 from pipeline.io import write_parquet
 from pipeline.models import Student, StudentConfig
-from pipeline.supervision.scores import CorrelationCodebook
+from pipeline.supervision.codebooks import CorrelationCodebook
 
 N, D = 40, 8
 

@@ -16,20 +16,12 @@ from pipeline.config import CorrelateParams, MLflowParams, Params, with_override
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import parquet_metadata, read_parquet, vectors_from_column, write_parquet
 from pipeline.supervision.autoencoders import autoencoder_reduce
+from pipeline.supervision.codebooks import CorrelationCodebook, ProductCodebook, load_codebook, nearest_level
 from pipeline.supervision.correlate import AE_DEFAULT_EPOCHS, run_correlate
 from pipeline.supervision.kmeans import fit_kmeans, fit_levels_1d, fit_product_levels
 from pipeline.supervision.pairs import sample_pairs, training_item_sets
 from pipeline.supervision.reduction import pca_reduce, random_rotation
-from pipeline.supervision.scores import (
-    SCORES,
-    CorrelationCodebook,
-    ProductCodebook,
-    TeacherCorrelation,
-    load_codebook,
-    nearest_level,
-    pair_scores,
-    sub_vector_scores,
-)
+from pipeline.supervision.scores import SCORES, TeacherCorrelation, pair_scores, sub_vector_scores
 from pipeline.supervision.topk import bf16_dot_error_bound, blocked_topk
 
 NO_MLFLOW = MLflowParams(enabled=False)

@@ -13,16 +13,18 @@ from pydantic import ValidationError
 from pipeline.config import CorrelateParams
 from pipeline.errors import DataError
 from pipeline.io import write_parquet
-from pipeline.supervision import scores as S
-from pipeline.supervision.scores import (
-    SCORES,
+from pipeline.supervision import codebooks as S
+from pipeline.supervision.codebooks import (
     CorrelationCodebook,
     ProductCodebook,
-    TeacherCorrelation,
-    block_scores,
     load_codebook,
     nearest_centroid,
     nearest_level,
+)
+from pipeline.supervision.scores import (
+    SCORES,
+    TeacherCorrelation,
+    block_scores,
     pair_scores,
     read_neighbours,
     sub_vector_scores,

@@ -15,7 +15,7 @@ from pipeline.config import ConfigError, Params, with_overrides
 from pipeline.errors import PipelineError
 from pipeline.io import read_parquet, vectors_from_column, write_parquet
 from pipeline.models import load_student
-from pipeline.supervision.scores import CorrelationCodebook
+from pipeline.supervision.codebooks import CorrelationCodebook
 from pipeline.training.trainer import run_train
 
 N_ITEMS, N_USERS, DIM = 40, 80, 16
@@ -148,8 +148,8 @@ def test_bfloat16_training_follows_the_float32_run(base_params: Params, tmp_path
 def test_vq_codebook_from_the_correlate_stage_trains_one_head_per_sub_vector(
     base_params: Params, tmp_path: Path
 ) -> None:
+    from pipeline.supervision.codebooks import ProductCodebook, load_codebook
     from pipeline.supervision.correlate import run_correlate
-    from pipeline.supervision.scores import ProductCodebook, load_codebook
 
     seq, sup = write_tiny_data(tmp_path)
     teacher = read_parquet(sup / "teacher_text.parquet")  # the tiny data's family-structured vectors

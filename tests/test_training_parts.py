@@ -142,7 +142,8 @@ def test_vq_code_loss_is_the_mean_over_sub_vectors_of_the_cross_entropy_by_hand(
 @pytest.mark.parametrize("holistic", ["mse", "frobenius"])
 def test_kd_terms_with_vq_codes_split_over_ranks_add_up_to_one_process(holistic: str) -> None:
     from pipeline.config import KDParams
-    from pipeline.supervision.scores import ProductCodebook, TeacherCorrelation, pair_scores
+    from pipeline.supervision.codebooks import ProductCodebook
+    from pipeline.supervision.scores import TeacherCorrelation, pair_scores
     from pipeline.training.distributed import DistInfo
     from pipeline.training.objective import kd_terms
 

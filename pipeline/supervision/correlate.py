@@ -43,21 +43,14 @@ from pipeline.io import (
 from pipeline.layout import SUPERVISION_STATS, codebook_file, embedding_file, neighbours_file, teacher_file
 from pipeline.lineage import INPUTS_KEY, check_embeddings_match_sequences, supervision_inputs
 from pipeline.supervision.autoencoders import autoencoder_reduce, sigmoid_autoencoder_reduce
-from pipeline.supervision.kmeans import fit_kmeans, fit_product_levels
 from pipeline.supervision.pairs import read_training_item_sets, sample_pairs
+from pipeline.supervision.quantize import fit_kmeans_codebook, fit_vq_codebook
 from pipeline.supervision.reduction import Reduction, pca_reduce, rotate, sub_vector_variance_share
-from pipeline.supervision.scores import (
-    CorrelationCodebook,
-    ProductCodebook,
-    pair_scores,
-    sub_vector_scores,
-)
+from pipeline.supervision.scores import pair_scores, sub_vector_scores
 from pipeline.supervision.summaries import (
     describe,
     format_shares,
-    inertia_ratio,
     share_summary,
-    sub_vector_cosine_stats,
 )
 from pipeline.supervision.topk import blocked_topk, topk_search_precision
 from pipeline.tracking import start_run
@@ -135,123 +128,6 @@ def _topk_table(values: torch.Tensor, indices: torch.Tensor, excluded: np.ndarra
             "scores": pa.ListArray.from_arrays(offsets, pa.array(scores, type=pa.float32())),
         }
     )
-
-
-def _usage(labels: torch.Tensor, k: int) -> tuple[np.ndarray, float]:
-    """How often each code is used, and exp(entropy of the usage): K when every code is used equally, 1 when
-    one code takes all."""
-    usage = torch.bincount(labels, minlength=k).numpy()
-    p_use = usage[usage > 0] / max(1, usage.sum())
-    effective = float(np.exp(-(p_use * np.log(p_use)).sum())) if p_use.size else 0.0
-    return usage, effective
-
-
-def _fit_kmeans(
-    params: CorrelateParams,
-    corr: torch.Tensor,
-    n_co: int,
-    base: dict[str, Any],
-    meta: dict[str, Any],
-    shares: list[float],
-    device: torch.device,
-) -> tuple[dict[str, Any], CorrelationCodebook]:
-    """``correlate.quantizer: kmeans``: K centroids of the D-dim correlation vectors; stats and codebook."""
-    km = fit_kmeans(corr.to(device), params.codes, params.kmeans_iters, params.seed)
-    usage, effective = _usage(km.labels, params.codes)
-    stats = {
-        **base,
-        "inertia": float(f"{km.inertia:.9g}"),
-        "mean_sq_distance": float(f"{km.inertia / max(1, len(corr)):.6g}"),
-        # inertia / total squared deviation of the sample from its mean: the share of the correlation
-        # vectors' variance the K centroids leave unexplained (comparable across reductions, unlike inertia)
-        "inertia_ratio": inertia_ratio(km.inertia, corr),
-        "iterations": km.iterations,
-        "converged": km.converged,
-        "reseeded_clusters": km.reseeded,
-        "usage": usage.tolist(),
-        "codes_used": int((usage > 0).sum()),
-        "max_code_share": float(f"{usage.max() / max(1, usage.sum()):.6g}"),
-        # exp(entropy of the usage): K when every code is used equally, 1 when one code takes all
-        "effective_codes": float(f"{effective:.6g}"),
-        "sub_vector_variance_share": shares,
-        "sub_vector_cosine": sub_vector_cosine_stats(corr, n_co),
-    }
-    codebook = CorrelationCodebook(
-        km.centroids,
-        {
-            **meta,
-            "inertia": stats["inertia"],
-            "kmeans_iters": params.kmeans_iters,
-            "dim": params.dim,
-            "reduction": params.reduction,
-            "rotate": params.rotate,
-            "codes_used": stats["codes_used"],
-            "max_code_share": stats["max_code_share"],
-            "effective_codes": stats["effective_codes"],
-            "sub_vector_variance_share": shares,
-        },
-    )
-    return stats, codebook
-
-
-def _fit_vq(
-    params: CorrelateParams,
-    corr: torch.Tensor,
-    n_co: int,
-    base: dict[str, Any],
-    meta: dict[str, Any],
-    shares: list[float],
-) -> tuple[dict[str, Any], ProductCodebook]:
-    """``correlate.quantizer: vq``: K scalar levels per sub-vector (1-D k-means); stats and codebook.
-
-    The scalar summaries keep their k-means meaning where one exists: ``codes_used`` is the fewest levels
-    any sub-vector uses, ``max_code_share`` the largest share one level takes in its sub-vector,
-    ``effective_codes`` the mean over sub-vectors; the ``*_per_sub_vector`` lists give each one.
-    """
-    fit = fit_product_levels(corr, params.codes)
-    per = [_usage(fit.labels[:, d], params.codes) for d in range(corr.shape[1])]
-    usage = np.stack([u for u, _ in per])  # (D, K)
-    used = (usage > 0).sum(1)
-    max_share = usage.max(1) / np.maximum(1, usage.sum(1))
-    effective = [e for _, e in per]
-    stats = {
-        "quantizer": "vq",
-        **base,
-        "inertia": float(f"{fit.inertia:.9g}"),
-        "mean_sq_distance": float(f"{fit.inertia / max(1, len(corr)):.6g}"),
-        "inertia_ratio": inertia_ratio(fit.inertia, corr),
-        "sub_vector_inertia_ratio": [
-            inertia_ratio(v, corr[:, d : d + 1]) for d, v in enumerate(fit.sub_vector_inertia)
-        ],
-        "iterations": max(fit.iterations),
-        "iterations_per_sub_vector": fit.iterations,
-        "converged": all(fit.converged),
-        "reseeded_clusters": fit.reseeded,
-        "usage": usage.tolist(),  # (D, K)
-        "codes_used": int(used.min()),
-        "codes_used_per_sub_vector": used.tolist(),
-        "max_code_share": float(f"{max_share.max():.6g}"),
-        "max_code_share_per_sub_vector": [float(f"{v:.6g}") for v in max_share],
-        "effective_codes": float(f"{float(np.mean(effective)):.6g}"),
-        "effective_codes_per_sub_vector": [float(f"{v:.6g}") for v in effective],
-        "sub_vector_variance_share": shares,
-        "sub_vector_cosine": sub_vector_cosine_stats(corr, n_co),
-    }
-    codebook = ProductCodebook(
-        fit.levels,
-        {
-            **meta,
-            "inertia": stats["inertia"],
-            "dim": params.dim,
-            "reduction": params.reduction,
-            "rotate": params.rotate,
-            "codes_used": stats["codes_used"],
-            "max_code_share": stats["max_code_share"],
-            "effective_codes": stats["effective_codes"],
-            "sub_vector_variance_share": shares,
-        },
-    )
-    return stats, codebook
 
 
 def build_modality(
@@ -397,9 +273,9 @@ def build_modality(
         "co_occurring_pairs": n_co,
     }
     if params.quantizer == "vq":
-        codebook_stats, codebook = _fit_vq(params, corr, n_co, base, cb_meta, final_shares["shares"])
+        codebook_stats, codebook = fit_vq_codebook(params, corr, n_co, base, cb_meta, final_shares["shares"])
     else:
-        codebook_stats, codebook = _fit_kmeans(
+        codebook_stats, codebook = fit_kmeans_codebook(
             params, corr, n_co, base, cb_meta, final_shares["shares"], device
         )
     codebook.save(codebook_file(out_dir, modality))

@@ -21,7 +21,7 @@ from torch import Tensor
 
 from pipeline.errors import PipelineError
 from pipeline.progress import progress_bar
-from pipeline.supervision.scores import nearest_centroid, nearest_level
+from pipeline.supervision.codebooks import nearest_centroid, nearest_level
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def fit_kmeans(
 
     Returns:
         The :class:`KMeansResult`; labels and inertia use the exact nearest-centroid rule of
-        :func:`pipeline.supervision.scores.nearest_centroid`, as the codebook will.
+        :func:`pipeline.supervision.codebooks.nearest_centroid`, as the codebook will.
     """
     x = x.float().contiguous()
     n = x.shape[0]
@@ -185,7 +185,7 @@ def fit_levels_1d(x: np.ndarray, k: int, max_iters: int = LEVELS_MAX_ITERS) -> L
       already spreads the levels by mass, which for a smooth, unimodal distribution such as one sub-vector's
       cosines is close to the optimum (equal-mass cells); k-means++ draws would add seed variance for nothing.
     - Lloyd never increases the squared error, and ties follow the codebook's rule (a value on a midpoint goes
-      to the lower level), so the fit and :func:`pipeline.supervision.scores.nearest_level` agree. A level
+      to the lower level), so the fit and :func:`pipeline.supervision.codebooks.nearest_level` agree. A level
       left with no value (duplicate quantiles, e.g. many exact zeros from zero vectors) is moved to the value
       farthest from its level, as :func:`fit_kmeans` re-seeds, unless every value already sits on a level.
 
@@ -247,7 +247,7 @@ def fit_product_levels(
 ) -> ProductLevelsResult:
     """K scalar levels for each column of ``corr`` (P, D) by :func:`fit_levels_1d` (no seed needed).
 
-    Labels and inertia use the exact nearest-level rule of :func:`pipeline.supervision.scores.nearest_level`
+    Labels and inertia use the exact nearest-level rule of :func:`pipeline.supervision.codebooks.nearest_level`
     on the float32 levels, as the codebook will.
     """
     x = corr.detach().cpu().double()

@@ -149,13 +149,9 @@ def _run_train(
     modalities, num_items, teachers, model = setup.modalities, setup.num_items, setup.teachers, setup.model
     kd_on, neighbours, windows, lengths = setup.kd_on, setup.neighbours, setup.windows, setup.lengths
     valid_cases, steps_per_epoch, mean_targets = setup.valid_cases, setup.steps_per_epoch, setup.mean_targets
-    optimizer, scheduler, score_fn, diag_pairs = (
-        setup.optimizer,
-        setup.scheduler,
-        setup.score_fn,
-        setup.diag_pairs,
-    )
-    fwd_model, autocast, ckpt_path = setup.fwd_model, setup.autocast, setup.ckpt_path
+    optimizer, scheduler, score_fn = setup.optimizer, setup.scheduler, setup.score_fn
+    diag_pairs, fwd_model = setup.diag_pairs, setup.fwd_model
+    autocast, ckpt_path = setup.autocast, setup.ckpt_path
     grad_norms: dict[str, float] = {}
     state = TrainState()
     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
