@@ -14,11 +14,11 @@ import torch
 from helpers import write_items, write_sequences, write_tiny_recommender
 
 from pipeline.config import PROJECT_ROOT, MLflowParams, RecommendParams
-from pipeline.evaluation.cases import build_eval_cases, read_sequences
+from pipeline.evaluation.cases import build_eval_cases, history_windows, read_sequences
 from pipeline.evaluation.metrics import evaluate_scorer
 from pipeline.io import read_parquet
 from pipeline.models import load_student
-from pipeline.recommend.topk import ItemCatalogue, Recommender, UnknownItemsError, run_recommend
+from pipeline.recommend.topk import ItemCatalogue, Recommender, UnknownItemsError, run_recommend, top_k
 
 torch.set_num_threads(1)
 
@@ -128,6 +128,25 @@ def test_recommend_stage_equals_the_evaluators_ranking(project) -> None:
     with torch.inference_mode():
         scores = model.user_scores(cases.inputs)[torch.arange(len(rows)), cases.targets]
     np.testing.assert_allclose([r["score"] for r in rows], scores.numpy(), rtol=1e-5)
+
+
+def test_a_served_model_computes_its_item_table_once(project, monkeypatch: pytest.MonkeyPatch) -> None:
+    root, seqs = project
+    rec = Recommender.load(root / "models", root / "data/processed/items.parquet", "cpu")
+    flat = np.concatenate([np.asarray(s, dtype=np.int64) for s in seqs[:3]])
+    offsets = np.cumsum([0] + [len(s) for s in seqs[:3]])
+    calls = []
+    original = rec.model.item_representations
+    monkeypatch.setattr(rec.model, "item_representations", lambda: calls.append(1) or original())
+    items, scores = rec.top_k_csr(flat, offsets, 4, mask_history=True)
+    rec.top_k_csr(flat, offsets, 4, mask_history=True)
+    assert calls == []  # computed when the recommender was built, not per call
+    # the same answer as scoring with the table recomputed
+    with torch.inference_mode():
+        inputs, indptr, hist = history_windows(flat, offsets[:-1], np.diff(offsets), rec.model.max_len)
+        ref_items, ref_scores = top_k(rec.model.user_scores(inputs), 4, indptr, hist)
+    assert calls == [1] and np.array_equal(items, ref_items.numpy())
+    np.testing.assert_allclose(scores, ref_scores.numpy(), rtol=1e-6)
 
 
 def test_cli_prints_the_top_k_with_text(project, monkeypatch: pytest.MonkeyPatch, capsys) -> None:

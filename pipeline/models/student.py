@@ -314,13 +314,17 @@ class Student(nn.Module):
         items = self.item_representations() if items is None else items
         return hidden @ items.T
 
-    def user_scores(self, seq: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    def user_scores(
+        self, seq: torch.Tensor, chunk: int = 256, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """Next-item scores (B, N+1) for left-padded inputs (B, L): the hidden state at the last position.
 
         Rows are encoded in chunks of similar length with all-padding columns dropped; exact, because the
-        encoders do not depend on left padding, and several times faster on short-sequence data.
+        encoders do not depend on left padding, and several times faster on short-sequence data. ``items``:
+        :meth:`item_representations` computed once by a caller that scores many batches with fixed weights
+        (a served model), instead of at every call.
         """
-        items = self.item_representations()
+        items = self.item_representations() if items is None else items
         table = self.input_table(items)
         seq = seq[:, -self.cfg.max_len :]
         order = torch.argsort((seq != 0).sum(1), stable=True)
