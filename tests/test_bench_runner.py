@@ -1,8 +1,8 @@
-"""benchmarks/run_all.py: per-child measurement, the Markdown table, and a real --quick ingest run."""
+"""benchmarks/run_all.py and its modules: per-child measurement (harness), the Markdown table (report), and a
+real --quick ingest run."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -13,28 +13,22 @@ import pytest
 from pipeline.config import PROJECT_ROOT
 
 SCRIPT = PROJECT_ROOT / "benchmarks" / "run_all.py"
+if str(PROJECT_ROOT) not in sys.path:  # benchmarks/ is a package of the project root, not installed
+    sys.path.insert(0, str(PROJECT_ROOT))
 
-
-@pytest.fixture(scope="module")
-def run_all():
-    spec = importlib.util.spec_from_file_location("bench_run_all", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is created
-    spec.loader.exec_module(module)
-    yield module
-    del sys.modules[spec.name]
+from benchmarks import harness, report  # noqa: E402
 
 
 def test_measure_subprocess_reads_the_childs_own_peak_rss(tmp_path: Path) -> None:
     # wait4's figure never drops below the parent's RSS (Linux counts the image replaced at exec), and the
     # pytest process may hold torch and more by now: measure from a small parent process instead
     code = (
-        f"import sys, json; from pathlib import Path; sys.path.insert(0, {str(SCRIPT.parent)!r}); "
-        "import run_all; "
-        "big = run_all.measure_subprocess([sys.executable, '-c', "
+        f"import sys, json; from pathlib import Path; sys.path.insert(0, {str(PROJECT_ROOT)!r}); "
+        "from benchmarks import harness; "
+        "big = harness.measure_subprocess([sys.executable, '-c', "
         "'import time; b = bytearray(300 * 2**20); time.sleep(0.2)'], "
         f"Path({str(tmp_path)!r}) / 'big.log'); "
-        f"small = run_all.measure_subprocess([sys.executable, '-c', 'pass'], Path({str(tmp_path)!r}) / 's.log'); "
+        f"small = harness.measure_subprocess([sys.executable, '-c', 'pass'], Path({str(tmp_path)!r}) / 's.log'); "
         "print(json.dumps([big.returncode, big.timed_out, big.peak_rss_mb, big.wall_s, small.peak_rss_mb]))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -46,34 +40,35 @@ def test_measure_subprocess_reads_the_childs_own_peak_rss(tmp_path: Path) -> Non
     assert small_rss < 300
 
 
-def test_own_peak_rss_ignores_the_pre_exec_image(run_all, tmp_path: Path) -> None:
+def test_own_peak_rss_ignores_the_pre_exec_image(tmp_path: Path) -> None:
     # the child reads its own peak; a 300 MiB buffer in the parent at spawn time must not show in it
     ballast = bytearray(300 * 2**20)
     code = (
-        f"import sys; sys.path.insert(0, {str(SCRIPT.parent)!r}); import run_all; "
-        "b = bytearray(100 * 2**20); print(round(run_all.own_peak_rss_mb()))"
+        f"import sys; sys.path.insert(0, {str(PROJECT_ROOT)!r}); "
+        "from benchmarks import harness; "
+        "b = bytearray(100 * 2**20); print(round(harness.own_peak_rss_mb()))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     own = float(proc.stdout.strip().splitlines()[-1])
     assert 100 <= own < 300  # the buffer plus an interpreter with pydantic, numpy and pyarrow
     # whereas wait4's figure for a child includes the parent's image it replaced at exec
-    assert run_all.measure_subprocess([sys.executable, "-c", "pass"], tmp_path / "p.log").peak_rss_mb > 300
+    assert harness.measure_subprocess([sys.executable, "-c", "pass"], tmp_path / "p.log").peak_rss_mb > 300
     del ballast
 
 
-def test_measure_subprocess_timeout_and_exit_status(run_all, tmp_path: Path) -> None:
-    m = run_all.measure_subprocess(
+def test_measure_subprocess_timeout_and_exit_status(tmp_path: Path) -> None:
+    m = harness.measure_subprocess(
         [sys.executable, "-c", "import time; time.sleep(30)"], tmp_path / "slow.log", timeout_s=0.5
     )
     assert m.timed_out and m.returncode == -9 and m.wall_s < 10
-    failed = run_all.measure_subprocess(
+    failed = harness.measure_subprocess(
         [sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], tmp_path / "fail.log"
     )
     assert failed.returncode == 3
-    assert run_all._log_tail(tmp_path / "fail.log") == "boom"
+    assert harness._log_tail(tmp_path / "fail.log") == "boom"
 
 
-def test_markdown_table(run_all) -> None:
+def test_markdown_table() -> None:
     rows = [
         {
             "scenario": "demo",
@@ -91,7 +86,7 @@ def test_markdown_table(run_all) -> None:
         },
         {"scenario": "beauty", "stage": "(all)", "status": "skipped", "note": "skipped: no data"},
     ]
-    assert run_all.markdown_table(rows) == (
+    assert report.markdown_table(rows) == (
         "| scenario | stage | status | wall s | stage s | peak RSS MiB | CPU s | throughput | device | GPU peak MiB |\n"
         "|---|---|---|---|---|---|---|---|---|---|\n"
         "| demo | train | ok | 12.3 | 10.0 | 2,048 | 20.0 | 1,234 seq/s | cuda (H100) | 513 |\n"
@@ -99,8 +94,8 @@ def test_markdown_table(run_all) -> None:
         "\n"
         "- beauty / (all): skipped: no data\n"
     )
-    assert run_all._rate(9.5123, "items/s") == "9.51 items/s"
-    assert run_all._rate(12.25, "items/s") == "12.2 items/s"
+    assert report._rate(9.5123, "items/s") == "9.51 items/s"
+    assert report._rate(12.25, "items/s") == "12.2 items/s"
 
 
 def test_quick_demo_ingest_writes_a_measured_row(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Stage benchmarks: the runner (run_all.py) and its harness, scenarios and report modules."""
