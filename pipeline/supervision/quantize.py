@@ -23,6 +23,39 @@ def _usage(labels: torch.Tensor, k: int) -> tuple[np.ndarray, float]:
     return usage, effective
 
 
+def _common_stats(
+    base: dict[str, Any], inertia: float, corr: torch.Tensor, shares: list[float], n_co: int
+) -> dict[str, Any]:
+    """What both codebooks report: the fit's error, the variance shares and the sub-vector cosines."""
+    return {
+        **base,
+        "inertia": float(f"{inertia:.9g}"),
+        "mean_sq_distance": float(f"{inertia / max(1, len(corr)):.6g}"),
+        # inertia / total squared deviation of the sample from its mean: the share of the correlation
+        # vectors' variance the codebook leaves unexplained (comparable across reductions, unlike inertia)
+        "inertia_ratio": inertia_ratio(inertia, corr),
+        "sub_vector_variance_share": shares,
+        "sub_vector_cosine": sub_vector_cosine_stats(corr, n_co),
+    }
+
+
+def _codebook_meta(
+    meta: dict[str, Any], stats: dict[str, Any], params: CorrelateParams, shares: list[float]
+) -> dict[str, Any]:
+    """The metadata a codebook file carries (either kind)."""
+    return {
+        **meta,
+        "inertia": stats["inertia"],
+        "dim": params.dim,
+        "reduction": params.reduction,
+        "rotate": params.rotate,
+        "codes_used": stats["codes_used"],
+        "max_code_share": stats["max_code_share"],
+        "effective_codes": stats["effective_codes"],
+        "sub_vector_variance_share": shares,
+    }
+
+
 def fit_kmeans_codebook(
     params: CorrelateParams,
     corr: torch.Tensor,
@@ -36,12 +69,7 @@ def fit_kmeans_codebook(
     km = fit_kmeans(corr.to(device), params.codes, params.kmeans_iters, params.seed)
     usage, effective = _usage(km.labels, params.codes)
     stats = {
-        **base,
-        "inertia": float(f"{km.inertia:.9g}"),
-        "mean_sq_distance": float(f"{km.inertia / max(1, len(corr)):.6g}"),
-        # inertia / total squared deviation of the sample from its mean: the share of the correlation
-        # vectors' variance the K centroids leave unexplained (comparable across reductions, unlike inertia)
-        "inertia_ratio": inertia_ratio(km.inertia, corr),
+        **_common_stats(base, km.inertia, corr, shares, n_co),
         "iterations": km.iterations,
         "converged": km.converged,
         "reseeded_clusters": km.reseeded,
@@ -50,25 +78,9 @@ def fit_kmeans_codebook(
         "max_code_share": float(f"{usage.max() / max(1, usage.sum()):.6g}"),
         # exp(entropy of the usage): K when every code is used equally, 1 when one code takes all
         "effective_codes": float(f"{effective:.6g}"),
-        "sub_vector_variance_share": shares,
-        "sub_vector_cosine": sub_vector_cosine_stats(corr, n_co),
     }
-    codebook = CorrelationCodebook(
-        km.centroids,
-        {
-            **meta,
-            "inertia": stats["inertia"],
-            "kmeans_iters": params.kmeans_iters,
-            "dim": params.dim,
-            "reduction": params.reduction,
-            "rotate": params.rotate,
-            "codes_used": stats["codes_used"],
-            "max_code_share": stats["max_code_share"],
-            "effective_codes": stats["effective_codes"],
-            "sub_vector_variance_share": shares,
-        },
-    )
-    return stats, codebook
+    meta = {**_codebook_meta(meta, stats, params, shares), "kmeans_iters": params.kmeans_iters}
+    return stats, CorrelationCodebook(km.centroids, meta)
 
 
 def fit_vq_codebook(
@@ -93,10 +105,7 @@ def fit_vq_codebook(
     effective = [e for _, e in per]
     stats = {
         "quantizer": "vq",
-        **base,
-        "inertia": float(f"{fit.inertia:.9g}"),
-        "mean_sq_distance": float(f"{fit.inertia / max(1, len(corr)):.6g}"),
-        "inertia_ratio": inertia_ratio(fit.inertia, corr),
+        **_common_stats(base, fit.inertia, corr, shares, n_co),
         "sub_vector_inertia_ratio": [
             inertia_ratio(v, corr[:, d : d + 1]) for d, v in enumerate(fit.sub_vector_inertia)
         ],
@@ -111,21 +120,5 @@ def fit_vq_codebook(
         "max_code_share_per_sub_vector": [float(f"{v:.6g}") for v in max_share],
         "effective_codes": float(f"{float(np.mean(effective)):.6g}"),
         "effective_codes_per_sub_vector": [float(f"{v:.6g}") for v in effective],
-        "sub_vector_variance_share": shares,
-        "sub_vector_cosine": sub_vector_cosine_stats(corr, n_co),
     }
-    codebook = ProductCodebook(
-        fit.levels,
-        {
-            **meta,
-            "inertia": stats["inertia"],
-            "dim": params.dim,
-            "reduction": params.reduction,
-            "rotate": params.rotate,
-            "codes_used": stats["codes_used"],
-            "max_code_share": stats["max_code_share"],
-            "effective_codes": stats["effective_codes"],
-            "sub_vector_variance_share": shares,
-        },
-    )
-    return stats, codebook
+    return stats, ProductCodebook(fit.levels, _codebook_meta(meta, stats, params, shares))
