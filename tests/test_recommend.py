@@ -13,8 +13,9 @@ import pytest
 import torch
 from helpers import write_items, write_sequences, write_tiny_recommender
 
+from pipeline.artifacts import read_sequences
 from pipeline.config import PROJECT_ROOT, MLflowParams, RecommendParams
-from pipeline.evaluation.cases import build_eval_cases, history_windows, read_sequences
+from pipeline.evaluation.cases import build_eval_cases, history_windows
 from pipeline.evaluation.metrics import evaluate_scorer
 from pipeline.io import read_parquet
 from pipeline.models import load_student

@@ -251,7 +251,8 @@ def test_teacher_neighbour_pairs_join_the_distillation(base_params: Params, tmp_
 
 
 def test_training_beats_popularity_on_structured_data(base_params: Params, tmp_path: Path) -> None:
-    from pipeline.evaluation.cases import load_eval_cases, read_sequences
+    from pipeline.artifacts import read_sequences
+    from pipeline.evaluation.cases import load_eval_cases
     from pipeline.evaluation.metrics import evaluate_scorer, popularity_scores
 
     seq, sup = write_tiny_data(tmp_path)

@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, NamedTuple
+from typing import Literal
 
 import numpy as np
 import torch
+
+from pipeline.artifacts.sequences import Sequences, check_sequences, read_sequences
 
 Part = Literal["valid", "test"]
 
@@ -43,49 +45,30 @@ class EvalCases:
 
 
 # --------------------------------------------------------------------------------------------- cases
-def _flatten_sequences(items: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """Per-user item arrays -> (flat values int64, offsets (U+1,) int64)."""
-    lengths = np.fromiter((len(s) for s in items), dtype=np.int64, count=len(items))
-    offsets = np.zeros(len(items) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=offsets[1:])
-    if offsets[-1] == 0:
-        return np.zeros(0, dtype=np.int64), offsets
-    flat = np.concatenate([np.asarray(s, dtype=np.int64).reshape(-1) for s in items])
-    return flat, offsets
+def cases_from_sequences(seqs: Sequences, part: Part, max_len: int) -> EvalCases:
+    """One evaluation case per held-out ``part`` target of CSR sequences (users = ``seqs.users``).
 
-
-def _cases_from_flat(
-    flat: np.ndarray,
-    offsets: np.ndarray,
-    train_end: np.ndarray,
-    valid_end: np.ndarray,
-    part: Part,
-    max_len: int,
-    users: np.ndarray,
-) -> EvalCases:
-    """Vectorised core of :func:`build_eval_cases` on a CSR (flat values, offsets) view of the sequences."""
+    Raises:
+        ValueError: a bad ``part`` or ``max_len``, inconsistent split boundaries, a padding id (0) in a
+            sequence, or a target with no item before it.
+    """
     if part not in ("valid", "test"):
         raise ValueError(f"part must be 'valid' or 'test', got {part!r}")
     if max_len < 1:
         raise ValueError(f"max_len must be >= 1, got {max_len}")
+    flat, offsets, train_end, valid_end, users = (
+        seqs.flat,
+        seqs.offsets,
+        seqs.train_end,
+        seqs.valid_end,
+        seqs.users,
+    )
     n_users = len(offsets) - 1
     lengths = np.diff(offsets)
-    train_end = np.asarray(train_end, dtype=np.int64).reshape(-1)
-    valid_end = np.asarray(valid_end, dtype=np.int64).reshape(-1)
-    users = np.asarray(users, dtype=np.int64).reshape(-1)
     for name, arr in (("train_end", train_end), ("valid_end", valid_end), ("users", users)):
         if len(arr) != n_users:
             raise ValueError(f"{name} has {len(arr)} entries but there are {n_users} sequences")
-    bad = np.flatnonzero((train_end < 0) | (train_end > valid_end) | (valid_end > lengths))
-    if len(bad):
-        r = int(bad[0])
-        raise ValueError(
-            f"sequence at row {r}: need 0 <= train_end <= valid_end <= len(items), got train_end="
-            f"{train_end[r]}, valid_end={valid_end[r]}, len={lengths[r]} ({len(bad)} bad row(s))"
-        )
-    if len(flat) and flat.min() < 1:
-        r = int(np.searchsorted(offsets, int(np.argmax(flat < 1)), side="right") - 1)
-        raise ValueError(f"sequence at row {r}: item ids must be >= 1 (0 is padding)")
+    check_sequences(flat, offsets, train_end, valid_end)
 
     start, stop = (train_end, valid_end) if part == "valid" else (valid_end, lengths)
     per_user = stop - start  # targets per user
@@ -166,61 +149,7 @@ def build_eval_cases(
         ValueError: inconsistent split boundaries, a padding id (0) in a sequence, or a target with no
             item before it.
     """
-    flat, offsets = _flatten_sequences(items)
-    if users is None:
-        users = np.arange(len(items), dtype=np.int64)
-    return _cases_from_flat(
-        flat, offsets, np.asarray(train_end), np.asarray(valid_end), part, max_len, np.asarray(users)
-    )
-
-
-class SequenceTable(NamedTuple):
-    """The columns of ``data/processed/sequences.parquet`` that evaluation needs, one entry per user."""
-
-    users: np.ndarray  # (U,) int64 user ids
-    items: list[np.ndarray]  # per-user int64 chronological items (held-out items included)
-    train_end: np.ndarray  # (U,) int64
-    valid_end: np.ndarray  # (U,) int64
-
-
-def read_sequences(sequences_path: Path) -> SequenceTable:
-    """Read ``user``, ``items``, ``train_end``, ``valid_end`` from ``data/processed/sequences.parquet``.
-
-    Raises:
-        FileNotFoundError: the file is missing.
-        DataError: not Parquet, or a required column is missing or malformed.
-    """
-    import pyarrow as pa  # keep module imports to torch + numpy
-
-    from pipeline.errors import DataError
-    from pipeline.io import read_parquet
-
-    sequences_path = Path(sequences_path)
-    try:
-        table = read_parquet(sequences_path)
-    except ValueError as err:
-        raise DataError(str(err)) from None
-    required = ["user", "items", "train_end", "valid_end"]
-    missing = [c for c in required if c not in table.column_names]
-    if missing:
-        raise DataError(f"{sequences_path}: missing column(s) {missing} (has {table.column_names})")
-    col = table.column("items").combine_chunks()
-    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
-        raise DataError(f"{sequences_path}: column 'items' must be a list of ints, got {col.type}")
-    for name in required:
-        nulls = table.column(name).null_count
-        if nulls:
-            raise DataError(f"{sequences_path}: column {name!r} has {nulls} null row(s)")
-    offsets = col.offsets.to_numpy().astype(np.int64)
-    values = col.values.to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = values[offsets[0] : offsets[-1]]
-    items = np.split(flat, offsets[1:-1] - offsets[0])
-    return SequenceTable(
-        users=table.column("user").to_numpy().astype(np.int64),
-        items=items,
-        train_end=table.column("train_end").to_numpy().astype(np.int64),
-        valid_end=table.column("valid_end").to_numpy().astype(np.int64),
-    )
+    return cases_from_sequences(Sequences.from_lists(items, train_end, valid_end, users), part, max_len)
 
 
 def load_eval_cases(sequences_path: Path, part: Part, max_len: int) -> EvalCases:
@@ -234,6 +163,6 @@ def load_eval_cases(sequences_path: Path, part: Part, max_len: int) -> EvalCases
 
     seqs = read_sequences(sequences_path)
     try:
-        return build_eval_cases(seqs.items, seqs.train_end, seqs.valid_end, part, max_len, users=seqs.users)
+        return cases_from_sequences(seqs, part, max_len)
     except ValueError as err:
         raise DataError(f"{sequences_path}: {err}") from None

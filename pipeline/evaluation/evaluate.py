@@ -15,10 +15,11 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.artifacts import read_sequences
 from pipeline.config import EvalParams, MLflowParams, ParamsView
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
-from pipeline.evaluation.cases import EvalCases, build_eval_cases, read_sequences
+from pipeline.evaluation.cases import EvalCases, cases_from_sequences
 from pipeline.evaluation.metrics import evaluate_scorer, popularity_scores
 from pipeline.io import write_json, write_parquet
 from pipeline.layout import MODEL_CONFIG, MODEL_WEIGHTS
@@ -151,9 +152,9 @@ def run_evaluate(
     num_items, max_len = int(model.num_items), int(model.max_len)
 
     seqs = read_sequences(sequences_path)
-    if not seqs.items:
+    if not seqs.num_users:
         raise DataError(f"{sequences_path}: no users")
-    top = max((int(s.max()) for s in seqs.items if len(s)), default=0)
+    top = seqs.num_items
     if top > num_items:
         raise DataError(
             f"{sequences_path}: item id {top} is outside the model's catalogue 1..{num_items} "
@@ -162,9 +163,7 @@ def run_evaluate(
     cases: dict[str, EvalCases] = {}
     for part in PARTS:
         try:
-            cases[part] = build_eval_cases(
-                seqs.items, seqs.train_end, seqs.valid_end, part, max_len, users=seqs.users
-            )
+            cases[part] = cases_from_sequences(seqs, part, max_len)
         except ValueError as err:
             raise DataError(f"{sequences_path}: {err}") from None
         if len(cases[part]) == 0:

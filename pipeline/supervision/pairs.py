@@ -11,10 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 
+from pipeline.artifacts import Sequences, read_sequences
 from pipeline.errors import DataError
-from pipeline.io import read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +35,7 @@ class TrainingItemSets:
 
 
 def training_item_sets(
-    sequences: list[list[int]] | pa.Table,
+    sequences: list[list[int]] | Sequences,
     train_end: np.ndarray | None = None,
     excluded: np.ndarray | None = None,
     source: str = "sequences",
@@ -44,8 +43,8 @@ def training_item_sets(
     """Distinct items of ``items[:train_end]`` per user, dropping excluded items.
 
     Args:
-        sequences: a table with ``items`` (list<int>) and ``train_end`` columns (as in sequences.parquet), or
-            a list of per-user item lists together with ``train_end``.
+        sequences: the CSR sequences (as read from sequences.parquet), or a list of per-user item lists
+            together with ``train_end``.
         train_end: (U,) training prefix lengths when ``sequences`` is a list.
         excluded: optional (N + 1,) bool mask indexed by item id.
         source: the file name used in error messages.
@@ -53,16 +52,8 @@ def training_item_sets(
     Returns:
         The per-user distinct training items.
     """
-    if isinstance(sequences, pa.Table):
-        for col in ("items", "train_end"):
-            if col not in sequences.column_names:
-                raise DataError(f"{source}: missing column {col!r} (found {sequences.column_names})")
-        lists = sequences.column("items").combine_chunks()
-        ends = sequences.column("train_end").to_numpy().astype(np.int64)
-        offsets = lists.offsets.to_numpy().astype(np.int64)
-        values = lists.values.to_numpy().astype(np.int64)
-        if offsets[0] != 0:  # a sliced array: rebase
-            values, offsets = values[offsets[0] : offsets[-1]], offsets - offsets[0]
+    if isinstance(sequences, Sequences):
+        ends, offsets, values = sequences.train_end, sequences.offsets, sequences.flat
     else:
         if train_end is None:
             raise ValueError("train_end is required when sequences is a list")
@@ -154,12 +145,10 @@ def read_training_item_sets(
     path: Path, num_items: int, excluded: np.ndarray | None = None
 ) -> TrainingItemSets:
     """Read sequences.parquet and return its per-user distinct training items, checking ids against N."""
-    table = read_parquet(path, columns=["items", "train_end"])
-    if table.num_rows:
-        values = table.column("items").combine_chunks().flatten().to_numpy()
-        if len(values) and int(values.max()) > num_items:
-            raise DataError(
-                f"{path}: item id {int(values.max())} is beyond the {num_items} items of the embeddings "
-                f"(rerun ingest and embed together)"
-            )
-    return training_item_sets(table, excluded=excluded, source=str(path))
+    seqs = read_sequences(path)
+    if seqs.num_items > num_items:
+        raise DataError(
+            f"{path}: item id {seqs.num_items} is beyond the {num_items} items of the embeddings "
+            f"(rerun ingest and embed together)"
+        )
+    return training_item_sets(seqs, excluded=excluded, source=str(path))

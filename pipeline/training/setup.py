@@ -15,10 +15,11 @@ from pathlib import Path
 
 import torch
 
+from pipeline.artifacts import read_sequences
 from pipeline.config import EvalParams, ParamsView, TrainParams, section_dict
 from pipeline.devices import resolve_precision
 from pipeline.errors import PipelineError
-from pipeline.evaluation.cases import EvalCases, build_eval_cases, read_sequences
+from pipeline.evaluation.cases import EvalCases, cases_from_sequences
 from pipeline.layout import neighbours_file, teacher_file
 from pipeline.lineage import check_supervision
 from pipeline.models import Student, StudentConfig
@@ -69,7 +70,7 @@ def build_training(
     modalities = list(train.modalities)
     seqs = read_sequences(sequences_path)
     check_supervision(supervision_dir, sequences_path, modalities)  # stale supervision: fail, naming digests
-    num_items = int(max(int(s.max()) for s in seqs.items if len(s)))
+    num_items = seqs.num_items
     teachers: dict[str, TeacherCorrelation] = {}
     for m in modalities:
         try:
@@ -130,9 +131,7 @@ def build_training(
 
     windows = training_windows(seqs.items, seqs.train_end, train.max_len)  # (U', L+1) on CPU
     lengths = (windows != 0).sum(1)
-    valid_cases = build_eval_cases(
-        seqs.items, seqs.train_end, seqs.valid_end, "valid", train.max_len, users=seqs.users
-    )
+    valid_cases = cases_from_sequences(seqs, "valid", train.max_len)
     windows = windows.to(device)
     steps_per_epoch = math.ceil(len(windows) / train.batch_size)
     mean_targets = float((windows[:, 1:] != 0).sum()) / steps_per_epoch  # next-item targets per batch

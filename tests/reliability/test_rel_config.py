@@ -118,7 +118,7 @@ def test_stage_full_disk_names_the_output_exit_2(
 def test_stage_value_error_from_an_unreadable_input_is_one_line_exit_2(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pipeline.evaluation.cases import read_sequences
+    from pipeline.artifacts import read_sequences
 
     bad = tmp_path / "sequences.parquet"
     bad.write_text("not parquet\nat all\n")
