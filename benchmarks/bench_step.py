@@ -49,8 +49,7 @@ def main() -> None:
     from pipeline.experiments.plan import parse_overrides
     from pipeline.training.batches import bucketed_batches, trim_left_padding
     from pipeline.training.distributed import DistInfo
-    from pipeline.training.losses import next_item_loss
-    from pipeline.training.objective import kd_terms, kd_weight
+    from pipeline.training.objective import batch_loss
     from pipeline.training.setup import build_training
 
     base = with_overrides(load_params(args.params), {"mlflow.enabled": False, "train.device": "cpu"})
@@ -69,19 +68,10 @@ def main() -> None:
         t.model.train()
         runs.append((setting, p, t))
 
-    def step(p, t, idx, gen) -> None:
+    def step(p, t, idx, gen) -> None:  # the training loop's step, one process
         seq = trim_left_padding(t.windows[idx])
-        inputs, targets = seq[:, :-1], seq[:, 1:]
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.autocast):
-            items = t.model.item_representations()
-            keep = targets != 0
-            hidden = t.model.encode(inputs, t.model.input_table(items))
-            loss = next_item_loss(hidden[keep], items, targets[keep])
-            if t.kd_on:
-                for name, term in kd_terms(
-                    t.model, t.teachers, seq, p.train.kd, t.score_fn, gen, DistInfo(), t.neighbours, items
-                ).items():
-                    loss = loss + kd_weight(name, p.train.kd) * term
+            loss, _ = batch_loss(t, p.train, seq, gen, DistInfo())
         t.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         t.optimizer.step()

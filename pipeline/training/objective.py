@@ -1,20 +1,32 @@
-"""The distillation part of a training step: KD pairs of a batch, teacher targets, and the weighted terms.
+"""The loss of a training step: the next-item CE and the distillation terms (KD pairs of a batch, teacher
+targets), weighted.
 
-Kept apart from the loop so the loop reads at a glance and the diagnostics can evaluate the same terms.
+Kept apart from the loop so the loop reads at a glance, and so the diagnostics and ``benchmarks/bench_step.py``
+evaluate the same terms as training.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-from pipeline.config import KDParams
+from pipeline.config import KDParams, ParamsView, TrainParams
 from pipeline.models import Student
 from pipeline.supervision.scores import TeacherCorrelation
-from pipeline.training.batches import catalogue_pairs, neighbour_pairs, sequence_pairs, within_sequence_pairs
+from pipeline.training.batches import (
+    catalogue_pairs,
+    neighbour_pairs,
+    position_weight,
+    sequence_pairs,
+    within_sequence_pairs,
+)
 from pipeline.training.distributed import DistInfo, rank_rows
-from pipeline.training.losses import code_loss, frobenius_holistic_loss, holistic_loss
+from pipeline.training.losses import code_loss, frobenius_holistic_loss, holistic_loss, next_item_loss
+
+if TYPE_CHECKING:
+    from pipeline.training.setup import Training
 
 
 def _share(term: torch.Tensor, n_here: int, n_all: int, dist_info: DistInfo) -> torch.Tensor:
@@ -101,3 +113,38 @@ def kd_terms(
 def kd_weight(name: str, kd: KDParams) -> float:
     """The weight of a term named by :func:`kd_terms` (``hol_<m>`` or ``code_<m>``)."""
     return kd.holistic_weight if name.startswith("hol_") else kd.code_weight
+
+
+def batch_loss(
+    t: Training,
+    train: TrainParams | ParamsView,
+    seq: torch.Tensor,
+    generator: torch.Generator,
+    dist_info: DistInfo,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The weighted loss of one step and its unweighted terms (``ce``, ``hol_<m>``, ``code_<m>``).
+
+    ``seq`` (B, T+1) is the whole batch; under DDP this rank scores its rows (:func:`rank_rows`) and the
+    distillation terms their share. Call it under the step's autocast.
+    """
+    model = t.model
+    part = rank_rows(seq, dist_info)  # this rank's rows (all of them in one process)
+    inputs, targets = part[:, :-1], part[:, 1:]
+    items = model.item_representations()  # (N+1, H): what scores the catalogue
+    keep = targets != 0
+    if len(part):
+        hidden = t.fwd_model.encode(inputs, model.input_table(items))  # (B, T, H)
+        negatives = train.num_negatives if train.loss == "sampled_softmax" else 0
+        ce = next_item_loss(hidden[keep], items, targets[keep], negatives)
+    else:  # a batch with fewer rows than ranks leaves this rank none
+        ce = items.new_zeros((), dtype=torch.float32)
+    # every position weighs the same, whatever the length bucket of its batch; under DDP a rank's positions
+    # are its share, and the ranks' gradients sum to the whole batch's
+    terms = {"ce": ce * position_weight(keep.sum(), t.mean_targets)}
+    loss = terms["ce"]
+    if t.kd_on:
+        kd = kd_terms(model, t.teachers, seq, train.kd, t.score_fn, generator, dist_info, t.neighbours, items)
+        terms.update(kd)
+        for name, term in kd.items():
+            loss = loss + kd_weight(name, train.kd) * term
+    return loss, terms

@@ -32,7 +32,6 @@ from pipeline.progress import progress_bar
 from pipeline.tracking import Tracker, file_digest, start_run
 from pipeline.training.batches import (
     bucketed_batches,
-    position_weight,
     trim_left_padding,
 )
 from pipeline.training.checkpoint import load_checkpoint, save_checkpoint, write_curve
@@ -44,10 +43,8 @@ from pipeline.training.distributed import (
     broadcast_module_,
     cleanup,
     init_from_env,
-    rank_rows,
 )
-from pipeline.training.losses import next_item_loss
-from pipeline.training.objective import kd_terms, kd_weight
+from pipeline.training.objective import batch_loss, kd_weight
 from pipeline.training.setup import build_training
 from pipeline.training.validation import evaluate_sharded, nan_guard
 
@@ -147,11 +144,10 @@ def _run_train(
         train, score, eval_params, sequences_path, supervision_dir, checkpoint_root, device
     )
     modalities, num_items, teachers, model = setup.modalities, setup.num_items, setup.teachers, setup.model
-    kd_on, neighbours, windows, lengths = setup.kd_on, setup.neighbours, setup.windows, setup.lengths
-    valid_cases, steps_per_epoch, mean_targets = setup.valid_cases, setup.steps_per_epoch, setup.mean_targets
+    windows, lengths = setup.windows, setup.lengths
+    valid_cases, steps_per_epoch = setup.valid_cases, setup.steps_per_epoch
     optimizer, scheduler, score_fn = setup.optimizer, setup.scheduler, setup.score_fn
-    diag_pairs, fwd_model = setup.diag_pairs, setup.fwd_model
-    autocast, ckpt_path = setup.autocast, setup.ckpt_path
+    diag_pairs, autocast, ckpt_path = setup.diag_pairs, setup.autocast, setup.ckpt_path
     grad_norms: dict[str, float] = {}
     state = TrainState()
     best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -224,33 +220,8 @@ def _run_train(
             for idx in bar:
                 lrs = scheduler.set_step(state.step)
                 seq = trim_left_padding(windows[idx.to(device)])  # (B, T+1), the whole batch
-                part = rank_rows(seq, dist_info)  # this rank's rows (all of them in one process)
-                inputs, targets = part[:, :-1], part[:, 1:]
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    items = model.item_representations()  # (N+1, H): what scores the catalogue
-                    keep = targets != 0
-                    if len(part):
-                        hidden = fwd_model.encode(inputs, model.input_table(items))  # (B, T, H)
-                        ce = next_item_loss(
-                            hidden[keep],
-                            items,
-                            targets[keep],
-                            train.num_negatives if train.loss == "sampled_softmax" else 0,
-                        )
-                    else:  # a batch with fewer rows than ranks leaves this rank none
-                        ce = items.new_zeros((), dtype=torch.float32)
-                    # every position weighs the same, whatever the length bucket of its batch; under DDP a
-                    # rank's positions are its share, and the ranks' gradients sum to the whole batch's
-                    ce = ce * position_weight(keep.sum(), mean_targets)
-                    terms = {"ce": ce}
-                    loss = terms["ce"]
-                    if kd_on:
-                        kd = kd_terms(
-                            model, teachers, seq, train.kd, score_fn, gen, dist_info, neighbours, items
-                        )
-                        terms.update(kd)
-                        for name, term in kd.items():
-                            loss = loss + kd_weight(name, train.kd) * term
+                    loss, terms = batch_loss(setup, train, seq, gen, dist_info)
                 if n_batches == 0 and modalities:  # once per epoch: each term's gradient on the tables
                     weights = {name: kd_weight(name, train.kd) for name in terms if name != "ce"}
                     grad_norms = table_gradient_norms(model, terms, weights)
