@@ -25,13 +25,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from pipeline.layout import Layout  # noqa: E402
+
 
 def generate(out: Path, items: int, teacher_dim: int, clusters: int, users: int, seed: int) -> None:
-    """Write emb/text.parquet (clustered unit vectors) and sequences.parquet (LOO splits) under ``out``."""
+    """Write the text embeddings (clustered unit vectors) and the sequences (LOO splits) of ``Layout.flat(out)``."""
     import numpy as np
     import pyarrow as pa
 
+    from pipeline.artifacts.vectors import write_item_vectors
     from pipeline.io import write_parquet
+
+    layout = Layout.flat(out)
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, teacher_dim)).astype(np.float32)
@@ -41,14 +46,12 @@ def generate(out: Path, items: int, teacher_dim: int, clusters: int, users: int,
         e = min(items, s + 100_000)
         v = centres[labels[s:e]] + 0.7 * rng.normal(size=(e - s, teacher_dim)).astype(np.float32)
         vectors[s:e] = v / np.linalg.norm(v, axis=1, keepdims=True)
-    (out / "emb").mkdir(parents=True)
-    write_parquet(
-        out / "emb" / "text.parquet",
-        {
-            "item": np.arange(1, items + 1, dtype=np.int32),
-            "vector": vectors,
-            "missing": np.zeros(items, bool),
-        },
+    layout.embeddings.mkdir(parents=True)
+    layout.processed.mkdir(parents=True)
+    write_item_vectors(
+        layout.embedding("text"),
+        vectors,
+        np.zeros(items, bool),
         metadata={
             "model": "synthetic-clustered",
             "dim": teacher_dim,
@@ -61,7 +64,7 @@ def generate(out: Path, items: int, teacher_dim: int, clusters: int, users: int,
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     values = rng.integers(1, items + 1, int(offsets[-1])).astype(np.int32)
     write_parquet(
-        out / "sequences.parquet",
+        layout.sequences,
         pa.table(
             {
                 "user": pa.array(np.arange(1, users + 1, dtype=np.int32)),
@@ -97,14 +100,16 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     work = Path(tempfile.mkdtemp(prefix="bench_correlate_"))
+    layout = Layout.flat(work)
     try:
         t0 = time.perf_counter()
         if args.embeddings is not None:
             if args.sequences is None:
                 ap.error("--embeddings needs --sequences")
-            (work / "emb").mkdir()
-            shutil.copy(args.embeddings, work / "emb" / "text.parquet")
-            shutil.copy(args.sequences, work / "sequences.parquet")
+            layout.embeddings.mkdir()
+            layout.processed.mkdir()
+            shutil.copy(args.embeddings, layout.embedding("text"))
+            shutil.copy(args.sequences, layout.sequences)
             source = f"real: {args.embeddings}"
         else:
             users = args.users or int(round(1.85 * args.items))
@@ -144,9 +149,9 @@ def main() -> None:
             params,
             ["text"],
             MLflowParams(enabled=False),
-            work / "emb",
-            work / "sequences.parquet",
-            work / "sup",
+            layout.embeddings,
+            layout.sequences,
+            layout.supervision,
         )
         wall = time.perf_counter() - t0
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

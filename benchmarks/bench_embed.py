@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import EmbedParams, MLflowParams, TextTeacherParams  # noqa: E402
 from pipeline.devices import resolve_device, resolve_precision  # noqa: E402
 from pipeline.io import write_json, write_parquet  # noqa: E402
+from pipeline.layout import Layout  # noqa: E402
 from pipeline.teachers.embed import run_embed  # noqa: E402
 
 BEAUTY_ITEMS = ROOT.parent / "shared" / "data" / "amazon-beauty" / "items.tsv"
@@ -62,7 +63,8 @@ def bench_text(args: argparse.Namespace, device: str) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         n = len(texts)
-        items = tmp / "items.parquet"
+        items = Layout.flat(tmp).items
+        items.parent.mkdir()
         write_parquet(
             items,
             {

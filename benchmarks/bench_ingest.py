@@ -28,6 +28,7 @@ sys.path.insert(0, str(ROOT))
 from pipeline.config import DataParams, DemoParams, MLflowParams  # noqa: E402
 from pipeline.data.ingest import run_ingest  # noqa: E402
 from pipeline.data.sources.demo import write_demo_raw  # noqa: E402
+from pipeline.layout import Layout  # noqa: E402
 
 CATEGORY = "Bench"
 
@@ -58,7 +59,8 @@ def ingest(workdir: Path, kcore: int) -> None:
         source="amazon2014", category=CATEGORY, raw_dir=str(workdir / "raw"), kcore=kcore, image_column=None
     )
     t0 = time.perf_counter()
-    stats = run_ingest(data, MLflowParams(enabled=False), workdir / "processed", workdir / "data_stats.json")
+    layout = Layout.flat(workdir)
+    stats = run_ingest(data, MLflowParams(enabled=False), layout.processed, layout.data_stats)
     wall = time.perf_counter() - t0
     print(
         f"ingest: {stats['users']:,} users, {stats['items']:,} items, {stats['interactions']:,} interactions "

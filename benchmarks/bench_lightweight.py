@@ -31,6 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pipeline.layout import Layout  # noqa: E402
 from pipeline.threads import configure_threads  # noqa: E402 - sizes OpenMP before torch loads
 
 configure_threads()
@@ -143,10 +144,8 @@ def main() -> None:
     rows = []
     for variant in args.variants:
         train = train_variant(args, variant, out)
-        model_dir = out / f"{variant}-seed{args.seed}" / "models"
-        cost = inference_costs(
-            model_dir, args.data / "processed" / "sequences.parquet", device, args.latency_users
-        )
+        model_dir = Layout.bench_run(args.data, out, variant, args.seed).models
+        cost = inference_costs(model_dir, Layout.flat(args.data).sequences, device, args.latency_users)
         row = {
             "variant": variant,
             **cost,

@@ -47,6 +47,7 @@ def main() -> None:
 
     from pipeline.config import load_params, with_overrides
     from pipeline.experiments.plan import parse_overrides
+    from pipeline.layout import Layout
     from pipeline.training.batches import bucketed_batches, trim_left_padding
     from pipeline.training.distributed import DistInfo
     from pipeline.training.objective import batch_loss
@@ -60,8 +61,8 @@ def main() -> None:
             p.train,
             p.correlate.score,
             p.eval,
-            args.data / "processed" / "sequences.parquet",
-            args.data / "supervision",
+            Layout.flat(args.data).sequences,
+            Layout.flat(args.data).supervision,
             args.data / "bench-step-ckpt",
             torch.device("cpu"),
         )

@@ -74,7 +74,7 @@ def main() -> None:
     for variant in args.variants:
         for seed in args.seeds:
             p = with_overrides(base, {**VARIANTS[variant], "train.seed": seed})
-            layout = Layout.flat(args.data, out / f"{variant}-seed{seed}")
+            layout = Layout.bench_run(args.data, out, variant, seed)
             t0 = time.perf_counter()
             summary = run_stage("train", p, layout, progress=False)
             train_s = time.perf_counter() - t0

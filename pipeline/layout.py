@@ -91,6 +91,12 @@ class Layout:
             recommendations=run / "recommendations.parquet",
         )
 
+    @classmethod
+    def bench_run(cls, data_root: Path, out: Path, variant: str, seed: int) -> Layout:
+        """One run of ``benchmarks/bench_train.py``: shared data under ``data_root``, the run's outputs in
+        ``out/<variant>-seed<seed>``."""
+        return cls.flat(data_root, Path(out) / f"{variant}-seed{seed}")
+
     @property
     def items(self) -> Path:
         return self.processed / ITEMS

@@ -17,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from pipeline.config import ConfigError, parse_params
-from pipeline.config.files import BASE_KEY, DEFAULTS_BASE, read_params_file
+from pipeline.config.files import params_chain, read_params_file
 from pipeline.io import atomic_path
 from stages._common import main
 
@@ -30,21 +30,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.config = args.config.resolve()  # before main() changes directory
     args.out = args.out.resolve() if args.out else None
     return args
-
-
-def base_chain(config: Path) -> list[Path]:
-    """``config`` and the files it is based on, nearest first (stops at ``base: defaults`` or a bad file)."""
-    chain = [config]
-    while len(chain) < 32:
-        try:
-            raw = yaml.safe_load(chain[-1].read_text())
-        except (OSError, yaml.YAMLError):
-            break
-        base = raw.get(BASE_KEY) if isinstance(raw, dict) else None
-        if not isinstance(base, str) or base == DEFAULTS_BASE:
-            break
-        chain.append((chain[-1].parent / base).resolve())
-    return chain
 
 
 def merged_params(config: Path) -> str:
@@ -61,7 +46,7 @@ def _stdout_stat() -> os.stat_result | None:
 
 
 def run(args: argparse.Namespace) -> None:
-    chain = base_chain(args.config)
+    chain = params_chain(args.config)
     if args.out is not None and args.out in chain:
         raise ConfigError(
             f"--out {args.out}: {args.config} reads that file; write the merged params elsewhere"

@@ -1,4 +1,4 @@
-"""The one reader of sequences.parquet: known CSR answers and errors that name the file."""
+"""The artefact readers and writers: known answers (CSR sequences, round trips) and errors that name the file."""
 
 from __future__ import annotations
 
@@ -8,9 +8,18 @@ import numpy as np
 import pytest
 from helpers import write_sequences
 
-from pipeline.artifacts import Sequences, read_sequences
+from pipeline.artifacts import (
+    Sequences,
+    read_item_vectors,
+    read_items,
+    read_neighbours,
+    read_sequences,
+    write_item_vectors,
+    write_neighbours,
+)
 from pipeline.errors import DataError
 from pipeline.evaluation.cases import build_eval_cases, cases_from_sequences
+from pipeline.io import write_parquet
 
 
 def test_three_users_read_into_exact_csr(tmp_path: Path) -> None:
@@ -28,7 +37,7 @@ def test_three_users_read_into_exact_csr(tmp_path: Path) -> None:
     assert s.num_users == 3 and s.num_items == 9
     assert s.lengths.tolist() == [4, 2, 3]
     assert s.items_of(1).tolist() == [5, 9]
-    assert [x.tolist() for x in s.items] == [[3, 1, 4, 1], [5, 9], [2, 6, 5]]
+    assert [s.items_of(u).tolist() for u in range(s.num_users)] == [[3, 1, 4, 1], [5, 9], [2, 6, 5]]
 
 
 def test_csr_cases_equal_the_per_user_cases(tmp_path: Path) -> None:
@@ -66,3 +75,73 @@ def test_inconsistent_ends_and_missing_columns_fail_naming_the_file(tmp_path: Pa
         read_sequences(path)
     with pytest.raises(FileNotFoundError, match="nope.parquet"):
         read_sequences(tmp_path / "nope.parquet")
+
+
+# ------------------------------------------------------------------------------------------- items
+def test_items_reader_selects_columns_and_checks_dense_ids(tmp_path: Path) -> None:
+    path = tmp_path / "items.parquet"
+    write_parquet(path, {"item": np.array([1, 2, 3]), "item_id": ["a", "b", "c"], "text": ["x", None, "z"]})
+    table = read_items(path, ["item", "item_id"])
+    assert table.column_names == ["item", "item_id"]
+    assert table.column("item_id").to_pylist() == ["a", "b", "c"]
+    write_parquet(path, {"item": np.array([1, 3, 2]), "item_id": ["a", "b", "c"], "text": ["x", "y", "z"]})
+    with pytest.raises(
+        DataError, match=r"items\.parquet: column 'item' must be 1\.\.N in order; row 1 has 3"
+    ):
+        read_items(path)
+    write_parquet(path, {"item": np.array([1]), "text": ["x"]})
+    with pytest.raises(DataError, match=r"items\.parquet: missing column\(s\) \['item_id'\]"):
+        read_items(path)
+    write_parquet(path, {"item": np.zeros(0, np.int64), "item_id": [], "text": []})
+    with pytest.raises(DataError, match=r"items\.parquet: no items"):
+        read_items(path)
+
+
+# ----------------------------------------------------------------------------------------- vectors
+def test_vectors_round_trip_with_metadata_and_exclusion(tmp_path: Path) -> None:
+    path = tmp_path / "text.parquet"
+    vectors = np.arange(12, dtype=np.float32).reshape(4, 3)
+    missing = np.array([False, True, False, False])
+    write_item_vectors(path, vectors, missing, {"missing_policy": "exclude", "dim": 3})
+    got = read_item_vectors(path)
+    np.testing.assert_array_equal(got.vectors, vectors)
+    assert got.vectors.dtype == np.float32
+    assert got.missing.tolist() == [False, True, False, False]
+    assert got.metadata == {"missing_policy": "exclude", "dim": 3}
+    assert got.excluded.tolist() == [False, True, False, False]
+    write_item_vectors(path, vectors, missing, {"missing_policy": "mean"})
+    assert read_item_vectors(path).excluded.tolist() == [False] * 4  # imputed, still distilled
+
+
+def test_vectors_reader_names_the_file_for_each_fault(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "teacher_text.parquet"
+    bad = np.ones((3, 2), dtype=np.float32)
+    bad[2, 1] = np.nan
+    write_item_vectors(path, bad, np.zeros(3, bool), {})
+    with pytest.raises(DataError, match=r"teacher_text\.parquet: item 3 has a NaN or infinite vector"):
+        read_item_vectors(path)
+    write_parquet(path, {"item": np.array([1, 2]), "vector": np.array([0.5, 0.25])})
+    with pytest.raises(DataError, match=r"teacher_text\.parquet: column 'vector' must be fixed_size_list"):
+        read_item_vectors(path)
+    write_parquet(path, {"item": np.array([2, 1]), "vector": np.ones((2, 2), np.float32)})
+    with pytest.raises(
+        DataError, match=r"teacher_text\.parquet: column 'item' must be 1\.\.N in order; row 0"
+    ):
+        read_item_vectors(path)
+    write_parquet(path, {"item": np.array([1, 2]), "vector": np.ones((2, 2), np.float32)})
+    got = read_item_vectors(path)  # written by hand without flags: every item present, with a warning
+    assert got.missing.tolist() == [False, False]
+    assert "no 'missing' column" in caplog.text
+
+
+# -------------------------------------------------------------------------------------- neighbours
+def test_neighbours_round_trip_skips_excluded_items(tmp_path: Path) -> None:
+    path = tmp_path / "topk_text.parquet"
+    values = np.array([[0.9, 0.5], [0.8, 0.1], [0.7, 0.6]], dtype=np.float32)
+    indices = np.array([[1, 2], [0, 2], [1, 0]])  # 0-based: item 1's neighbours are items 2 and 3
+    write_neighbours(path, values, indices, np.array([False, True, False]), {"topk": 2})
+    table, counts = read_neighbours(path, num_items=3)
+    assert counts.tolist() == [0, 2, 0, 2]
+    assert table.tolist() == [[0, 0], [2, 3], [0, 0], [2, 1]]

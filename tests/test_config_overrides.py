@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 from pipeline.config import PROJECT_ROOT, ConfigError, load_params
-from pipeline.config.files import merge_params, read_params_file
+from pipeline.config.files import merge_params, params_chain, read_params_file
 
 
-def _write(path: Path, data: dict) -> Path:
+def _write(path: Path, data: dict | list) -> Path:
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -33,6 +33,10 @@ def test_an_overrides_file_is_its_base_with_the_overrides(tmp_path: Path) -> Non
     assert (p.train.epochs, p.train.lr, p.eval.ks) == (5, 0.003, [5, 10])
     chained = _write(tmp_path / "configs" / "y.yaml", {"base": "x.yaml", "eval": {"ks": [20]}})
     assert (load_params(chained).train.epochs, load_params(chained).eval.ks) == (5, [20])
+    assert params_chain(chained) == [chained, config.resolve(), (tmp_path / "params.yaml").resolve()]
+    _write(tmp_path / "params.yaml", ["train", "eval"])  # a base that is not a mapping of sections
+    with pytest.raises(ConfigError, match=r"params\.yaml: a base params file must be a mapping"):
+        load_params(chained)
 
 
 def test_bad_overrides_name_the_file_and_key(tmp_path: Path) -> None:

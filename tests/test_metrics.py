@@ -10,6 +10,7 @@ import pytest
 import torch
 from helpers import write_sequences
 
+from pipeline.artifacts import Sequences
 from pipeline.errors import DataError
 from pipeline.evaluation.cases import build_eval_cases, load_eval_cases
 from pipeline.evaluation.metrics import evaluate_scorer, metrics_from_ranks, popularity_scores, rank_targets
@@ -256,7 +257,7 @@ def test_cuda_matches_cpu() -> None:
 def test_popularity_baseline() -> None:
     items = [np.array([1, 2, 3, 4]), np.array([2, 3, 1, 4]), np.array([2, 4, 4])]
     train_end, valid_end = [2, 2, 1], [3, 3, 2]
-    pop = popularity_scores(items, train_end, num_items=4)
+    pop = popularity_scores(Sequences.from_lists(items, train_end, valid_end), num_items=4)
     # training parts [1, 2], [2, 3], [2]: counts item1=1, item2=3, item3=1, item4=0
     assert pop.tolist() == [0.0, 1.0, 3.0, 1.0, 0.0]
     assert pop.dtype == torch.float32

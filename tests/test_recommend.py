@@ -121,7 +121,7 @@ def test_recommend_stage_equals_the_evaluators_ranking(project) -> None:
     # the evaluator, case by case: each recommended item as the test target after the user's whole history
     model = load_student(root / "models")
     full = read_sequences(root / "data/processed/sequences.parquet")
-    items = [np.append(full.items[r["user"] - 1], r["item"]) for r in rows]
+    items = [np.append(full.items_of(r["user"] - 1), r["item"]) for r in rows]
     ends = [len(s) - 1 for s in items]
     cases = build_eval_cases(items, ends, ends, "test", model.max_len)
     _, ranks = evaluate_scorer(model.user_scores, cases, [5], mask_history=True, batch_size=16)

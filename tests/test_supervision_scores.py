@@ -10,6 +10,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from pipeline.artifacts.neighbours import read_neighbours
 from pipeline.config import CorrelateParams
 from pipeline.errors import DataError
 from pipeline.io import write_parquet
@@ -26,7 +27,6 @@ from pipeline.supervision.scores import (
     TeacherCorrelation,
     block_scores,
     pair_scores,
-    read_neighbours,
     sub_vector_scores,
 )
 

@@ -262,7 +262,7 @@ def test_training_beats_popularity_on_structured_data(base_params: Params, tmp_p
     cases = load_eval_cases(seq, "test", 8)
     ours, _ = evaluate_scorer(model.user_scores, cases, [10], True, 32)
     s = read_sequences(seq)
-    pop = popularity_scores(s.items, s.train_end, N_ITEMS)
+    pop = popularity_scores(s, N_ITEMS)
     base, _ = evaluate_scorer(lambda x: pop.expand(len(x), -1), cases, [10], True, 32)
     assert ours["ndcg_at_10"] > base["ndcg_at_10"] + 0.05
 

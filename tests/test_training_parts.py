@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from pipeline.artifacts import Sequences
 from pipeline.config import AsyncLRParams
 from pipeline.models import Student, StudentConfig
 from pipeline.training import losses
@@ -226,7 +227,7 @@ def test_training_windows_left_pad_and_truncate() -> None:
     import numpy as np
 
     items = [np.array([1, 2, 3, 4, 5]), np.array([6, 7, 8]), np.array([9, 10, 11, 12])]
-    w = training_windows(items, np.array([5, 1, 3]), max_len=3)
+    w = training_windows(Sequences.from_lists(items, [5, 1, 3], [5, 1, 3]), max_len=3)
     # user 2 has a single training item: no target, dropped
     assert w.tolist() == [[2, 3, 4, 5], [0, 9, 10, 11]]
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -73,11 +72,6 @@ class Sequences:
     def items_of(self, u: int) -> np.ndarray:
         """The items of the u-th user (row position), a view."""
         return self.flat[self.offsets[u] : self.offsets[u + 1]]
-
-    @cached_property
-    def items(self) -> list[np.ndarray]:
-        """Per-user item arrays (views into ``flat``), for code that works user by user."""
-        return np.split(self.flat, self.offsets[1:-1])
 
 
 def check_sequences(

@@ -112,8 +112,8 @@ def load_params(path: str | Path = DEFAULT_PARAMS) -> Params:
     return parse_params(read_params_file(path), str(path))
 
 
-def read_params_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
-    """The mapping a params file stands for: its own, or (with ``base:``) its overrides merged over its base."""
+def _read_yaml(path: Path) -> Any:
+    """One params file's own YAML, refusing a missing, unreadable, invalid, duplicate-keyed or empty file."""
     try:
         text = path.read_text()
     except FileNotFoundError:
@@ -132,19 +132,51 @@ def read_params_file(path: Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any
             f"{path}: the params file is empty; write at least one section (data, embed, correlate, train, "
             "eval, mlflow): the repository's params.yaml lists every key with its default"
         )
-    if not isinstance(raw, dict) or BASE_KEY not in raw:
-        return raw
-    raw = dict(raw)
-    base = raw.pop(BASE_KEY)
-    if not isinstance(base, str):
-        raise ConfigError(f"{path}: {BASE_KEY}: expected the path of the params file this one overrides")
-    if base == DEFAULTS_BASE:
-        return merge_params(Params().model_dump(mode="json"), raw)
-    base_path = (path.parent / base).resolve()
-    chain = (*_chain, path.resolve())
-    if base_path in chain:
-        raise ConfigError(f"{path}: {BASE_KEY}: {base} leads back to {base_path} (a cycle)")
-    return merge_params(read_params_file(base_path, chain), raw)
+    return raw
+
+
+def params_chain(path: Path) -> list[Path]:
+    """``path`` and the params files it is based on (``base:``), nearest first.
+
+    The chain ends at a file without a base, with ``base: defaults``, or one that cannot be read as YAML
+    (:func:`read_params_file` says why); a base that leads back into the chain is refused.
+    """
+    chain = [Path(path)]
+    while True:
+        try:
+            raw = yaml.safe_load(chain[-1].read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError):
+            return chain
+        base = raw.get(BASE_KEY) if isinstance(raw, dict) else None
+        if not isinstance(base, str) or base == DEFAULTS_BASE:
+            return chain
+        base_path = (chain[-1].parent / base).resolve()
+        if base_path in {p.resolve() for p in chain}:
+            raise ConfigError(f"{chain[-1]}: {BASE_KEY}: {base} leads back to {base_path} (a cycle)")
+        chain.append(base_path)
+
+
+def read_params_file(path: Path) -> Any:
+    """The mapping a params file stands for: its own, or (with ``base:``) its overrides merged over its base
+    chain (:func:`params_chain`), the farthest base first. Anything but a mapping is returned as read, for
+    :func:`parse_params` to refuse."""
+    chain = params_chain(path)
+    farthest = chain[-1]
+    merged = _read_yaml(farthest)
+    if isinstance(merged, dict) and BASE_KEY in merged:  # no file further: a bad base or base: defaults
+        merged = dict(merged)
+        base = merged.pop(BASE_KEY)
+        if not isinstance(base, str):
+            raise ConfigError(
+                f"{farthest}: {BASE_KEY}: expected the path of the params file this one overrides"
+            )
+        merged = merge_params(Params().model_dump(mode="json"), merged)
+    for file in reversed(chain[:-1]):
+        if not isinstance(merged, dict):
+            raise ConfigError(f"{farthest}: a base params file must be a mapping of sections")
+        raw = _read_yaml(file)  # a mapping with a base: params_chain went on past it
+        merged = merge_params(merged, {k: v for k, v in raw.items() if k != BASE_KEY})
+    return merged
 
 
 def merge_params(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:

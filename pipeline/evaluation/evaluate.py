@@ -169,7 +169,7 @@ def run_evaluate(
         if len(cases[part]) == 0:
             raise DataError(f"{sequences_path}: no {part} targets to evaluate")
 
-    pop = popularity_scores(seqs.items, seqs.train_end, num_items).to(dev)  # (N+1,)
+    pop = popularity_scores(seqs, num_items).to(dev)  # (N+1,)
 
     def popularity_fn(inputs: torch.Tensor) -> torch.Tensor:
         return pop.expand(inputs.shape[0], -1)

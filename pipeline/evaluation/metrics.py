@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from pipeline.artifacts.sequences import Sequences
 from pipeline.evaluation.cases import EvalCases
 
 log = logging.getLogger(__name__)
@@ -187,20 +188,14 @@ def evaluate_scorer(
 
 
 # --------------------------------------------------------------------------------------------- baseline
-def popularity_scores(
-    items: Sequence[np.ndarray],
-    train_end: Sequence[int] | np.ndarray,
-    num_items: int,
-) -> torch.Tensor:
+def popularity_scores(seqs: Sequences, num_items: int) -> torch.Tensor:
     """(N+1,) float32 interaction counts of each item in the training parts (column 0 stays 0).
 
     Used as the popularity baseline: every user gets these scores, so it is the floor a model must beat.
     """
-    train_end = np.asarray(train_end, dtype=np.int64).reshape(-1)
-    if len(train_end) != len(items):
-        raise ValueError(f"train_end has {len(train_end)} entries but there are {len(items)} sequences")
-    parts = [np.asarray(s, dtype=np.int64)[: int(t)] for s, t in zip(items, train_end, strict=True)]
-    flat = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+    lengths = seqs.lengths
+    position = np.arange(len(seqs.flat)) - np.repeat(seqs.offsets[:-1], lengths)
+    flat = seqs.flat[position < np.repeat(seqs.train_end, lengths)]
     if flat.size and (flat.min() < 0 or flat.max() > num_items):
         raise ValueError(f"item ids must be in 1..{num_items}, found {flat.min()}..{flat.max()}")
     counts = np.bincount(flat, minlength=num_items + 1).astype(np.float32)

@@ -84,9 +84,28 @@ UNTRACKED: dict[str, Any] = {"mlflow": True, "embed": {"cache_dir"}}  # keys tha
 SUITE_TAG = "suite.out"  # MLflow tag on the parent run: the absolute suite folder
 
 
+RUN_SUMMARY = "summary.json"  # in a run folder: the training summary
+RUN_PARAMS = "params.json"  # in a run folder: the run's params and the shared data's fingerprints
+
+
 def suite_layout(out: Path, run_dir: Path | None = None) -> Layout:
     """The artefacts of the suite folder ``out``: shared data under ``out/data``, one run's in ``run_dir``."""
     return Layout.flat(Path(out) / "data", run_dir)
+
+
+def suite_run_dir(out: Path, variant: str, seed_index: int) -> Path:
+    """The folder of one run of the suite ``out``: ``out/runs/<variant>/seed<k>``."""
+    return Path(out) / "runs" / variant / f"seed{seed_index}"
+
+
+def suite_run_dirs(out: Path) -> list[tuple[str, int, Path]]:
+    """``(variant, seed_index, folder)`` of every run folder under ``out/runs``, sorted by path."""
+    found = []
+    for run_dir in sorted(Path(out).glob("runs/*/seed*")):
+        seed = run_dir.name.removeprefix("seed")
+        if run_dir.is_dir() and seed.isdigit():
+            found.append((run_dir.parent.name, int(seed), run_dir))
+    return found
 
 
 @dataclass(frozen=True)
@@ -167,7 +186,7 @@ def plan_runs(base: Params, out: Path, counts: dict[str, int]) -> list[RunSpec]:
             )
         for k in range(n):
             params = with_overrides(base, {**VARIANTS[variant], "train.seed": base.train.seed + k})
-            specs.append(RunSpec(variant, k, params, Path(out) / "runs" / variant / f"seed{k}"))
+            specs.append(RunSpec(variant, k, params, suite_run_dir(out, variant, k)))
         kd = with_overrides(base, VARIANTS[variant]).train.kd
         if variant in TWINS and kd.holistic_weight == kd.code_weight == 0:
             log.warning("variant %s distils nothing under this config: it equals its twin", variant)

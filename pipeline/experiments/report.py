@@ -26,12 +26,15 @@ from scipy import stats
 from pipeline.errors import PipelineError
 from pipeline.experiments.plan import (
     BASELINES,
+    RUN_PARAMS,
+    RUN_SUMMARY,
     SUITE_FILE,
     SUITE_TAG,
     TWIN_SUFFIX,
     TWINS,
     VARIANTS,
     suite_layout,
+    suite_run_dirs,
 )
 from pipeline.experiments.render import plot_bars, plot_curves, render_markdown
 from pipeline.io import atomic_path, read_json, read_parquet, write_json
@@ -69,17 +72,13 @@ def collect_runs(out: Path) -> dict[str, list[RunResult]]:
     Variants come in :data:`~pipeline.experiments.plan.VARIANTS` order, unknown names after them.
     """
     found: dict[str, list[RunResult]] = {}
-    for path in sorted(Path(out).glob("runs/*/seed*/metrics.json")):
-        run_dir = path.parent
-        try:
-            seed = int(run_dir.name.removeprefix("seed"))
-        except ValueError:
+    for variant, seed, run_dir in suite_run_dirs(out):
+        metrics = suite_layout(out, run_dir).metrics
+        if not metrics.exists():
             continue
-        summary_path = run_dir / "summary.json"
+        summary_path = run_dir / RUN_SUMMARY
         summary = read_json(summary_path) if summary_path.exists() else {}
-        found.setdefault(run_dir.parent.name, []).append(
-            RunResult(run_dir.parent.name, seed, run_dir, read_json(path), summary)
-        )
+        found.setdefault(variant, []).append(RunResult(variant, seed, run_dir, read_json(metrics), summary))
     order = [v for v in VARIANTS if v in found] + sorted(v for v in found if v not in VARIANTS)
     return {v: sorted(found[v], key=lambda r: r.seed) for v in order}
 
@@ -101,7 +100,8 @@ def run_agreement(run: RunResult, supervision_dir: Path) -> dict[str, dict[str, 
     model = load_student(weights.parent)
     if not model.cfg.modalities:
         return {}
-    record = read_json(run.run_dir / "params.json") if (run.run_dir / "params.json").exists() else {}
+    params_path = run.run_dir / RUN_PARAMS
+    record = read_json(params_path) if params_path.exists() else {}
     score = record.get("params", {}).get("correlate", {}).get("score", "cos")
     agreement = teacher_agreement(model, supervision_dir, score)
     write_json(cache, agreement)

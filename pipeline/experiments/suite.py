@@ -37,6 +37,8 @@ from pipeline.config import Params
 from pipeline.devices import resolve_device
 from pipeline.errors import PipelineError
 from pipeline.experiments.plan import (
+    RUN_PARAMS,
+    RUN_SUMMARY,
     SUITE_FILE,
     SUITE_TAG,
     TWINS,
@@ -126,7 +128,7 @@ def stale_runs(specs: Sequence[RunSpec], shared: SharedData) -> list[Path]:
         s.run_dir
         for s in specs
         if shared.run_layout(s.run_dir).metrics.exists()
-        and (stored := read_record(s.run_dir / "params.json")) is not None
+        and (stored := read_record(s.run_dir / RUN_PARAMS)) is not None
         and not _same_run(stored, _run_record(s, shared))
     ]
 
@@ -145,8 +147,8 @@ def execute_run(
     d, record = Path(spec.run_dir), _run_record(spec, shared)
     metrics_path, summary_path, params_path = (
         shared.run_layout(d).metrics,
-        d / "summary.json",
-        d / "params.json",
+        d / RUN_SUMMARY,
+        d / RUN_PARAMS,
     )
     previous = read_record(params_path)
     if metrics_path.exists():

@@ -27,7 +27,7 @@ from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.evaluation.cases import history_windows
 from pipeline.evaluation.metrics import mask_scores_
-from pipeline.io import atomic_path, read_parquet
+from pipeline.io import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +74,12 @@ class ItemCatalogue:
     @classmethod
     def from_parquet(cls, path: str | Path, with_text: bool = False) -> ItemCatalogue:
         """Read ``data/processed/items.parquet`` (``item`` dense 1..N, ``item_id`` original id, ``text``)."""
-        path = Path(path)
+        from pipeline.artifacts.items import read_items
+
         cols = ["item", "item_id"] + (["text"] if with_text else [])
-        try:
-            table = read_parquet(path, columns=cols)
-        except ValueError as err:  # not Parquet, or a column missing
-            raise DataError(f"{err} (needs columns {cols})") from None
-        dense = table.column("item").to_numpy()
-        order = np.argsort(dense, kind="stable")
-        if not np.array_equal(dense[order], np.arange(1, len(dense) + 1)):
-            raise DataError(f"{path}: column 'item' must hold the dense ids 1..{len(dense)} once each")
-        ids = [str(x) for x in np.asarray(table.column("item_id").to_pylist(), dtype=object)[order]]
-        text = None
-        if with_text:
-            raw = table.column("text").to_pylist()
-            text = [raw[i] or "" for i in order]
+        table = read_items(Path(path), cols)
+        ids = [str(x) for x in table.column("item_id").to_pylist()]
+        text = [t or "" for t in table.column("text").to_pylist()] if with_text else None
         return cls(ids, text)
 
     def to_json(self, path: str | Path) -> None:

@@ -26,19 +26,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 
+from pipeline.artifacts.neighbours import write_neighbours
+from pipeline.artifacts.vectors import read_item_vectors, write_item_vectors
 from pipeline.config import CorrelateParams, MLflowParams, ParamsView
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError
 from pipeline.io import (
-    parquet_metadata,
-    read_parquet,
     staged_dir,
-    vectors_from_column,
     write_json,
-    write_parquet,
 )
 from pipeline.layout import SUPERVISION_STATS, codebook_file, embedding_file, neighbours_file, teacher_file
 from pipeline.lineage import INPUTS_KEY, check_embeddings_match_sequences, supervision_inputs
@@ -60,34 +57,6 @@ log = logging.getLogger(__name__)
 AE_DEFAULT_EPOCHS = {"autoencoder": 20, "sigmoid_ae": 200}  # correlate.ae_epochs: null
 RANDOM_STATS_PAIRS = 100_000  # random pairs scored for the baseline distribution in stats.json
 _PAIR_CHUNK = 65_536
-
-
-def load_embeddings(path: Path) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
-    """Read ``data/embeddings/<m>.parquet``: (N, d) float32 vectors, (N,) missing flags and file metadata."""
-    table = read_parquet(path)
-    for col in ("item", "vector"):
-        if col not in table.column_names:
-            raise DataError(f"{path}: missing column {col!r} (found {table.column_names})")
-    items = table.column("item").to_numpy()
-    n = len(items)
-    if n == 0:
-        raise DataError(f"{path}: no items")
-    if not np.array_equal(items, np.arange(1, n + 1)):
-        raise DataError(f"{path}: column 'item' must be exactly 1..N in order (N={n})")
-    if not pa.types.is_fixed_size_list(table.schema.field("vector").type):
-        raise DataError(
-            f"{path}: column 'vector' must be fixed_size_list<float32>, got {table.schema.field('vector').type}"
-        )
-    vectors = vectors_from_column(table.column("vector"))
-    if not np.isfinite(vectors).all():
-        bad = int(np.flatnonzero(~np.isfinite(vectors).all(1))[0]) + 1
-        raise DataError(f"{path}: item {bad} has a NaN or infinite vector")
-    if "missing" in table.column_names:
-        missing = table.column("missing").to_numpy(zero_copy_only=False).astype(bool)
-    else:
-        log.warning("%s: no 'missing' column: treating every item as present", path)
-        missing = np.zeros(n, dtype=bool)
-    return vectors, missing, parquet_metadata(path)
 
 
 def _reduce(
@@ -114,22 +83,6 @@ def _pair_tensors(teacher: torch.Tensor, pairs: np.ndarray, fn: Any, device: tor
     return torch.cat(out) if out else torch.empty(0)
 
 
-def _topk_table(values: torch.Tensor, indices: torch.Tensor, excluded: np.ndarray) -> pa.Table:
-    n, k = values.shape
-    counts = np.where(excluded, 0, k).astype(np.int32)
-    offsets = pa.array(np.concatenate([[0], np.cumsum(counts)]).astype(np.int32))
-    keep = ~excluded
-    neighbours = (indices.numpy()[keep] + 1).astype(np.int32).reshape(-1)
-    scores = values.numpy()[keep].astype(np.float32).reshape(-1)
-    return pa.table(
-        {
-            "item": pa.array(np.arange(1, n + 1, dtype=np.int32)),
-            "neighbors": pa.ListArray.from_arrays(offsets, pa.array(neighbours, type=pa.int32())),
-            "scores": pa.ListArray.from_arrays(offsets, pa.array(scores, type=pa.float32())),
-        }
-    )
-
-
 def build_modality(
     modality: str,
     params: CorrelateParams,
@@ -146,10 +99,11 @@ def build_modality(
             f"(run the embed stage with the same train.modalities)"
         )
     t0 = time.perf_counter()
-    vectors, missing, meta = load_embeddings(embeddings_path)
+    embeddings = read_item_vectors(embeddings_path)
+    vectors, missing, meta = embeddings.vectors, embeddings.missing, embeddings.metadata
     n, teacher_dim = vectors.shape
     policy = meta.get("missing_policy")
-    excluded = missing.copy() if policy == "exclude" else np.zeros(n, dtype=bool)
+    excluded = embeddings.excluded.copy()
     if excluded.all():
         raise DataError(f"{embeddings_path}: every item is excluded (missing_policy=exclude)")
 
@@ -204,9 +158,10 @@ def build_modality(
             rc.get("mean", float("nan")),
             rc.get("std", float("nan")),
         )
-    write_parquet(
+    write_item_vectors(
         teacher_file(out_dir, modality),
-        {"item": np.arange(1, n + 1, dtype=np.int32), "vector": reduced, "missing": missing},
+        reduced,
+        missing,
         metadata={
             "modality": modality,
             "reduction": reduction_stats,
@@ -230,9 +185,11 @@ def build_modality(
         teacher, params.topk, params.score, params.block_size, excl_t, precision=search
     )
     k_eff = values.shape[1]
-    write_parquet(
+    write_neighbours(
         neighbours_file(out_dir, modality),
-        _topk_table(values, indices, excluded),
+        values.numpy(),
+        indices.numpy(),
+        excluded,
         metadata={
             "modality": modality,
             "score": params.score,

@@ -13,13 +13,11 @@ or write files.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from pipeline.errors import DataError
 from pipeline.layout import codebook_file, teacher_file
 from pipeline.supervision.codebooks import (
     Codebook,
@@ -198,65 +196,14 @@ class TeacherCorrelation(torch.nn.Module):
 
         Items flagged ``missing`` are excluded when the embeddings' missing_policy was ``exclude``.
         """
-        from pipeline.io import parquet_metadata, read_parquet, vectors_from_column
+        from pipeline.artifacts.vectors import read_item_vectors
 
-        supervision_dir = Path(supervision_dir)
-        path = teacher_file(supervision_dir, modality)
-        table = read_parquet(path)
-        for col in ("item", "vector", "missing"):
-            if col not in table.column_names:
-                raise DataError(f"{path}: missing column {col!r} (found {table.column_names})")
-        items = table.column("item").to_numpy()
-        n = len(items)
-        if n == 0 or items[0] != 1 or items[-1] != n or (n > 1 and not (items[1:] > items[:-1]).all()):
-            raise DataError(f"{path}: column 'item' must be 1..N sorted")
-        vectors = torch.from_numpy(vectors_from_column(table.column("vector")).copy())
+        teacher_vectors = read_item_vectors(teacher_file(Path(supervision_dir), modality))
+        vectors = torch.from_numpy(teacher_vectors.vectors.copy())
         teacher = torch.cat([torch.zeros(1, vectors.shape[1]), vectors])
-        meta: dict[str, Any] = parquet_metadata(path)
         excluded = None
-        if meta.get("missing_policy") == "exclude":
-            missing = torch.from_numpy(table.column("missing").to_numpy(zero_copy_only=False).astype(bool))
+        if teacher_vectors.metadata.get("missing_policy") == "exclude":
+            missing = torch.from_numpy(teacher_vectors.missing.copy())
             excluded = torch.cat([torch.ones(1, dtype=torch.bool), missing])
         codebook = load_codebook(codebook_file(supervision_dir, modality))
         return cls(teacher, codebook, score, excluded)
-
-
-def read_neighbours(path: str | Path, num_items: int) -> tuple[Tensor, Tensor]:
-    """The holistic neighbour lists of a ``topk_<m>.parquet`` as dense tensors.
-
-    Args:
-        path: the file the correlate stage wrote (columns ``item`` and ``neighbors``, ids 1..N).
-        num_items: N; rows of items the file does not list get no neighbours.
-
-    Returns:
-        neighbours (N + 1, k) int64 (0 past an item's count) and counts (N + 1,) int64; row 0 (padding)
-        and excluded items have count 0.
-
-    Raises:
-        DataError: a missing column, or an item or neighbour id outside 1..N.
-    """
-    import numpy as np
-
-    from pipeline.io import read_parquet
-
-    path = Path(path)
-    table = read_parquet(path)
-    for col in ("item", "neighbors"):
-        if col not in table.column_names:
-            raise DataError(f"{path}: missing column {col!r} (found {table.column_names})")
-    items = table.column("item").to_numpy().astype(np.int64)
-    lists = table.column("neighbors").combine_chunks()
-    flat = lists.flatten().to_numpy().astype(np.int64)
-    offsets = lists.offsets.to_numpy().astype(np.int64)
-    lengths = np.diff(offsets)
-    for name, ids in (("item", items), ("neighbors", flat)):
-        if ids.size and (ids.min() < 1 or ids.max() > num_items):
-            raise DataError(f"{path}: {name} ids must lie in 1..{num_items}, found {ids.min()}..{ids.max()}")
-    k = int(lengths.max()) if lengths.size else 0
-    neighbours = np.zeros((num_items + 1, max(k, 1)), dtype=np.int64)
-    counts = np.zeros(num_items + 1, dtype=np.int64)
-    counts[items] = lengths
-    rows = np.repeat(items, lengths)
-    cols = np.arange(flat.size) - np.repeat(offsets[:-1], lengths)
-    neighbours[rows, cols] = flat
-    return torch.from_numpy(neighbours), torch.from_numpy(counts)

@@ -23,12 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
+from pipeline.artifacts import items as artifact_items
+from pipeline.artifacts.vectors import write_item_vectors
 from pipeline.config import EmbedParams, MLflowParams, ParamsView, section_dict
 from pipeline.devices import resolve_device
-from pipeline.errors import DataError, PipelineError
-from pipeline.io import file_digest, read_parquet, write_json, write_parquet
+from pipeline.errors import PipelineError
+from pipeline.io import file_digest, write_json
 from pipeline.layout import embedding_file
 from pipeline.teachers.encode import Items, ModalityResult, embed_image, embed_text
 from pipeline.tracking import start_run
@@ -49,28 +50,12 @@ class CoverageError(PipelineError):
 
 
 def read_items(items_path: Path) -> Items:
-    """Read and check items.parquet (``item`` must be 1..N in order).
-
-    Raises:
-        DataError: Missing columns, an empty table or non-dense item indices.
-    """
-    table = read_parquet(items_path)
-    missing_cols = [c for c in ("item", "item_id", "text") if c not in table.column_names]
-    if missing_cols:
-        raise DataError(f"{items_path}: missing column(s) {missing_cols} (has {table.column_names})")
-    if table.num_rows == 0:
-        raise DataError(f"{items_path}: no items")
-    item = table.column("item").to_numpy().astype(np.int64)
-    expected = np.arange(1, len(item) + 1)
-    if not np.array_equal(item, expected):
-        row = int(np.flatnonzero(item != expected)[0])
-        raise DataError(
-            f"{items_path}: column 'item' must be 1..N in order; row {row} has {item[row]}, "
-            f"expected {row + 1}"
-        )
+    """Read ``items.parquet`` for the teachers (see :func:`pipeline.artifacts.items.read_items`)."""
+    table = artifact_items.read_items(items_path)
+    item = table.column("item").to_numpy().astype(np.int32)
     text = ["" if t is None else str(t) for t in table.column("text").to_pylist()]
     image = table.column("image").to_pylist() if "image" in table.column_names else None
-    return Items(item.astype(np.int32), [str(i) for i in table.column("item_id").to_pylist()], text, image)
+    return Items(item, [str(i) for i in table.column("item_id").to_pylist()], text, image)
 
 
 def _check_inputs(items: Items, modalities: Sequence[str], items_path: Path) -> None:
@@ -242,12 +227,7 @@ def run_embed(
                 "missing": entry["missing"],
                 "inputs": inputs,
             }
-            columns = {
-                "item": pa.array(items.item, type=pa.int32()),
-                "vector": res.vectors,  # (N, dim) -> fixed_size_list<float32>[dim]
-                "missing": pa.array(res.missing, type=pa.bool_()),
-            }
-            write_parquet(embedding_file(out_dir, m), columns, metadata=metadata)
+            write_item_vectors(embedding_file(out_dir, m), res.vectors, res.missing, metadata)
         write_json(out_dir / REPORT_NAME, report)
         for path in stale:
             path.unlink(missing_ok=True)

@@ -2,28 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 import torch
 
+from pipeline.artifacts.sequences import Sequences
 
-def training_windows(items: Sequence[np.ndarray], train_end: np.ndarray, max_len: int) -> torch.Tensor:
+
+def training_windows(seqs: Sequences, max_len: int) -> torch.Tensor:
     """The last ``max_len + 1`` training items of each user, LEFT-padded with 0: (U, max_len + 1) int64.
 
     Column t is the input at step t and column t+1 its next-item target; users with fewer than 2 training
     items have no target and are dropped.
     """
-    rows = []
-    for seq, end in zip(items, train_end, strict=True):
-        part = np.asarray(seq[: int(end)], dtype=np.int64)[-(max_len + 1) :]
-        if len(part) >= 2:
-            row = np.zeros(max_len + 1, dtype=np.int64)
-            row[-len(part) :] = part
-            rows.append(row)
-    if not rows:
+    width = max_len + 1
+    end = seqs.offsets[:-1] + seqs.train_end  # one past each user's last training item in ``flat``
+    kept = np.minimum(seqs.train_end, width)
+    users = np.flatnonzero(kept >= 2)
+    if len(users) == 0:
         raise ValueError("no user has two or more training items")
-    return torch.from_numpy(np.stack(rows))
+    pos = end[users, None] - width + np.arange(width)  # (U', width) positions in ``flat``, right-aligned
+    inside = pos >= (end - kept)[users, None]
+    return torch.from_numpy(np.where(inside, seqs.flat[np.maximum(pos, 0)], 0).astype(np.int64))
 
 
 def position_weight(batch_targets: torch.Tensor | int, mean_targets: float) -> torch.Tensor | float:
@@ -156,7 +155,7 @@ def neighbour_pairs(
 
     ``n_pairs`` items are drawn uniformly (with replacement) from the distinct items of ``seq`` that have
     neighbours, and each gets a neighbour drawn uniformly from its list. ``neighbours`` (N+1, k) and
-    ``counts`` (N+1,) as :func:`pipeline.supervision.scores.read_neighbours` returns them, on ``seq``'s device.
+    ``counts`` (N+1,) as :func:`pipeline.artifacts.neighbours.read_neighbours` returns them, on ``seq``'s device.
     The random draws come from ``generator`` on the CPU, so every rank of a DDP run cuts the same pairs.
     """
     items = torch.unique(seq[seq > 0])

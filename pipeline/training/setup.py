@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from pipeline.artifacts import read_sequences
+from pipeline.artifacts.neighbours import read_neighbours
 from pipeline.config import EvalParams, ParamsView, TrainParams, section_dict
 from pipeline.devices import resolve_precision
 from pipeline.errors import PipelineError
@@ -23,7 +24,7 @@ from pipeline.evaluation.cases import EvalCases, cases_from_sequences
 from pipeline.layout import neighbours_file, teacher_file
 from pipeline.lineage import check_supervision
 from pipeline.models import Student, StudentConfig
-from pipeline.supervision.scores import TeacherCorrelation, pair_scores, read_neighbours
+from pipeline.supervision.scores import TeacherCorrelation, pair_scores
 from pipeline.tracking import file_digest
 from pipeline.training.batches import training_windows
 from pipeline.training.checkpoint import checkpoint_key
@@ -129,7 +130,7 @@ def build_training(
             ) from None
         neighbours[m] = (table.to(device), counts.to(device))
 
-    windows = training_windows(seqs.items, seqs.train_end, train.max_len)  # (U', L+1) on CPU
+    windows = training_windows(seqs, train.max_len)  # (U', L+1) on CPU
     lengths = (windows != 0).sum(1)
     valid_cases = cases_from_sequences(seqs, "valid", train.max_len)
     windows = windows.to(device)

@@ -1,0 +1,65 @@
+"""``data/processed/items.parquet``: the one reader of the item table, and the dense-id check every per-item
+artefact shares (``item`` is exactly 1..N in order, row i holding item i + 1).
+
+Only numpy is imported at module level (pyarrow on reading), so it loads where polars and mlflow are absent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+REQUIRED = ("item", "item_id", "text")
+
+
+def check_dense_ids(path: Path, item: np.ndarray) -> None:
+    """Raise DataError (naming ``path``) unless ``item`` is exactly 1..N in order with N >= 1."""
+    from pipeline.errors import DataError
+
+    if len(item) == 0:
+        raise DataError(f"{path}: no items")
+    expected = np.arange(1, len(item) + 1)
+    if not np.array_equal(item, expected):
+        row = int(np.flatnonzero(item != expected)[0])
+        raise DataError(
+            f"{path}: column 'item' must be 1..N in order; row {row} has {item[row]}, expected {row + 1}"
+        )
+
+
+def read_table(path: Path, required: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a per-item Parquet artefact: ``columns`` (default all), which must include ``required``, with
+    ``item`` checked by :func:`check_dense_ids`.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        DataError: not Parquet, a required column missing, or ``item`` not 1..N in order (naming the file).
+    """
+    from pipeline.errors import DataError
+    from pipeline.io import read_parquet
+
+    path = Path(path)
+    try:
+        table = read_parquet(path)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    missing = [c for c in (*required, *(columns or ())) if c not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {sorted(set(missing))} (has {table.column_names})")
+    check_dense_ids(path, table.column("item").to_numpy().astype(np.int64))
+    return table.select(list(columns)) if columns is not None else table
+
+
+def read_items(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read ``items.parquet`` (``item`` 1..N in order, ``item_id`` original id, ``text``, optional ``image``).
+
+    Args:
+        path: the ingest stage's items file.
+        columns: the columns to return (default all); ``item``, ``item_id`` and ``text`` must exist anyway.
+    """
+    return read_table(path, REQUIRED, columns)

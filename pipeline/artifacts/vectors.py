@@ -1,0 +1,84 @@
+"""Per-item vector files: ``data/embeddings/<m>.parquet`` (the teacher's vectors) and
+``data/supervision/teacher_<m>.parquet`` (the reduced ones) share one format, written and read here.
+
+Columns ``item`` int32 1..N in order, ``vector`` fixed_size_list<float32>[d], ``missing`` bool (the item had
+no usable input); the writer's metadata (model, dim, missing_policy, ...) is returned with the vectors.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline.artifacts.items import read_table
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ItemVectors:
+    """One vector per item: row i belongs to item i + 1."""
+
+    vectors: np.ndarray  # (N, d) float32
+    missing: np.ndarray  # (N,) bool
+    metadata: dict[str, Any]  # the file's key-value metadata, JSON-decoded
+
+    @property
+    def excluded(self) -> np.ndarray:
+        """(N,) bool: the items distillation skips (the missing ones, when the policy was ``exclude``)."""
+        if self.metadata.get("missing_policy") == "exclude":
+            return self.missing
+        return np.zeros(len(self.missing), dtype=bool)
+
+
+def write_item_vectors(
+    path: Path, vectors: np.ndarray, missing: np.ndarray, metadata: dict[str, Any]
+) -> None:
+    """Write (N, d) ``vectors`` for items 1..N with their ``missing`` flags, atomically and deterministically."""
+    import pyarrow as pa
+
+    from pipeline.io import write_parquet
+
+    n = len(vectors)
+    columns = {
+        "item": pa.array(np.arange(1, n + 1, dtype=np.int32), type=pa.int32()),
+        "vector": np.asarray(vectors, dtype=np.float32),  # -> fixed_size_list<float32>[d]
+        "missing": pa.array(np.asarray(missing, dtype=bool), type=pa.bool_()),
+    }
+    write_parquet(path, columns, metadata=metadata)
+
+
+def read_item_vectors(path: Path) -> ItemVectors:
+    """Read and check a vector file.
+
+    A file without ``missing`` (written by hand) counts every item as present, with a warning.
+
+    Raises:
+        FileNotFoundError: the file is missing.
+        DataError: not Parquet, a missing column, ``item`` not 1..N in order, ``vector`` not a fixed-size
+            list, or a NaN/infinite vector (each message names the file).
+    """
+    import pyarrow as pa
+
+    from pipeline.errors import DataError
+    from pipeline.io import parquet_metadata, vectors_from_column
+
+    path = Path(path)
+    table = read_table(path, ("item", "vector"))
+    vtype = table.schema.field("vector").type
+    if not pa.types.is_fixed_size_list(vtype):
+        raise DataError(f"{path}: column 'vector' must be fixed_size_list<float32>, got {vtype}")
+    vectors = vectors_from_column(table.column("vector"))
+    if not np.isfinite(vectors).all():
+        bad = int(np.flatnonzero(~np.isfinite(vectors).all(1))[0]) + 1
+        raise DataError(f"{path}: item {bad} has a NaN or infinite vector")
+    if "missing" in table.column_names:
+        missing = table.column("missing").to_numpy(zero_copy_only=False).astype(bool)
+    else:
+        log.warning("%s: no 'missing' column: treating every item as present", path)
+        missing = np.zeros(len(vectors), dtype=bool)
+    return ItemVectors(vectors, missing, parquet_metadata(path))
