@@ -82,11 +82,6 @@ def check_lineage(
         )
 
 
-def digests(paths: Mapping[str, str | Path]) -> dict[str, str]:
-    """``{name: sha256 of the file}`` for the given ``{name: path}``."""
-    return {name: file_digest(path) for name, path in paths.items()}
-
-
 # --------------------------------------------------------------------------------------------- supervision
 def supervision_inputs(sequences_path: str | Path, embeddings: Mapping[str, str | Path]) -> dict[str, str]:
     """What the correlate stage records in ``stats.json``: the sequences' and each embeddings file's

@@ -21,7 +21,7 @@ import os
 import sys
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, TextIO
 
 from tqdm import tqdm as _std_tqdm
 
@@ -32,7 +32,7 @@ DEFAULT_INTERVAL_S = 30.0
 LOG_STEP = 0.1  # a line at every further 10 % of the total
 
 
-def progress_mode(file: Any = None) -> str:
+def progress_mode(file: TextIO | None = None) -> str:
     """``bar``, ``log`` or ``off``: ``KDSR_PROGRESS`` when set, else ``bar`` if ``file`` (default stderr)
     is a terminal and ``log`` if it is not."""
     mode = os.environ.get("KDSR_PROGRESS", "auto").strip().lower() or "auto"

@@ -13,11 +13,16 @@ import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.config import PROJECT_ROOT, flatten
 from pipeline.io import file_digest  # re-exported: runs are tagged with data/model digests
 from pipeline.layout import MODEL_WEIGHTS
+
+if TYPE_CHECKING:
+    from pipeline.config import MLflowParams, ParamsView
+
+    MLflowSection = MLflowParams | ParamsView  # a stage passes its declared view of the section
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +122,7 @@ def _ensure_experiment(mlflow: Any, name: str) -> None:
     mlflow.set_experiment(name)
 
 
-def tracking_enabled(mlflow_params: Any) -> bool:
+def tracking_enabled(mlflow_params: MLflowSection) -> bool:
     """False when ``mlflow.enabled`` is off or the environment says ``KDSR_MLFLOW=0`` (tests, benchmarks)."""
     return bool(getattr(mlflow_params, "enabled", True)) and os.environ.get("KDSR_MLFLOW", "1") != "0"
 
@@ -134,7 +139,7 @@ def _import_mlflow() -> Any | None:
 @contextlib.contextmanager
 def start_run(
     stage: str,
-    mlflow_params: Any,
+    mlflow_params: MLflowSection,
     run_name: str | None = None,
     tags: Mapping[str, str] | None = None,
     run_id: str | None = None,
@@ -182,7 +187,7 @@ def start_run(
         mlflow.end_run(status="FINISHED" if ok else "FAILED")
 
 
-def find_run_by_tag(mlflow_params: Any, key: str, value: str) -> str | None:
+def find_run_by_tag(mlflow_params: MLflowSection, key: str, value: str) -> str | None:
     """Return the newest run id in the experiment whose tag ``key`` equals ``value`` (or None)."""
     if not tracking_enabled(mlflow_params):
         return None
@@ -209,7 +214,7 @@ def find_run_by_tag(mlflow_params: Any, key: str, value: str) -> str | None:
     return runs[0].info.run_id if runs else None
 
 
-def log_recommender(mlflow_params: Any, model_dir: Path, items_path: Path) -> str | None:
+def log_recommender(mlflow_params: MLflowSection, model_dir: Path, items_path: Path) -> str | None:
     """Log the trained model as an MLflow pyfunc model into the training run that made it, and register it
     as ``mlflow.register_as`` when set; returns the model URI (None when tracking is off or it failed).
 

@@ -75,7 +75,7 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def section_dict(section: Any) -> dict[str, Any]:
+def section_dict(section: BaseModel | ParamsView) -> dict[str, Any]:
     """A params section as a nested dict: a pydantic section whole, a :class:`ParamsView` its declared keys."""
     if isinstance(section, ParamsView):
         return section.to_dict()

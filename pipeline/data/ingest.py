@@ -56,7 +56,7 @@ class Dataset:
 
 
 # --------------------------------------------------------------------------------------------- loading
-def load_raw(data: Any, staging: Path, out_dir: Path) -> RawData:
+def load_raw(data: DataParams, staging: Path, out_dir: Path) -> RawData:
     """Parse the configured source. The demo generator writes its raw files into ``staging/demo_raw``,
     with image paths pointing at their final place ``out_dir/demo_raw/images``."""
     if data.source == "sequences":

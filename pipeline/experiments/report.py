@@ -18,7 +18,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from scipy import stats
@@ -40,6 +40,9 @@ from pipeline.experiments.render import plot_bars, plot_curves, render_markdown
 from pipeline.io import atomic_path, read_json, read_parquet, write_json
 from pipeline.layout import Layout
 from pipeline.tracking import Tracker, find_run_by_tag, start_run
+
+if TYPE_CHECKING:
+    from pipeline.config import MLflowParams
 
 log = logging.getLogger(__name__)
 
@@ -369,7 +372,7 @@ def _kd_effect_metrics(effect: dict[str, Any]) -> dict[str, float | None]:
     }
 
 
-def run_report(out: Path, mlflow_params: Any) -> dict[str, Any]:
+def run_report(out: Path, mlflow_params: MLflowParams) -> dict[str, Any]:
     """Write the report of the suite in ``out`` and log it to the suite's MLflow parent run (when on)."""
     out = Path(out)
     _require_runs(out)  # fail before an MLflow run is opened

@@ -345,7 +345,7 @@ class Student(nn.Module):
         modality: str,
         i: torch.Tensor,
         j: torch.Tensor,
-        score_fn,
+        score_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
         items: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """s(i, j) = ξ(P m_i, P m_j) for pairs of ids, with ξ given as ``score_fn(a, b) -> (P,)``.

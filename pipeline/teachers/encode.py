@@ -8,7 +8,7 @@ from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -17,6 +17,11 @@ from pipeline.devices import resolve_precision
 from pipeline.progress import progress_bar
 from pipeline.teachers.cache import VectorCache, content_key
 from pipeline.teachers.fetch import fetch_images
+
+if TYPE_CHECKING:
+    from pipeline.config import EmbedParams
+    from pipeline.teachers.image import ImageTeacher
+    from pipeline.teachers.text import TextTeacher
 
 
 @dataclass
@@ -83,7 +88,7 @@ def finalize_vectors(raw: np.ndarray, missing: np.ndarray, normalize: bool, poli
 
 
 def encode_with_cache(
-    teacher: Any,
+    teacher: TextTeacher | ImageTeacher,
     keys: list[bytes | None],
     inputs: list[Any],
     batch_size: int,
@@ -136,7 +141,7 @@ def encode_with_cache(
     return Encoded(raw, row_failures, computed=len(todo), cache_hits=hits, encode_s=encode_s)
 
 
-def embed_text(items: Items, params: Any, device: str, cache_root: Path) -> ModalityResult:
+def embed_text(items: Items, params: EmbedParams, device: str, cache_root: Path) -> ModalityResult:
     """Text vectors of every item (``params``: the ``embed`` section); empty texts are missing rows."""
     from pipeline.teachers.text import load_text_teacher
 
@@ -167,7 +172,7 @@ def embed_text(items: Items, params: Any, device: str, cache_root: Path) -> Moda
 
 def embed_image(
     items: Items,
-    params: Any,
+    params: EmbedParams,
     device: str,
     cache_root: Path,
     fetch_root: Path,

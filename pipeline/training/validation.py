@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -11,6 +12,11 @@ from pipeline.errors import PipelineError
 from pipeline.evaluation.cases import EvalCases
 from pipeline.evaluation.metrics import evaluate_scorer, metrics_from_ranks
 from pipeline.training.distributed import DistInfo, all_gather_concat, shard_bounds
+
+if TYPE_CHECKING:
+    from pipeline.config import EvalParams
+
+Scorer = Callable[[torch.Tensor], torch.Tensor]  # (B, L) item ids -> (B, N + 1) scores
 
 
 def _slice_cases(cases: EvalCases, start: int, end: int) -> EvalCases:
@@ -25,7 +31,7 @@ def _slice_cases(cases: EvalCases, start: int, end: int) -> EvalCases:
     )
 
 
-def nan_guard(scorer: Any, epoch: int, lr: float) -> Any:
+def nan_guard(scorer: Scorer, epoch: int, lr: float) -> Scorer:
     """``scorer`` that stops training with the "lower train.lr" message when the model's scores are NaN
     (weights blown up by a too large rate while the epoch's loss was still finite)."""
 
@@ -41,7 +47,7 @@ def nan_guard(scorer: Any, epoch: int, lr: float) -> Any:
 
 
 def evaluate_sharded(
-    scorer: Any, cases: EvalCases, eval_params: Any, device: torch.device, dist_info: DistInfo
+    scorer: Scorer, cases: EvalCases, eval_params: EvalParams, device: torch.device, dist_info: DistInfo
 ) -> dict[str, float]:
     """Validation metrics with each rank ranking a contiguous 1/world of the cases.
 

@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -21,6 +21,9 @@ from pipeline.data.records import (
 )
 from pipeline.data.text import assemble_text, image_reference
 from pipeline.errors import DataError
+
+if TYPE_CHECKING:
+    from pipeline.config import DataParams
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +132,7 @@ def read_item_table(
     return frame, duplicates
 
 
-def load_sequences(data: Any) -> RawData:
+def load_sequences(data: DataParams) -> RawData:
     """The ``sequences`` source: ``data.sequences_file`` + the item table ``data.items_file``."""
     seq_path, items_path = Path(data.sequences_file), Path(data.items_file)
     if not seq_path.exists():

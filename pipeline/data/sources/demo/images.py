@@ -5,11 +5,15 @@ from __future__ import annotations
 import colorsys
 import math
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pipeline.data.sources.demo.catalogue import DemoCatalogue, rng_stream
 from pipeline.progress import progress_bar
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 SHAPES = ("circle", "square", "triangle", "diamond", "star", "cross", "ring", "hexagon")
 
@@ -31,7 +35,9 @@ def _shape_points(shape: str, cx: float, cy: float, r: float) -> list[tuple[floa
     raise ValueError(shape)
 
 
-def render_item_image(family: int, shade: float, size: int, jitter: tuple[float, float] = (0.0, 0.0)):
+def render_item_image(
+    family: int, shade: float, size: int, jitter: tuple[float, float] = (0.0, 0.0)
+) -> Image.Image:
     """A small product picture: the family's shape in the family's colour on a light background.
 
     Args:
