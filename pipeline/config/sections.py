@@ -236,7 +236,7 @@ class TrainParams(_Section):
     # what scores the catalogue: fused (tied input/output) | id (the paper's: the ID embeddings) | id_teacher
     # (the ID embeddings + a learned map of the frozen teacher vectors; modality tables on the input side only)
     output: Literal["fused", "id", "id_teacher"] = "fused"
-    hidden: int = Field(128, ge=4)  # = correlate.dim: the item projection keeps the reduced teacher whole
+    hidden: int = Field(64, ge=4)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
