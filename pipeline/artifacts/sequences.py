@@ -69,6 +69,18 @@ class Sequences:
         """The largest item id (ids are 1..N), 0 when there are no items."""
         return int(self.flat.max()) if len(self.flat) else 0
 
+    @property
+    def rows(self) -> np.ndarray:
+        """(total,) int64: the row (user position) of each entry of ``flat``."""
+        return np.repeat(np.arange(self.num_users, dtype=np.int64), self.lengths)
+
+    @property
+    def in_training(self) -> np.ndarray:
+        """(total,) bool: the entries of ``flat`` in their user's training prefix (``[:train_end]``)."""
+        rows = self.rows
+        position = np.arange(len(self.flat), dtype=np.int64) - self.offsets[:-1][rows]
+        return position < self.train_end[rows]
+
     def items_of(self, u: int) -> np.ndarray:
         """The items of the u-th user (row position), a view."""
         return self.flat[self.offsets[u] : self.offsets[u + 1]]

@@ -193,9 +193,7 @@ def popularity_scores(seqs: Sequences, num_items: int) -> torch.Tensor:
 
     Used as the popularity baseline: every user gets these scores, so it is the floor a model must beat.
     """
-    lengths = seqs.lengths
-    position = np.arange(len(seqs.flat)) - np.repeat(seqs.offsets[:-1], lengths)
-    flat = seqs.flat[position < np.repeat(seqs.train_end, lengths)]
+    flat = seqs.flat[seqs.in_training]
     if flat.size and (flat.min() < 0 or flat.max() > num_items):
         raise ValueError(f"item ids must be in 1..{num_items}, found {flat.min()}..{flat.max()}")
     counts = np.bincount(flat, minlength=num_items + 1).astype(np.float32)

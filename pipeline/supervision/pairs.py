@@ -52,16 +52,11 @@ def training_item_sets(
     Returns:
         The per-user distinct training items.
     """
-    if isinstance(sequences, Sequences):
-        ends, offsets, values = sequences.train_end, sequences.offsets, sequences.flat
-    else:
+    if not isinstance(sequences, Sequences):
         if train_end is None:
             raise ValueError("train_end is required when sequences is a list")
-        ends = np.asarray(train_end, dtype=np.int64)
-        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
-        offsets = np.concatenate([[0], np.cumsum(lengths)])
-        values = np.fromiter((x for s in sequences for x in s), dtype=np.int64, count=int(offsets[-1]))
-    lengths = np.diff(offsets)
+        sequences = Sequences.from_lists(sequences, train_end, train_end)
+    ends, values, lengths = sequences.train_end, sequences.flat, sequences.lengths
     if len(ends) != len(lengths):
         raise DataError(f"{source}: {len(ends)} train_end values for {len(lengths)} sequences")
     bad = np.flatnonzero((ends < 0) | (ends > lengths))
@@ -70,10 +65,8 @@ def training_item_sets(
         raise DataError(f"{source}: row {u}: train_end={int(ends[u])} outside 0..{int(lengths[u])}")
     if len(values) and values.min() < 1:
         raise DataError(f"{source}: item ids must be >= 1 (0 is padding), found {int(values.min())}")
-    user = np.repeat(np.arange(len(lengths), dtype=np.int64), lengths)
-    position = np.arange(len(values), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
-    keep = position < ends[user]
-    user, item = user[keep], values[keep]
+    keep = sequences.in_training
+    user, item = sequences.rows[keep], values[keep]
     if excluded is not None and len(item):
         if item.max() >= len(excluded):
             raise DataError(

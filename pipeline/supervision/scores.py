@@ -201,9 +201,8 @@ class TeacherCorrelation(torch.nn.Module):
         teacher_vectors = read_item_vectors(teacher_file(Path(supervision_dir), modality))
         vectors = torch.from_numpy(teacher_vectors.vectors.copy())
         teacher = torch.cat([torch.zeros(1, vectors.shape[1]), vectors])
-        excluded = None
-        if teacher_vectors.metadata.get("missing_policy") == "exclude":
-            missing = torch.from_numpy(teacher_vectors.missing.copy())
-            excluded = torch.cat([torch.ones(1, dtype=torch.bool), missing])
+        excluded = torch.cat(
+            [torch.ones(1, dtype=torch.bool), torch.from_numpy(teacher_vectors.excluded.copy())]
+        )
         codebook = load_codebook(codebook_file(supervision_dir, modality))
         return cls(teacher, codebook, score, excluded)

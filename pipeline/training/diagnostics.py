@@ -59,7 +59,6 @@ def random_pairs(teacher: TeacherCorrelation, pairs: int, seed: int = 0) -> tupl
     return i[keep], j[keep]
 
 
-@torch.no_grad()
 @torch.inference_mode()
 def teacher_agreement_on_pairs(
     model: Student,

@@ -51,7 +51,6 @@ from pipeline.training.validation import evaluate_sharded, nan_guard
 log = logging.getLogger(__name__)
 
 SELECT_METRIC = "ndcg_at_10"
-DIAGNOSTIC_PAIRS = 20_000  # random item pairs on which teacher agreement is measured each epoch
 RANK_SEED_STRIDE = 1_000_003  # rank r > 0 draws its dropout from seed + r * stride (rank 0 as one process)
 
 
