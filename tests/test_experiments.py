@@ -375,7 +375,9 @@ def test_kd_effect_pairs_each_variant_with_its_twin(fake_twin_suite: Path) -> No
         "kdsr_codes_only",
         "kdsr_no_async",
         "kdsr_gru4rec",
+        "kdsr_bsarec",
     ]
+    assert specs["kdsr_bsarec_twin-seed0"].params.train.backbone == "bsarec"
     effects = res["kd_effect"]
     assert list(effects) == ["kdsr", "kdsr_codes_only", "kdsr_no_async"]  # kdsr_gru4rec: no twin ran
     # twins are not KDSR variants: no comparison of theirs against the best baseline
@@ -506,9 +508,11 @@ def test_plan_applies_variant_overrides_and_seeds() -> None:
         "kdsr_no_async": 1,
         "kdsr_gru4rec": 1,
         "kdsr_gru4rec_twin": 1,
+        "kdsr_bsarec": 1,
+        "kdsr_bsarec_twin": 1,
     }
     specs = {s.name: s for s in plan_runs(base, Path("o"), counts)}
-    assert len(specs) == 17
+    assert len(specs) == 19
     assert specs["kdsr-seed2"].params.train.seed == 12 and specs["kdsr-seed2"].run_dir == Path(
         "o/runs/kdsr/seed2"
     )
@@ -534,7 +538,9 @@ def test_plan_applies_variant_overrides_and_seeds() -> None:
         "kdsr_codes_only",
         "kdsr_no_async",
         "kdsr_gru4rec",
+        "kdsr_bsarec",
     ]
+    assert specs["kdsr_bsarec_twin-seed0"].params.train.backbone == "bsarec"
 
 
 def test_plan_errors_name_the_problem() -> None:
@@ -597,6 +603,7 @@ def test_twin_overrides_zero_the_distillation_weights_only() -> None:
         "kdsr_codes_only": "kdsr_twin",
         "kdsr_no_async": "sasrec_modality",
         "kdsr_gru4rec": "kdsr_gru4rec_twin",
+        "kdsr_bsarec": "kdsr_bsarec_twin",
     }
     assert "kdsr_twin" in MAIN_VARIANTS and "kdsr_gru4rec_twin" in ABLATIONS
     assert not set(TWINS) & set(TWINS.values())  # a twin has no twin

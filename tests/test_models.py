@@ -29,7 +29,7 @@ def make_student(backbone: str = "sasrec", modalities=("text",), fusion: str = "
     return Student(cfg, teacher).eval()
 
 
-@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec", "bsarec"])
 def test_changing_a_later_item_leaves_earlier_hidden_states_unchanged(backbone: str) -> None:
     model = make_student(backbone)
     seq = torch.tensor([[0, 0, 3, 7, 9, 4, 11, 2]])
@@ -41,7 +41,7 @@ def test_changing_a_later_item_leaves_earlier_hidden_states_unchanged(backbone: 
     assert not torch.allclose(h1[:, 5:], h2[:, 5:], atol=1e-4)
 
 
-@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec"])
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec", "bsarec"])
 def test_extra_left_padding_does_not_change_real_positions(backbone: str) -> None:
     model = make_student(backbone)
     seq = torch.tensor([[3, 7, 9, 4]])
@@ -288,3 +288,40 @@ def test_vq_student_round_trip_and_old_configs_load(tmp_path) -> None:
     old = make_student().cfg.to_dict()
     assert "code_groups" not in old and StudentConfig.from_dict(old).code_groups == 0
     assert StudentConfig.from_dict(old) == make_student().cfg
+
+
+@pytest.mark.parametrize("window", [0, 2])
+def test_bsarec_frequency_mix_splits_each_position_at_its_causal_mean(window: int) -> None:
+    from pipeline.models.backbones import CausalFrequencyMix
+
+    mix = CausalFrequencyMix(hidden=1, window=window, dropout=0.0)
+    with torch.no_grad():
+        mix.sqrt_beta.fill_(2.0)  # beta^2 = 4: the high-frequency part is amplified 4x
+        mix.norm.weight.fill_(1.0)
+        mix.norm.bias.fill_(0.0)
+    x = torch.tensor([[[0.0], [1.0], [3.0], [5.0], [9.0]]])  # one sequence, hidden size 1, 1 left padding
+    pad = torch.tensor([[True, False, False, False, False]])
+    mix.norm = torch.nn.Identity()  # read the mix itself: low + 4 (x - low), plus the residual x
+    out = mix(x, pad)[0, :, 0]
+    if window == 0:
+        low = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.5])  # running means of 1, 3, 5, 9
+    else:
+        low = torch.tensor([0.0, 1.0, 2.0, 4.0, 7.0])  # means of the last two real items
+    expected = low + 4.0 * (x[0, :, 0] - low) + x[0, :, 0]
+    torch.testing.assert_close(out[1:], expected[1:])
+
+
+def test_cos_scoring_ranks_by_cosine_over_temperature_in_training_and_scoring() -> None:
+    torch.manual_seed(0)
+    cfg = StudentConfig(num_items=30, hidden=16, dropout=0.0, max_len=12, scoring="cos", temperature=0.05)
+    model = Student(cfg).eval()
+    seq = torch.tensor([[0, 3, 7, 9], [1, 2, 3, 4]])
+    with torch.no_grad():
+        items = model.item_representations()
+        h = model.encode(seq, items)[:, -1]
+        cos = torch.nn.functional.normalize(h, dim=-1) @ torch.nn.functional.normalize(items, dim=-1).T
+        torch.testing.assert_close(model.user_scores(seq), cos / 0.05)
+        a, b = model.logit_factors(h, items)
+        torch.testing.assert_close(a @ b.T, cos / 0.05)
+    assert model.user_scores(seq)[:, 0].abs().max() == 0  # the padding row stays zero
+    assert cfg.to_dict()["scoring"] == "cos" and "scoring" not in StudentConfig(num_items=3).to_dict()

@@ -229,13 +229,24 @@ class AsyncLRParams(_Section):
     gamma: float = Field(2.0, gt=0.0)
 
 
+class BSARecParams(_Section):
+    """The ``bsarec`` backbone: each layer mixes ``alpha`` x the frequency rescaler with (1 - alpha) x attention."""
+
+    alpha: float = Field(0.7, ge=0.0, le=1.0)
+    # the causal low-pass part: mean of the last ``window`` items (0: of every earlier item)
+    window: int = Field(0, ge=0)
+
+
 class TrainParams(_Section):
-    backbone: Literal["sasrec", "gru4rec"] = "sasrec"
+    backbone: Literal["sasrec", "gru4rec", "bsarec"] = "sasrec"
     modalities: list[Modality] = Field(default_factory=lambda: ["text", "image"])
     fusion: Literal["sum", "gate", "concat", "paper_gate"] = "sum"
     # what scores the catalogue: fused (tied input/output) | id (the paper's: the ID embeddings) | id_teacher
     # (the ID embeddings + a learned map of the frozen teacher vectors; modality tables on the input side only)
     output: Literal["fused", "id", "id_teacher"] = "fused"
+    # the logit of an item: dot (hidden state . output embedding) | cos (cosine of the two / temperature)
+    scoring: Literal["dot", "cos"] = "dot"
+    temperature: float = Field(0.1, gt=0.0)  # scoring cos only
     hidden: int = Field(64, ge=4)
     layers: int = Field(2, ge=1)
     heads: int = Field(2, ge=1)
@@ -259,6 +270,7 @@ class TrainParams(_Section):
     compile: bool = False
     kd: KDParams = Field(default_factory=KDParams)
     async_lr: AsyncLRParams = Field(default_factory=AsyncLRParams)
+    bsarec: BSARecParams = Field(default_factory=BSARecParams)
 
     @field_validator("modalities")
     @classmethod
@@ -269,7 +281,7 @@ class TrainParams(_Section):
 
     @model_validator(mode="after")
     def _check(self) -> TrainParams:
-        if self.backbone == "sasrec" and self.hidden % self.heads != 0:
+        if self.backbone in ("sasrec", "bsarec") and self.hidden % self.heads != 0:
             raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
         return self
 

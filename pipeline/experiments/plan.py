@@ -35,6 +35,7 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "kdsr_codes_only": {"train.kd.holistic_weight": 0.0},
     "kdsr_no_async": {"train.async_lr.schedule": "none"},
     "kdsr_gru4rec": {"train.backbone": "gru4rec"},
+    "kdsr_bsarec": {"train.backbone": "bsarec"},
 }
 KD_WEIGHTS = ("train.kd.holistic_weight", "train.kd.code_weight")  # all a twin changes
 TWIN_SUFFIX = "_twin"

@@ -11,6 +11,15 @@ import torch
 from torch import nn
 
 
+def _causal_key_mask(pad_mask: torch.Tensor) -> torch.Tensor:
+    """(B, L, L) boolean attention mask, True = may not attend: later positions and padding keys, except that
+    every position may see itself (a padded query row would otherwise attend to nothing and give NaN)."""
+    L = pad_mask.shape[1]
+    causal = torch.ones(L, L, dtype=torch.bool, device=pad_mask.device).triu(1)
+    attn_mask = causal.unsqueeze(0) | pad_mask.unsqueeze(1)
+    return attn_mask & ~torch.eye(L, dtype=torch.bool, device=pad_mask.device).unsqueeze(0)
+
+
 class SASRec(nn.Module):
     """Self-attentive sequential recommendation (Kang & McAuley 2018), pre-LN variant.
 
@@ -45,11 +54,7 @@ class SASRec(nn.Module):
         x = x * (H**0.5) + self.positions(pos)  # (B, L, H)
         x = self.dropout(x)  # the only dropout on the input (the student adds none)
         x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
-        causal = torch.ones(L, L, dtype=torch.bool, device=x.device).triu(1)  # True = may not attend
-        # a padded query row would attend to nothing (NaN); let every position see itself
-        key_mask = pad_mask.clone()
-        attn_mask = causal.unsqueeze(0) | key_mask.unsqueeze(1)  # (B, L, L)
-        attn_mask = attn_mask & ~torch.eye(L, dtype=torch.bool, device=x.device).unsqueeze(0)
+        attn_mask = _causal_key_mask(pad_mask)
         attn_mask = attn_mask.repeat_interleave(self.encoder.layers[0].self_attn.num_heads, dim=0)
         h = self.encoder(x, mask=attn_mask)
         h = self.output_norm(h)
@@ -89,3 +94,87 @@ class GRU4Rec(nn.Module):
         h = torch.gather(out, 1, back.unsqueeze(-1).expand(B, L, H))
         h = self.output_norm(h)
         return h.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+
+
+class CausalFrequencyMix(nn.Module):
+    """BSARec's frequency rescaler made causal: ``low + beta² · (x - low)``, then residual and LayerNorm.
+
+    BSARec (Shin et al., AAAI 2024) splits the sequence with an FFT into a low-frequency part (the first few
+    Fourier components) and the high-frequency rest, and re-weights the rest by a learned per-dimension
+    ``beta²``: self-attention acts as a low-pass filter, and this layer gives back the fine, item-to-item
+    detail it smooths away. An FFT over the whole window lets position t see positions after t, which is
+    harmless when only the last position is trained but leaks the targets when every position is (as here).
+    So the low-pass part at position t is the mean of the real items at positions <= t within ``window``
+    (``window`` 0: every earlier item, the causal counterpart of keeping only the lowest frequencies of a
+    short sequence), and the high-pass part is the item minus that mean.
+    """
+
+    def __init__(self, hidden: int, window: int, dropout: float) -> None:
+        super().__init__()
+        self.window = window
+        self.sqrt_beta = nn.Parameter(torch.randn(1, 1, hidden))  # BSARec's initialisation
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden)
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        valid = (~pad_mask).unsqueeze(-1).float()  # (B, L, 1)
+        total = torch.cumsum(x.float() * valid, 1)  # float32 running sums, whatever the autocast
+        count = torch.cumsum(valid, 1)
+        if self.window > 0:  # subtract the sums of the positions that left the window
+            L = x.shape[1]
+            total = total - nn.functional.pad(total, (0, 0, self.window, 0))[:, :L]
+            count = count - nn.functional.pad(count, (0, 0, self.window, 0))[:, :L]
+        low = (total / count.clamp(min=1.0)).to(x.dtype)
+        mixed = low + self.sqrt_beta**2 * (x - low)
+        return self.norm(self.dropout(mixed) + x)
+
+
+class BSARecLayer(nn.Module):
+    """One BSARec block: ``alpha`` · frequency mix + (1 − ``alpha``) · self-attention (each with its own residual
+    and post-LayerNorm, as in BSARec), then a 4x-wide GELU feed-forward with residual and LayerNorm."""
+
+    def __init__(self, hidden: int, heads: int, dropout: float, alpha: float, window: int) -> None:
+        super().__init__()
+        self.alpha = alpha
+        self.frequency = CausalFrequencyMix(hidden, window, dropout)
+        self.attention = nn.MultiheadAttention(hidden, heads, dropout=dropout, batch_first=True)
+        self.attention_norm = nn.LayerNorm(hidden)
+        self.ffn = nn.Sequential(nn.Linear(hidden, 4 * hidden), nn.GELU(), nn.Linear(4 * hidden, hidden))
+        self.ffn_norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, attn_mask: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        a = self.attention(x, x, x, attn_mask=attn_mask, need_weights=False)[0]
+        gsp = self.attention_norm(x + self.dropout(a))
+        h = self.alpha * self.frequency(x, pad_mask) + (1.0 - self.alpha) * gsp
+        return self.ffn_norm(h + self.dropout(self.ffn(h)))
+
+
+class BSARec(nn.Module):
+    """BSARec (Shin et al., AAAI 2024, "beyond self-attention"), causal: SASRec's attention mixed with a
+    frequency rescaler (:class:`CausalFrequencyMix`) in every layer; post-LN blocks, embeddings through
+    LayerNorm + dropout as in the authors' model; learned positions counted from the most recent item, as in
+    :class:`SASRec`, so the output does not depend on left padding."""
+
+    def __init__(
+        self, hidden: int, layers: int, heads: int, dropout: float, max_len: int, alpha: float, window: int
+    ) -> None:
+        super().__init__()
+        self.max_len = max_len
+        self.heads = heads
+        self.positions = nn.Embedding(max_len, hidden)
+        self.input_norm = nn.LayerNorm(hidden)
+        self.dropout = nn.Dropout(dropout)
+        self.layers = nn.ModuleList(BSARecLayer(hidden, heads, dropout, alpha, window) for _ in range(layers))
+
+    def forward(self, x: torch.Tensor, pad_mask: torch.Tensor) -> torch.Tensor:
+        B, L, H = x.shape
+        if L > self.max_len:
+            raise ValueError(f"sequence length {L} exceeds max_len {self.max_len}")
+        pos = torch.arange(L - 1, -1, -1, device=x.device)
+        x = self.dropout(self.input_norm(x + self.positions(pos)))
+        x = x.masked_fill(pad_mask.unsqueeze(-1), 0.0)
+        attn_mask = _causal_key_mask(pad_mask).repeat_interleave(self.heads, dim=0)
+        for layer in self.layers:
+            x = layer(x, attn_mask, pad_mask)
+        return x.masked_fill(pad_mask.unsqueeze(-1), 0.0)

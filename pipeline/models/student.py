@@ -29,11 +29,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from pipeline.models.backbones import GRU4Rec, SASRec
+from pipeline.models.backbones import BSARec, GRU4Rec, SASRec
 
 
 @dataclass(frozen=True)
@@ -58,12 +59,27 @@ class StudentConfig:
         "fused"  # fused (tied) | id (the paper's: catalogue scored by IDs) | id_teacher (+ frozen teacher)
     )
     kd_projection: str = "identity"  # identity | random | none
+    scoring: str = "dot"  # dot | cos (cosine of hidden state and output embedding / temperature)
+    temperature: float = 0.1
+    bsarec_alpha: float = 0.7  # backbone bsarec: share of the frequency rescaler in each layer
+    bsarec_window: int = 0  # backbone bsarec: items in the causal low-pass mean (0: all earlier ones)
+
+    #: keys written to config.json only when they differ from these defaults, so the config of a model that
+    #: does not use them reads exactly as before they existed
+    _OPTIONAL: ClassVar[dict[str, object]] = {
+        "code_groups": 0,
+        "scoring": "dot",
+        "temperature": 0.1,
+        "bsarec_alpha": 0.7,
+        "bsarec_window": 0,
+    }
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["modalities"] = list(self.modalities)
-        if not self.code_groups:  # k-means layout: config.json exactly as before the vq codebook
-            del d["code_groups"]
+        for key, default in self._OPTIONAL.items():
+            if d[key] == default:
+                del d[key]
         return d
 
     @classmethod
@@ -179,7 +195,11 @@ FUSIONS: dict[str, Fusion] = {
 BACKBONES: dict[str, Callable[[StudentConfig], nn.Module]] = {
     "sasrec": lambda c: SASRec(c.hidden, c.layers, c.heads, c.dropout, c.max_len),
     "gru4rec": lambda c: GRU4Rec(c.hidden, c.layers, c.dropout, c.max_len),
+    "bsarec": lambda c: BSARec(
+        c.hidden, c.layers, c.heads, c.dropout, c.max_len, c.bsarec_alpha, c.bsarec_window
+    ),
 }
+SCORINGS = ("dot", "cos")
 
 
 def _kd_projection(kind: str, dim: int) -> nn.Module | None:
@@ -205,6 +225,7 @@ class Student(nn.Module):
             ("backbone", cfg.backbone, tuple(BACKBONES)),
             ("output", cfg.output, OUTPUTS),
             ("kd_projection", cfg.kd_projection, KD_PROJECTIONS),
+            ("scoring", cfg.scoring, SCORINGS),
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r} ({' | '.join(allowed)})")
@@ -309,10 +330,21 @@ class Student(nn.Module):
         x = items[seq] if items is not None else self._fuse(seq)  # (B, L, H)
         return self.backbone(x, pad)
 
+    def logit_factors(self, hidden: torch.Tensor, items: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two sides whose product ``a @ b.T`` are the logits: ``(hidden, items)`` for ``scoring="dot"``;
+        for ``"cos"`` both rows L2-normalised and the hidden side divided by the temperature, so a logit is
+        cos(h, e) / temperature (the padding row, all zeros, stays zero). The training loss and every scorer
+        go through here, so they rank alike."""
+        if self.cfg.scoring == "dot":
+            return hidden, items
+        h = nn.functional.normalize(hidden.float(), dim=-1) / self.cfg.temperature
+        return h.to(hidden.dtype), nn.functional.normalize(items.float(), dim=-1).to(items.dtype)
+
     def full_scores(self, hidden: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every item: (..., H) -> (..., N+1), one matmul against the whole catalogue."""
         items = self.item_representations() if items is None else items
-        return hidden @ items.T
+        h, e = self.logit_factors(hidden, items)
+        return h @ e.T
 
     def user_scores(
         self, seq: torch.Tensor, chunk: int = 256, items: torch.Tensor | None = None

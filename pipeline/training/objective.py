@@ -135,7 +135,7 @@ def batch_loss(
     if len(part):
         hidden = t.fwd_model.encode(inputs, model.input_table(items))  # (B, T, H)
         negatives = train.num_negatives if train.loss == "sampled_softmax" else 0
-        ce = next_item_loss(hidden[keep], items, targets[keep], negatives)
+        ce = next_item_loss(*model.logit_factors(hidden[keep], items), targets[keep], negatives)
     else:  # a batch with fewer rows than ranks leaves this rank none
         ce = items.new_zeros((), dtype=torch.float32)
     # every position weighs the same, whatever the length bucket of its batch; under DDP a rank's positions

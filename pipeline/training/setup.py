@@ -110,6 +110,10 @@ def build_training(
         code_groups=code_groups,
         output=train.output,
         kd_projection=train.kd.projection,
+        scoring=train.scoring,
+        temperature=train.temperature,
+        bsarec_alpha=train.bsarec.alpha,
+        bsarec_window=train.bsarec.window,
     )
     teacher_init = {m: t.teacher for m, t in teachers.items()}
     model = Student(cfg, teacher_init).to(device)
