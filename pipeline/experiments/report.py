@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from pipeline.errors import PipelineError
+from pipeline.experiments.anchors import published_context
 from pipeline.experiments.plan import (
     BASELINES,
     RUN_PARAMS,
@@ -315,6 +316,7 @@ def aggregate(out: Path) -> dict[str, Any]:
         "significance": significance,
         "kd_effect": effects,
         "cases": first.get("cases", {}),
+        "published": published_context(suite.get("params")),  # the data set of the published results
     }
 
 
