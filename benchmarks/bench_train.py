@@ -1,5 +1,7 @@
 """Train + evaluate benchmark: seconds per epoch, sequences/s, epochs and seconds to the best validation
-epoch, and validation/test HR@20 and NDCG@20 for each named variant, on prepared data.
+epoch, and validation/test HR, NDCG and MRR at 10, 20 and 50 for each named variant, on prepared data.
+With ``--unmasked`` the trained model is also evaluated on test WITHOUT history masking (RecBole's protocol,
+that of the published Scientific results), into ``<run>/unmasked/``: keys ``test_unmasked_<metric>_at_<k>``.
 
 Prepared data is a folder with ``processed/sequences.parquet`` and ``supervision/`` (what the ingest and
 correlate stages write); ``--prepare`` builds it for the Amazon Beauty sequences from ../shared/data. The
@@ -43,6 +45,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="where models/curves go (default: <data>/bench)")
     ap.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument(
+        "--unmasked",
+        action="store_true",
+        help="also evaluate on test without history masking (RecBole's protocol), no second training",
+    )
     args = ap.parse_args()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
@@ -51,6 +58,7 @@ def main() -> None:
     import torch
 
     from pipeline.config import load_params, with_overrides
+    from pipeline.evaluation.evaluate import UNMASKED_DIR, run_evaluate_unmasked
     from pipeline.layout import Layout
     from pipeline.runner import prepare_data, run_stage
 
@@ -61,6 +69,7 @@ def main() -> None:
     if args.device:
         extra["train.device"] = args.device
     base = with_overrides(base, {"mlflow.enabled": False, **extra})
+    base = with_overrides(base, {"eval.ks": sorted({*base.eval.ks, *ROW_KS})})  # a row's cut-offs always
     if args.prepare:  # ingest -> embed -> correlate into --data (needs polars and the teachers)
         prepare_data(base, Layout.flat(args.data))
     out = args.out or args.data / "bench"
@@ -93,43 +102,72 @@ def main() -> None:
                 "seconds_to_best": round(summary["seconds_to_best"], 2),
                 "seconds_per_epoch": round(train_s / max(1, epochs), 2),
                 "evaluate_seconds": round(eval_s, 2),
-                "valid_hr_at_20": report["valid"]["hr_at_20"],
-                "valid_ndcg_at_20": report["valid"]["ndcg_at_20"],
-                "test_hr_at_10": report["test"]["hr_at_10"],
-                "test_ndcg_at_10": report["test"]["ndcg_at_10"],
-                "test_hr_at_20": report["test"]["hr_at_20"],
-                "test_ndcg_at_20": report["test"]["ndcg_at_20"],
-                "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2),
+                **row_metrics(report["valid"], "valid"),
+                **row_metrics(report["test"], "test"),
             }
+            if args.unmasked:  # the same model, test ranked with the user's own past items kept
+                t2 = time.perf_counter()
+                unmasked = run_evaluate_unmasked(
+                    p.eval,
+                    layout.sequences,
+                    layout.models,
+                    layout.metrics.parent / UNMASKED_DIR,
+                    device=device,
+                )
+                row["unmasked_evaluate_seconds"] = round(time.perf_counter() - t2, 2)
+                row.update(row_metrics(unmasked["test"], "test_unmasked"))
+            row["peak_rss_gb"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6, 2)
             if device == "cuda":
                 row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
             results.append(row)
             print(json.dumps(row), flush=True)
-    cols = [
-        "variant",
-        "seed",
-        "device",
-        "epochs_run",
-        "best_epoch",
-        "seconds_per_epoch",
-        "seconds_to_best",
-        "test_hr_at_20",
-        "test_ndcg_at_20",
-        "valid_ndcg_at_20",
-    ]
-    print("\n| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
-    for r in results:
-        print(
-            "| "
-            + " | ".join(
-                f"{r[c]:.4f}" if isinstance(r[c], float) and c.startswith(("test", "valid")) else str(r[c])
-                for c in cols
-            )
-            + " |"
-        )
+    print("\n" + markdown_table(results, args.unmasked))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps({"machine": machine, "results": results}, indent=2))
+
+
+ROW_KS = (10, 20, 50)  # cut-offs of a result row (published results report @10, @20 and @50)
+TABLE_COLUMNS = (
+    "variant",
+    "seed",
+    "device",
+    "epochs_run",
+    "best_epoch",
+    "seconds_per_epoch",
+    "seconds_to_best",
+    "test_hr_at_10",
+    "test_hr_at_20",
+    "test_ndcg_at_10",
+    "test_ndcg_at_20",
+    "valid_ndcg_at_20",
+)
+UNMASKED_COLUMNS = (  # RecBole's names: R@k is HR@k with one target per user
+    ("test_unmasked_hr_at_10", "unmasked R@10"),
+    ("test_unmasked_ndcg_at_10", "unmasked NDCG@10"),
+    ("test_unmasked_hr_at_50", "unmasked R@50"),
+    ("test_unmasked_ndcg_at_50", "unmasked NDCG@50"),
+)
+
+
+def row_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
+    """``{"<prefix>_<hr|ndcg|mrr>_at_<k>": value}`` for k in :data:`ROW_KS` from one part of a report."""
+    return {f"{prefix}_{m}_at_{k}": metrics[f"{m}_at_{k}"] for k in ROW_KS for m in ("hr", "ndcg", "mrr")}
+
+
+def markdown_table(results: list[dict], unmasked: bool) -> str:
+    """The printed table: timing, test HR/NDCG at 10 and 20 (and the unmasked R/NDCG at 10 and 50)."""
+    cols = [(c, c) for c in TABLE_COLUMNS] + (list(UNMASKED_COLUMNS) if unmasked else [])
+    lines = ["| " + " | ".join(head for _, head in cols) + " |", "|" + "---|" * len(cols)]
+    for r in results:
+        cells = [
+            f"{r[c]:.4f}"
+            if isinstance(r.get(c), float) and c.startswith(("test", "valid"))
+            else str(r.get(c, "–"))
+            for c, _ in cols
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from helpers import write_sequences
 
 from pipeline.config import PROJECT_ROOT, MLflowParams, Params, with_overrides
 from pipeline.errors import DataError, PipelineError
-from pipeline.evaluation.evaluate import run_evaluate
+from pipeline.evaluation.evaluate import run_evaluate, run_evaluate_unmasked
 from pipeline.io import read_parquet
 
 
@@ -126,6 +126,46 @@ def test_run_evaluate_with_fake_student(tmp_path: Path, sequences: Path, eval_pa
         "target": [3, 1, 4, 3],
         "rank": [0, 4, 0, 3],
     }
+
+
+class RepeatLastStudent(NextIdStudent):
+    """Fake student whose top item is in the history: the last item scores 2, item ``last % N + 1`` 1, others 0."""
+
+    def user_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        scores = super().user_scores(inputs)
+        scores[torch.arange(inputs.shape[0]), inputs[:, -1]] = 2.0
+        return scores
+
+
+def test_unmasked_evaluation_keeps_history_items_in_the_ranking(
+    tmp_path: Path, sequences: Path, eval_params, tiny_params
+) -> None:
+    out = outputs(tmp_path)
+    student = RepeatLastStudent(num_items=6, max_len=3)
+    common = {
+        "sequences_path": sequences,
+        "model_dir": tmp_path / "models",
+        "student": student,
+        "device": "cpu",
+    }
+    masked = run_evaluate(eval_params, tiny_params.mlflow, progress=False, **out, **common)
+    masked_bytes = [path.read_bytes() for path in out.values()]
+    unmasked = run_evaluate_unmasked(eval_params, out_dir=tmp_path / "unmasked", **common)
+    # masked: the last item (score 2) is history, so the ranks are NextIdStudent's: 0, 4, 0, 3.
+    # unmasked, every history item other than the target scoring >= the target's score now counts:
+    #   valid u1 [1, 2] -> 3: item 2 (score 2) above the target (1): 1 | u2 [5] -> 1 (score 0): 5, 6 above,
+    #   2, 3, 4 tie: 5 (item 5 added) | test u1 [1, 2, 3] -> 4: item 3 above: 1 | u2 [5, 1] -> 3 (score 0):
+    #   1, 2 above, 4, 5, 6 tie: 5 (items 1 and 5 added)
+    ranks = read_parquet(tmp_path / "unmasked" / "per_user.parquet").to_pydict()
+    assert ranks["part"] == ["valid", "valid", "test", "test"] and ranks["rank"] == [1, 5, 1, 5]
+    assert read_parquet(out["per_user_path"]).to_pydict()["rank"] == [0, 4, 0, 3]
+    assert unmasked["test"]["hr_at_1"] == 0.0 and masked["test"]["hr_at_1"] == 0.5
+    assert unmasked["test"]["hr_at_5"] == 0.5 and masked["test"]["hr_at_5"] == 1.0
+    assert unmasked["test"]["mrr_at_5"] == pytest.approx(1 / 2 / 2)
+    assert unmasked["valid"]["ndcg_at_5"] == pytest.approx(1 / math.log2(3) / 2)
+    assert json.loads((tmp_path / "unmasked" / "metrics.json").read_text())["test"] == unmasked["test"]
+    # the masked outputs are untouched
+    assert [path.read_bytes() for path in out.values()] == masked_bytes
 
 
 def test_outputs_are_deterministic(tmp_path: Path, sequences: Path, eval_params, tiny_params) -> None:

@@ -91,7 +91,11 @@ def test_dvc_exp_show_json_opens_with_the_test_metrics(tmp_path: Path) -> None:
         for file, result in rows[0]["data"]["metrics"].items()
         for key in flat_keys(result["data"])
     ]
-    assert columns[:6] == [
-        f"reports/metrics.json:test.{m}_at_{k}" for k in (5, 10) for m in ("hr", "ndcg", "mrr")
+    # the default cut-offs, @50 included, in order: HR, NDCG, MRR at each k, test before validation
+    assert columns[:24] == [
+        f"reports/metrics.json:{part}.{m}_at_{k}"
+        for part in ("test", "valid")
+        for k in (5, 10, 20, 50)
+        for m in ("hr", "ndcg", "mrr")
     ]
     assert columns[-3:] == [f"reports/data_stats.json:{k}" for k in ("interactions", "items", "users")]

@@ -695,3 +695,22 @@ def test_beauty_config_reads_the_shared_benchmark_files() -> None:
     assert p.data.item_id_column == "item_id"
     assert p.data.text_columns == ["idgenrec_text", "s3rec_attribute_names"]
     assert p.data.image_column is None and p.train.modalities == ["text"]
+
+
+def test_report_puts_the_published_results_of_its_data_set_beside_its_rows(fake_suite: Path) -> None:
+    params = {"data": {"source": "sequences", "sequences_file": "d/Beauty.txt", "split": "loo"}}
+    write_json(
+        fake_suite / "suite.json", {"name": "fake", "params": {**params, "eval": {"mask_history": True}}}
+    )
+    res = write_report(fake_suite)
+    assert res["published"] == {"dataset": "beauty", "mask_history": True, "split": "loo"}
+    md = (fake_suite / "results.md").read_text()
+    assert "## Published full-ranking results on these files" in md
+    assert "| BSARec (AAAI 2024) | ID transformer | 0.1008 | 0.1373 | 0.0611 | 0.0703 |" in md
+    assert (
+        "| this suite (history masked, 2 seeds) | kdsr | " + " | ".join(["0.3300 ± 0.0424"] * 4) + " |" in md
+    )
+    # a suite on other data (here the demo) has no such table
+    write_json(fake_suite / "suite.json", {"name": "fake", "params": {"data": {"source": "demo"}}})
+    assert write_report(fake_suite)["published"] is None
+    assert "Published full-ranking results" not in (fake_suite / "results.md").read_text()

@@ -288,7 +288,7 @@ class TrainParams(_Section):
 
 # --------------------------------------------------------------------------------------------- eval
 class EvalParams(_Section):
-    ks: list[int] = Field(default_factory=lambda: [5, 10, 20])
+    ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50])
     mask_history: bool = True
     batch_size: int = Field(1024, ge=1)
 

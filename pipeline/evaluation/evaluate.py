@@ -184,7 +184,7 @@ def run_evaluate(
         )
         report["popularity"][part], _ = evaluate_scorer(popularity_fn, cases[part], ks, mask, bs, device=dev)
         report["cases"][part] = len(cases[part])
-        top_k = max(ks)
+        top_k = 20 if 20 in ks else max(ks)  # the headline cut-off of the log line
         log.info(
             "%s: hr@%d=%.4f ndcg@%d=%.4f (popularity hr@%d=%.4f)",
             part,
@@ -209,3 +209,40 @@ def run_evaluate(
     write_json(metrics_path, report, sort_keys=False)
     _log_to_mlflow(report, eval_params, mlflow_params, model_dir, Path(metrics_path))
     return report
+
+
+UNMASKED_DIR = "unmasked"  # beside a run's metrics.json: the evaluation without history masking
+
+
+def run_evaluate_unmasked(
+    eval_params: EvalParams | ParamsView,
+    sequences_path: Path,
+    model_dir: Path,
+    out_dir: Path,
+    student: Scorer | None = None,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluate the model once more WITHOUT history masking (RecBole's protocol: the user's own past items stay
+    in the ranking), into ``out_dir/metrics.json`` and ``out_dir/per_user.parquet``.
+
+    The same cases, cut-offs and ranking as :func:`run_evaluate` with ``eval.mask_history: false``; the masked
+    report is neither read nor overwritten, and nothing is logged to MLflow (mirroring these metrics into the
+    training run would replace its masked ``test_*`` metrics).
+
+    Returns:
+        The report written to ``out_dir/metrics.json`` (the layout of :func:`run_evaluate`'s).
+    """
+    unmasked = EvalParams(ks=list(eval_params.ks), mask_history=False, batch_size=int(eval_params.batch_size))
+    out_dir = Path(out_dir)
+    return run_evaluate(
+        unmasked,
+        MLflowParams(enabled=False),
+        sequences_path,
+        model_dir,
+        out_dir / "metrics.json",
+        out_dir / "per_user.parquet",
+        student=student,
+        device=device,
+        progress=progress,
+    )

@@ -9,6 +9,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.experiments.anchors import render_published
 from pipeline.experiments.plan import BASELINES
 from pipeline.io import atomic_path
 
@@ -58,6 +59,7 @@ def render_markdown(results: dict[str, Any], plots: Sequence[str] = ()) -> str:
         cells = [_fmt_mean_std(e["test"][m]) for m in names]
         timing = [_fmt(e["best_epoch"], ".1f"), _fmt(e["seconds_to_best"], ".1f")]
         lines.append(f"| {v} | {e['n']} | " + " | ".join(cells + timing) + " |")
+    lines += render_published(results)
 
     baseline, select = results["baseline"], _label(results["selection_metric"])
     lines += ["", "## Relative change vs the best baseline", ""]

@@ -24,6 +24,7 @@ import numpy as np
 from scipy import stats
 
 from pipeline.errors import PipelineError
+from pipeline.experiments.anchors import published_context
 from pipeline.experiments.plan import (
     BASELINES,
     RUN_PARAMS,
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TABLE_METRICS = ("hr", "ndcg")  # shown at every K the evaluation computed (5, 10, 20 by default)
+TABLE_METRICS = ("hr", "ndcg")  # shown at every K the evaluation computed (5, 10, 20, 50 by default)
 SIGNIFICANCE_K = 20  # per-user NDCG@K of the paired test (the largest K when 20 was not evaluated)
 CURVES_PNG, BARS_PNG = "valid_curves.png", "test_metrics.png"
 AGREEMENT_FILE = "teacher_agreement.json"  # per run: what is left of the teacher's correlations
@@ -315,6 +316,7 @@ def aggregate(out: Path) -> dict[str, Any]:
         "significance": significance,
         "kd_effect": effects,
         "cases": first.get("cases", {}),
+        "published": published_context(suite.get("params")),  # the data set of the published results
     }
 
 
