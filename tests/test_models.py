@@ -303,10 +303,9 @@ def test_bsarec_frequency_mix_splits_each_position_at_its_causal_mean(window: in
     pad = torch.tensor([[True, False, False, False, False]])
     mix.norm = torch.nn.Identity()  # read the mix itself: low + 4 (x - low), plus the residual x
     out = mix(x, pad)[0, :, 0]
-    if window == 0:
-        low = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.5])  # running means of 1, 3, 5, 9
-    else:
-        low = torch.tensor([0.0, 1.0, 2.0, 4.0, 7.0])  # means of the last two real items
+    running = torch.tensor([0.0, 1.0, 2.0, 3.0, 4.5])  # window 0: running means of 1, 3, 5, 9
+    last_two = torch.tensor([0.0, 1.0, 2.0, 4.0, 7.0])  # window 2: means of the last two real items
+    low = running if window == 0 else last_two
     expected = low + 4.0 * (x[0, :, 0] - low) + x[0, :, 0]
     torch.testing.assert_close(out[1:], expected[1:])
 
