@@ -8,7 +8,7 @@ result (a model evaluated on other data of the same size, teacher vectors attach
 |---|---|---|
 | ``data/processed/sequences.parquet`` metadata | ``items_sha256``: the items table written with it | correlate (vs the embeddings) |
 | ``data/embeddings/<m>.parquet`` metadata | ``items``: the items.parquet it embedded | correlate |
-| ``data/supervision/stats.json`` | ``sequences``, ``items``, ``embeddings/<m>`` | train (sequences) |
+| ``data/supervision/stats.json`` | ``sequences``, ``items``, ``embeddings/<m>``; under ``files``: each file of the folder | train (sequences, the files of its modalities) |
 | ``models/config.json`` | ``sequences``, ``catalogue``, ``supervision/teacher_<m>`` | evaluate (sequences), recommend and the MLflow model (sequences, catalogue) |
 
 An artefact written before lineage was recorded has no ``inputs``: it is used with a warning (rebuild it to
@@ -26,15 +26,23 @@ from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.io import file_digest, parquet_metadata
-from pipeline.layout import ITEMS, MODEL_CONFIG, SEQUENCES, SUPERVISION_STATS, teacher_file
+from pipeline.layout import (
+    ITEMS,
+    MODEL_CONFIG,
+    SEQUENCES,
+    SUPERVISION_STATS,
+    codebook_file,
+    neighbours_file,
+    teacher_file,
+)
 
 log = logging.getLogger(__name__)
 
 INPUTS_KEY = "inputs"  # where an artefact keeps its input digests (JSON key / Parquet metadata key)
 ITEMS_KEY = "items_sha256"  # sequences.parquet metadata: digest of the items.parquet written with it
-CATALOGUE_KEY = (
-    "catalogue"  # models/config.json inputs: digest of the item-id map (original ids, dense order)
-)
+# models/config.json inputs: digest of the item-id map (original ids in dense order)
+CATALOGUE_KEY = "catalogue"
+FILES_KEY = "files"  # supervision stats.json: {file name: sha256} of every file the correlate stage wrote
 
 
 class LineageError(PipelineError):
@@ -149,6 +157,55 @@ def check_supervision(
         artefact=str(Path(supervision_dir) / SUPERVISION_STATS),
         paths={"sequences": sequences_path},
     )
+
+
+def supervision_files(supervision_dir: str | Path) -> dict[str, str]:
+    """What the correlate stage records under ``files`` in ``stats.json``: the digest of every file it wrote
+    beside it, so a file swapped in from another run (same items, same size) is noticed by train."""
+    folder = Path(supervision_dir)
+    return {
+        p.name: file_digest(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != SUPERVISION_STATS
+    }
+
+
+def check_supervision_files(supervision_dir: str | Path, modalities: Iterable[str]) -> None:
+    """Train: the supervision files of ``modalities`` must be the ones the correlate stage wrote with
+    ``stats.json`` (teacher vectors, codebook, neighbour lists; a file not on disk is left to its reader).
+
+    A folder written before the digests were recorded is used with a warning naming the rerun.
+
+    Raises:
+        LineageError: naming each replaced file, both digests and the correlate stage.
+    """
+    modalities = list(modalities)
+    if not modalities:
+        return
+    folder = Path(supervision_dir)
+    stats = folder / SUPERVISION_STATS
+    try:
+        recorded = json.loads(stats.read_text()).get(FILES_KEY)
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    hint = f"{folder} (run the correlate stage: dvc repro -f correlate)"
+    if not isinstance(recorded, dict) or not recorded:
+        log.warning(
+            "%s records no digests of the supervision files (written by an older version): a file replaced "
+            "since is not noticed; rebuild %s",
+            stats,
+            hint,
+        )
+        return
+    files = [f(folder, m) for m in modalities for f in (teacher_file, codebook_file, neighbours_file)]
+    actual = {p.name: file_digest(p) for p in files if p.exists()}
+    missing = [p.name for p in files if p.name not in recorded and p.exists()]
+    if missing:
+        raise LineageError(
+            f"{', '.join(missing)} in {folder} not written by the correlate stage that wrote {stats}: "
+            f"rebuild {hint}"
+        )
+    check_lineage(recorded, actual, hint, artefact=str(stats), paths={p.name: p for p in files})
 
 
 # --------------------------------------------------------------------------------------------- model

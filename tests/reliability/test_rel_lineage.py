@@ -269,3 +269,53 @@ def test_recommend_with_a_model_recorded_before_the_catalogue_digest_checks_the_
     _reingest_other_catalogue(tmp_path)
     with pytest.raises(LineageError, match="sequences"):
         check_recommender(tmp_path / "models", processed / "items.parquet")
+
+
+# --------------------------------------------------------------------------------------------- supervision files (issue 23)
+def test_a_supervision_file_swapped_in_from_another_run_is_refused_by_train(
+    tmp_path: Path, small: Params
+) -> None:
+    import shutil
+
+    from pipeline.training.trainer import run_train
+
+    seqs, emb = tmp_path / "sequences.parquet", tmp_path / "emb"
+    _sequences_with_items(seqs, SEQS_A, "c" * 64)
+    _embeddings(emb / "text.parquet", 8, "c" * 64)
+    stats = run_correlate(small.correlate, ["text"], NO_MLFLOW, emb, seqs, tmp_path / "sup")
+    assert stats["files"]["teacher_text.parquet"] == file_digest(tmp_path / "sup" / "teacher_text.parquet")
+    assert set(stats["files"]) == {p.name for p in (tmp_path / "sup").iterdir()} - {"stats.json"}
+    rotated = with_overrides(small, {"correlate.rotate": True})  # another run: same items, same size
+    run_correlate(rotated.correlate, ["text"], NO_MLFLOW, emb, seqs, tmp_path / "other")
+    swapped = tmp_path / "sup" / "teacher_text.parquet"
+    shutil.copyfile(tmp_path / "other" / "teacher_text.parquet", swapped)
+    assert file_digest(swapped) != stats["files"]["teacher_text.parquet"]
+    with pytest.raises(LineageError) as err:
+        run_train(small.train, "cos", small.eval, NO_MLFLOW, seqs, tmp_path / "sup", tmp_path / "models",
+                  tmp_path / "curve.csv", tmp_path / "ckpt", progress=False)  # fmt: skip
+    msg = str(err.value)
+    assert f"teacher_text.parquet ({swapped}): sha256 {file_digest(swapped)} now" in msg
+    assert (
+        f"built from sha256 {stats['files']['teacher_text.parquet']}" in msg
+        and "dvc repro -f correlate" in msg
+    )
+    assert not (tmp_path / "models").exists()
+
+
+def test_supervision_written_before_file_digests_is_used_with_a_warning(
+    tmp_path: Path, small: Params, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.lineage import check_supervision_files
+
+    seqs, emb, sup = tmp_path / "sequences.parquet", tmp_path / "emb", tmp_path / "sup"
+    _sequences_with_items(seqs, SEQS_A, "c" * 64)
+    _embeddings(emb / "text.parquet", 8, "c" * 64)
+    run_correlate(small.correlate, ["text"], NO_MLFLOW, emb, seqs, sup)
+    check_supervision_files(sup, ["text"])  # fresh: fine, no warning
+    assert "records no digests" not in caplog.text
+    old = read_json(sup / "stats.json")
+    del old["files"]
+    (sup / "stats.json").write_text(__import__("json").dumps(old))
+    check_supervision_files(sup, ["text"])
+    assert f"{sup / 'stats.json'} records no digests of the supervision files" in caplog.text
+    assert "dvc repro -f correlate" in caplog.text
