@@ -156,7 +156,11 @@ def test_deeply_nested_params_file_is_refused_naming_the_limit(tmp_path: Path) -
 @pytest.mark.parametrize(
     ("key", "value", "fragment"),
     [
-        ("train.seed", "10000000000000000000", "train.seed: Input should be less than or equal to 4294967295"),
+        (
+            "train.seed",
+            "10000000000000000000",
+            "train.seed: Input should be less than or equal to 4294967295",
+        ),
         ("data.demo.seed", "-1", "data.demo.seed: Input should be greater than or equal to 0"),
         ("correlate.seed", "4294967296", "correlate.seed: Input should be less than or equal to 4294967295"),
         ("train.hidden", "1000000000000", "train.hidden: Input should be less than or equal to 65536"),
