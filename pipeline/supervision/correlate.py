@@ -38,7 +38,13 @@ from pipeline.io import (
     write_json,
 )
 from pipeline.layout import SUPERVISION_STATS, codebook_file, embedding_file, neighbours_file, teacher_file
-from pipeline.lineage import INPUTS_KEY, check_embeddings_match_sequences, supervision_inputs
+from pipeline.lineage import (
+    FILES_KEY,
+    INPUTS_KEY,
+    check_embeddings_match_sequences,
+    supervision_files,
+    supervision_inputs,
+)
 from pipeline.supervision.autoencoders import autoencoder_reduce, sigmoid_autoencoder_reduce
 from pipeline.supervision.pairs import read_training_item_sets, sample_pairs
 from pipeline.supervision.quantize import fit_kmeans_codebook, fit_vq_codebook
@@ -314,6 +320,7 @@ def run_correlate(
                     ", ".join(f"{k} {v:.2f}s" for k, v in timings[modality].items()),
                 )
             stats[INPUTS_KEY] = supervision_inputs(sequences_path, embeddings)  # lineage, checked by train
+            stats[FILES_KEY] = supervision_files(tmp)  # each file's digest, checked by train
             write_json(tmp / SUPERVISION_STATS, stats)
         tracker.set_tags({"device": str(device)})
         tracker.log_metrics({m: s for m, s in stats.items() if isinstance(s, dict)})

@@ -22,7 +22,7 @@ from pipeline.devices import resolve_precision
 from pipeline.errors import PipelineError
 from pipeline.evaluation.cases import EvalCases, cases_from_sequences
 from pipeline.layout import neighbours_file, teacher_file
-from pipeline.lineage import check_supervision
+from pipeline.lineage import check_supervision, check_supervision_files
 from pipeline.models import Student, StudentConfig
 from pipeline.supervision.scores import TeacherCorrelation, pair_scores
 from pipeline.tracking import file_digest
@@ -71,6 +71,7 @@ def build_training(
     modalities = list(train.modalities)
     seqs = read_sequences(sequences_path)
     check_supervision(supervision_dir, sequences_path, modalities)  # stale supervision: fail, naming digests
+    check_supervision_files(supervision_dir, modalities)  # a file swapped in from another run: fail
     num_items = seqs.num_items
     teachers: dict[str, TeacherCorrelation] = {}
     for m in modalities:

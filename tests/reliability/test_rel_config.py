@@ -124,3 +124,87 @@ def test_stage_value_error_from_an_unreadable_input_is_one_line_exit_2(
     bad.write_text("not parquet\nat all\n")
     err = _exit(lambda: read_sequences(bad), capsys, monkeypatch, tmp_path)
     assert err.startswith(f"error: {bad}: cannot be read as Parquet")
+
+
+# --------------------------------------------------------------------------------------------- bounded parsing (issue 23)
+def test_yaml_alias_bomb_is_refused_at_once_naming_the_line(tmp_path: Path) -> None:
+    import time
+
+    lines = ['a0: &a0 ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]  # 9**10 strings
+    f = tmp_path / "params.yaml"
+    f.write_text("\n".join(lines) + "\ntrain:\n  epochs: 2\n")
+    assert f.stat().st_size < 2000
+    start = time.perf_counter()
+    with pytest.raises(ConfigError, match=r"params\.yaml: line 2: YAML alias \*a0: aliases are not allowed"):
+        load_params(f)
+    assert time.perf_counter() - start < 5  # expanded by the duplicate-key walk, it ran for hours
+
+
+def test_deeply_nested_params_file_is_refused_naming_the_limit(tmp_path: Path) -> None:
+    f = tmp_path / "params.yaml"
+    f.write_text("train:\n  modalities: " + "[" * 5000 + "]" * 5000 + "\n")
+    with pytest.raises(ConfigError, match=r"params\.yaml: line 2: nested deeper than 16 levels"):
+        load_params(f)
+    f.write_text(
+        "base: defaults\ntrain:\n  modalities: " + "[" * 5000 + "]" * 5000 + "\n"
+    )  # the base chain too
+    with pytest.raises(ConfigError, match="nested deeper than 16 levels"):
+        load_params(f)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "fragment"),
+    [
+        (
+            "train.seed",
+            "10000000000000000000",
+            "train.seed: Input should be less than or equal to 4294967295",
+        ),
+        ("data.demo.seed", "-1", "data.demo.seed: Input should be greater than or equal to 0"),
+        ("correlate.seed", "4294967296", "correlate.seed: Input should be less than or equal to 4294967295"),
+        ("train.hidden", "1000000000000", "train.hidden: Input should be less than or equal to 65536"),
+        (
+            "train.max_len",
+            "100000000000000000000",
+            "train.max_len: Input should be less than or equal to 100000",
+        ),
+        (
+            "data.demo.users",
+            "1000000000000",
+            "data.demo.users: Input should be less than or equal to 10000000",
+        ),
+    ],
+)
+def test_sizes_and_seeds_have_upper_bounds_named_with_the_key(
+    tmp_path: Path, key: str, value: str, fragment: str
+) -> None:
+    f = tmp_path / "params.yaml"
+    *parents, leaf = key.split(".")
+    text = (
+        "".join(f"{'  ' * i}{p}:\n" for i, p in enumerate(parents))
+        + f"{'  ' * len(parents)}{leaf}: {value}\n"
+    )
+    f.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        load_params(f)
+    assert fragment in str(err.value)
+
+
+def test_every_size_and_seed_has_an_upper_bound() -> None:
+    """Each int field of the schema (sizes, counts, epochs, seeds) declares ``le``: no value reaches an
+    allocation or a C integer unbounded."""
+    from annotated_types import Le
+    from pydantic import BaseModel
+
+    def unbounded(model: type[BaseModel], prefix: str = "") -> list[str]:
+        out = []
+        for name, field in model.model_fields.items():
+            ann = field.annotation
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                out += unbounded(ann, f"{prefix}{name}.")
+            elif ann in (int, int | None) and not any(isinstance(m, Le) for m in field.metadata):
+                out.append(f"{prefix}{name}")
+        return out
+
+    assert unbounded(Params) == []

@@ -223,3 +223,21 @@ def test_raw_download_redirect_to_another_scheme_is_refused(
 def test_official_raw_data_urls_use_https() -> None:
     for fmt in AMAZON_FORMATS.values():
         assert fmt.review_url.startswith("https://") and fmt.meta_url.startswith("https://"), fmt.name
+
+
+def test_oversized_python_literal_metadata_line_is_refused_before_parsing(tmp_path: Path) -> None:
+    """A small .gz of a huge tuple literal (a 2014 record's field) drove ast.literal_eval to gigabytes; a
+    line over MAX_LITERAL_CHARS is a malformed line, named with its size and the limit (issue 23)."""
+    from pipeline.data.sources.metadata import MAX_LITERAL_CHARS
+
+    huge = "{'asin': 'B2', 'title': 'Two', 'x': (" + "0," * (MAX_LITERAL_CHARS // 2 + 10) + ")}"
+    meta = tmp_path / "meta_Beauty.json.gz"
+    with gzip.open(meta, "wt") as f:
+        f.write(
+            "\n".join(["{'asin': 'B1', 'title': 'One'}", huge, "{'asin': 'B3', 'title': 'Three'}"]) + "\n"
+        )
+    assert meta.stat().st_size < 5000
+    items, report, _ = read_metadata(meta, "asin", ["title"], [], python_literal=True)
+    assert items.get_column("item_id").to_list() == ["B1", "B3"]
+    ((line, why),) = report.examples
+    assert line == 2 and f"a Python-literal record of {len(huge):,} characters, over the 262,144" in why

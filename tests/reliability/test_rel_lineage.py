@@ -179,3 +179,143 @@ def test_trained_model_records_its_inputs(tmp_path: Path, small: Params) -> None
     run_train(small.train, "cos", small.eval, NO_MLFLOW, seqs, sup, tmp_path / "models",
               tmp_path / "curve.csv", tmp_path / "ckpt", progress=False)  # fmt: skip
     assert read_json(tmp_path / "models" / "config.json")["inputs"] == model_inputs(seqs, sup, ["text"])
+
+
+# --------------------------------------------------------------------------------------------- recommend (issue 23)
+def _trained_recommender(root: Path) -> list[list[int]]:
+    """A tiny model whose config records its inputs as the train stage does (sequences, catalogue)."""
+    from helpers import write_tiny_recommender
+
+    from pipeline.models import load_student, save_student
+
+    seqs = write_tiny_recommender(root)
+    processed = root / "data" / "processed"
+    inputs = model_inputs(processed / "sequences.parquet", root / "data" / "supervision", [])
+    save_student(load_student(root / "models"), root / "models", extra={"inputs": inputs})
+    return seqs
+
+
+def _reingest_other_catalogue(root: Path, n_items: int = 30) -> None:
+    """What `data.demo.seed: 4` does: a catalogue of the same size with no id in common, other sequences."""
+    processed = root / "data" / "processed"
+    write_parquet(
+        processed / "items.parquet",
+        {"item": pa.array(range(1, n_items + 1), pa.int32()),
+         "item_id": pa.array([f"C{i:09d}" for i in range(1, n_items + 1)], pa.string()),
+         "text": pa.array([f"other {i}" for i in range(1, n_items + 1)], pa.string())},
+    )  # fmt: skip
+    write_sequences(
+        processed / "sequences.parquet", [[(i + j) % n_items + 1 for j in range(5)] for i in range(23)]
+    )
+
+
+def test_trained_model_records_the_catalogue_digest(tmp_path: Path) -> None:
+    from pipeline.lineage import catalogue_digest
+
+    _trained_recommender(tmp_path)
+    inputs = read_json(tmp_path / "models" / "config.json")["inputs"]
+    assert inputs["catalogue"] == catalogue_digest([f"B{i:09d}" for i in range(1, 31)])
+    assert inputs["catalogue"] != catalogue_digest([f"B{i:09d}" for i in range(2, 32)])
+
+
+def test_recommend_stage_with_a_model_of_another_catalogue_fails_and_writes_nothing(tmp_path: Path) -> None:
+    from pipeline.config import RecommendParams
+    from pipeline.recommend.topk import run_recommend
+
+    _trained_recommender(tmp_path)
+    processed, out = tmp_path / "data" / "processed", tmp_path / "data" / "recommendations.parquet"
+    args = (RecommendParams(k=3), processed / "sequences.parquet", processed / "items.parquet",
+            tmp_path / "models", out)  # fmt: skip
+    assert run_recommend(*args, device="cpu", progress=False)["rows"] == 3 * 23  # same data: fine
+    out.unlink()
+    _reingest_other_catalogue(tmp_path)
+    with pytest.raises(LineageError) as err:
+        run_recommend(*args, device="cpu", progress=False)
+    msg = str(err.value)
+    assert (
+        f"catalogue (the item ids of {processed / 'items.parquet'})" in msg and "run the train stage" in msg
+    )
+    assert not out.exists()
+
+
+def test_recommend_cli_with_a_model_of_another_catalogue_fails(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import stages.recommend as stage
+
+    _trained_recommender(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    _reingest_other_catalogue(tmp_path)
+    with pytest.raises(LineageError, match=r"catalogue \(the item ids of data/processed/items.parquet\)"):
+        stage.run(["--items", "C000000001", "C000000002", "--k", "3"])
+    assert "top 3" not in capsys.readouterr().out
+
+
+def test_recommend_with_a_model_recorded_before_the_catalogue_digest_checks_the_sequences(
+    tmp_path: Path,
+) -> None:
+    from pipeline.lineage import check_recommender
+    from pipeline.models import load_student, save_student
+
+    _trained_recommender(tmp_path)
+    processed = tmp_path / "data" / "processed"
+    model = load_student(tmp_path / "models")
+    save_student(
+        model,
+        tmp_path / "models",
+        extra={"inputs": {"sequences": file_digest(processed / "sequences.parquet")}},
+    )
+    check_recommender(tmp_path / "models", processed / "items.parquet")  # same data: fine
+    _reingest_other_catalogue(tmp_path)
+    with pytest.raises(LineageError, match="sequences"):
+        check_recommender(tmp_path / "models", processed / "items.parquet")
+
+
+# --------------------------------------------------------------------------------------------- supervision files (issue 23)
+def test_a_supervision_file_swapped_in_from_another_run_is_refused_by_train(
+    tmp_path: Path, small: Params
+) -> None:
+    import shutil
+
+    from pipeline.training.trainer import run_train
+
+    seqs, emb = tmp_path / "sequences.parquet", tmp_path / "emb"
+    _sequences_with_items(seqs, SEQS_A, "c" * 64)
+    _embeddings(emb / "text.parquet", 8, "c" * 64)
+    stats = run_correlate(small.correlate, ["text"], NO_MLFLOW, emb, seqs, tmp_path / "sup")
+    assert stats["files"]["teacher_text.parquet"] == file_digest(tmp_path / "sup" / "teacher_text.parquet")
+    assert set(stats["files"]) == {p.name for p in (tmp_path / "sup").iterdir()} - {"stats.json"}
+    rotated = with_overrides(small, {"correlate.rotate": True})  # another run: same items, same size
+    run_correlate(rotated.correlate, ["text"], NO_MLFLOW, emb, seqs, tmp_path / "other")
+    swapped = tmp_path / "sup" / "teacher_text.parquet"
+    shutil.copyfile(tmp_path / "other" / "teacher_text.parquet", swapped)
+    assert file_digest(swapped) != stats["files"]["teacher_text.parquet"]
+    with pytest.raises(LineageError) as err:
+        run_train(small.train, "cos", small.eval, NO_MLFLOW, seqs, tmp_path / "sup", tmp_path / "models",
+                  tmp_path / "curve.csv", tmp_path / "ckpt", progress=False)  # fmt: skip
+    msg = str(err.value)
+    assert f"teacher_text.parquet ({swapped}): sha256 {file_digest(swapped)} now" in msg
+    assert (
+        f"built from sha256 {stats['files']['teacher_text.parquet']}" in msg
+        and "dvc repro -f correlate" in msg
+    )
+    assert not (tmp_path / "models").exists()
+
+
+def test_supervision_written_before_file_digests_is_used_with_a_warning(
+    tmp_path: Path, small: Params, caplog: pytest.LogCaptureFixture
+) -> None:
+    from pipeline.lineage import check_supervision_files
+
+    seqs, emb, sup = tmp_path / "sequences.parquet", tmp_path / "emb", tmp_path / "sup"
+    _sequences_with_items(seqs, SEQS_A, "c" * 64)
+    _embeddings(emb / "text.parquet", 8, "c" * 64)
+    run_correlate(small.correlate, ["text"], NO_MLFLOW, emb, seqs, sup)
+    check_supervision_files(sup, ["text"])  # fresh: fine, no warning
+    assert "records no digests" not in caplog.text
+    old = read_json(sup / "stats.json")
+    del old["files"]
+    (sup / "stats.json").write_text(__import__("json").dumps(old))
+    check_supervision_files(sup, ["text"])
+    assert f"{sup / 'stats.json'} records no digests of the supervision files" in caplog.text
+    assert "dvc repro -f correlate" in caplog.text

@@ -18,12 +18,18 @@ import polars as pl
 from pipeline.data.records import ITEM_SCHEMA, FieldCounts, FileReport, as_id, iter_lines, parse_progress
 from pipeline.data.text import assemble_text, has_text, image_reference
 
+# the longest line handed to ast.literal_eval: its syntax tree takes ~500 bytes per character (a 5 MB tuple
+# literal, 6.8 KB gzipped, drove ingest to 2.56 GB); real 2014 records are a few KB, so this costs ~140 MB
+MAX_LITERAL_CHARS = 256 * 1024
+
 
 def parse_metadata_line(text: str, python_literal: bool) -> Any:
     """Parse one metadata line: strict JSON, or (2014) a Python literal via :func:`ast.literal_eval`.
 
     A Python-literal line without double quotes or backslashes has only single-quoted strings that contain
     no quote and no escape, so swapping the quotes gives equivalent JSON: a fast exact path for most lines.
+    A line that needs ``ast.literal_eval`` and is longer than :data:`MAX_LITERAL_CHARS` is refused
+    (``ValueError``: a malformed line) before its syntax tree is built.
     """
     if python_literal:
         if '"' not in text and "\\" not in text:
@@ -35,6 +41,11 @@ def parse_metadata_line(text: str, python_literal: bool) -> Any:
             return json.loads(text)
         except (ValueError, RecursionError):
             pass
+        if len(text) > MAX_LITERAL_CHARS:
+            raise ValueError(
+                f"a Python-literal record of {len(text):,} characters, over the {MAX_LITERAL_CHARS:,} "
+                "read with ast.literal_eval"
+            )
         try:
             return ast.literal_eval(text)
         except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError) as err:
