@@ -249,6 +249,9 @@ class TrainParams(_Section):
     # the logit of an item: dot (hidden state . output embedding) | cos (cosine of the two / temperature)
     scoring: Literal["dot", "cos"] = "dot"
     temperature: float = Field(0.1, gt=0.0)  # scoring cos only
+    # the ID embeddings start at N(0, (id_init_scale / sqrt(hidden))^2); 0 starts them at zero, so an item's
+    # output embedding starts as its modality part alone and the ID part grows only where interactions push it
+    id_init_scale: float = Field(1.0, ge=0.0, le=100.0)
     hidden: int = Field(64, ge=4, le=65_536)
     layers: int = Field(2, ge=1, le=1024)
     heads: int = Field(2, ge=1, le=1024)

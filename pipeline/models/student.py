@@ -63,6 +63,7 @@ class StudentConfig:
     temperature: float = 0.1
     bsarec_alpha: float = 0.7  # backbone bsarec: share of the frequency rescaler in each layer
     bsarec_window: int = 0  # backbone bsarec: items in the causal low-pass mean (0: all earlier ones)
+    id_init_scale: float = 1.0  # the ID embeddings start at N(0, (scale / sqrt(H))^2); 0: at zero
 
     #: keys written to config.json only when they differ from these defaults, so the config of a model that
     #: does not use them reads exactly as before they existed
@@ -72,6 +73,7 @@ class StudentConfig:
         "temperature": 0.1,
         "bsarec_alpha": 0.7,
         "bsarec_window": 0,
+        "id_init_scale": 1.0,
     }
 
     def to_dict(self) -> dict:
@@ -231,7 +233,7 @@ class Student(nn.Module):
                 raise ValueError(f"unknown {name} {value!r} ({' | '.join(allowed)})")
         fusion = FUSIONS[cfg.fusion]
         self.item_emb = nn.Embedding(n, h, padding_idx=0)
-        nn.init.normal_(self.item_emb.weight, std=h**-0.5)
+        nn.init.normal_(self.item_emb.weight, std=cfg.id_init_scale * h**-0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
         self.modality_tables = nn.ModuleDict()

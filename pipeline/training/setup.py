@@ -115,6 +115,7 @@ def build_training(
         temperature=train.temperature,
         bsarec_alpha=train.bsarec.alpha,
         bsarec_window=train.bsarec.window,
+        id_init_scale=train.id_init_scale,
     )
     teacher_init = {m: t.teacher for m, t in teachers.items()}
     model = Student(cfg, teacher_init).to(device)
