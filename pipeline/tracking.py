@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import PROJECT_ROOT, flatten
-from pipeline.io import file_digest  # re-exported: runs are tagged with data/model digests
-from pipeline.layout import MODEL_WEIGHTS
+from pipeline.io import file_digest as file_digest  # re-exported: runs are tagged with data/model digests
 
 if TYPE_CHECKING:
     from pipeline.config import MLflowParams, ParamsView
@@ -127,7 +126,7 @@ def tracking_enabled(mlflow_params: MLflowSection) -> bool:
     return bool(getattr(mlflow_params, "enabled", True)) and os.environ.get("KDSR_MLFLOW", "1") != "0"
 
 
-def _import_mlflow() -> Any | None:
+def import_mlflow() -> Any | None:
     try:
         import mlflow  # optional and slow to import
     except ImportError:
@@ -158,7 +157,7 @@ def start_run(
     if not tracking_enabled(mlflow_params):
         yield Tracker(None, None)
         return
-    mlflow = _import_mlflow()
+    mlflow = import_mlflow()
     if mlflow is None:
         yield Tracker(None, None)
         return
@@ -191,7 +190,7 @@ def find_run_by_tag(mlflow_params: MLflowSection, key: str, value: str) -> str |
     """Return the newest run id in the experiment whose tag ``key`` equals ``value`` (or None)."""
     if not tracking_enabled(mlflow_params):
         return None
-    mlflow = _import_mlflow()
+    mlflow = import_mlflow()
     if mlflow is None:
         return None
     try:
@@ -212,39 +211,3 @@ def find_run_by_tag(mlflow_params: MLflowSection, key: str, value: str) -> str |
         log.warning("MLflow search failed (%s)", err)
         return None
     return runs[0].info.run_id if runs else None
-
-
-def log_recommender(mlflow_params: MLflowSection, model_dir: Path, items_path: Path) -> str | None:
-    """Log the trained model as an MLflow pyfunc model into the training run that made it, and register it
-    as ``mlflow.register_as`` when set; returns the model URI (None when tracking is off or it failed).
-
-    The training run is found by the ``model.sha256`` tag the trainer sets on it (as the evaluate stage
-    finds it), so this runs after ``run_train`` has closed its run. Only rank 0 of a ``torchrun`` logs.
-    Failures are logged and never fail the stage.
-    """
-    if not tracking_enabled(mlflow_params) or os.environ.get("RANK", "0") not in ("", "0"):
-        return None
-    if _import_mlflow() is None:
-        return None
-    weights = Path(model_dir) / MODEL_WEIGHTS
-    if not weights.exists():
-        return None  # training stopped before writing a model
-    run_id = find_run_by_tag(mlflow_params, "model.sha256", file_digest(weights))
-    register_as = getattr(mlflow_params, "register_as", None)
-    with start_run("train", mlflow_params, run_id=run_id) as tracker:
-        if not tracker.active:
-            return None
-        try:
-            from pipeline.recommend.pyfunc import log_model  # imports mlflow
-
-            info = log_model(Path(model_dir), Path(items_path), register_as)
-        except Exception as err:  # tracking must never fail the stage
-            log.warning("logging the MLflow model failed (%s): outputs are written, model not logged", err)
-            return None
-        version = getattr(info, "registered_model_version", None)
-        log.info(
-            "MLflow model %s%s",
-            info.model_uri,
-            f" registered as models:/{register_as}/{version}" if register_as and version else "",
-        )
-        return info.model_uri

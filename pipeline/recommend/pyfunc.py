@@ -11,7 +11,7 @@ Input: a column ``items``, one list of original item ids (oldest first) per row.
 ``item_ids`` (top-K original ids, best first) and ``scores``. Inference params: ``k`` (default 10) and
 ``mask_history`` (default true).
 
-This module imports mlflow; :func:`pipeline.tracking.log_recommender` imports it only when tracking is on.
+This module imports mlflow; :func:`pipeline.recommend.register.log_recommender` imports it only when tracking is on.
 """
 
 from __future__ import annotations
