@@ -6,7 +6,8 @@ dispatch table (``STAGES`` in pipeline/runner.py) maps each stage to a function 
 library lazily; only the running stage's function is followed, or every stage would depend on every library.
 
 A package folder is listed instead of its files when the stage imports every module in it; otherwise the
-files are listed one by one. Data deps (anything outside ``pipeline/`` and ``stages/``), other keys, comments
+files are listed one by one. Empty files (an empty ``__init__.py``) are left out: they run nothing, and DVC
+warns about an empty dep. Data deps (anything outside ``pipeline/`` and ``stages/``), other keys, comments
 and order of dvc.yaml are left as they are. ``python -m stages.deps --check`` / ``--write`` run this.
 """
 
@@ -94,7 +95,13 @@ def expected_code_deps(root: Path, stage: str, entry: str) -> list[str]:
     files = {str(modules[m].relative_to(root)) for m in closure(entry, modules, skip)}
     entry_file = str(modules[entry].relative_to(root))
     rest = _collapse(files - {entry_file}, {str(p.relative_to(root)) for p in modules.values()})
-    return [entry_file, *rest]
+    return [entry_file, *(p for p in rest if not _empty(root / p))]
+
+
+def _empty(path: Path) -> bool:
+    """An empty file (``pipeline/__init__.py``) runs nothing and DVC warns about it as a dep: left out until it
+    has content, when the check asks for it."""
+    return path.is_file() and path.stat().st_size == 0
 
 
 def _entries(root: Path) -> dict[str, tuple[str, list[str]]]:

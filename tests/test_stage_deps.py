@@ -87,27 +87,17 @@ def test_a_folder_is_listed_only_when_the_stage_imports_all_of_it(tmp_path: Path
             "pipeline/all/one.py": "",
             "pipeline/all/two.py": "",
             "pipeline/part/__init__.py": "",
-            "pipeline/part/one.py": "",
-            "pipeline/part/two.py": "",
-            "stages/__init__.py": "",
+            "pipeline/part/one.py": "X = 1\n",
+            "pipeline/part/two.py": "X = 2\n",
+            "stages/__init__.py": "import os\n",
             "stages/s.py": "from pipeline.runner import STAGES\n",
             "stages/t.py": "from pipeline.runner import STAGES\n",
         },
     )
-    common = ["pipeline/__init__.py", "pipeline/runner.py", "stages/__init__.py"]
-    assert expected_code_deps(root, "s", "stages.s") == [
-        "stages/s.py",
-        "pipeline/__init__.py",
-        "pipeline/all",
-        *common[1:],
-    ]
-    assert expected_code_deps(root, "t", "stages.t") == [
-        "stages/t.py",
-        "pipeline/__init__.py",
-        "pipeline/part/__init__.py",
-        "pipeline/part/one.py",
-        *common[1:],
-    ]
+    # the empty pipeline/__init__.py and pipeline/part/__init__.py run nothing: not listed
+    common = ["pipeline/runner.py", "stages/__init__.py"]
+    assert expected_code_deps(root, "s", "stages.s") == ["stages/s.py", "pipeline/all", *common]
+    assert expected_code_deps(root, "t", "stages.t") == ["stages/t.py", "pipeline/part/one.py", *common]
 
 
 def test_a_planted_drift_is_caught_and_write_mends_only_the_code_deps(tmp_path: Path) -> None:
