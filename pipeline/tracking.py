@@ -59,12 +59,49 @@ def standard_tags(stage: str, extra: Mapping[str, str] | None = None) -> dict[st
     return tags
 
 
-class Tracker:
-    """A thin handle on one MLflow run; every method is a no-op when tracking is off."""
+#: MLflow's UI folds a run's metrics into sections by the text before "/": the prefix of a flat key (as the
+#: stages and train_curve.csv name it) picks its section. Only MLflow sees these names; metrics.json,
+#: ``dvc metrics`` and ``dvc exp show`` keep the flat keys.
+METRIC_SECTIONS = (
+    ("best_valid_", "valid/best_"),  # best_valid_ndcg_at_10 -> valid/best_ndcg_at_10
+    ("valid_", "valid/"),
+    ("test_", "test/"),
+    ("popularity_", "popularity/"),  # popularity_test_hr_at_5 -> popularity/test_hr_at_5
+    ("grad_", "grad/"),  # grad_ce_text: gradient norm of a loss term on a modality table
+    ("hol_", "kd/hol_"),  # the distillation terms and diagnostics of each modality
+    ("code_", "kd/code_"),
+    ("table_r_", "kd/table_r_"),
+    ("kd_r_", "kd/kd_r_"),
+)
+TRAIN_SECTION = (
+    "train/"  # the train stage's other metrics: ce, loss, lr_<group>, seq_per_s, seconds, best_epoch
+)
 
-    def __init__(self, run: Any | None, mlflow_mod: Any | None) -> None:
+
+def metric_name(key: str, stage: str | None = None) -> str:
+    """The MLflow name of flat metric ``key`` logged by ``stage`` (see :data:`METRIC_SECTIONS`).
+
+    ``cases_<part>`` (evaluate) goes to ``<part>/cases``; a key with no section prefix goes to ``train/`` in the
+    train stage's run and keeps its name elsewhere (each other stage's run holds only its own metrics).
+    """
+    for prefix, section in METRIC_SECTIONS:
+        if key.startswith(prefix):
+            return section + key[len(prefix) :]
+    if key.startswith("cases_"):
+        return f"{key.removeprefix('cases_')}/cases"
+    return TRAIN_SECTION + key if stage == "train" else key
+
+
+class Tracker:
+    """A thin handle on one MLflow run; every method is a no-op when tracking is off.
+
+    ``stage``: the stage that logs (:func:`metric_name`); None for runs that are no stage's (the suite's).
+    """
+
+    def __init__(self, run: Any | None, mlflow_mod: Any | None, stage: str | None = None) -> None:
         self._run = run
         self._mlflow = mlflow_mod
+        self._stage = stage
 
     @property
     def active(self) -> bool:
@@ -87,7 +124,7 @@ class Tracker:
         if not self.active:
             return
         clean = {
-            k.replace("@", "_at_"): float(v)
+            metric_name(k.replace("@", "_at_"), self._stage): float(v)
             for k, v in flatten(dict(metrics)).items()
             if isinstance(v, int | float)
         }
@@ -180,7 +217,7 @@ def start_run(
         return
     ok = False
     try:
-        yield Tracker(run, mlflow)
+        yield Tracker(run, mlflow, stage)
         ok = True
     finally:
         mlflow.end_run(status="FINISHED" if ok else "FAILED")
