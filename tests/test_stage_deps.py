@@ -36,6 +36,11 @@ def test_every_stage_lists_exactly_what_it_imports() -> None:
     assert rewrite(ROOT) == (ROOT / "dvc.yaml").read_text()  # --write leaves the committed file as it is
 
 
+def test_bytecode_is_no_part_of_a_folder_dep() -> None:
+    # Python writes __pycache__/ into the package folders dvc.yaml lists: DVC must not hash it
+    assert {"__pycache__/", "*.pyc"} <= set((ROOT / ".dvcignore").read_text().split())
+
+
 def test_the_artefact_readers_are_deps_of_exactly_the_stages_that_read_artefacts() -> None:
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     readers = {name for name, stage in stages.items() if "pipeline/artifacts" in stage["deps"]}
