@@ -16,8 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import PROJECT_ROOT, flatten
-from pipeline.io import file_digest  # re-exported: runs are tagged with data/model digests
-from pipeline.layout import MODEL_WEIGHTS
+from pipeline.io import file_digest as file_digest  # re-exported: runs are tagged with data/model digests
 
 if TYPE_CHECKING:
     from pipeline.config import MLflowParams, ParamsView
@@ -60,12 +59,49 @@ def standard_tags(stage: str, extra: Mapping[str, str] | None = None) -> dict[st
     return tags
 
 
-class Tracker:
-    """A thin handle on one MLflow run; every method is a no-op when tracking is off."""
+#: MLflow's UI folds a run's metrics into sections by the text before "/": the prefix of a flat key (as the
+#: stages and train_curve.csv name it) picks its section. Only MLflow sees these names; metrics.json,
+#: ``dvc metrics`` and ``dvc exp show`` keep the flat keys.
+METRIC_SECTIONS = (
+    ("best_valid_", "valid/best_"),  # best_valid_ndcg_at_10 -> valid/best_ndcg_at_10
+    ("valid_", "valid/"),
+    ("test_", "test/"),
+    ("popularity_", "popularity/"),  # popularity_test_hr_at_5 -> popularity/test_hr_at_5
+    ("grad_", "grad/"),  # grad_ce_text: gradient norm of a loss term on a modality table
+    ("hol_", "kd/hol_"),  # the distillation terms and diagnostics of each modality
+    ("code_", "kd/code_"),
+    ("table_r_", "kd/table_r_"),
+    ("kd_r_", "kd/kd_r_"),
+)
+TRAIN_SECTION = (
+    "train/"  # the train stage's other metrics: ce, loss, lr_<group>, seq_per_s, seconds, best_epoch
+)
 
-    def __init__(self, run: Any | None, mlflow_mod: Any | None) -> None:
+
+def metric_name(key: str, stage: str | None = None) -> str:
+    """The MLflow name of flat metric ``key`` logged by ``stage`` (see :data:`METRIC_SECTIONS`).
+
+    ``cases_<part>`` (evaluate) goes to ``<part>/cases``; a key with no section prefix goes to ``train/`` in the
+    train stage's run and keeps its name elsewhere (each other stage's run holds only its own metrics).
+    """
+    for prefix, section in METRIC_SECTIONS:
+        if key.startswith(prefix):
+            return section + key[len(prefix) :]
+    if key.startswith("cases_"):
+        return f"{key.removeprefix('cases_')}/cases"
+    return TRAIN_SECTION + key if stage == "train" else key
+
+
+class Tracker:
+    """A thin handle on one MLflow run; every method is a no-op when tracking is off.
+
+    ``stage``: the stage that logs (:func:`metric_name`); None for runs that are no stage's (the suite's).
+    """
+
+    def __init__(self, run: Any | None, mlflow_mod: Any | None, stage: str | None = None) -> None:
         self._run = run
         self._mlflow = mlflow_mod
+        self._stage = stage
 
     @property
     def active(self) -> bool:
@@ -88,7 +124,7 @@ class Tracker:
         if not self.active:
             return
         clean = {
-            k.replace("@", "_at_"): float(v)
+            metric_name(k.replace("@", "_at_"), self._stage): float(v)
             for k, v in flatten(dict(metrics)).items()
             if isinstance(v, int | float)
         }
@@ -127,7 +163,7 @@ def tracking_enabled(mlflow_params: MLflowSection) -> bool:
     return bool(getattr(mlflow_params, "enabled", True)) and os.environ.get("KDSR_MLFLOW", "1") != "0"
 
 
-def _import_mlflow() -> Any | None:
+def import_mlflow() -> Any | None:
     try:
         import mlflow  # optional and slow to import
     except ImportError:
@@ -158,7 +194,7 @@ def start_run(
     if not tracking_enabled(mlflow_params):
         yield Tracker(None, None)
         return
-    mlflow = _import_mlflow()
+    mlflow = import_mlflow()
     if mlflow is None:
         yield Tracker(None, None)
         return
@@ -181,7 +217,7 @@ def start_run(
         return
     ok = False
     try:
-        yield Tracker(run, mlflow)
+        yield Tracker(run, mlflow, stage)
         ok = True
     finally:
         mlflow.end_run(status="FINISHED" if ok else "FAILED")
@@ -191,7 +227,7 @@ def find_run_by_tag(mlflow_params: MLflowSection, key: str, value: str) -> str |
     """Return the newest run id in the experiment whose tag ``key`` equals ``value`` (or None)."""
     if not tracking_enabled(mlflow_params):
         return None
-    mlflow = _import_mlflow()
+    mlflow = import_mlflow()
     if mlflow is None:
         return None
     try:
@@ -212,39 +248,3 @@ def find_run_by_tag(mlflow_params: MLflowSection, key: str, value: str) -> str |
         log.warning("MLflow search failed (%s)", err)
         return None
     return runs[0].info.run_id if runs else None
-
-
-def log_recommender(mlflow_params: MLflowSection, model_dir: Path, items_path: Path) -> str | None:
-    """Log the trained model as an MLflow pyfunc model into the training run that made it, and register it
-    as ``mlflow.register_as`` when set; returns the model URI (None when tracking is off or it failed).
-
-    The training run is found by the ``model.sha256`` tag the trainer sets on it (as the evaluate stage
-    finds it), so this runs after ``run_train`` has closed its run. Only rank 0 of a ``torchrun`` logs.
-    Failures are logged and never fail the stage.
-    """
-    if not tracking_enabled(mlflow_params) or os.environ.get("RANK", "0") not in ("", "0"):
-        return None
-    if _import_mlflow() is None:
-        return None
-    weights = Path(model_dir) / MODEL_WEIGHTS
-    if not weights.exists():
-        return None  # training stopped before writing a model
-    run_id = find_run_by_tag(mlflow_params, "model.sha256", file_digest(weights))
-    register_as = getattr(mlflow_params, "register_as", None)
-    with start_run("train", mlflow_params, run_id=run_id) as tracker:
-        if not tracker.active:
-            return None
-        try:
-            from pipeline.recommend.pyfunc import log_model  # imports mlflow
-
-            info = log_model(Path(model_dir), Path(items_path), register_as)
-        except Exception as err:  # tracking must never fail the stage
-            log.warning("logging the MLflow model failed (%s): outputs are written, model not logged", err)
-            return None
-        version = getattr(info, "registered_model_version", None)
-        log.info(
-            "MLflow model %s%s",
-            info.model_uri,
-            f" registered as models:/{register_as}/{version}" if register_as and version else "",
-        )
-        return info.model_uri

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from pipeline.config import stage_params
 from pipeline.layout import Layout
+from pipeline.recommend.register import log_recommender
 from pipeline.runner import run_stage
-from pipeline.tracking import log_recommender
 from stages._common import main
 
 PARAMS = ("train", "correlate.score", "eval", "mlflow")

@@ -276,10 +276,12 @@ def test_metrics_logged_to_the_training_run(
         **out,
     )
     run = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(train_run)
-    assert run.data.metrics["test_ndcg_at_5"] == pytest.approx(report["test"]["ndcg_at_5"])
-    assert run.data.metrics["valid_hr_at_1"] == 0.5
-    assert run.data.metrics["popularity_test_hr_at_5"] == 1.0
-    assert run.data.metrics["cases_test"] == 2
+    # MLflow sections (test/, valid/, popularity/); metrics.json keeps its nested keys
+    assert run.data.metrics["test/ndcg_at_5"] == pytest.approx(report["test"]["ndcg_at_5"])
+    assert run.data.metrics["valid/hr_at_1"] == 0.5
+    assert run.data.metrics["popularity/test_hr_at_5"] == 1.0
+    assert run.data.metrics["test/cases"] == 2
+    assert {k.split("/")[0] for k in run.data.metrics} == {"test", "valid", "popularity"}
 
 
 def test_stage_params_match_dvc_yaml() -> None:

@@ -242,7 +242,7 @@ def test_pyfunc_round_trip_through_the_registry(project, monkeypatch: pytest.Mon
     import pandas as pd
 
     from pipeline.io import file_digest
-    from pipeline.tracking import log_recommender
+    from pipeline.recommend.register import log_recommender
 
     root, seqs = project
     uri = f"sqlite:///{root}/mlflow.db"

@@ -45,7 +45,7 @@ def post(url: str, payload: dict) -> tuple[int, dict]:
 def test_mlflow_models_serve_answers_with_the_top_k(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     mlflow = pytest.importorskip("mlflow")
     from pipeline.io import file_digest
-    from pipeline.tracking import log_recommender
+    from pipeline.recommend.register import log_recommender
 
     seqs = write_tiny_recommender(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"

@@ -1,8 +1,9 @@
 """The evaluate stage: trained student + sequences -> reports/metrics.json and reports/per_user.parquet.
 
-Full ranking over the whole catalogue for the validation and the test part (DESIGN §5), with the popularity
-baseline computed alongside as the floor a model must beat. Metrics are mirrored to the MLflow run of the
-training that produced the model (found by the ``model.sha256`` tag), or to a new run when there is none.
+Full ranking over the whole catalogue for the validation and the test part (docs/DESIGN.md: Evaluation), with
+the popularity baseline computed alongside as the floor a model must beat. Metrics are mirrored to the MLflow
+run of the training that produced the model (found by the ``model.sha256`` tag), or to a new run when there is
+none.
 """
 
 from __future__ import annotations

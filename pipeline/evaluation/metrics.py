@@ -1,4 +1,4 @@
-"""Full-ranking evaluation: target ranks, HR/NDCG/MRR and the popularity baseline (DESIGN §5).
+"""Full-ranking evaluation: target ranks, HR/NDCG/MRR, the popularity baseline (docs/DESIGN.md: Evaluation).
 
 One metrics module for the trainer's validation and the evaluate stage alike. Only torch and numpy are
 imported at module level, so it runs where polars and mlflow are absent (the GPU machine).

@@ -42,7 +42,8 @@ TWIN_SUFFIX = "_twin"
 
 
 def twin_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """A variant's twin: the same overrides with every distillation weight at zero (DESIGN §4).
+    """A variant's twin: the same overrides with every distillation weight at zero (docs/DESIGN.md: Student
+    wirings and twins).
 
     Same wiring, same asynchronous LR, same everything else, so variant - twin is the effect of KD alone;
     ``--set`` overrides go to the base config and so reach both members of a pair.

@@ -13,7 +13,7 @@ Inference params: ``k`` (default 10) and ``mask_history`` (default true). Every 
 params is one HTTP 400 message naming it (the row, the position, the value as sent), never a stack trace.
 Loading checks the item map against the catalogue digest the weights were trained with.
 
-This module imports mlflow; :func:`pipeline.tracking.log_recommender` imports it only when tracking is on.
+This module imports mlflow; :func:`pipeline.recommend.register.log_recommender` imports it only when tracking is on.
 """
 
 from __future__ import annotations
