@@ -324,3 +324,13 @@ def test_cos_scoring_ranks_by_cosine_over_temperature_in_training_and_scoring() 
         torch.testing.assert_close(a @ b.T, cos / 0.05)
     assert model.user_scores(seq)[:, 0].abs().max() == 0  # the padding row stays zero
     assert cfg.to_dict()["scoring"] == "cos" and "scoring" not in StudentConfig(num_items=3).to_dict()
+
+
+def test_id_init_scale_sets_the_id_tables_starting_spread() -> None:
+    torch.manual_seed(0)
+    zero = Student(StudentConfig(num_items=400, hidden=16, id_init_scale=0.0))
+    assert zero.item_emb.weight.abs().max() == 0  # the output embedding starts as the modality part alone
+    torch.manual_seed(0)
+    double = Student(StudentConfig(num_items=400, hidden=16, id_init_scale=2.0))
+    assert double.item_emb.weight[1:].std().item() == pytest.approx(2.0 / 16**0.5, rel=0.05)
+    assert StudentConfig(num_items=3, id_init_scale=0.0).to_dict()["id_init_scale"] == 0.0
