@@ -52,8 +52,13 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp_path, target)
     except OSError as err:
-        if err.filename is None:  # e.g. ENOSPC from a write(): name the output that could not be written
-            raise OSError(err.errno, f"cannot write ({err.strerror or err})", str(target)) from err
+        # e.g. ENOSPC from a write(), which names no file, or a writer's own temporary inside this one's
+        # (a nested atomic_path): name the output that could not be written
+        if err.filename is None or tmp_path.name in Path(str(err.filename)).name:
+            what = err.strerror or str(err)
+            if not what.startswith("cannot write ("):
+                what = f"cannot write ({what})"
+            raise OSError(err.errno, what, str(target)) from err
         raise
     finally:
         if tmp_path.exists():
