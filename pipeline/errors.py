@@ -7,3 +7,7 @@ class PipelineError(Exception):
 
 class DataError(PipelineError):
     """Input data is missing, malformed beyond tolerance, or empty after filtering."""
+
+
+class OutputLocked(PipelineError):
+    """Another live process holds the lock of an output folder or file this run would write."""

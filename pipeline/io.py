@@ -7,11 +7,14 @@ never leaves a half-written file and an existing good file survives a failed run
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+
+from pipeline.errors import OutputLocked
 
 
 def _read_umask() -> int:
@@ -47,42 +52,133 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
             os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs get the usual mode
         os.replace(tmp_path, target)
     except OSError as err:
-        if err.filename is None:  # e.g. ENOSPC from a write(): name the output that could not be written
-            raise OSError(err.errno, f"cannot write ({err.strerror or err})", str(target)) from err
+        # e.g. ENOSPC from a write(), which names no file, or a writer's own temporary inside this one's
+        # (a nested atomic_path): name the output that could not be written
+        if err.filename is None or tmp_path.name in Path(str(err.filename)).name:
+            what = err.strerror or str(err)
+            if not what.startswith("cannot write ("):
+                what = f"cannot write ({what})"
+            raise OSError(err.errno, what, str(target)) from err
         raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
 
 
+def lock_file(target: str | Path) -> Path:
+    """The lock file of output ``target``: ``.<name>.lock`` next to it, holding its holder's pid and command
+    while a run holds it; removed when the run ends."""
+    target = Path(target)
+    return target.parent / f".{target.name}.lock"
+
+
+_HELD: dict[Path, int] = {}  # the output locks this process holds, with their nesting depth
+_HELD_GUARD = threading.Lock()
+
+
+def _try_lock(path: Path) -> int | None:
+    """Open ``path`` and lock it (``flock``) without waiting: the descriptor, or None while another process
+    holds it. The kernel drops the lock when its process ends, however it ends."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            return None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:  # the holder before us removes the file before unlocking it: then lock the file at the path now
+            if os.path.samestat(os.fstat(fd), os.stat(path)):
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+def _holder(path: Path) -> str:
+    try:
+        return path.read_text().strip() or "pid unknown"
+    except OSError:  # released between the failed lock and this read
+        return "pid unknown"
+
+
+@contextlib.contextmanager
+def output_lock(target: str | Path) -> Iterator[None]:
+    """Hold the lock of the output folder or file ``target`` for the block (:func:`lock_file`); nested holds
+    in one process are free, so a stage run and the writers inside it can each take it.
+
+    A plain ``flock`` rather than a lock library: the lock file carries the holder's pid for the message and
+    is removed at the end without a race (a run that locked a file already removed locks the new one).
+
+    Raises:
+        OutputLocked: another live process holds it: "another run holds <target> (pid N: <command>)".
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    path = lock_file(target)
+    key = path.resolve()
+    with _HELD_GUARD:
+        nested = key in _HELD
+        if nested:
+            _HELD[key] += 1
+    if nested:
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                _HELD[key] -= 1
+        return
+    fd = _try_lock(path)
+    if fd is None:
+        raise OutputLocked(
+            f"another run holds {target} ({_holder(path)}); wait for it to finish, or write elsewhere"
+        )
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()}: {' '.join(sys.argv) or sys.executable}\n".encode())
+        with _HELD_GUARD:
+            _HELD[key] = 1
+        try:
+            yield
+        finally:
+            with _HELD_GUARD:
+                del _HELD[key]
+            path.unlink(missing_ok=True)  # before unlocking: see _try_lock
+    finally:
+        os.close(fd)
+
+
 @contextlib.contextmanager
 def staged_dir(target: str | Path, *, clear_stale: bool = False) -> Iterator[Path]:
     """Yield an empty temporary sibling folder of ``target``; on success it replaces ``target`` whole (two
     renames; the old folder is deleted afterwards), on an exception it is removed and ``target`` is left as
-    it was.
+    it was. The lock of ``target`` (:func:`output_lock`) is held throughout.
 
     Args:
         target: the output folder.
-        clear_stale: first delete the temporary siblings a killed run left behind.
+        clear_stale: first delete the temporary siblings a killed run left behind. Under the lock every such
+            sibling is a dead run's: a live run holds the lock until its staging folder is gone.
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if clear_stale:
-        for stale in target.parent.glob(f".{target.name}.tmp-*"):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
-    try:
-        yield tmp
-        old = None
-        if target.exists() or target.is_symlink():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
-            os.replace(target, old / target.name)
-        os.replace(tmp, target)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with output_lock(target):
+        if clear_stale:
+            for stale in target.parent.glob(f".{target.name}.tmp-*"):
+                shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+        try:
+            yield tmp
+            old = None
+            if target.exists() or target.is_symlink():
+                old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
+                os.replace(target, old / target.name)
+            os.replace(tmp, target)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
 
 
 def file_digest(path: str | Path) -> str:

@@ -40,6 +40,18 @@ def neighbours_file(supervision: Path, modality: str) -> Path:
     return Path(supervision) / f"topk_{modality}.parquet"
 
 
+# what each stage writes, as Layout fields (the project's are dvc.yaml's outs, checkpoints aside): a run holds
+# their locks (pipeline.io.output_lock) so a second run of the stage into the same place stops at once
+STAGE_OUTPUTS: dict[str, tuple[str, ...]] = {
+    "ingest": ("processed", "data_stats"),
+    "embed": ("embeddings",),
+    "correlate": ("supervision",),
+    "train": ("models", "train_curve", "checkpoints"),
+    "evaluate": ("metrics", "per_user"),
+    "recommend": ("recommendations",),
+}
+
+
 @dataclass(frozen=True)
 class Layout:
     """The paths of the stages' outputs (and so of the later stages' inputs)."""
@@ -96,6 +108,10 @@ class Layout:
         """One run of ``benchmarks/bench_train.py``: shared data under ``data_root``, the run's outputs in
         ``out/<variant>-seed<seed>``."""
         return cls.flat(data_root, Path(out) / f"{variant}-seed{seed}")
+
+    def outputs(self, stage: str) -> list[Path]:
+        """The paths stage ``stage`` writes (:data:`STAGE_OUTPUTS`)."""
+        return [getattr(self, name) for name in STAGE_OUTPUTS[stage]]
 
     @property
     def items(self) -> Path:

@@ -7,11 +7,13 @@ the teacher models only where embed runs (a GPU machine without polars can train
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pipeline.config import Params, ParamsView
+from pipeline.io import output_lock
 from pipeline.layout import Layout
 
 if TYPE_CHECKING:
@@ -129,10 +131,17 @@ def run_stage(
         layout: where the stage reads its inputs and writes its outputs.
         progress: progress bars (train, evaluate, recommend).
         device: where evaluate and recommend compute scores (default: cuda when available, else cpu).
+
+    Raises:
+        OutputLocked: another live run holds one of the stage's outputs (``Layout.outputs``); nothing is
+            touched.
     """
     if name not in STAGES:
         raise ValueError(f"unknown stage {name!r}; known: {', '.join(STAGES)}")
-    return STAGES[name](params, layout, progress, device)
+    with contextlib.ExitStack() as locks:
+        for path in sorted(set(layout.outputs(name))):  # one order everywhere
+            locks.enter_context(output_lock(path))
+        return STAGES[name](params, layout, progress, device)
 
 
 def prepare_data(params: Params, layout: Layout) -> None:

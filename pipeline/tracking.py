@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
+import urllib.parse
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -163,6 +165,51 @@ def tracking_enabled(mlflow_params: MLflowSection) -> bool:
     return bool(getattr(mlflow_params, "enabled", True)) and os.environ.get("KDSR_MLFLOW", "1") != "0"
 
 
+# MLflow's HTTP client retries 7 times with a doubling back-off (~250 s per call against a dead server);
+# these defaults (each overridden by the variable when set) bound a stage's stall on a server that fails
+# mid-run, and a server that cannot be reached at all is found by a short connect before any MLflow call
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
+}
+CONNECT_TIMEOUT_S = 3.0
+_UNREACHABLE: set[str] = set()  # tracking URIs found unreachable in this process: one warning each
+
+
+def _unreachable(uri: str) -> str | None:
+    """Why the HTTP tracking server of ``uri`` cannot be connected to within :data:`CONNECT_TIMEOUT_S`, or
+    None when it can (or ``uri`` is not HTTP)."""
+    parts = urllib.parse.urlsplit(uri)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        with socket.create_connection((parts.hostname, port), timeout=CONNECT_TIMEOUT_S):
+            return None
+    except (OSError, ValueError) as err:  # refused, timed out, unknown host, bad port
+        return str(err) or type(err).__name__
+
+
+def _tracking_uri(mlflow_params: MLflowSection) -> str | None:
+    """The tracking URI (``MLFLOW_TRACKING_URI``, else ``mlflow.tracking_uri``, else the
+    project's SQLite file); None, after one warning per process, when its HTTP server cannot be reached."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_params.tracking_uri or default_tracking_uri()
+    if uri in _UNREACHABLE:
+        return None
+    if uri.startswith(("http://", "https://")):
+        for var, value in HTTP_DEFAULTS.items():
+            os.environ.setdefault(var, value)
+        problem = _unreachable(uri)
+        if problem is not None:
+            _UNREACHABLE.add(uri)
+            log.warning(
+                "MLflow tracking server %s cannot be reached (%s): continuing without tracking", uri, problem
+            )
+            return None
+    return uri
+
+
 def import_mlflow() -> Any | None:
     try:
         import mlflow  # optional and slow to import
@@ -198,7 +245,10 @@ def start_run(
     if mlflow is None:
         yield Tracker(None, None)
         return
-    uri = os.environ.get("MLFLOW_TRACKING_URI") or mlflow_params.tracking_uri or default_tracking_uri()
+    uri = _tracking_uri(mlflow_params)
+    if uri is None:
+        yield Tracker(None, None)
+        return
     try:
         mlflow.set_tracking_uri(uri)
         _ensure_experiment(mlflow, mlflow_params.experiment)
@@ -230,10 +280,11 @@ def find_run_by_tag(mlflow_params: MLflowSection, key: str, value: str) -> str |
     mlflow = import_mlflow()
     if mlflow is None:
         return None
+    uri = _tracking_uri(mlflow_params)
+    if uri is None:
+        return None
     try:
-        mlflow.set_tracking_uri(
-            os.environ.get("MLFLOW_TRACKING_URI") or mlflow_params.tracking_uri or default_tracking_uri()
-        )
+        mlflow.set_tracking_uri(uri)
         exp = mlflow.get_experiment_by_name(mlflow_params.experiment)
         if exp is None:
             return None

@@ -51,9 +51,29 @@ def main(run: Callable[[], None]) -> None:
         _fail(f"{err} ({type(err).__name__})" if str(err) else type(err).__name__)
 
 
+def dvc_removed_outputs_hint() -> str | None:
+    """The hint for a stage that fails under ``dvc repro`` / ``dvc exp run`` in this workspace, where DVC
+    deleted the stage's outputs before starting it; None elsewhere.
+
+    DVC sets ``DVC_STAGE`` (the stage's name) and ``DVC_ROOT`` (the repository) for every stage command; a
+    queued or ``--temp`` experiment runs in a copy whose ``DVC_ROOT`` names the original repository, and
+    leaves this workspace's outputs alone.
+    """
+    stage, root = os.environ.get("DVC_STAGE"), os.environ.get("DVC_ROOT")
+    if not stage or not root or Path(root).resolve() != Path.cwd().resolve():
+        return None
+    return (
+        f"DVC removed the outputs of stage {stage!r} before running it; restore the last committed ones with "
+        f"`dvc checkout {stage}` (its `cache: false` files, kept in git, with `git checkout -- <file>`)"
+    )
+
+
 def _fail(message: str, one_line: bool = True) -> None:
     log.debug("traceback of the error below", exc_info=True)
     if one_line:
         message = " ".join(message.split())
     print(f"error: {message}", file=sys.stderr)
+    hint = dvc_removed_outputs_hint()
+    if hint:
+        print(f"hint: {hint}", file=sys.stderr)
     sys.exit(2)

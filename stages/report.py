@@ -14,7 +14,7 @@ from pathlib import Path
 from pipeline.config import DEFAULT_PARAMS, load_params, parse_params
 from pipeline.experiments.plan import SUITE_FILE
 from pipeline.experiments.report import run_report
-from pipeline.io import read_json
+from pipeline.io import output_lock, read_json
 from stages._common import main
 
 
@@ -39,7 +39,8 @@ def run(args: argparse.Namespace) -> None:
         mlflow_params = parse_params(read_json(suite_file)["params"], str(suite_file)).mlflow
     else:
         mlflow_params = load_params(args.params or DEFAULT_PARAMS).mlflow
-    run_report(args.out, mlflow_params)
+    with output_lock(args.out):  # not while a suite writes into the folder
+        run_report(args.out, mlflow_params)
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.config import DEFAULT_PARAMS, load_params, with_overrides
+from pipeline.config import DEFAULT_PARAMS, Params, load_params, with_overrides
 from pipeline.experiments.plan import VARIANTS, parse_overrides
 from pipeline.experiments.report import run_report
 from pipeline.experiments.suite import RunsFailed, run_suite
+from pipeline.io import output_lock
 from stages._common import main
 
 
@@ -55,6 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace) -> None:
     base = with_overrides(load_params(args.params), parse_overrides(args.overrides))
+    with output_lock(args.out):  # held from the runs through the report: no other suite writes in between
+        _run(args, base)
+
+
+def _run(args: argparse.Namespace, base: Params) -> None:
     failed: RunsFailed | None = None
     try:
         results = run_suite(

@@ -65,3 +65,15 @@ def test_flat_layout_puts_shared_data_and_run_outputs_apart(tmp_path: Path) -> N
     assert layout.teacher("text") == tmp_path / "data" / "supervision" / "teacher_text.parquet"
     assert layout.model_weights == tmp_path / "run" / "models" / "model.safetensors"
     assert Layout.flat(tmp_path).metrics == tmp_path / "metrics.json"
+
+
+def test_the_outputs_a_stage_run_locks_are_its_dvc_outputs() -> None:
+    from pipeline.layout import STAGE_OUTPUTS
+
+    stages = _dvc_stages()
+    assert set(STAGE_OUTPUTS) == set(stages)
+    layout = Layout.project(Path())
+    for name, stage in stages.items():
+        outs = {p for key in ("outs", "metrics", "plots") for p in _names(stage.get(key, []))}
+        locked = {str(p) for p in layout.outputs(name) if p != layout.checkpoints}  # a cache, not an out
+        assert locked == outs, name

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -103,6 +104,28 @@ def check_sequences(
         raise ValueError(f"sequence at row {r}: item ids must be >= 1 (0 is padding)")
 
 
+def check_sequences_schema(path: Path, schema: Any, required: Sequence[str] = REQUIRED) -> None:
+    """Raise DataError naming ``path`` unless its Arrow ``schema`` has the ``required`` columns, ``items`` a
+    list of integers and the others integers (what :func:`read_sequences` and the streaming readers share)."""
+    import pyarrow as pa
+
+    from pipeline.errors import DataError
+
+    missing = [c for c in required if c not in schema.names]
+    if missing:
+        raise DataError(f"{path}: missing column(s) {missing} (has {schema.names})")
+    for name in required:
+        typ = schema.field(name).type
+        if name == "items":
+            ok = (pa.types.is_list(typ) or pa.types.is_large_list(typ)) and pa.types.is_integer(
+                typ.value_type
+            )
+            if not ok:
+                raise DataError(f"{path}: column 'items' must be a list of ints, got {typ}")
+        elif not pa.types.is_integer(typ):
+            raise DataError(f"{path}: column {name!r} must be integers, got {typ}")
+
+
 def read_sequences(path: Path) -> Sequences:
     """Read and validate ``user``, ``items``, ``train_end``, ``valid_end`` of ``data/processed/sequences.parquet``.
 
@@ -111,7 +134,6 @@ def read_sequences(path: Path) -> Sequences:
         DataError: not Parquet, a required column is missing or malformed, inconsistent split boundaries, or
             an item id below 1 (each message names the file).
     """
-    import pyarrow as pa
 
     from pipeline.errors import DataError
     from pipeline.io import read_parquet
@@ -121,12 +143,8 @@ def read_sequences(path: Path) -> Sequences:
         table = read_parquet(path)
     except ValueError as err:
         raise DataError(str(err)) from None
-    missing = [c for c in REQUIRED if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {missing} (has {table.column_names})")
+    check_sequences_schema(path, table.schema)
     col = table.column("items").combine_chunks()
-    if not (pa.types.is_list(col.type) or pa.types.is_large_list(col.type)):
-        raise DataError(f"{path}: column 'items' must be a list of ints, got {col.type}")
     for name in REQUIRED:
         nulls = table.column(name).null_count
         if nulls:

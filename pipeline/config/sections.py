@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import types
 import typing
 from typing import Any, Literal
@@ -84,6 +85,9 @@ class DemoParams(_Section):
         return self
 
 
+CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.&,-]{0,199}")
+
+
 class DataParams(_Section):
     source: Literal["demo", "amazon2014", "amazon2018", "amazon2023", "sequences"] = "demo"
     category: str = "Beauty"
@@ -105,6 +109,18 @@ class DataParams(_Section):
     def _non_empty(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("text_columns must name at least one column")
+        return v
+
+    @field_validator("category")
+    @classmethod
+    def _plain_name(cls, v: str) -> str:
+        # part of the raw file names under data.raw_dir (and of the download URLs): a path would read, or
+        # with download: true write, outside data.raw_dir
+        if not CATEGORY_NAME.fullmatch(v):
+            raise ValueError(
+                "must be a plain name such as 'Beauty' or 'Clothing_Shoes_and_Jewelry' (letters, digits and "
+                "_ - . & , not starting with a dot; no path)"
+            )
         return v
 
 
@@ -319,6 +335,24 @@ class MLflowParams(_Section):
     tracking_uri: str | None = None  # default: sqlite:///<project root>/mlflow.db
     experiment: str = "kdsr"
     register_as: str | None = "kdsr"  # train: register the logged pyfunc model under this name (null: off)
+
+    @field_validator("register_as")
+    @classmethod
+    def _registered_model_name(cls, v: str | None) -> str | None:
+        # MLflow's own rules for a registered model name (mlflow.utils.validation._validate_model_name, its
+        # file store's and its database's), checked when params load rather than after training
+        if v is None:
+            return v
+        if not v.strip():
+            raise ValueError("must be a model name or null (registration off), not blank")
+        bad = sorted({c for c in v if c in "/:\\%"})
+        if bad:
+            raise ValueError(f"MLflow model names cannot contain {' '.join(repr(c) for c in bad)}")
+        if v == "." or v.startswith(".."):
+            raise ValueError("MLflow model names cannot be '.' or start with '..'")
+        if len(v) > 256:
+            raise ValueError(f"MLflow model names are at most 256 characters, got {len(v)}")
+        return v
 
 
 class Params(_Section):

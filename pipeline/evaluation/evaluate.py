@@ -22,7 +22,7 @@ from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.evaluation.cases import EvalCases, cases_from_sequences
 from pipeline.evaluation.metrics import evaluate_scorer, popularity_scores
-from pipeline.io import write_json, write_parquet
+from pipeline.io import atomic_path, write_json, write_parquet
 from pipeline.layout import MODEL_CONFIG, MODEL_WEIGHTS
 from pipeline.lineage import check_model
 
@@ -206,8 +206,10 @@ def run_evaluate(
     }
     report["popularity"] = {p: report["popularity"][p] for p in ("test", "valid")}
     report["cases"] = {p: report["cases"][p] for p in ("test", "valid")}
-    write_parquet(per_user_path, _per_user_table(cases, ranks))
-    write_json(metrics_path, report, sort_keys=False)
+    # both files to temporaries first, then both renamed: a failed write (a full disk) leaves the old pair
+    with atomic_path(per_user_path) as per_user_tmp, atomic_path(metrics_path) as metrics_tmp:
+        write_parquet(per_user_tmp, _per_user_table(cases, ranks))
+        write_json(metrics_tmp, report, sort_keys=False)
     _log_to_mlflow(report, eval_params, mlflow_params, model_dir, Path(metrics_path))
     return report
 

@@ -49,7 +49,7 @@ from pipeline.experiments.plan import (
     variant_seeds,
 )
 from pipeline.experiments.shared import SharedData, normalised, prepare_shared, read_record, shared_data
-from pipeline.io import read_json, write_json
+from pipeline.io import output_lock, read_json, write_json
 from pipeline.progress import progress_bar
 from pipeline.runner import run_stage
 from pipeline.threads import cpu_budget
@@ -266,11 +266,26 @@ def run_suite(
 
     Raises:
         PipelineError: bad plan or config, or a failing shared step.
+        OutputLocked: another live suite (or report) holds ``out``.
         RunsFailed: runs that failed, after every other run finished (their results in ``.results``).
     """
     out = Path(out)
     if jobs < 1:
         raise PipelineError(f"--jobs must be >= 1, got {jobs}")
+    with output_lock(out):  # a second suite into the same folder stops here, before reading anything
+        return _run_suite(base, out, variants, seeds, ablation_seeds, jobs, progress, twins)
+
+
+def _run_suite(
+    base: Params,
+    out: Path,
+    variants: Sequence[str] | None,
+    seeds: int,
+    ablation_seeds: int,
+    jobs: int,
+    progress: bool,
+    twins: bool,
+) -> list[dict[str, Any]]:
     counts = variant_seeds(variants, seeds, ablation_seeds, twins)
     specs = plan_runs(base, out, counts)
     stale = stale_runs(specs, shared_data(base, out / "data"))

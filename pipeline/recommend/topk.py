@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
+from pipeline.artifacts.sequences import check_sequences_schema
 from pipeline.config import ParamsView, RecommendParams
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
@@ -288,9 +289,9 @@ def run_recommend(
     except (pa.ArrowInvalid, OSError) as err:
         raise DataError(f"{sequences_path}: cannot be read as Parquet ({err})") from None
     names = source.schema_arrow.names
-    missing = [c for c in ("user", "items") if c not in names]
-    if missing:
-        raise DataError(f"{sequences_path}: missing column(s) {missing} (has {names})")
+    check_sequences_schema(
+        sequences_path, source.schema_arrow, ("user", "items")
+    )  # the shared reader's checks
     columns = ["user", "items"] + (["user_id"] if "user_id" in names else [])
     fields = [pa.field("user", pa.int32())]
     if "user_id" in columns:

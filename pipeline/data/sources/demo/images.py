@@ -83,4 +83,10 @@ def write_images(cat: DemoCatalogue, images_dir: Path, size: int, seed: int = 0)
         img = render_item_image(
             int(cat.family[j]), float(shade[j]), size, (float(jitter[j, 0]), float(jitter[j, 1]))
         )
-        img.save(images_dir / f"{cat.asin[j]}.png", format="PNG")
+        path = images_dir / f"{cat.asin[j]}.png"
+        try:
+            img.save(path, format="PNG")
+        except OSError as err:  # a full disk: write() names no file, so name the image
+            if err.filename is not None:
+                raise
+            raise OSError(err.errno, f"cannot write ({err.strerror or err})", str(path)) from err
