@@ -176,7 +176,7 @@ class CorrelateParams(Section):
         False,
         description="a fixed random rotation (seeded by seed) of the reduced vectors, so the sub-vectors "
         "share the variance evenly; keeps holistic cos/dot/euclidean scores, changes manhattan ones (and "
-        "gives up sigmoid_ae's (0, 1) range)",
+        "gives up sigmoid_ae's (0, 1) range); stats.json: reduction.sub_vector_variance_share before/after",
     )
     score: Score = Field("cos", description="xi, the correlation function (shared by teacher and student)")
     sub_vectors: int = Field(
