@@ -2,7 +2,8 @@
 
 Each option type below is the one list of that setting's names: the student's registries
 (``pipeline.models.student``: ``FUSIONS``, ``BACKBONES``, ``OUTPUTS``, ``KD_PROJECTIONS``, ``SCORINGS``) are
-built from or checked against them, so a name cannot be valid in params.yaml and unknown to the model.
+built from them or checked against them (tests/test_option_names.py), so a name cannot be valid in params.yaml
+and unknown to the model.
 """
 
 from __future__ import annotations
