@@ -41,7 +41,10 @@ def test_yaml_1_1_exponent_strings_parse_as_floats(tmp_path: Path) -> None:
         ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (allowed here: async_lr, backbone"),
         ({"train": {"lr": "fast"}}, "train.lr: Input should be a valid number"),
         ({"train": {"lr": -1}}, "train.lr: Input should be greater than 0"),
-        ({"train": {"backbone": "bert4rec"}}, "train.backbone: Input should be 'sasrec', 'gru4rec' or 'bsarec'"),
+        (
+            {"train": {"backbone": "bert4rec"}},
+            "train.backbone: Input should be 'sasrec', 'gru4rec' or 'bsarec'",
+        ),
         (
             {"train": {"modalities": ["text", "audio"]}},
             "train.modalities.1: Input should be 'text' or 'image'",
