@@ -7,11 +7,9 @@ from pipeline.layout import Layout
 from pipeline.runner import run_stage
 from stages._common import main
 
-PARAMS = ("correlate", "train.modalities", "mlflow")  # must equal this stage's `params:` list in dvc.yaml
-
 
 def run() -> None:
-    run_stage("correlate", stage_params("correlate", PARAMS), Layout.project(Path()))
+    run_stage("correlate", stage_params("correlate"), Layout.project(Path()))
 
 
 if __name__ == "__main__":

@@ -7,12 +7,9 @@ from pipeline.layout import Layout
 from pipeline.runner import run_stage
 from stages._common import main
 
-# must equal this stage's `params:` list in dvc.yaml
-PARAMS = ("embed", "train.modalities", "data.raw_dir", "mlflow")
-
 
 def run() -> None:
-    run_stage("embed", stage_params("embed", PARAMS), Layout.project(Path()))
+    run_stage("embed", stage_params("embed"), Layout.project(Path()))
 
 
 if __name__ == "__main__":

@@ -7,11 +7,9 @@ from pipeline.layout import Layout
 from pipeline.runner import run_stage
 from stages._common import main
 
-PARAMS = ("eval", "mlflow")  # must equal this stage's `params:` list in dvc.yaml
-
 
 def run() -> None:
-    run_stage("evaluate", stage_params("evaluate", PARAMS), Layout.project(Path()))
+    run_stage("evaluate", stage_params("evaluate"), Layout.project(Path()))
 
 
 if __name__ == "__main__":

@@ -8,11 +8,9 @@ from pipeline.layout import Layout
 from pipeline.runner import run_stage
 from stages._common import main
 
-PARAMS = ("data", "mlflow")  # must equal this stage's `params:` list in dvc.yaml (a test checks)
-
 
 def run() -> None:
-    run_stage("ingest", stage_params("ingest", PARAMS), Layout.project(Path()))
+    run_stage("ingest", stage_params("ingest"), Layout.project(Path()))
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ from pipeline.recommend.topk import ItemCatalogue, Recommender
 from pipeline.runner import run_stage
 from stages._common import main
 
-PARAMS = ("recommend",)  # must equal this stage's `params:` list in dvc.yaml
-
 
 def _args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m stages.recommend", description=__doc__.split("\n\n")[0])
@@ -37,7 +35,7 @@ def _args(argv: list[str]) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None) -> None:
     args = _args(sys.argv[1:] if argv is None else argv)
-    params, layout = stage_params("recommend", PARAMS), Layout.project(Path())
+    params, layout = stage_params("recommend"), Layout.project(Path())
     p = params.recommend
     if args.items is None:
         if args.k is not None or args.mask_history is not None:

@@ -11,11 +11,9 @@ from pipeline.recommend.register import log_recommender
 from pipeline.runner import run_stage
 from stages._common import main
 
-PARAMS = ("train", "correlate.score", "eval", "mlflow")
-
 
 def run() -> None:
-    p, layout = stage_params("train", PARAMS), Layout.project(Path())
+    p, layout = stage_params("train"), Layout.project(Path())
     summary = run_stage("train", p, layout)
     if summary.get("finished", True):
         log_recommender(p.mlflow, layout.models, layout.items)

@@ -19,7 +19,9 @@ N, D = 25, 8
 def setup() -> tuple[Student, TeacherCorrelation, torch.Tensor]:
     torch.manual_seed(0)
     vectors = torch.cat([torch.zeros(1, D), torch.randn(N, D)])
-    cfg = StudentConfig(num_items=N, hidden=16, modalities=("text",), modality_dim=D, num_codes=3)
+    cfg = StudentConfig(
+        num_items=N, hidden=16, modalities=("text",), modality_dim=D, num_codes=3, kd_projection="identity"
+    )
     model = Student(cfg, {"text": vectors})
     teacher = TeacherCorrelation(vectors, CorrelationCodebook(torch.randn(3, 2)), "cos")
     return model, teacher, vectors

@@ -9,10 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 import torch
-import yaml
 from helpers import write_sequences
 
-from pipeline.config import PROJECT_ROOT, MLflowParams, Params, with_overrides
+from pipeline.config import MLflowParams, Params, with_overrides
 from pipeline.errors import DataError, PipelineError
 from pipeline.evaluation.evaluate import run_evaluate, run_evaluate_unmasked
 from pipeline.io import read_parquet
@@ -282,10 +281,3 @@ def test_metrics_logged_to_the_training_run(
     assert run.data.metrics["popularity/test_hr_at_5"] == 1.0
     assert run.data.metrics["test/cases"] == 2
     assert {k.split("/")[0] for k in run.data.metrics} == {"test", "valid", "popularity"}
-
-
-def test_stage_params_match_dvc_yaml() -> None:
-    from stages.evaluate import PARAMS
-
-    dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
-    assert list(PARAMS) == dvc["stages"]["evaluate"]["params"]

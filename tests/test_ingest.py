@@ -14,10 +14,9 @@ import numpy as np
 import polars as pl
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from conftest import BEAUTY_DIR, requires_beauty
 
-from pipeline.config import PROJECT_ROOT, DataParams, MLflowParams, Params, with_overrides
+from pipeline.config import DataParams, MLflowParams, Params, with_overrides
 from pipeline.data import ingest as ingest_module
 from pipeline.data.ingest import build_dataset, run_ingest
 from pipeline.data.kcore import kcore_filter
@@ -332,13 +331,6 @@ def test_ingest_logs_params_and_numeric_stats_to_mlflow(
     assert calls["params"]["data"]["source"] == "demo" and calls["params"]["data"]["demo"]["users"] == 300
     assert calls["metrics"]["users"] == stats["users"] and calls["metrics"]["sequence_length"]["p90"] > 0
     assert calls["artifact"] == Path("reports/data_stats.json")
-
-
-def test_stage_declares_the_params_it_reads() -> None:
-    from stages.ingest import PARAMS
-
-    dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
-    assert tuple(dvc["stages"]["ingest"]["params"]) == PARAMS
 
 
 # --------------------------------------------------------------------------------------------- real data

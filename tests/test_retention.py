@@ -32,7 +32,9 @@ def supervision(tmp_path: Path) -> tuple[Path, torch.Tensor]:
 
 
 def student(teacher: torch.Tensor | None, modalities=("text",)) -> Student:
-    cfg = StudentConfig(num_items=N, hidden=16, modalities=modalities, modality_dim=D, num_codes=2)
+    cfg = StudentConfig(
+        num_items=N, hidden=16, modalities=modalities, modality_dim=D, num_codes=2, kd_projection="identity"
+    )
     return Student(cfg, None if teacher is None else {"text": teacher})
 
 

@@ -10,9 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pytest
 import torch
-import yaml
 
-from pipeline.config import PROJECT_ROOT, EmbedParams, MLflowParams, Params, with_overrides
+from pipeline.config import EmbedParams, MLflowParams, Params, with_overrides
 from pipeline.devices import native_bf16, resolve_precision
 from pipeline.errors import DataError, PipelineError
 from pipeline.io import parquet_metadata, read_json, read_parquet, vectors_from_column, write_parquet
@@ -323,10 +322,3 @@ def test_model_device_throughput_and_coverage_go_to_mlflow(
     metrics = calls["metrics"][0]
     assert metrics["text_coverage"] == 1.0 and metrics["text_items_per_s"] > 0 and "text_load_s" in metrics
     assert calls["dicts"][0][0] == "embed_report.json"
-
-
-def test_stage_params_match_dvc_yaml() -> None:
-    from stages.embed import PARAMS
-
-    dvc = yaml.safe_load((PROJECT_ROOT / "dvc.yaml").read_text())
-    assert list(PARAMS) == dvc["stages"]["embed"]["params"]

@@ -4,8 +4,8 @@ Every section of params.yaml maps onto a frozen pydantic model that forbids unkn
 wrong type fails before any work with a message that names the dotted key and what is allowed.
 
 Stages never see the whole :class:`Params`: :func:`stage_params` wraps it in a :class:`ParamsView` that only
-lets the stage read the keys it declares under ``params:`` in dvc.yaml, so an undeclared read fails loudly in
-tests instead of silently breaking DVC's change tracking.
+lets the stage read the keys dvc.yaml declares under its ``params:`` (read from there, the one list of them),
+so an undeclared read fails loudly in tests instead of silently breaking DVC's change tracking.
 
 The package: :mod:`~pipeline.config.sections` (the schema), :mod:`~pipeline.config.files` (reading params
 files, experiment configs as overrides of params.yaml), :mod:`~pipeline.config.views` (what a stage may read).
@@ -36,7 +36,14 @@ from pipeline.config.sections import (
     TextTeacherParams,
     TrainParams,
 )
-from pipeline.config.views import ParamsView, UndeclaredParamError, flatten, section_dict, stage_params
+from pipeline.config.views import (
+    ParamsView,
+    UndeclaredParamError,
+    declared_params,
+    flatten,
+    section_dict,
+    stage_params,
+)
 
 __all__ = [
     "BASE_KEY",
@@ -59,6 +66,7 @@ __all__ = [
     "TextTeacherParams",
     "TrainParams",
     "UndeclaredParamError",
+    "declared_params",
     "flatten",
     "load_params",
     "parse_params",

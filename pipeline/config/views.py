@@ -6,9 +6,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel
 
-from pipeline.config.files import DEFAULT_PARAMS, load_params
+from pipeline.config.files import DEFAULT_PARAMS, PROJECT_ROOT, load_params
+from pipeline.config.sections import ConfigError
+
+DVC_YAML = PROJECT_ROOT / "dvc.yaml"
 
 
 class UndeclaredParamError(AttributeError):
@@ -82,6 +86,27 @@ def section_dict(section: BaseModel | ParamsView) -> dict[str, Any]:
     return section.model_dump()
 
 
-def stage_params(stage: str, declared: Iterable[str], path: str | Path = DEFAULT_PARAMS) -> ParamsView:
-    """Load params.yaml and return the view a stage may read (its declared keys only)."""
-    return ParamsView(load_params(path), declared, stage)
+def declared_params(stage: str, dvc_yaml: Path = DVC_YAML) -> tuple[str, ...]:
+    """The params keys ``stage`` declares under ``stages.<stage>.params`` in dvc.yaml: the keys DVC tracks for
+    it, so the only ones it may read (the one list of them; the stages do not repeat it)."""
+    try:
+        spec = yaml.safe_load(Path(dvc_yaml).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{dvc_yaml}: not found (it declares each stage's params)") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{dvc_yaml}: not valid YAML: {err}") from None
+    stages = spec.get("stages") if isinstance(spec, dict) else None
+    stage_spec = stages.get(stage) if isinstance(stages, dict) else None
+    if not isinstance(stage_spec, dict) or "params" not in stage_spec:
+        raise ConfigError(f"{dvc_yaml}: stages.{stage}.params: missing (declare the keys the stage reads)")
+    keys = stage_spec["params"]
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ConfigError(
+            f"{dvc_yaml}: stages.{stage}.params: must be a list of dotted params keys, got {keys!r}"
+        )
+    return tuple(keys)
+
+
+def stage_params(stage: str, path: str | Path = DEFAULT_PARAMS, dvc_yaml: Path = DVC_YAML) -> ParamsView:
+    """Load params.yaml and return the view a stage may read: the keys dvc.yaml declares for it."""
+    return ParamsView(load_params(path), declared_params(stage, dvc_yaml), stage)

@@ -26,78 +26,20 @@ per sub-vector, each reading its own slice of |m_i - m_j| (:class:`SubVectorCode
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import get_args
 
 import torch
 from torch import nn
 
+from pipeline.config.train import KDProjection, Output, Scoring
 from pipeline.models.backbones import BSARec, GRU4Rec, SASRec
+from pipeline.models.config import StudentConfig
 from pipeline.models.heads import CodeHead, SubVectorCodeHeads
 
-
-@dataclass(frozen=True)
-class StudentConfig:
-    """Everything needed to rebuild a student; stored as JSON next to its weights."""
-
-    num_items: int  # N (ids 1..N; the tables have N+1 rows)
-    backbone: str = "sasrec"
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.5
-    max_len: int = 50
-    modalities: tuple[str, ...] = ()
-    modality_dim: int = 128
-    fusion: str = "sum"
-    num_codes: int = 50  # K of the dissected-correlation codebook (0: no code head)
-    # the code layout: 0 = one code per pair (k-means codebook; logits (P, K)); D >= 1 = one code per
-    # sub-vector (vq codebook; logits (P, D, K), one head per sub-vector). Absent from older config.json: 0
-    code_groups: int = 0
-    output: str = (
-        "fused"  # fused (tied) | id (the paper's: catalogue scored by IDs) | id_teacher (+ frozen teacher)
-    )
-    kd_projection: str = "identity"  # identity | random | none
-    scoring: str = "dot"  # dot | cos (cosine of hidden state and output embedding / temperature)
-    temperature: float = 0.1
-    bsarec_alpha: float = 0.7  # backbone bsarec: share of the frequency rescaler in each layer
-    bsarec_window: int = 0  # backbone bsarec: items in the causal low-pass mean (0: all earlier ones)
-    id_init_scale: float = 1.0  # the ID embeddings start at N(0, (scale / sqrt(H))^2); 0: at zero
-
-    #: keys written to config.json only when they differ from these defaults, so the config of a model that
-    #: does not use them reads exactly as before they existed
-    _OPTIONAL: ClassVar[dict[str, object]] = {
-        "code_groups": 0,
-        "scoring": "dot",
-        "temperature": 0.1,
-        "bsarec_alpha": 0.7,
-        "bsarec_window": 0,
-        "id_init_scale": 1.0,
-    }
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["modalities"] = list(self.modalities)
-        for key, default in self._OPTIONAL.items():
-            if d[key] == default:
-                del d[key]
-        return d
-
-    @classmethod
-    def from_dict(cls, d: dict) -> StudentConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - known
-        if unknown:
-            raise ValueError(f"unknown student config keys: {sorted(unknown)}")
-        d = dict(d)
-        d["modalities"] = tuple(d.get("modalities", ()))
-        return cls(**d)
-
-
-OUTPUTS = ("fused", "id", "id_teacher")
-KD_PROJECTIONS = ("identity", "random", "none", "item")
+OUTPUTS: tuple[str, ...] = get_args(Output)
+KD_PROJECTIONS: tuple[str, ...] = get_args(KDProjection)
 
 
 def _norm_linear(dim: int, hidden: int) -> nn.Module:
@@ -152,7 +94,7 @@ BACKBONES: dict[str, Callable[[StudentConfig], nn.Module]] = {
         c.hidden, c.layers, c.heads, c.dropout, c.max_len, c.bsarec_alpha, c.bsarec_window
     ),
 }
-SCORINGS = ("dot", "cos")
+SCORINGS: tuple[str, ...] = get_args(Scoring)
 
 
 def _kd_projection(kind: str, dim: int) -> nn.Module | None:

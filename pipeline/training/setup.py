@@ -96,26 +96,13 @@ def build_training(
             "(rerun the correlate stage)"
         )
     num_codes, code_groups = layouts.pop() if layouts else (0, 0)
-    cfg = StudentConfig(
+    cfg = StudentConfig.from_train(
+        train,
         num_items=num_items,
-        backbone=train.backbone,
-        hidden=train.hidden,
-        layers=train.layers,
-        heads=train.heads,
-        dropout=train.dropout,
-        max_len=train.max_len,
         modalities=tuple(modalities),
         modality_dim=dims.pop() if dims else 0,
-        fusion=train.fusion,
         num_codes=num_codes,
         code_groups=code_groups,
-        output=train.output,
-        kd_projection=train.kd.projection,
-        scoring=train.scoring,
-        temperature=train.temperature,
-        bsarec_alpha=train.bsarec.alpha,
-        bsarec_window=train.bsarec.window,
-        id_init_scale=train.id_init_scale,
     )
     teacher_init = {m: t.teacher for m, t in teachers.items()}
     model = Student(cfg, teacher_init).to(device)

@@ -1,0 +1,204 @@
+"""The ``train`` params section, and the option names of the student's settings.
+
+Each option type below is the one list of that setting's names: the student's registries
+(``pipeline.models.student``: ``FUSIONS``, ``BACKBONES``, ``OUTPUTS``, ``KD_PROJECTIONS``, ``SCORINGS``) are
+built from them or checked against them (tests/test_option_names.py), so a name cannot be valid in params.yaml
+and unknown to the model.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from pipeline.config.base import MAX_SEED, Device, Modality, Precision, Section
+
+Backbone = Literal["sasrec", "gru4rec", "bsarec"]
+Fusion = Literal["sum", "gate", "concat", "paper_gate"]
+Output = Literal["fused", "id", "id_teacher"]
+Scoring = Literal["dot", "cos"]
+KDProjection = Literal["identity", "random", "none", "item"]
+AsyncSchedule = Literal["linear", "exponential", "step", "constant", "none"]
+
+
+class KDParams(Section):
+    holistic_weight: float = Field(0.5, ge=0.0, description="weight of the holistic correlation loss")
+    code_weight: float = Field(0.5, ge=0.0, description="weight of the dissected-code cross-entropy")
+    tau: float = Field(1.5, gt=0.0, description="temperature of the distilled scores")
+    max_pairs: int = Field(
+        4096,
+        ge=1,
+        le=100_000_000,
+        description="within-sequence pairs per batch per modality, the paper's (sampled when more; unique "
+        "per batch for mse, per sequence for frobenius)",
+    )
+    neighbour_pairs: int = Field(
+        0,
+        ge=0,
+        le=100_000_000,
+        description="plus this many pairs per batch per modality of a batch item with one of its "
+        "correlate.topk teacher neighbours (mse only; 0: none)",
+    )
+    random_pairs: int = Field(
+        8,
+        ge=0,
+        le=1_000_000,
+        description="plus, per sequence, this many pairs of one of its items with an item drawn uniformly "
+        "from the whole catalogue (within-sequence pairs reach only the batch's rows; the full softmax of a "
+        "tied model moves every row)",
+    )
+    holistic_loss: Literal["mse", "frobenius"] = Field(
+        "frobenius",
+        description="mse: mean squared residual over the batch's unique pairs (its gradient fades, ~1e-4 "
+        "of the CE's on the table) | frobenius: the authors' per-sequence non-squared Frobenius norm of "
+        "the residual matrix |s/tau - r/tau| (+1e-8 inside the root), averaged over the batch's sequences",
+    )
+    projection: KDProjection = Field(
+        "item",
+        description="P in xi(P m_i, P m_j): identity (an identity-initialised linear map: starts at loss 0 "
+        "and can absorb the drift) | random (the authors' two random linear layers) | none (distil on the "
+        "table itself) | item (on the items' output embeddings, the rows that score the catalogue)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> KDParams:
+        if self.holistic_loss == "frobenius" and self.neighbour_pairs > 0:
+            raise ValueError(
+                "neighbour_pairs must be 0 with holistic_loss: frobenius (its norm is per sequence, and "
+                "neighbour pairs belong to no sequence)"
+            )
+        return self
+
+
+class AsyncLRParams(Section):
+    schedule: AsyncSchedule = Field(
+        "linear",
+        description="the modality tables' LR from start_scale x base up to base: linear | exponential "
+        "(the same factor each epoch) | step (x gamma at each of step_epochs) | constant (start_scale "
+        "throughout) | none (the base rate)",
+    )
+    start_scale: float = Field(
+        0.25, gt=0.0, le=1.0, description="linear/step/exponential: initial fraction; constant: the fraction"
+    )
+    warmup_epochs: int = Field(
+        10, ge=1, le=1_000_000, description="linear/exponential: epochs to reach the base rate"
+    )
+    step_epochs: list[int] = Field(
+        default_factory=lambda: [5, 10], description="step: epochs where the scale is multiplied by gamma"
+    )
+    gamma: float = Field(2.0, gt=0.0, description="step: the factor")
+
+
+class BSARecParams(Section):
+    """The ``bsarec`` backbone: each layer mixes ``alpha`` x the frequency rescaler with (1 - alpha) x attention."""
+
+    alpha: float = Field(
+        0.7, ge=0.0, le=1.0, description="share of the frequency rescaler (1 - alpha: self-attention)"
+    )
+    window: int = Field(
+        0, ge=0, le=10_000, description="the causal low-pass part: mean of the last window items (0: all)"
+    )
+
+
+class TrainParams(Section):
+    backbone: Backbone = Field(
+        "sasrec",
+        description="bsarec: BSARec (AAAI 2024), each layer mixes train.bsarec.alpha x a frequency "
+        "rescaler with (1 - alpha) x self-attention, made causal: the low-pass part at a position is the "
+        "mean of the items up to it (train.bsarec.window: of the last that many), the high-pass part the "
+        "item minus that mean, re-weighted by a learned beta^2 per dimension; then a 4x-wide feed-forward",
+    )
+    modalities: list[Modality] = Field(
+        default_factory=lambda: ["text", "image"], description="[] is the ID-only SASRec baseline"
+    )
+    fusion: Fusion = Field(
+        "sum",
+        description="sum | gate | concat (each table through LayerNorm -> Linear(d, H): the table's scale, "
+        "hence its learning rate, is invisible to the forward pass) | paper_gate (the paper's: a bias-free "
+        "Linear(d, H), no normalisation; a shared MLP Linear(H, H) -> ReLU -> Linear(H, 1) scores each part, "
+        "softmax over the parts, weighted sum)",
+    )
+    output: Output = Field(
+        "fused",
+        description="what scores the catalogue: fused (tied: the fused ID + modality representation is "
+        "both input and output embedding) | id (the paper's: the ID embeddings; modality tables feed the "
+        "input only) | id_teacher (the ID embeddings + a learned map of the frozen teacher vectors)",
+    )
+    scoring: Scoring = Field(
+        "dot",
+        description="an item's logit: dot (hidden state . output embedding) | cos (their cosine / "
+        "temperature), in training, validation, evaluation and serving alike",
+    )
+    temperature: float = Field(0.1, gt=0.0, description="scoring cos only")
+    id_init_scale: float = Field(
+        1.0,
+        ge=0.0,
+        le=100.0,
+        description="the ID embeddings start at N(0, (id_init_scale / sqrt(hidden))^2); 0 starts them at "
+        "zero, so an item's output embedding starts as its modality part alone",
+    )
+    hidden: int = Field(
+        64,
+        ge=4,
+        le=65_536,
+        description="hidden size (Beauty and Scientific configs: 128 = correlate.dim, so the item "
+        "projection does not compress the teacher: 2-3 % better on validation there, a larger distillation "
+        "effect, 1.5x the training time; the demo gains nothing from it)",
+    )
+    layers: int = Field(2, ge=1, le=1024, description="backbone layers")
+    heads: int = Field(2, ge=1, le=1024, description="attention heads (sasrec, bsarec: must divide hidden)")
+    dropout: float = Field(0.5, ge=0.0, lt=1.0, description="dropout of the backbone")
+    max_len: int = Field(50, ge=2, le=100_000, description="the most recent items a sequence keeps")
+    batch_size: int = Field(
+        256, ge=1, le=10_000_000, description="sequences per step, all processes together (Beauty: 128)"
+    )
+    lr: float = Field(
+        3e-3, gt=0.0, description="peak LR: warm-up over warmup_epochs, then cosine decay to 0 over epochs"
+    )
+    weight_decay: float = Field(
+        0.0,
+        ge=0.0,
+        description="AdamW weight decay (not on biases, norms, embeddings or the modality tables)",
+    )
+    warmup_epochs: int = Field(1, ge=0, le=1_000_000, description="linear LR warm-up")
+    cosine: bool = Field(True, description="cosine decay after the warm-up (false: constant)")
+    epochs: int = Field(30, ge=1, le=1_000_000, description="the epoch budget (Beauty: 20; the suite: 50)")
+    patience: int = Field(10, ge=1, le=1_000_000, description="early stopping on validation NDCG@10")
+    eval_every: int = Field(1, ge=1, le=1_000_000, description="epochs between validations")
+    loss: Literal["ce", "sampled_softmax"] = Field(
+        "ce", description="ce (the full catalogue) | sampled_softmax"
+    )
+    num_negatives: int = Field(1024, ge=1, le=100_000_000, description="sampled_softmax only")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the initialisation and the batches")
+    device: Device = Field("auto", description="auto: CUDA when present, else CPU")
+    precision: Precision = Field(
+        "auto",
+        description="bf16 autocast of the training step; auto = bfloat16 on CUDA and on CPUs with "
+        "AMX/AVX512-BF16 (0.69x the float32 step time there, test figures within 0.4 %, ~1.5 GB more peak "
+        "memory on CPU; bitwise reproducible on CPU on 1 thread only, as float32); validation and evaluation "
+        "always score in float32",
+    )
+    compile: bool = Field(False, description="torch.compile the model")
+    kd: KDParams = Field(
+        default_factory=KDParams,
+        description="distillation; the defaults are what the distillation screen selected on validation "
+        "NDCG@10 on Beauty and Scientific (docs/RESULTS.md)",
+    )
+    async_lr: AsyncLRParams = Field(
+        default_factory=AsyncLRParams, description="the modality tables' asynchronous learning rate"
+    )
+    bsarec: BSARecParams = Field(default_factory=BSARecParams, description="backbone bsarec only")
+
+    @field_validator("modalities")
+    @classmethod
+    def _unique(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"modalities must not repeat a modality: {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainParams:
+        if self.backbone in ("sasrec", "bsarec") and self.hidden % self.heads != 0:
+            raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        return self
