@@ -19,7 +19,8 @@ from pipeline.evaluation.cases import build_eval_cases, history_windows
 from pipeline.evaluation.metrics import evaluate_scorer
 from pipeline.io import read_parquet
 from pipeline.models import load_student
-from pipeline.recommend.topk import ItemCatalogue, Recommender, UnknownItemsError, run_recommend, top_k
+from pipeline.recommend.recommend import run_recommend
+from pipeline.recommend.topk import ItemCatalogue, Recommender, UnknownItemsError, top_k
 
 torch.set_num_threads(1)
 
