@@ -48,10 +48,10 @@ def main() -> None:
     from pipeline.config import load_params, with_overrides
     from pipeline.experiments.plan import parse_overrides
     from pipeline.layout import Layout
-    from pipeline.training.batches import bucketed_batches, trim_left_padding
+    from pipeline.training.batches import bucketed_batches
     from pipeline.training.distributed import DistInfo
-    from pipeline.training.objective import batch_loss
     from pipeline.training.setup import build_training
+    from pipeline.training.step import train_step
 
     base = with_overrides(load_params(args.params), {"mlflow.enabled": False, "train.device": "cpu"})
     runs = []
@@ -70,12 +70,7 @@ def main() -> None:
         runs.append((setting, p, t))
 
     def step(p, t, idx, gen) -> None:  # the training loop's step, one process
-        seq = trim_left_padding(t.windows[idx])
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=t.autocast):
-            loss, _ = batch_loss(t, p.train, seq, gen, DistInfo())
-        t.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        t.optimizer.step()
+        train_step(t, p.train, idx, gen, DistInfo())
 
     gen = torch.Generator().manual_seed(0)
     batches = list(bucketed_batches(runs[0][2].lengths, base.train.batch_size, gen))

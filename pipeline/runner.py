@@ -92,7 +92,7 @@ def _evaluate(p: StageParams, layout: Layout, progress: bool, device: str | torc
 
 
 def _recommend(p: StageParams, layout: Layout, progress: bool, device: str | torch.device | None) -> Any:
-    from pipeline.recommend.topk import run_recommend
+    from pipeline.recommend.recommend import run_recommend
 
     return run_recommend(
         p.recommend,

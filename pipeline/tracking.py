@@ -152,12 +152,35 @@ def default_artifact_location(root: Path = PROJECT_ROOT) -> str:
     return (root.resolve() / "mlartifacts").as_uri()
 
 
+#: The experiment tag by which MLflow 3 tells a model-training experiment from a GenAI one
+#: (``custom_model_development``: the runs table, not the Traces / Sessions / Judges views).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+
+
 def _ensure_experiment(mlflow: Any, name: str) -> None:
-    if mlflow.get_experiment_by_name(name) is None:
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
         # another stage may create it concurrently; set_experiment below then finds theirs
         with contextlib.suppress(Exception):
-            mlflow.create_experiment(name, artifact_location=default_artifact_location())
+            mlflow.create_experiment(
+                name,
+                artifact_location=default_artifact_location(),
+                tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            )
+    elif EXPERIMENT_KIND_TAG not in exp.tags:  # made by an older version: mark it; a user's choice stays
+        with contextlib.suppress(Exception):
+            mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     mlflow.set_experiment(name)
+
+
+def experiment_page(experiment_id: str, server: str = "http://127.0.0.1:5000") -> str:
+    """The ``mlflow ui`` address of an experiment's runs in the model-training view.
+
+    MLflow 3.17's UI picks GenAI or model training by a switch kept in the browser (GenAI at first) and by
+    the ``workflowType`` query parameter, which wins: this link opens the runs table whatever the switch.
+    """
+    return f"{server}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def tracking_enabled(mlflow_params: MLflowSection) -> bool:

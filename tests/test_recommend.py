@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,7 +20,8 @@ from pipeline.evaluation.cases import build_eval_cases, history_windows
 from pipeline.evaluation.metrics import evaluate_scorer
 from pipeline.io import read_parquet
 from pipeline.models import load_student
-from pipeline.recommend.topk import ItemCatalogue, Recommender, UnknownItemsError, run_recommend, top_k
+from pipeline.recommend.recommend import run_recommend
+from pipeline.recommend.topk import ItemCatalogue, Recommender, UnknownItemsError, top_k
 
 torch.set_num_threads(1)
 
@@ -245,6 +247,19 @@ def test_pyfunc_round_trip_through_the_registry(project, monkeypatch: pytest.Mon
     from pipeline.recommend.register import log_recommender
 
     root, seqs = project
+    # the lineage and results the trainer records in config.json
+    from pipeline.lineage import model_inputs
+
+    cfg_path = root / "models/config.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.update(
+        train={"backbone": "sasrec", "modalities": []},
+        best_epoch=3,
+        epochs_run=5,
+        best_valid={"ndcg_at_10": 0.25, "hr_at_10": 0.5},
+        inputs=model_inputs(root / "data/processed/sequences.parquet", root / "supervision", []),
+    )
+    cfg_path.write_text(json.dumps(cfg))
     uri = f"sqlite:///{root}/mlflow.db"
     monkeypatch.setenv("KDSR_MLFLOW", "1")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -260,6 +275,23 @@ def test_pyfunc_round_trip_through_the_registry(project, monkeypatch: pytest.Mon
     assert model_uri is not None
     version = mlflow.MlflowClient().get_model_version("kdsr-test", "1")
     assert version.run_id == train_run
+    # the version's card: data digests, validation metrics, weights digest and git rev
+    from pipeline.lineage import read_model_inputs
+    from pipeline.tracking import git_rev
+
+    inputs = read_model_inputs(root / "models")
+    assert version.tags["model.sha256"] == file_digest(root / "models/model.safetensors")
+    assert (
+        version.tags["data.sequences"]
+        == inputs["sequences"]
+        == file_digest(root / "data/processed/sequences.parquet")
+    )
+    assert version.tags["data.catalogue"] == inputs["catalogue"]
+    assert version.tags["git.rev"] == git_rev()
+    assert (version.tags["backbone"], version.tags["modalities"]) == ("sasrec", "none")
+    assert (version.tags["best_epoch"], version.tags["valid.ndcg_at_10"]) == ("3", "0.25")
+    assert version.description.startswith("KDSR student: sasrec over item IDs only; best epoch 3 of 5; ")
+    assert "validation NDCG@10 0.2500" in version.description and git_rev()[:12] in version.description
 
     loaded = mlflow.pyfunc.load_model("models:/kdsr-test/1")
     histories = [[f"B{i:09d}" for i in s] for s in seqs[:4]]

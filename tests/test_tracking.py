@@ -55,3 +55,79 @@ def test_the_tracker_logs_sectioned_names_of_its_stage() -> None:
     logged.clear()
     Tracker(SimpleNamespace(), fake, "ingest").log_metrics({"users": 3, "dropped": {"duplicates": 1}})
     assert logged == {"users": 3.0, "dropped.duplicates": 1.0}
+
+
+# --------------------------------------------------------------------------------------------- experiment kind
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_the_project_experiment_is_a_model_training_one_over_rest(tmp_path, monkeypatch) -> None:
+    """A stage's run creates the experiment marked as model training; a server reports the tag over REST,
+    an experiment made by an older version gets it, and a user's own choice is kept."""
+    mlflow = pytest.importorskip("mlflow")
+    import json
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from pipeline.config import MLflowParams
+    from pipeline.tracking import EXPERIMENT_KIND, EXPERIMENT_KIND_TAG, experiment_page, start_run
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    monkeypatch.setenv("KDSR_MLFLOW", "1")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    mlflow.set_tracking_uri(uri)
+    mlflow.create_experiment("older", artifact_location=(tmp_path / "a").as_uri())
+    mlflow.create_experiment(
+        "mine", artifact_location=(tmp_path / "b").as_uri(), tags={EXPERIMENT_KIND_TAG: "genai_development"}
+    )
+    for name in ("kdsr", "older", "mine"):
+        with start_run("train", MLflowParams(tracking_uri=uri, experiment=name)) as tracker:
+            assert tracker.active
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            uri,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+
+        def kind(name: str) -> str | None:
+            url = f"{base}/api/2.0/mlflow/experiments/get-by-name?experiment_name={name}"
+            for _ in range(120):
+                try:
+                    with urllib.request.urlopen(url, timeout=2) as r:
+                        tags = json.load(r)["experiment"].get("tags", [])
+                    return {t["key"]: t["value"] for t in tags}.get(EXPERIMENT_KIND_TAG)
+                except OSError:
+                    time.sleep(0.5)
+            raise AssertionError(f"mlflow server on {base} did not answer")
+
+        assert kind("kdsr") == EXPERIMENT_KIND == "custom_model_development"
+        assert kind("older") == EXPERIMENT_KIND
+        assert kind("mine") == "genai_development"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    assert experiment_page("7", base).endswith("/#/experiments/7/runs?workflowType=machine_learning")

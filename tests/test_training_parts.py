@@ -162,15 +162,33 @@ def test_kd_terms_with_vq_codes_split_over_ranks_add_up_to_one_process(holistic:
     def score(a, b):
         return pair_scores(a, b, "cos")
 
-    def run(rank: int, world: int) -> dict[str, torch.Tensor]:
-        return kd_terms(
+    def run(rank: int, world: int) -> torch.Tensor:
+        _, code = kd_terms(
             model, teachers, seq, kd, score, torch.Generator().manual_seed(1), DistInfo(rank, world)
         )
+        return code["text"]
 
     whole = run(0, 1)
-    assert whole["code_text"].item() > 0
-    shares = [run(r, 2)["code_text"] for r in range(2)]
-    assert sum(shares).item() == pytest.approx(whole["code_text"].item(), rel=1e-5)
+    assert whole.item() > 0
+    shares = [run(r, 2) for r in range(2)]
+    assert sum(shares).item() == pytest.approx(whole.item(), rel=1e-5)
+
+
+def test_loss_terms_weighted_sum_and_curve_columns() -> None:
+    from pipeline.config import KDParams
+    from pipeline.training.objective import LossTerms
+
+    t = LossTerms(
+        torch.tensor(2.0),
+        holistic={"text": torch.tensor(3.0), "image": torch.tensor(5.0)},
+        code={"text": torch.tensor(7.0), "image": torch.tensor(11.0)},
+    )
+    kd = KDParams(holistic_weight=0.5, code_weight=0.25)
+    assert t.total(kd).item() == 2.0 + 0.5 * 3 + 0.25 * 7 + 0.5 * 5 + 0.25 * 11
+    assert list(t.columns(kd)) == ["ce", "hol_text", "code_text", "hol_image", "code_image"]
+    assert t.weights(kd) == {"hol_text": 0.5, "code_text": 0.25, "hol_image": 0.5, "code_image": 0.25}
+    ce_only = LossTerms(torch.tensor(2.0))
+    assert ce_only.total(kd) is ce_only.ce and list(ce_only.columns(kd)) == ["ce"]
 
 
 def test_full_softmax_ignores_padding_column() -> None:

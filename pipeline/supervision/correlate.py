@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +30,11 @@ import numpy as np
 import torch
 
 from pipeline.artifacts.neighbours import write_neighbours
-from pipeline.artifacts.vectors import read_item_vectors, write_item_vectors
+from pipeline.artifacts.vectors import ItemVectors, read_item_vectors, write_item_vectors
 from pipeline.config import CorrelateParams, MLflowParams, ParamsView
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError
-from pipeline.io import (
-    staged_dir,
-    write_json,
-)
+from pipeline.io import staged_dir, write_json
 from pipeline.layout import SUPERVISION_STATS, codebook_file, embedding_file, neighbours_file, teacher_file
 from pipeline.lineage import (
     FILES_KEY,
@@ -50,11 +48,7 @@ from pipeline.supervision.pairs import read_training_item_sets, sample_pairs
 from pipeline.supervision.quantize import fit_kmeans_codebook, fit_vq_codebook
 from pipeline.supervision.reduction import Reduction, pca_reduce, rotate, sub_vector_variance_share
 from pipeline.supervision.scores import pair_scores, sub_vector_scores
-from pipeline.supervision.summaries import (
-    describe,
-    format_shares,
-    share_summary,
-)
+from pipeline.supervision.summaries import describe, format_shares, share_summary
 from pipeline.supervision.topk import blocked_topk, topk_search_precision
 from pipeline.tracking import start_run
 
@@ -89,6 +83,192 @@ def _pair_tensors(teacher: torch.Tensor, pairs: np.ndarray, fn: Any, device: tor
     return torch.cat(out) if out else torch.empty(0)
 
 
+@dataclass
+class Teacher:
+    """The reduced teacher vectors of one modality and what the later steps need of the reduction."""
+
+    vectors: np.ndarray  # (N, dim) as written (missing rows zeroed under policy zero/exclude)
+    tensor: torch.Tensor  # the same on the device
+    excluded: np.ndarray  # (N,) bool
+    random_pairs: np.ndarray  # (P, 2) 1-based random pairs of included items, for the baseline statistics
+    sub_vector_shares: list[float]  # each sub-vector's share of the variance, after the rotation if any
+    stats: dict[str, Any]  # stats.json's ``reduction``
+
+
+def _random_pairs(excluded: np.ndarray, seed: int) -> np.ndarray:
+    """Up to ``RANDOM_STATS_PAIRS`` uniformly random ordered pairs of distinct included items (1-based)."""
+    included = np.flatnonzero(~excluded)
+    rng = np.random.default_rng(seed)
+    n_rand = min(RANDOM_STATS_PAIRS, len(included) * (len(included) - 1))
+    ra = rng.integers(0, len(included), size=n_rand)
+    rb = rng.integers(0, max(1, len(included) - 1), size=n_rand)
+    rb += rb >= ra
+    return np.stack([included[ra], included[rb]], axis=1) + 1 if n_rand else np.zeros((0, 2), np.int64)
+
+
+def reduce_teacher(
+    modality: str, params: CorrelateParams, embeddings: ItemVectors, out_dir: Path, device: torch.device
+) -> Teacher:
+    """Reduce (and rotate) the teacher vectors to ``correlate.dim`` and write ``teacher_<m>.parquet``."""
+    vectors, missing, meta = embeddings.vectors, embeddings.missing, embeddings.metadata
+    red = _reduce(params, vectors, missing, device)
+    present = np.flatnonzero(~missing)  # the rows the reduction was fitted on
+    shares = {"reduced": share_summary(sub_vector_variance_share(red.vectors, params.sub_vectors, present))}
+    if params.rotate:
+        red = rotate(red, params.seed)
+        shares["rotated"] = share_summary(sub_vector_variance_share(red.vectors, params.sub_vectors, present))
+    reduced = red.vectors
+    if meta.get("missing_policy") in ("zero", "exclude"):
+        # no content: a zero vector (cos 0 with everything), not the projection of an imputed vector
+        reduced[missing] = 0.0
+    teacher = torch.from_numpy(reduced).to(device)
+    excluded = embeddings.excluded.copy()
+    rand_pairs = _random_pairs(excluded, params.seed)
+    rand_cos = _pair_tensors(teacher, rand_pairs, lambda a, b: pair_scores(a, b, "cos"), device)
+    stats = {
+        **red.info,
+        "rotate": params.rotate,
+        "sub_vector_variance_share": shares,
+        "random_pair_cosine": describe(rand_cos.numpy()),
+    }
+    _log_reduction(modality, params, shares, stats["random_pair_cosine"])
+    write_item_vectors(
+        teacher_file(out_dir, modality),
+        reduced,
+        missing,
+        metadata={
+            "modality": modality,
+            "reduction": stats,
+            "rotate": params.rotate,
+            "explained_variance_ratio": red.info.get("explained_variance_ratio"),
+            "source_model": meta.get("model"),
+            "teacher_dim": vectors.shape[1],
+            "dim": params.dim,
+            "missing_policy": meta.get("missing_policy"),
+            "normalize": False,
+            "centred": True,
+        },
+    )
+    final_shares = shares.get("rotated", shares["reduced"])["shares"]
+    return Teacher(reduced, teacher, excluded, rand_pairs, final_shares, stats)
+
+
+def _log_reduction(
+    modality: str, params: CorrelateParams, shares: dict[str, Any], rc: dict[str, float]
+) -> None:
+    final = shares.get("rotated", shares["reduced"])
+    log.info(
+        "%s %s%s -> %d: variance share per sub-vector %s (max/min %s)%s; teacher cosine on random pairs "
+        "%.4f +- %.4f",
+        modality,
+        params.reduction,
+        " + rotation" if params.rotate else "",
+        params.dim,
+        format_shares(shares["reduced"]["shares"]),
+        shares["reduced"]["max_min_ratio"],
+        f", after rotation {format_shares(final['shares'])} (max/min {final['max_min_ratio']})"
+        if params.rotate
+        else "",
+        rc.get("mean", float("nan")),
+        rc.get("std", float("nan")),
+    )
+    if params.reduction == "sigmoid_ae":
+        log.info(
+            "%s: sigmoid codes are all positive, so their cosines are all positive and compressed (random "
+            "pairs %.3f +- %.3f): related items differ from random ones by the spread, not the sign",
+            modality,
+            rc.get("mean", float("nan")),
+            rc.get("std", float("nan")),
+        )
+
+
+def holistic_neighbours(
+    modality: str, params: CorrelateParams, teacher: Teacher, out_dir: Path, device: torch.device
+) -> dict[str, Any]:
+    """Each item's ``correlate.topk`` most correlated items into ``topk_<m>.parquet``; their statistics."""
+    excluded = teacher.excluded
+    search = topk_search_precision(params.topk_precision, device)
+    values, indices = blocked_topk(
+        teacher.tensor,
+        params.topk,
+        params.score,
+        params.block_size,
+        torch.from_numpy(excluded),
+        precision=search,
+    )
+    k_eff = values.shape[1]
+    write_neighbours(
+        neighbours_file(out_dir, modality),
+        values.numpy(),
+        indices.numpy(),
+        excluded,
+        metadata={
+            "modality": modality,
+            "score": params.score,
+            "topk": k_eff,
+            "requested_topk": params.topk,
+            "excluded_items": int(excluded.sum()),
+            "search_precision": search,
+        },
+    )
+    rand_scores = _pair_tensors(
+        teacher.tensor, teacher.random_pairs, lambda a, b: pair_scores(a, b, params.score), device
+    )
+    kept_v = values.numpy()[~excluded]
+    return {
+        "k": k_eff,
+        "top1": describe(kept_v[:, 0] if k_eff else np.empty(0)),
+        "kth": describe(kept_v[:, -1] if k_eff else np.empty(0)),
+        "all": describe(kept_v.reshape(-1)),
+        "random_pairs": describe(rand_scores.numpy()),
+    }
+
+
+def dissected_codebook(
+    modality: str,
+    params: CorrelateParams,
+    teacher: Teacher,
+    sequences_path: Path,
+    out_dir: Path,
+    device: torch.device,
+) -> dict[str, Any]:
+    """Fit the codebook on co-occurring + random pairs' sub-vector correlations; ``codebook_<m>.safetensors``."""
+    n = len(teacher.vectors)
+    sets = read_training_item_sets(sequences_path, n, np.concatenate([[True], teacher.excluded]))
+    pairs, n_co = sample_pairs(sets, params.sample_pairs, params.random_pair_fraction, params.seed)
+    corr = _pair_tensors(
+        teacher.tensor, pairs, lambda a, b: sub_vector_scores(a, b, params.sub_vectors), device
+    )
+    base = {
+        "codes": params.codes,
+        "sub_vectors": params.sub_vectors,
+        "sample_pairs": int(len(pairs)),
+        "co_occurring_pairs": int(n_co),
+        "random_pairs": int(len(pairs) - n_co),
+        "users_with_pairs": int((sets.sizes >= 2).sum()),
+    }
+    cb_meta = {
+        "modality": modality,
+        "seed": params.seed,
+        "sample_pairs": len(pairs),
+        "co_occurring_pairs": n_co,
+    }
+    shares = teacher.sub_vector_shares
+    if params.quantizer == "vq":
+        stats, codebook = fit_vq_codebook(params, corr, n_co, base, cb_meta, shares)
+    else:
+        stats, codebook = fit_kmeans_codebook(params, corr, n_co, base, cb_meta, shares, device)
+    codebook.save(codebook_file(out_dir, modality))
+    if stats["max_code_share"] > 0.5:
+        log.warning(
+            "%s: one code takes %.0f%% of the sampled pairs%s: the codebook carries little information",
+            modality,
+            100 * stats["max_code_share"],
+            " (of one sub-vector)" if params.quantizer == "vq" else "",
+        )
+    return stats
+
+
 def build_modality(
     modality: str,
     params: CorrelateParams,
@@ -106,160 +286,24 @@ def build_modality(
         )
     t0 = time.perf_counter()
     embeddings = read_item_vectors(embeddings_path)
-    vectors, missing, meta = embeddings.vectors, embeddings.missing, embeddings.metadata
-    n, teacher_dim = vectors.shape
-    policy = meta.get("missing_policy")
-    excluded = embeddings.excluded.copy()
-    if excluded.all():
+    if embeddings.excluded.all():
         raise DataError(f"{embeddings_path}: every item is excluded (missing_policy=exclude)")
-
-    # ---- reduction (+ rotation)
-    red = _reduce(params, vectors, missing, device)
-    present = np.flatnonzero(~missing)  # the rows the reduction was fitted on
-    shares = {"reduced": share_summary(sub_vector_variance_share(red.vectors, params.sub_vectors, present))}
-    if params.rotate:
-        red = rotate(red, params.seed)
-        shares["rotated"] = share_summary(sub_vector_variance_share(red.vectors, params.sub_vectors, present))
-    reduced = red.vectors
-    if policy in ("zero", "exclude"):
-        # no content: a zero vector (cos 0 with everything), not the projection of an imputed vector
-        reduced[missing] = 0.0
-    teacher = torch.from_numpy(reduced).to(device)
-    included = np.flatnonzero(~excluded)
-    rng = np.random.default_rng(params.seed)
-    n_rand = min(RANDOM_STATS_PAIRS, len(included) * (len(included) - 1))
-    ra = rng.integers(0, len(included), size=n_rand)
-    rb = rng.integers(0, max(1, len(included) - 1), size=n_rand)
-    rb += rb >= ra
-    rand_pairs = np.stack([included[ra], included[rb]], axis=1) + 1 if n_rand else np.zeros((0, 2), np.int64)
-    rand_cos = _pair_tensors(teacher, rand_pairs, lambda a, b: pair_scores(a, b, "cos"), device)
-    final_shares = shares.get("rotated", shares["reduced"])
-    reduction_stats = {
-        **red.info,
-        "rotate": params.rotate,
-        "sub_vector_variance_share": shares,
-        "random_pair_cosine": describe(rand_cos.numpy()),
-    }
-    rc = reduction_stats["random_pair_cosine"]
-    log.info(
-        "%s %s%s -> %d: variance share per sub-vector %s (max/min %s)%s; teacher cosine on random pairs "
-        "%.4f +- %.4f",
-        modality,
-        params.reduction,
-        " + rotation" if params.rotate else "",
-        params.dim,
-        format_shares(shares["reduced"]["shares"]),
-        shares["reduced"]["max_min_ratio"],
-        f", after rotation {format_shares(final_shares['shares'])} (max/min {final_shares['max_min_ratio']})"
-        if params.rotate
-        else "",
-        rc.get("mean", float("nan")),
-        rc.get("std", float("nan")),
-    )
-    if params.reduction == "sigmoid_ae":
-        log.info(
-            "%s: sigmoid codes are all positive, so their cosines are all positive and compressed (random "
-            "pairs %.3f +- %.3f): related items differ from random ones by the spread, not the sign",
-            modality,
-            rc.get("mean", float("nan")),
-            rc.get("std", float("nan")),
-        )
-    write_item_vectors(
-        teacher_file(out_dir, modality),
-        reduced,
-        missing,
-        metadata={
-            "modality": modality,
-            "reduction": reduction_stats,
-            "rotate": params.rotate,
-            "explained_variance_ratio": red.info.get("explained_variance_ratio"),
-            "source_model": meta.get("model"),
-            "teacher_dim": teacher_dim,
-            "dim": params.dim,
-            "missing_policy": policy,
-            "normalize": False,
-            "centred": True,
-        },
-    )
-    timings["reduce"] = time.perf_counter() - t0
-
-    # ---- holistic top-k
-    t0 = time.perf_counter()
-    excl_t = torch.from_numpy(excluded)
-    search = topk_search_precision(params.topk_precision, device)
-    values, indices = blocked_topk(
-        teacher, params.topk, params.score, params.block_size, excl_t, precision=search
-    )
-    k_eff = values.shape[1]
-    write_neighbours(
-        neighbours_file(out_dir, modality),
-        values.numpy(),
-        indices.numpy(),
-        excluded,
-        metadata={
-            "modality": modality,
-            "score": params.score,
-            "topk": k_eff,
-            "requested_topk": params.topk,
-            "excluded_items": int(excluded.sum()),
-            "search_precision": search,
-        },
-    )
-    rand_scores = _pair_tensors(teacher, rand_pairs, lambda a, b: pair_scores(a, b, params.score), device)
-    kept_v = values.numpy()[~excluded]
-    topk_stats = {
-        "k": k_eff,
-        "top1": describe(kept_v[:, 0] if k_eff else np.empty(0)),
-        "kth": describe(kept_v[:, -1] if k_eff else np.empty(0)),
-        "all": describe(kept_v.reshape(-1)),
-        "random_pairs": describe(rand_scores.numpy()),
-    }
-    timings["topk"] = time.perf_counter() - t0
-
-    # ---- dissected codes
-    t0 = time.perf_counter()
-    sets = read_training_item_sets(sequences_path, n, np.concatenate([[True], excluded]))
-    pairs, n_co = sample_pairs(sets, params.sample_pairs, params.random_pair_fraction, params.seed)
-    corr = _pair_tensors(teacher, pairs, lambda a, b: sub_vector_scores(a, b, params.sub_vectors), device)
-    base = {
-        "codes": params.codes,
-        "sub_vectors": params.sub_vectors,
-        "sample_pairs": int(len(pairs)),
-        "co_occurring_pairs": int(n_co),
-        "random_pairs": int(len(pairs) - n_co),
-        "users_with_pairs": int((sets.sizes >= 2).sum()),
-    }
-    cb_meta = {
-        "modality": modality,
-        "seed": params.seed,
-        "sample_pairs": len(pairs),
-        "co_occurring_pairs": n_co,
-    }
-    if params.quantizer == "vq":
-        codebook_stats, codebook = fit_vq_codebook(params, corr, n_co, base, cb_meta, final_shares["shares"])
-    else:
-        codebook_stats, codebook = fit_kmeans_codebook(
-            params, corr, n_co, base, cb_meta, final_shares["shares"], device
-        )
-    codebook.save(codebook_file(out_dir, modality))
-    timings["codebook"] = time.perf_counter() - t0
-    if codebook_stats["max_code_share"] > 0.5:
-        log.warning(
-            "%s: one code takes %.0f%% of the sampled pairs%s: the codebook carries little information",
-            modality,
-            100 * codebook_stats["max_code_share"],
-            " (of one sub-vector)" if params.quantizer == "vq" else "",
-        )
-
+    teacher = reduce_teacher(modality, params, embeddings, out_dir, device)
+    t1 = time.perf_counter()
+    topk_stats = holistic_neighbours(modality, params, teacher, out_dir, device)
+    t2 = time.perf_counter()
+    codebook_stats = dissected_codebook(modality, params, teacher, sequences_path, out_dir, device)
+    timings.update(reduce=t1 - t0, topk=t2 - t1, codebook=time.perf_counter() - t2)
+    meta = embeddings.metadata
     return {
-        "items": n,
-        "excluded_items": int(excluded.sum()),
-        "missing_items": int(missing.sum()),
-        "missing_policy": policy,
+        "items": len(embeddings.vectors),
+        "excluded_items": int(teacher.excluded.sum()),
+        "missing_items": int(embeddings.missing.sum()),
+        "missing_policy": meta.get("missing_policy"),
         "source_model": meta.get("model"),
-        "teacher_dim": teacher_dim,
+        "teacher_dim": embeddings.vectors.shape[1],
         "dim": params.dim,
-        "reduction": reduction_stats,
+        "reduction": teacher.stats,
         "score": params.score,
         "topk": topk_stats,
         "codebook": codebook_stats,

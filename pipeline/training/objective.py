@@ -7,7 +7,8 @@ evaluate the same terms as training.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -29,6 +30,36 @@ if TYPE_CHECKING:
     from pipeline.training.setup import Training
 
 
+@dataclass
+class LossTerms:
+    """The unweighted loss terms of one step: the next-item CE and, per modality, the holistic and code
+    distillation terms (a modality is absent from ``holistic`` / ``code`` when that term's weight is 0)."""
+
+    ce: torch.Tensor
+    holistic: dict[str, torch.Tensor] = field(default_factory=dict)
+    code: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def weighted_kd(self, kd: KDParams) -> Iterator[tuple[str, float, torch.Tensor]]:
+        """``(column name, weight, term)`` of each distillation term, modality by modality (holistic, code)."""
+        for m in dict.fromkeys([*self.holistic, *self.code]):
+            if m in self.holistic:
+                yield f"hol_{m}", kd.holistic_weight, self.holistic[m]
+            if m in self.code:
+                yield f"code_{m}", kd.code_weight, self.code[m]
+
+    def total(self, kd: KDParams) -> torch.Tensor:
+        """The step's loss: ``ce + sum_m (holistic_weight * holistic[m] + code_weight * code[m])``."""
+        return sum((w * term for _, w, term in self.weighted_kd(kd)), start=self.ce)
+
+    def columns(self, kd: KDParams) -> dict[str, torch.Tensor]:
+        """The terms by their train_curve.csv column: ``ce``, ``hol_<m>``, ``code_<m>``."""
+        return {"ce": self.ce, **{name: term for name, _, term in self.weighted_kd(kd)}}
+
+    def weights(self, kd: KDParams) -> dict[str, float]:
+        """The weight of each distillation column (the CE weighs 1)."""
+        return {name: w for name, w, _ in self.weighted_kd(kd)}
+
+
 def _share(term: torch.Tensor, n_here: int, n_all: int, dist_info: DistInfo) -> torch.Tensor:
     """A rank's mean loss over its ``n_here`` of the batch's ``n_all`` pairs, weighted by ``n_here / n_all``
     so the ranks' shares sum to the single-process mean (``term`` as is in one process)."""
@@ -47,8 +78,8 @@ def kd_terms(
     dist_info: DistInfo,
     neighbours: dict[str, tuple[torch.Tensor, torch.Tensor]] | None = None,
     items: torch.Tensor | None = None,
-) -> dict[str, torch.Tensor]:
-    """Unweighted distillation terms ``hol_<m>`` and ``code_<m>`` of one batch, per modality.
+) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """Unweighted distillation terms of one batch: ``(holistic, code)``, each modality -> term.
 
     Args:
         model: the student.
@@ -68,7 +99,8 @@ def kd_terms(
     is every world_size-th pair. Teacher codes are (P,) for a k-means codebook and (P, D) for a vq one; both
     are sliced along the pairs (dim 0) alike.
     """
-    terms: dict[str, torch.Tensor] = {}
+    holistic: dict[str, torch.Tensor] = {}
+    code: dict[str, torch.Tensor] = {}
     per_sequence = kd.holistic_loss == "frobenius"
     if per_sequence:
         seq_i, seq_j, rows, weight = sequence_pairs(seq, kd.max_pairs, generator)
@@ -101,18 +133,13 @@ def kd_terms(
         if kd.holistic_weight > 0:
             s = model.holistic_student_scores(m, i, j, score_fn, items)
             if per_sequence:
-                terms[f"hol_{m}"] = frobenius_holistic_loss(s, t_scores, kd.tau, pr, pw, n_rows)
+                holistic[m] = frobenius_holistic_loss(s, t_scores, kd.tau, pr, pw, n_rows)
             else:
-                terms[f"hol_{m}"] = _share(holistic_loss(s, t_scores, kd.tau), len(i), n_pairs, dist_info)
+                holistic[m] = _share(holistic_loss(s, t_scores, kd.tau), len(i), n_pairs, dist_info)
         if want_codes:
             cl = code_loss(model.code_logits(m, i, j), t_codes)
-            terms[f"code_{m}"] = _share(cl, len(i), n_pairs, dist_info)
-    return terms
-
-
-def kd_weight(name: str, kd: KDParams) -> float:
-    """The weight of a term named by :func:`kd_terms` (``hol_<m>`` or ``code_<m>``)."""
-    return kd.holistic_weight if name.startswith("hol_") else kd.code_weight
+            code[m] = _share(cl, len(i), n_pairs, dist_info)
+    return holistic, code
 
 
 def batch_loss(
@@ -121,8 +148,8 @@ def batch_loss(
     seq: torch.Tensor,
     generator: torch.Generator,
     dist_info: DistInfo,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The weighted loss of one step and its unweighted terms (``ce``, ``hol_<m>``, ``code_<m>``).
+) -> LossTerms:
+    """The unweighted loss terms of one step (``.total(train.kd)`` is the loss).
 
     ``seq`` (B, T+1) is the whole batch; under DDP this rank scores its rows (:func:`rank_rows`) and the
     distillation terms their share. Call it under the step's autocast.
@@ -140,11 +167,9 @@ def batch_loss(
         ce = items.new_zeros((), dtype=torch.float32)
     # every position weighs the same, whatever the length bucket of its batch; under DDP a rank's positions
     # are its share, and the ranks' gradients sum to the whole batch's
-    terms = {"ce": ce * position_weight(keep.sum(), t.mean_targets)}
-    loss = terms["ce"]
+    terms = LossTerms(ce * position_weight(keep.sum(), t.mean_targets))
     if t.kd_on:
-        kd = kd_terms(model, t.teachers, seq, train.kd, t.score_fn, generator, dist_info, t.neighbours, items)
-        terms.update(kd)
-        for name, term in kd.items():
-            loss = loss + kd_weight(name, train.kd) * term
-    return loss, terms
+        terms.holistic, terms.code = kd_terms(
+            model, t.teachers, seq, train.kd, t.score_fn, generator, dist_info, t.neighbours, items
+        )
+    return terms

@@ -220,7 +220,7 @@ def test_trained_model_records_the_catalogue_digest(tmp_path: Path) -> None:
 
 def test_recommend_stage_with_a_model_of_another_catalogue_fails_and_writes_nothing(tmp_path: Path) -> None:
     from pipeline.config import RecommendParams
-    from pipeline.recommend.topk import run_recommend
+    from pipeline.recommend.recommend import run_recommend
 
     _trained_recommender(tmp_path)
     processed, out = tmp_path / "data" / "processed", tmp_path / "data" / "recommendations.parquet"
