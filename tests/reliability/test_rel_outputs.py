@@ -35,7 +35,8 @@ def _stage_exit(run, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.Mon
 def test_recommend_with_a_string_items_column_names_the_file(tmp_path: Path) -> None:
     from test_recommend import IdScorer  # a fake student scoring item i as i
 
-    from pipeline.recommend.topk import ItemCatalogue, Recommender, run_recommend
+    from pipeline.recommend.recommend import run_recommend
+    from pipeline.recommend.topk import ItemCatalogue, Recommender
 
     seq, items = tmp_path / "sequences.parquet", tmp_path / "items.parquet"
     write_items(items, 8)
