@@ -60,7 +60,7 @@ def _correlate(p: StageParams, layout: Layout, progress: bool, device: str | tor
 
 
 def _train(p: StageParams, layout: Layout, progress: bool, device: str | torch.device | None) -> Any:
-    from pipeline.training.trainer import run_train
+    from pipeline.training.train import run_train
 
     return run_train(
         p.train,

@@ -59,7 +59,7 @@ STAGE_FUNCTIONS = {
     "run_ingest": "pipeline.data.ingest.run_ingest",
     "run_embed": "pipeline.teachers.embed.run_embed",
     "run_correlate": "pipeline.supervision.correlate.run_correlate",
-    "run_train": "pipeline.training.trainer.run_train",
+    "run_train": "pipeline.training.train.run_train",
     "run_evaluate": "pipeline.evaluation.evaluate.run_evaluate",
 }
 

@@ -16,7 +16,7 @@ from pipeline.errors import PipelineError
 from pipeline.io import read_parquet, vectors_from_column, write_parquet
 from pipeline.models import load_student
 from pipeline.supervision.codebooks import CorrelationCodebook
-from pipeline.training.trainer import run_train
+from pipeline.training.train import run_train
 
 N_ITEMS, N_USERS, DIM = 40, 80, 16
 

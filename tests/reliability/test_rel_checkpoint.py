@@ -133,7 +133,7 @@ def id_only(tiny_params: Params) -> Params:
 
 
 def _train(params: Params, root: Path, seqs: Path, **kw: object) -> dict:
-    from pipeline.training.trainer import run_train
+    from pipeline.training.train import run_train
 
     return run_train(params.train, "cos", params.eval, NO_MLFLOW, seqs, root / "sup", root / "models",
                      root / "curve.csv", root / "ckpt", progress=False, **kw)  # fmt: skip

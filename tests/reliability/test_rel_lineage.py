@@ -154,7 +154,7 @@ def test_embeddings_of_other_items_than_the_sequences_are_refused(tmp_path: Path
 
 
 def test_training_with_stale_supervision_fails_naming_both_digests(tmp_path: Path, small: Params) -> None:
-    from pipeline.training.trainer import run_train
+    from pipeline.training.train import run_train
 
     seqs, emb, sup = tmp_path / "sequences.parquet", tmp_path / "emb", tmp_path / "sup"
     _sequences_with_items(seqs, SEQS_A, "c" * 64)
@@ -170,7 +170,7 @@ def test_training_with_stale_supervision_fails_naming_both_digests(tmp_path: Pat
 
 
 def test_trained_model_records_its_inputs(tmp_path: Path, small: Params) -> None:
-    from pipeline.training.trainer import run_train
+    from pipeline.training.train import run_train
 
     seqs, emb, sup = tmp_path / "sequences.parquet", tmp_path / "emb", tmp_path / "sup"
     _sequences_with_items(seqs, SEQS_A, "c" * 64)
@@ -277,7 +277,7 @@ def test_a_supervision_file_swapped_in_from_another_run_is_refused_by_train(
 ) -> None:
     import shutil
 
-    from pipeline.training.trainer import run_train
+    from pipeline.training.train import run_train
 
     seqs, emb = tmp_path / "sequences.parquet", tmp_path / "emb"
     _sequences_with_items(seqs, SEQS_A, "c" * 64)
