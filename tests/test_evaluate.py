@@ -281,3 +281,20 @@ def test_metrics_logged_to_the_training_run(
     assert run.data.metrics["popularity/test_hr_at_5"] == 1.0
     assert run.data.metrics["test/cases"] == 2
     assert {k.split("/")[0] for k in run.data.metrics} == {"test", "valid", "popularity"}
+    # a model version registered from that run (as the train stage does) carries the test metrics as tags
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    client.create_registered_model("kdsr-t")
+    client.create_model_version("kdsr-t", f"runs:/{train_run}/model", run_id=train_run)
+    run_evaluate(
+        eval_params,
+        mp,
+        sequences_path=sequences,
+        model_dir=model_dir,
+        student=NextIdStudent(6, 3),
+        device="cpu",
+        progress=False,
+        **out,
+    )
+    tags = client.get_model_version("kdsr-t", "1").tags
+    assert tags["test.ndcg_at_5"] == f"{report['test']['ndcg_at_5']:.6f}"
+    assert {k for k in tags if k.startswith("test.")} == {f"test.{k}" for k in report["test"]}

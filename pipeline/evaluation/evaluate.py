@@ -106,8 +106,21 @@ def _log_to_mlflow(
                 tracker.log_params({"eval": dump() if dump else dict(eval_params)})
             tracker.log_metrics(_mlflow_metrics(report))
             tracker.log_artifact(metrics_path, artifact_path="evaluate")
+            if run_id is not None:
+                _tag_registered_versions(run_id, report["test"])
         except Exception as err:  # tracking must never fail the stage
             log.warning("MLflow logging failed (%s): outputs are written, tracking skipped", err)
+
+
+def _tag_registered_versions(run_id: str, test: dict[str, float]) -> None:
+    """Tag every registered model version of training run ``run_id`` with the test metrics (``test.<name>``):
+    the train stage registers the model before it is evaluated, so its card gets them here."""
+    import mlflow  # the caller's tracking URI is set
+
+    client = mlflow.MlflowClient()
+    for version in client.search_model_versions(f"run_id = '{run_id}'"):
+        for name, value in test.items():
+            client.set_model_version_tag(version.name, version.version, f"test.{name}", f"{value:.6f}")
 
 
 def run_evaluate(
