@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -263,8 +264,8 @@ def test_metrics_logged_to_the_training_run(
     (model_dir / "model.safetensors").write_bytes(b"weights")
     with start_run("train", mp, tags={"model.sha256": file_digest(model_dir / "model.safetensors")}) as tr:
         train_run = tr.run_id
-    out = outputs(tmp_path)
-    report = run_evaluate(
+    evaluate = functools.partial(
+        run_evaluate,
         eval_params,
         mp,
         sequences_path=sequences,
@@ -272,8 +273,9 @@ def test_metrics_logged_to_the_training_run(
         student=NextIdStudent(6, 3),
         device="cpu",
         progress=False,
-        **out,
+        **outputs(tmp_path),
     )
+    report = evaluate()
     run = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db").get_run(train_run)
     # MLflow sections (test/, valid/, popularity/); metrics.json keeps its nested keys
     assert run.data.metrics["test/ndcg_at_5"] == pytest.approx(report["test"]["ndcg_at_5"])
@@ -285,16 +287,7 @@ def test_metrics_logged_to_the_training_run(
     client = mlflow.MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
     client.create_registered_model("kdsr-t")
     client.create_model_version("kdsr-t", f"runs:/{train_run}/model", run_id=train_run)
-    run_evaluate(
-        eval_params,
-        mp,
-        sequences_path=sequences,
-        model_dir=model_dir,
-        student=NextIdStudent(6, 3),
-        device="cpu",
-        progress=False,
-        **out,
-    )
+    evaluate()  # again, now that the run has a registered version
     tags = client.get_model_version("kdsr-t", "1").tags
     assert tags["test.ndcg_at_5"] == f"{report['test']['ndcg_at_5']:.6f}"
     assert {k for k in tags if k.startswith("test.")} == {f"test.{k}" for k in report["test"]}
