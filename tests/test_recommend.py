@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import write_items, write_sequences, write_tiny_recommender
@@ -424,7 +425,7 @@ def test_recommend_stage_with_hnsw_reports_recall_against_exact(project) -> None
                             root / "models", out, device="cpu", progress=False)  # fmt: skip
     assert summary["index"] == "hnsw" and summary["recall_users"] == 10
     assert summary["recall_at_k"] == 1.0  # 30 items: the graph finds every one
-    meta = __import__("pyarrow.parquet", fromlist=["x"]).read_schema(out).metadata
-    assert meta[b"index"] == b"hnsw" and meta[b"recall_at_5"] == b"1.0"
+    meta = pq.read_metadata(out).metadata  # the file's key-value metadata: the schema's and the recall
+    assert meta[b"index"] == b"hnsw" and meta[b"recall_at_5"] == b"1.0" and meta[b"recall_users"] == b"10"
     rows = read_parquet(out).to_pylist()
     assert len(rows) == 5 * len(seqs) and not any(r["item"] in seqs[r["user"] - 1] for r in rows)

@@ -171,7 +171,7 @@ class Recommender:
                 raise DataError(f"recommend.index: {kind} needs a trained student (its item representations)")
             with torch.inference_mode():
                 _, items = model.logit_factors(self._items[:1], self._items)
-            self.index = ItemIndex(items[1:].float().cpu().numpy(), index or IndexSpec(), kind)
+            self.index = ItemIndex(items[1:].detach().float().cpu().numpy(), index or IndexSpec(), kind)
             log.info("%s index over %d items", kind, len(catalogue))
 
     @property
@@ -185,7 +185,7 @@ class Recommender:
         longest = max(1, int((inputs != 0).sum(1).max()))  # encoders do not depend on left padding
         hidden = model.encode(inputs[:, -longest:], model.input_table(self._items))[:, -1]
         queries, _ = model.logit_factors(hidden, self._items[:1])
-        return queries.float().cpu().numpy()
+        return queries.detach().float().cpu().numpy()
 
     @classmethod
     def load(
