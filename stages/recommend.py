@@ -13,6 +13,7 @@ from pathlib import Path
 from pipeline.config import stage_params
 from pipeline.layout import Layout
 from pipeline.lineage import check_recommender
+from pipeline.recommend.recommend import index_spec
 from pipeline.recommend.topk import ItemCatalogue, Recommender
 from pipeline.runner import run_stage
 from stages._common import main
@@ -46,7 +47,7 @@ def run(argv: list[str] | None = None) -> None:
     mask = p.mask_history if args.mask_history is None else args.mask_history
     catalogue = ItemCatalogue.from_parquet(layout.items, with_text=True)
     check_recommender(layout.models, layout.items)  # the model's dense ids must mean these items
-    rec = Recommender.load(layout.models, catalogue)
+    rec = Recommender.load(layout.models, catalogue, index=index_spec(p))
     ((ids, scores),) = rec.recommend([args.items], k, mask)
     text = dict(zip(catalogue.ids, catalogue.text or [], strict=False))
     print(

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 from helpers import write_items, write_sequences, write_tiny_recommender
@@ -60,7 +61,7 @@ def test_history_masking_known_answers(tmp_path: Path, mask: bool) -> None:
     if mask:
         # history never recommended, also beyond the input window; u2 has only 7 and 8 left
         assert got == {1: [6, 5, 4], 2: [8, 7], 3: [7, 6, 5]}
-        assert summary == {"users": 3, "rows": 8, "k": 3, "mask_history": True}
+        assert summary == {"users": 3, "rows": 8, "k": 3, "mask_history": True, "index": "exact"}
     else:
         assert got == {1: [8, 7, 6], 2: [8, 7, 6], 3: [8, 7, 6]}
     table = read_parquet(out)
@@ -182,6 +183,7 @@ def stage_project(root: Path) -> Path:
 
 def run_stage(root: Path, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "KDSR_MLFLOW": "0", "OMP_NUM_THREADS": "1", "KDSR_PROGRESS_INTERVAL": "0"}
+    env["PYTHONPATH"] = str(PROJECT_ROOT)  # this checkout's pipeline, not the one the venv was installed from
     env.pop("KDSR_PROGRESS", None)
     with open(root / "stderr.log", "w") as err:  # stderr is a file, not a terminal
         proc = subprocess.run(
@@ -316,3 +318,114 @@ def test_pyfunc_round_trip_through_the_registry(project, monkeypatch: pytest.Mon
     assert not any(n.endswith((".pkl", ".pickle", ".pt", ".cloudpickle")) for n in names)
     with pytest.raises(Exception, match=r"unknown item id\(s\): nope"):
         loaded.predict(pd.DataFrame({"items": [["B000000001", "nope"]]}))
+
+
+# --------------------------------------------------------------------------------------------- faiss retrieval
+def _unit(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def _histories(
+    rng: np.random.Generator, users: int, n_items: int, size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    hist = [rng.choice(np.arange(1, n_items + 1), size, replace=False) for _ in range(users)]
+    return np.arange(0, users * size + 1, size, dtype=np.int64), np.concatenate(hist).astype(np.int64)
+
+
+def _brute_force(queries: np.ndarray, vectors: np.ndarray, k: int, indptr=None, hist=None):
+    scores = torch.from_numpy(np.hstack([np.zeros((len(queries), 1), np.float32), queries @ vectors.T]))
+    items, vals = top_k(scores, k, indptr, hist)
+    return items.numpy(), vals.numpy()
+
+
+@pytest.mark.parametrize("mask", [False, True])
+def test_flat_index_is_exactly_the_brute_force_top_k(mask: bool) -> None:
+    from pipeline.recommend.retrieval import IndexSpec, ItemIndex
+
+    rng = np.random.default_rng(1)
+    vectors, queries = _unit(rng, 500, 16), _unit(rng, 40, 16)
+    indptr, hist = _histories(rng, 40, 500, 30) if mask else (None, None)
+    index = ItemIndex(vectors, IndexSpec("flat"))
+    got_items, got_scores = index.search(queries, 10, indptr, hist)
+    ref_items, ref_scores = _brute_force(queries, vectors, 10, indptr, hist)
+    assert np.array_equal(got_items, ref_items)  # ids and order (random vectors: no ties)
+    np.testing.assert_allclose(got_scores, ref_scores, rtol=1e-5)
+    if mask:
+        for b in range(40):
+            assert not set(got_items[b]) & set(hist[indptr[b] : indptr[b + 1]])
+
+
+def test_hnsw_recall_on_a_small_catalogue_is_at_least_095_and_never_returns_history() -> None:
+    from pipeline.recommend.retrieval import IndexSpec, ItemIndex
+
+    rng = np.random.default_rng(2)
+    vectors, queries = _unit(rng, 5000, 32), _unit(rng, 200, 32)
+    indptr, hist = _histories(rng, 200, 5000, 20)
+    got, _ = ItemIndex(vectors, IndexSpec("hnsw", hnsw_m=16, hnsw_ef_search=64)).search(
+        queries, 10, indptr, hist
+    )
+    ref, _ = _brute_force(queries, vectors, 10, indptr, hist)
+    recall = np.mean([len(set(g) & set(r)) / 10 for g, r in zip(got, ref, strict=True)])
+    assert recall >= 0.95, recall
+    assert all(not set(got[b]) & set(hist[indptr[b] : indptr[b + 1]]) for b in range(200))
+
+
+def test_masking_extends_the_search_and_falls_back_when_the_history_holds_the_best_items() -> None:
+    from pipeline.recommend.retrieval import IndexSpec, ItemIndex
+
+    rng = np.random.default_rng(3)
+    vectors, queries = _unit(rng, 300, 8), _unit(rng, 6, 8)
+    order = np.argsort(-(queries @ vectors.T), axis=1) + 1  # each user's items, best first
+    sizes = [0, 5, 50, 280, 295, 300]  # the best items are the history; 295 and 300 leave < k items
+    hist = np.concatenate([order[b, : sizes[b]] for b in range(6)]).astype(np.int64)
+    indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    ref_items, ref_scores = _brute_force(queries, vectors, 10, indptr, hist)
+    for spec in (IndexSpec("flat"), IndexSpec("hnsw", hnsw_m=4, hnsw_ef_search=1, hnsw_ef_construction=4)):
+        items, scores = ItemIndex(vectors, spec).search(queries, 10, indptr, hist)
+        for b in range(6):
+            assert not set(items[b][items[b] > 0]) & set(hist[indptr[b] : indptr[b + 1]]), (spec, b)
+        assert (items[4] > 0).sum() == 5 and (items[5] == 0).all() and np.isneginf(scores[5]).all()
+        if spec.index == "flat":
+            assert np.array_equal(items, ref_items)
+            np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+
+
+@pytest.mark.parametrize("scoring", ["dot", "cos"])
+def test_recommender_flat_index_ranks_and_scores_as_the_model(tmp_path: Path, scoring: str) -> None:
+    from pipeline.models import Student, StudentConfig
+    from pipeline.recommend.retrieval import IndexSpec
+
+    seqs = write_tiny_recommender(tmp_path)
+    torch.manual_seed(0)
+    cfg = StudentConfig(num_items=30, hidden=16, layers=1, heads=1, dropout=0.0, max_len=8, num_codes=0,
+                        scoring=scoring, temperature=0.2)  # fmt: skip
+    model = Student(cfg).eval()
+    catalogue = ItemCatalogue.from_parquet(tmp_path / "data/processed/items.parquet")
+    exact = Recommender(model, catalogue, "cpu", IndexSpec("exact"))
+    flat = Recommender(model, catalogue, "cpu", IndexSpec("flat"))
+    assert (exact.index_kind, flat.index_kind) == ("exact", "flat")
+    histories = [s for s in seqs[:10]]
+    offsets = np.cumsum([0] + [len(s) for s in histories])
+    dense = np.concatenate([np.asarray(s, dtype=np.int64) for s in histories])
+    for mask in (True, False):
+        ref_items, ref_scores = exact.top_k_csr(dense, offsets, 6, mask)
+        items, scores = flat.top_k_csr(dense, offsets, 6, mask)
+        assert np.array_equal(items, ref_items), mask
+        np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-5)  # the model's own logits
+        if mask:
+            assert all(not set(items[b]) & set(histories[b]) for b in range(10))
+
+
+def test_recommend_stage_with_hnsw_reports_recall_against_exact(project) -> None:
+    root, seqs = project
+    out = root / "data" / "recommendations.parquet"
+    params = RecommendParams(k=5, batch_size=7, index="hnsw", recall_users=10)
+    summary = run_recommend(params, root / "data/processed/sequences.parquet", root / "data/processed/items.parquet",
+                            root / "models", out, device="cpu", progress=False)  # fmt: skip
+    assert summary["index"] == "hnsw" and summary["recall_users"] == 10
+    assert summary["recall_at_k"] == 1.0  # 30 items: the graph finds every one
+    meta = pq.read_metadata(out).metadata  # the file's key-value metadata: the schema's and the recall
+    assert meta[b"index"] == b"hnsw" and meta[b"recall_at_5"] == b"1.0" and meta[b"recall_users"] == b"10"
+    rows = read_parquet(out).to_pylist()
+    assert len(rows) == 5 * len(seqs) and not any(r["item"] in seqs[r["user"] - 1] for r in rows)

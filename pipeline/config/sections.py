@@ -8,6 +8,8 @@ here (eval, recommend, mlflow and the whole file).
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from pipeline.config.base import MAX_SEED, BoolAsNumber, ConfigError, Modality, Section
@@ -72,6 +74,27 @@ class RecommendParams(Section):
     )
     batch_size: int = Field(
         1024, ge=1, le=10_000_000, description="users scored at once (memory: batch_size x catalogue floats)"
+    )
+    index: Literal["auto", "exact", "flat", "hnsw"] = Field(
+        "auto",
+        description="top-K retrieval: exact (every item scored, torch) | flat (faiss IndexFlatIP, exact) | "
+        "hnsw (faiss HNSW, approximate) | auto (exact below 50,000 items, else hnsw)",
+    )
+    hnsw_m: int = Field(32, ge=2, le=512, description="hnsw: links per node of the graph")
+    hnsw_ef_search: int = Field(
+        128,
+        ge=1,
+        le=100_000,
+        description="hnsw: candidates explored per query (higher: better recall, slower)",
+    )
+    hnsw_ef_construction: int = Field(
+        40, ge=1, le=100_000, description="hnsw: candidates explored while building"
+    )
+    recall_users: int = Field(
+        1000,
+        ge=0,
+        le=1_000_000,
+        description="hnsw: users (a fixed seeded sample) whose top-K is also ranked exactly, for recall@k",
     )
 
 

@@ -11,7 +11,9 @@ Input: a column ``items``, one list of original item ids (oldest first) per row 
 and 10,000 ids per row). Output: columns ``item_ids`` (top-K original ids, best first) and ``scores``.
 Inference params: ``k`` (default 10) and ``mask_history`` (default true). Every fault in the input or the
 params is one HTTP 400 message naming it (the row, the position, the value as sent), never a stack trace.
-Loading checks the item map against the catalogue digest the weights were trained with.
+Loading checks the item map against the catalogue digest the weights were trained with. The retrieval is the
+``recommend`` stage's (:mod:`pipeline.recommend.retrieval`), chosen at load time by MLflow's ``model_config``
+(keys ``index``, ``hnsw_m``, ``hnsw_ef_search``, ``hnsw_ef_construction``; default ``index: auto``).
 
 This module imports mlflow; :func:`pipeline.recommend.register.log_recommender` imports it only when tracking is on.
 """
@@ -34,6 +36,7 @@ from mlflow.types.schema import AnyType, Array, ColSpec, ParamSchema, ParamSpec,
 
 from pipeline.errors import PipelineError
 from pipeline.lineage import check_catalogue
+from pipeline.recommend.retrieval import IndexSpec
 from pipeline.recommend.topk import ITEMS_JSON, ItemCatalogue, Recommender
 
 ARTIFACT = "recommender"  # the artifacts key (and folder) holding weights, config and item map
@@ -124,6 +127,18 @@ def _params(params: dict[str, Any] | None) -> tuple[int, bool]:
     return int(k), bool(mask)
 
 
+def index_spec(model_config: dict[str, Any] | None) -> IndexSpec:
+    """The retrieval from a load-time ``model_config``; an unknown key is refused naming the known ones."""
+    config = dict(model_config or {})
+    known = {"index", "hnsw_m", "hnsw_ef_search", "hnsw_ef_construction"}
+    unknown = sorted(set(config) - known)
+    if unknown:
+        raise _bad(f"unknown model_config key(s) {unknown}; the model takes {sorted(known)}")
+    spec = IndexSpec(**config)
+    spec.kind(0)  # an unknown index name fails here, naming the choices
+    return spec
+
+
 class RecommenderModel(mlflow.pyfunc.PythonModel):
     """Histories of original item ids -> top-K original ids and scores (the recommend stage's ranking)."""
 
@@ -131,7 +146,8 @@ class RecommenderModel(mlflow.pyfunc.PythonModel):
         folder = Path(context.artifacts[ARTIFACT])
         catalogue = ItemCatalogue.from_json(folder / ITEMS_JSON)
         check_catalogue(folder, catalogue.ids, folder / ITEMS_JSON)  # the ids the weights were trained with
-        self.recommender = Recommender.load(folder, catalogue)
+        spec = index_spec(getattr(context, "model_config", None))
+        self.recommender = Recommender.load(folder, catalogue, index=spec)
 
     # no type hints: MLflow would try to derive a schema from them; the logged signature is the contract
     def predict(self, context, model_input, params=None):

@@ -21,6 +21,7 @@ from pipeline.config import ParamsView, RecommendParams
 from pipeline.errors import DataError
 from pipeline.io import atomic_path
 from pipeline.lineage import check_recommender
+from pipeline.recommend.retrieval import IndexSpec
 from pipeline.recommend.topk import Recommender
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,22 @@ OUTPUT_SCHEMA_DOC = {
     "item_id": "original item id (ASIN)",
     "score": "model score (higher is better)",
 }
+
+
+RECALL_SEED = 0  # the users whose approximate top-K is checked against exact: the same sample every run
+
+
+def index_spec(params: RecommendParams | ParamsView) -> IndexSpec:
+    """The retrieval the ``recommend`` params ask for."""
+    return IndexSpec(
+        params.index, int(params.hnsw_m), int(params.hnsw_ef_search), int(params.hnsw_ef_construction)
+    )
+
+
+def _recall(approx: np.ndarray, exact: np.ndarray) -> np.ndarray:
+    """Per row, the share of exact's top-K items (item 0 = empty slot, not counted) that ``approx`` holds."""
+    hits = [len(set(a[a > 0].tolist()) & set(e[e > 0].tolist())) for a, e in zip(approx, exact, strict=True)]
+    return np.array(hits, dtype=np.float64) / np.maximum((exact > 0).sum(1), 1)
 
 
 def run_recommend(
@@ -60,8 +77,12 @@ def run_recommend(
         device: where scores are computed (default: cuda when available, else cpu).
         progress: progress bar (plain log lines when stderr is not a terminal).
 
+    With an approximate index (``hnsw``), the top-K of a fixed seeded sample of ``params.recall_users`` users
+    is also ranked exactly, and their mean recall@k is in the summary and the file's metadata.
+
     Returns:
-        ``{"users": U, "rows": R, "k": k, "mask_history": bool}``.
+        ``{"users": U, "rows": R, "k": k, "mask_history": bool, "index": kind}``, plus
+        ``"recall_at_k"`` and ``"recall_users"`` with an approximate index.
 
     Raises:
         LineageError: the model was trained on another catalogue or other sequences (nothing written).
@@ -71,7 +92,11 @@ def run_recommend(
     k, mask, batch_size = int(params.k), bool(params.mask_history), int(params.batch_size)
     if recommender is None:  # before any work: a model of other data would map its ids onto other items
         check_recommender(model_dir, items_path, sequences_path if Path(sequences_path).exists() else None)
-    rec = recommender if recommender is not None else Recommender.load(model_dir, items_path, device)
+    rec = (
+        recommender
+        if recommender is not None
+        else Recommender.load(model_dir, items_path, device, index_spec(params))
+    )
     item_ids = pa.array(rec.catalogue.ids, pa.string())
     try:
         source = pq.ParquetFile(sequences_path)
@@ -94,8 +119,14 @@ def run_recommend(
         pa.field("score", pa.float32()),
     ]
     meta = {"k": str(k), "mask_history": str(mask).lower(), "columns": json.dumps(OUTPUT_SCHEMA_DOC)}
+    meta["index"] = rec.index_kind
     schema = pa.schema(fields, metadata=meta)
     n_users = source.metadata.num_rows
+    sample = np.zeros(n_users, dtype=bool)  # users whose top-K is also ranked exactly (recall of hnsw)
+    if rec.index_kind == "hnsw" and int(params.recall_users) > 0:
+        rng = np.random.default_rng(RECALL_SEED)
+        sample[rng.choice(n_users, min(int(params.recall_users), n_users), replace=False)] = True
+    recalls: list[np.ndarray] = []
     users_done = rows = 0
     log.info(
         "recommending top-%d for %d users over %d items on %s", k, n_users, len(rec.catalogue), rec.device
@@ -114,6 +145,14 @@ def run_recommend(
                 items, scores = rec.top_k_csr(flat, offsets - offsets[0], k, mask)
             except DataError as err:
                 raise DataError(f"{sequences_path} (users {users_done + 1}..): {err}") from None
+            rows_here = np.flatnonzero(sample[users_done : users_done + batch.num_rows])
+            if len(rows_here):
+                sub_offsets = np.concatenate([[0], np.cumsum(np.diff(offsets)[rows_here])])
+                sub_flat = np.concatenate(
+                    [flat[offsets[r] - offsets[0] : offsets[r + 1] - offsets[0]] for r in rows_here]
+                )
+                exact_items, _ = rec.top_k_csr(sub_flat, sub_offsets, k, mask, exact=True)
+                recalls.append(_recall(items[rows_here], exact_items))
             keep = items > 0  # (B, K) slots a masked item would have filled are dropped
             row_of, slot = np.nonzero(keep)
             chosen = items[keep]
@@ -130,6 +169,22 @@ def run_recommend(
             users_done += batch.num_rows
             rows += int(keep.sum())
             bar.update(1)
+        summary: dict[str, Any] = {"users": users_done, "rows": rows, "k": k, "mask_history": mask}
+        summary["index"] = rec.index_kind
+        if recalls:
+            recall = np.concatenate(recalls)
+            summary.update(recall_at_k=round(float(recall.mean()), 6), recall_users=len(recall))
+            writer.add_key_value_metadata(
+                {f"recall_at_{k}": str(summary["recall_at_k"]), "recall_users": str(len(recall))}
+            )
     bar.close()
     log.info("wrote %d recommendations for %d users to %s", rows, users_done, out_path)
-    return {"users": users_done, "rows": rows, "k": k, "mask_history": mask}
+    if recalls:
+        log.info(
+            "%s recall@%d against exact ranking: %.4f over %d users",
+            rec.index_kind,
+            k,
+            recall.mean(),
+            len(recall),
+        )
+    return summary

@@ -16,7 +16,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,6 +25,7 @@ from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.evaluation.cases import history_windows
 from pipeline.evaluation.metrics import mask_scores_
+from pipeline.recommend.retrieval import IndexSpec, ItemIndex
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,11 @@ class Recommender:
     """A trained student with its item map: histories of item ids in, top-K ids and scores out."""
 
     def __init__(
-        self, model: Scorer, catalogue: ItemCatalogue, device: str | torch.device | None = None
+        self,
+        model: Scorer,
+        catalogue: ItemCatalogue,
+        device: str | torch.device | None = None,
+        index: IndexSpec | None = None,
     ) -> None:
         if int(model.num_items) != len(catalogue):
             raise DataError(
@@ -157,6 +162,30 @@ class Recommender:
         if isinstance(model, torch.nn.Module) and hasattr(model, "item_representations"):
             with torch.inference_mode():
                 self._items = model.item_representations()
+        # the retrieval (pipeline.recommend.retrieval): "exact" scores every item with one matmul; a faiss
+        # index holds the catalogue side of the model's logits (Student.logit_factors) once
+        self.index: ItemIndex | None = None
+        kind = (index or IndexSpec()).kind(len(catalogue))
+        if kind != "exact":
+            if self._items is None or not hasattr(model, "logit_factors"):
+                raise DataError(f"recommend.index: {kind} needs a trained student (its item representations)")
+            with torch.inference_mode():
+                _, items = model.logit_factors(self._items[:1], self._items)
+            self.index = ItemIndex(items[1:].detach().float().cpu().numpy(), index or IndexSpec(), kind)
+            log.info("%s index over %d items", kind, len(catalogue))
+
+    @property
+    def index_kind(self) -> str:
+        """``exact``, ``flat`` or ``hnsw``: how :meth:`top_k_csr` ranks the catalogue."""
+        return "exact" if self.index is None else self.index.kind
+
+    def _queries(self, inputs: torch.Tensor) -> np.ndarray:
+        """The user side of the logits (Student.logit_factors) at the last position of left-padded inputs."""
+        model: Any = self.model
+        longest = max(1, int((inputs != 0).sum(1).max()))  # encoders do not depend on left padding
+        hidden = model.encode(inputs[:, -longest:], model.input_table(self._items))[:, -1]
+        queries, _ = model.logit_factors(hidden, self._items[:1])
+        return queries.detach().float().cpu().numpy()
 
     @classmethod
     def load(
@@ -164,18 +193,22 @@ class Recommender:
         model_dir: str | Path,
         catalogue: ItemCatalogue | str | Path,
         device: str | torch.device | None = None,
+        index: IndexSpec | None = None,
     ) -> Recommender:
-        """Load ``model_dir`` (safetensors + config.json) and an item map (an ItemCatalogue or items.parquet)."""
+        """Load ``model_dir`` (safetensors + config.json) and an item map (an ItemCatalogue or items.parquet);
+        ``index``: the retrieval (default: ``auto``)."""
         from pipeline.models import load_student  # torch-heavy, only when used
 
         if not isinstance(catalogue, ItemCatalogue):
             catalogue = ItemCatalogue.from_parquet(catalogue)
-        return cls(load_student(model_dir, "cpu"), catalogue, device)
+        return cls(load_student(model_dir, "cpu"), catalogue, device, index)
 
     def top_k_csr(
-        self, flat: np.ndarray, offsets: np.ndarray, k: int, mask_history: bool
+        self, flat: np.ndarray, offsets: np.ndarray, k: int, mask_history: bool, exact: bool = False
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-K of B histories given in CSR form (``flat[offsets[b]:offsets[b+1]]``, dense ids, oldest first).
+
+        Ranked by the index when there is one (``exact``: every item scored, whatever the index).
 
         Returns:
             ``(items, scores)``: (B, min(k, N)) int64 / float32 numpy arrays; item 0 / ``-inf`` where fewer
@@ -195,6 +228,10 @@ class Recommender:
         )
         with torch.inference_mode():
             inputs = inputs.to(self.device)
+            if self.index is not None and not exact:
+                if mask_history:
+                    return self.index.search(self._queries(inputs), k, hist_indptr, hist_items)
+                return self.index.search(self._queries(inputs), k)
             if self._items is not None:
                 scores = self.model.user_scores(inputs, items=self._items)
             else:

@@ -1,0 +1,128 @@
+"""Top-K retrieval at catalogue scale: one user's top-10 latency for exact torch, faiss flat and faiss HNSW.
+
+N random unit item vectors (hidden 64) and ``--users`` random unit queries, each with a random history of
+``--history`` items that is masked (the recommend stage's and the pyfunc model's code path:
+:func:`pipeline.recommend.topk.top_k` for exact, :class:`pipeline.recommend.retrieval.ItemIndex` for the
+indexes). Each user is one call (batch of 1), as a served request is; the figures are the median and p95 of
+those calls, the index build time, and each index's recall@k against exact (the share of exact's top-k it
+returns, averaged over the users).
+
+    nice -n 19 python benchmarks/bench_recommend.py --items 100000 --threads 1 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _args() -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--items", type=int, required=True, help="catalogue size N")
+    ap.add_argument("--hidden", type=int, default=64)
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--users", type=int, default=200, help="timed single-user calls")
+    ap.add_argument("--history", type=int, default=20, help="masked history items per user")
+    ap.add_argument("--hnsw-m", type=int, default=32)
+    ap.add_argument("--hnsw-ef-search", type=int, default=128)
+    ap.add_argument("--hnsw-ef-construction", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=1, help="torch and faiss threads (default 1)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", type=Path, help="write the figures here")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = _args()
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    import faiss
+    import numpy as np
+    import torch
+
+    from pipeline.recommend.retrieval import IndexSpec, ItemIndex
+    from pipeline.recommend.topk import top_k
+
+    torch.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+
+    def unit(n: int) -> np.ndarray:
+        x = rng.standard_normal((n, args.hidden), dtype=np.float32)
+        return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+    items, queries = unit(args.items), unit(args.users)
+    table = torch.from_numpy(np.vstack([np.zeros((1, args.hidden), np.float32), items]))  # row 0: padding
+    hist = [rng.choice(np.arange(1, args.items + 1), args.history, replace=False) for _ in range(args.users)]
+    indptr = np.array([0, args.history], dtype=np.int64)
+
+    def exact(u: int) -> np.ndarray:
+        scores = torch.from_numpy(queries[u : u + 1]) @ table.T
+        return top_k(scores, args.k, indptr, hist[u])[0].numpy()[0]
+
+    spec = IndexSpec(
+        "hnsw", args.hnsw_m, args.hnsw_ef_search, args.hnsw_ef_construction
+    )  # the kinds are set below
+    indexes, build_s = {}, {}
+    for kind in ("flat", "hnsw"):
+        t = time.perf_counter()
+        indexes[kind] = ItemIndex(items, spec, kind)
+        build_s[kind] = time.perf_counter() - t
+        print(f"built {kind} over {args.items} items in {build_s[kind]:.1f} s", flush=True)
+
+    methods = {"exact_torch": exact}
+    for kind, index in indexes.items():
+        methods[f"faiss_{kind}"] = lambda u, index=index: index.search(
+            queries[u : u + 1], args.k, indptr, hist[u]
+        )[0][0]
+    truth = [exact(u) for u in range(args.users)]
+    result: dict = {
+        "items": args.items,
+        "hidden": args.hidden,
+        "k": args.k,
+        "users": args.users,
+        "history": args.history,
+        "threads": args.threads,
+        "hnsw": {
+            "m": args.hnsw_m,
+            "ef_search": args.hnsw_ef_search,
+            "ef_construction": args.hnsw_ef_construction,
+        },
+        "faiss": faiss.__version__,
+        "torch": torch.__version__,
+        "methods": {},
+    }
+    for name, method in methods.items():
+        method(0)  # warm-up
+        times, recall = [], []
+        for u in range(args.users):
+            t = time.perf_counter()
+            got = method(u)
+            times.append(time.perf_counter() - t)
+            assert not set(got.tolist()) & set(hist[u].tolist()), "a history item was recommended"
+            recall.append(len(set(got.tolist()) & set(truth[u].tolist())) / args.k)
+        ms = np.array(times) * 1000
+        row = {
+            "median_ms": round(float(np.median(ms)), 3),
+            "p95_ms": round(float(np.percentile(ms, 95)), 3),
+            "recall_at_k": round(float(np.mean(recall)), 4),
+        }
+        kind = name.removeprefix("faiss_")
+        if kind in build_s:
+            row["build_s"] = round(build_s[kind], 2)
+        result["methods"][name] = row
+        print(f"{name:12s} median {row['median_ms']:8.3f} ms  p95 {row['p95_ms']:8.3f} ms  recall@{args.k} "
+              f"{row['recall_at_k']:.4f}" + (f"  build {row['build_s']:.1f} s" if "build_s" in row else ""),
+              flush=True)  # fmt: skip
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
