@@ -15,6 +15,9 @@ Steps, each counted in ``reports/data_stats.json``:
    counted (``metadata.items_without_metadata`` / ``metadata.interactions_without_metadata``);
 6. split boundaries (``loo`` / ``ratio``, :mod:`pipeline.data.splits`).
 
+A source with an official split (``amazon2023_csv``) skips steps 3 and 6: it keeps its split as it is
+(:mod:`pipeline.data.official`).
+
 Outputs are written into a temporary sibling folder of ``data/processed`` and swapped in at the end, so a
 failed run leaves an existing good output untouched and nothing half-written.
 """
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,12 +35,14 @@ import pyarrow as pa
 
 from pipeline.config import DataParams, MLflowParams, ParamsView, section_dict
 from pipeline.data.kcore import kcore_filter
+from pipeline.data.official import build_official_dataset
 from pipeline.data.records import RawData
 from pipeline.data.sources.amazon import AMAZON_FORMATS, amazon_files, load_amazon_files
+from pipeline.data.sources.benchmark import load_benchmark_csv
 from pipeline.data.sources.demo import write_demo_raw
 from pipeline.data.sources.sequences import load_sequences
 from pipeline.data.splits import MIN_SEQUENCE_LENGTH, split_boundaries
-from pipeline.data.tables import dense_codes, items_table, lengths_summary, sorted_ids, string_array
+from pipeline.data.tables import Dataset, dense_codes, items_table, lengths_summary, sorted_ids, string_array
 from pipeline.errors import DataError
 from pipeline.io import file_digest, staged_dir, write_json, write_parquet
 from pipeline.layout import ITEMS, SEQUENCES
@@ -47,21 +51,14 @@ from pipeline.tracking import start_run
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Dataset:
-    """The processed tables (contract of the common brief) and their statistics."""
-
-    items: pa.Table
-    sequences: pa.Table
-    stats: dict[str, Any]
-
-
 # --------------------------------------------------------------------------------------------- loading
 def load_raw(data: DataParams, staging: Path, out_dir: Path) -> RawData:
     """Parse the configured source. The demo generator writes its raw files into ``staging/demo_raw``,
     with image paths pointing at their final place ``out_dir/demo_raw/images``."""
     if data.source == "sequences":
         return load_sequences(data)
+    if data.source == "amazon2023_csv":
+        return load_benchmark_csv(data)
     if data.source == "demo":
         files = write_demo_raw(
             data.demo,
@@ -208,16 +205,19 @@ def run_ingest(
         tracker.log_params({"data": section_dict(data)})
         with staged_dir(out_dir, clear_stale=True) as staging:
             raw = load_raw(data, staging, out_dir)
-            dataset = build_dataset(raw, data.kcore, data.split, data.test_fraction)
-            metadata: dict[str, Any] = {
-                "source": data.source,
-                "category": raw.category,
-                "split": data.split,
-                "kcore": data.kcore,
-                "min_user_interactions": max(data.kcore, MIN_SEQUENCE_LENGTH),
-            }
-            if data.split == "ratio":
-                metadata["test_fraction"] = data.test_fraction
+            metadata: dict[str, Any] = {"source": data.source, "category": raw.category}
+            if raw.official_split is not None:  # the source's own split: no k-core, no data.split
+                dataset = build_official_dataset(raw)
+                metadata |= {"split": f"official:{raw.official_split}", "core": data.benchmark.core}
+            else:
+                dataset = build_dataset(raw, data.kcore, data.split, data.test_fraction)
+                metadata |= {
+                    "split": data.split,
+                    "kcore": data.kcore,
+                    "min_user_interactions": max(data.kcore, MIN_SEQUENCE_LENGTH),
+                }
+                if data.split == "ratio":
+                    metadata["test_fraction"] = data.test_fraction
             write_parquet(staging / ITEMS, dataset.items, metadata)
             # lineage: the items these sequences number (embed records the digest of the items it read)
             lineage = {"items_sha256": file_digest(staging / ITEMS)}

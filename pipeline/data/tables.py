@@ -3,11 +3,21 @@ numbering of original ids, the items table with its metadata counts, and sequenc
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+
+
+@dataclass
+class Dataset:
+    """The processed tables (``items``, ``sequences``: the data contract) and their statistics."""
+
+    items: pa.Table
+    sequences: pa.Table
+    stats: dict[str, Any]
 
 
 def sorted_ids(ids: pl.Series, numeric: bool) -> pl.Series:
