@@ -11,12 +11,14 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import DataParams, MLflowParams
+from pipeline.config import DataParams, MLflowParams, stage_params
 from pipeline.data.ingest import run_ingest
 from pipeline.data.sources.benchmark import BENCHMARK_URL, read_benchmark_csv
 from pipeline.errors import DataError
 from pipeline.evaluation.cases import load_eval_cases
 from pipeline.io import parquet_metadata
+from pipeline.layout import Layout
+from pipeline.runner import run_stage
 
 NO_MLFLOW = MLflowParams(enabled=False)
 HEADER = "user_id,parent_asin,rating,timestamp"
@@ -144,6 +146,17 @@ def test_official_last_out_split_is_kept_end_to_end(tmp_path: Path) -> None:
     test = load_eval_cases(tmp_path / "out" / "sequences.parquet", "test", max_len=4)
     ua = int(np.flatnonzero([users_of[int(u)] == "UA" for u in test.users])[0])
     assert [items_of[int(k)] for k in test.inputs[ua].tolist()] == ["B1", "B2", "B3", "B4"]
+
+
+def test_the_stage_runs_on_a_params_file_through_its_declared_view(tmp_path: Path) -> None:
+    """The ingest stage reads only what dvc.yaml declares: data.benchmark must be readable through the view."""
+    data = _fixture(tmp_path)
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text(
+        json.dumps({"base": "defaults", "data": data.model_dump(), "mlflow": {"enabled": False}})
+    )
+    stats = run_stage("ingest", stage_params("ingest", params_file), Layout.flat(tmp_path / "flat"))
+    assert (stats["users"], stats["items"], stats["split"]) == (4, 9, "official:last_out")
 
 
 def test_headerless_files_and_the_history_column_give_the_same_sequences(tmp_path: Path) -> None:

@@ -48,7 +48,8 @@ def _columns(path: Path) -> tuple[tuple[str, ...], bool]:
     first = next(iter_lines(path), None)
     if first is None:
         raise DataError(f"{path}: empty file (expected a header user_id,parent_asin,rating,timestamp)")
-    fields = tuple(f.strip() for f in first[1].decode("utf-8", errors="replace").split(","))
+    text = first[1].decode("utf-8", errors="replace").removeprefix("\ufeff")  # a byte-order mark
+    fields = tuple(f.strip() for f in text.split(","))
     if "user_id" in fields:
         missing = [c for c in REQUIRED if c not in fields]
         if missing:
