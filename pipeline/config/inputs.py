@@ -9,7 +9,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import MAX_SEED, Device, Precision, Section
 
-Source = Literal["demo", "amazon2014", "amazon2018", "amazon2023", "sequences"]
+Source = Literal["demo", "amazon2014", "amazon2018", "amazon2023", "amazon2023_csv", "sequences"]
 Reduction = Literal["pca", "sigmoid_ae", "autoencoder"]
 Score = Literal["cos", "euclidean", "dot", "manhattan"]  # the correlation function xi
 Quantizer = Literal["kmeans", "vq"]
@@ -37,14 +37,40 @@ class DemoParams(Section):
         return self
 
 
+class BenchmarkCsvParams(Section):
+    """The Amazon Reviews 2023 benchmark CSVs (``data.source: amazon2023_csv``) and their official split."""
+
+    split: Literal["last_out", "timestamp", "last_out_w_his", "timestamp_w_his"] = Field(
+        "last_out",
+        description="the official split the files hold: last_out (per user, the latest item is the test "
+        "target, the one before it the validation target) or timestamp (global time cut-offs); the _w_his "
+        "variants add a history column (accepted, not needed). Used in the default paths and download URLs",
+    )
+    core: Literal["5core", "0core"] = Field(
+        "5core", description="the official k-core filtering of the files (default paths and download URLs)"
+    )
+    train_file: str | None = Field(
+        None,
+        description="training rows (user_id,parent_asin,rating,timestamp[,history]; .csv or .csv.gz); null: "
+        "<raw_dir>/amazon2023_csv/<core>/<split>/<category>.train.csv.gz (or .csv)",
+    )
+    valid_file: str | None = Field(None, description="validation rows; null: as train_file with .valid")
+    test_file: str | None = Field(None, description="test rows; null: as train_file with .test")
+    meta_file: str | None = Field(
+        None,
+        description="item metadata (the 2023 meta_<category>.jsonl(.gz), keyed by parent_asin); null: "
+        "<raw_dir>/amazon2023/meta_<category>.jsonl.gz (or .jsonl)",
+    )
+
+
 CATEGORY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.&,-]{0,199}")
 
 
 class DataParams(Section):
     source: Source = Field(
         "demo",
-        description="the generated demo, an Amazon 2014/2018/2023 review + metadata release, or `user item1 "
-        "item2 ...` sequence files",
+        description="the generated demo, an Amazon 2014/2018/2023 review + metadata release, the Amazon 2023 "
+        "benchmark CSVs with their official split (data.benchmark), or `user item1 item2 ...` sequence files",
     )
     category: str = Field("Beauty", description="Amazon category (file names under raw_dir)")
     raw_dir: str = Field(
@@ -81,6 +107,11 @@ class DataParams(Section):
     )
     demo: DemoParams = Field(
         default_factory=DemoParams, description="the deterministic demo generator (source: demo)"
+    )
+    benchmark: BenchmarkCsvParams = Field(
+        default_factory=BenchmarkCsvParams,
+        description="source amazon2023_csv: the 2023 benchmark CSVs; their official split replaces "
+        "data.split, and data.kcore is not applied (the files are already k-core filtered)",
     )
 
     @field_validator("text_columns")

@@ -15,6 +15,9 @@ Steps, each counted in ``reports/data_stats.json``:
    counted (``metadata.items_without_metadata`` / ``metadata.interactions_without_metadata``);
 6. split boundaries (``loo`` / ``ratio``, :mod:`pipeline.data.splits`).
 
+A source with an official split (``amazon2023_csv``) skips steps 3 and 6: it keeps its split as it is
+(:mod:`pipeline.data.official`).
+
 Outputs are written into a temporary sibling folder of ``data/processed`` and swapped in at the end, so a
 failed run leaves an existing good output untouched and nothing half-written.
 """
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,11 +35,14 @@ import pyarrow as pa
 
 from pipeline.config import DataParams, MLflowParams, ParamsView, section_dict
 from pipeline.data.kcore import kcore_filter
+from pipeline.data.official import build_official_dataset
 from pipeline.data.records import RawData
 from pipeline.data.sources.amazon import AMAZON_FORMATS, amazon_files, load_amazon_files
+from pipeline.data.sources.benchmark import load_benchmark_csv
 from pipeline.data.sources.demo import write_demo_raw
 from pipeline.data.sources.sequences import load_sequences
 from pipeline.data.splits import MIN_SEQUENCE_LENGTH, split_boundaries
+from pipeline.data.tables import Dataset, dense_codes, items_table, lengths_summary, sorted_ids, string_array
 from pipeline.errors import DataError
 from pipeline.io import file_digest, staged_dir, write_json, write_parquet
 from pipeline.layout import ITEMS, SEQUENCES
@@ -46,21 +51,14 @@ from pipeline.tracking import start_run
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Dataset:
-    """The processed tables (contract of the common brief) and their statistics."""
-
-    items: pa.Table
-    sequences: pa.Table
-    stats: dict[str, Any]
-
-
 # --------------------------------------------------------------------------------------------- loading
 def load_raw(data: DataParams, staging: Path, out_dir: Path) -> RawData:
     """Parse the configured source. The demo generator writes its raw files into ``staging/demo_raw``,
     with image paths pointing at their final place ``out_dir/demo_raw/images``."""
     if data.source == "sequences":
         return load_sequences(data)
+    if data.source == "amazon2023_csv":
+        return load_benchmark_csv(data)
     if data.source == "demo":
         files = write_demo_raw(
             data.demo,
@@ -80,36 +78,6 @@ def load_raw(data: DataParams, staging: Path, out_dir: Path) -> RawData:
 
 
 # --------------------------------------------------------------------------------------------- processing
-def _sorted_ids(ids: pl.Series, numeric: bool) -> pl.Series:
-    uniq = ids.unique()
-    return uniq.gather(uniq.cast(pl.Int64).arg_sort()) if numeric else uniq.sort()
-
-
-def _dense_codes(ids: pl.Series, sorted_ids: pl.Series) -> pl.Series:
-    """0-based position of each id in ``sorted_ids`` (a hash join: much faster than ranking strings)."""
-    table = pl.DataFrame({"id": sorted_ids, "code": np.arange(len(sorted_ids), dtype=np.int64)})
-    return (
-        pl.DataFrame({"id": ids}).join(table, on="id", how="left", maintain_order="left").get_column("code")
-    )
-
-
-def _lengths_summary(lengths: np.ndarray) -> dict[str, float]:
-    p25, p50, p75, p90 = np.percentile(lengths, [25, 50, 75, 90])
-    return {
-        "min": int(lengths.min()),
-        "p25": float(p25),
-        "median": float(p50),
-        "p75": float(p75),
-        "p90": float(p90),
-        "max": int(lengths.max()),
-        "mean": float(lengths.mean()),
-    }
-
-
-def _string_array(series: pl.Series) -> pa.Array:
-    return series.to_arrow().cast(pa.string())
-
-
 def build_dataset(raw: RawData, kcore: int, split: str, test_fraction: float = 0.2) -> Dataset:
     """Order, deduplicate, k-core filter, number and split the parsed interactions (steps 2-6 above).
 
@@ -119,12 +87,12 @@ def build_dataset(raw: RawData, kcore: int, split: str, test_fraction: float = 0
     t0 = time.perf_counter()
     df = raw.interactions
     n_raw = df.height
-    user_ids = _sorted_ids(df.get_column("user_id"), raw.numeric_ids)
-    item_ids = _sorted_ids(df.get_column("item_id"), raw.numeric_ids)
+    user_ids = sorted_ids(df.get_column("user_id"), raw.numeric_ids)
+    item_ids = sorted_ids(df.get_column("item_id"), raw.numeric_ids)
     df = (
         df.select(
-            _dense_codes(df.get_column("user_id"), user_ids).alias("u"),
-            _dense_codes(df.get_column("item_id"), item_ids).alias("i"),
+            dense_codes(df.get_column("user_id"), user_ids).alias("u"),
+            dense_codes(df.get_column("item_id"), item_ids).alias("i"),
             "ts",
             "line",
         )
@@ -159,34 +127,15 @@ def build_dataset(raw: RawData, kcore: int, split: str, test_fraction: float = 0
     sequences = pa.table(
         {
             "user": pa.array(np.arange(1, n_users + 1, dtype=np.int32)),
-            "user_id": _string_array(user_ids.gather(np.flatnonzero(user_present))),
+            "user_id": string_array(user_ids.gather(np.flatnonzero(user_present))),
             "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(new_i)),
             "train_end": pa.array(train_end),
             "valid_end": pa.array(valid_end),
         }
     )
 
-    item_frame = pl.DataFrame(
-        {
-            "item": np.arange(1, n_items + 1, dtype=np.int32),
-            "item_id": item_ids.gather(np.flatnonzero(item_present)),
-        }
-    )
-    meta = raw.items.unique("item_id", keep="first", maintain_order=True).with_columns(
-        pl.lit(True).alias("_known")
-    )
-    item_frame = item_frame.join(meta, on="item_id", how="left").sort("item")
-    known = item_frame.get_column("_known").fill_null(False).to_numpy()
-    text = item_frame.get_column("text").fill_null("")
     item_counts = np.bincount(new_i, minlength=n_items + 1)[1:]
-    items = pa.table(
-        {
-            "item": pa.array(item_frame.get_column("item").to_numpy()),
-            "item_id": _string_array(item_frame.get_column("item_id")),
-            "text": _string_array(text),
-            "image": _string_array(item_frame.get_column("image")),
-        }
-    )
+    items, meta_counts = items_table(item_ids.gather(np.flatnonzero(item_present)), raw.items, item_counts)
 
     n_inter = int(u.size)
     stats: dict[str, Any] = {
@@ -194,7 +143,7 @@ def build_dataset(raw: RawData, kcore: int, split: str, test_fraction: float = 0
         "items": n_items,
         "interactions": n_inter,
         "density": n_inter / (n_users * n_items),
-        "sequence_length": _lengths_summary(lengths),
+        "sequence_length": lengths_summary(lengths),
         "raw": {
             "interactions": n_raw,
             "users": len(user_ids),
@@ -210,12 +159,7 @@ def build_dataset(raw: RawData, kcore: int, split: str, test_fraction: float = 0
             "duplicate_metadata_records": raw.metadata_duplicates,
         },
         "kcore_passes": core.passes,
-        "metadata": {
-            "items_without_metadata": int((~known).sum()),
-            "interactions_without_metadata": int(item_counts[~known].sum()),
-            "items_without_text": int((text == "").sum()),
-            "items_with_image": int(item_frame.get_column("image").is_not_null().sum()),
-        },
+        "metadata": meta_counts,
         "split_sizes": {
             "train_interactions": int(train_end.sum()),
             "valid_targets": int((valid_end - train_end).sum()),
@@ -261,16 +205,19 @@ def run_ingest(
         tracker.log_params({"data": section_dict(data)})
         with staged_dir(out_dir, clear_stale=True) as staging:
             raw = load_raw(data, staging, out_dir)
-            dataset = build_dataset(raw, data.kcore, data.split, data.test_fraction)
-            metadata: dict[str, Any] = {
-                "source": data.source,
-                "category": raw.category,
-                "split": data.split,
-                "kcore": data.kcore,
-                "min_user_interactions": max(data.kcore, MIN_SEQUENCE_LENGTH),
-            }
-            if data.split == "ratio":
-                metadata["test_fraction"] = data.test_fraction
+            metadata: dict[str, Any] = {"source": data.source, "category": raw.category}
+            if raw.official_split is not None:  # the source's own split: no k-core, no data.split
+                dataset = build_official_dataset(raw)
+                metadata |= {"split": f"official:{raw.official_split}", "core": data.benchmark.core}
+            else:
+                dataset = build_dataset(raw, data.kcore, data.split, data.test_fraction)
+                metadata |= {
+                    "split": data.split,
+                    "kcore": data.kcore,
+                    "min_user_interactions": max(data.kcore, MIN_SEQUENCE_LENGTH),
+                }
+                if data.split == "ratio":
+                    metadata["test_fraction"] = data.test_fraction
             write_parquet(staging / ITEMS, dataset.items, metadata)
             # lineage: the items these sequences number (embed records the digest of the items it read)
             lineage = {"items_sha256": file_digest(staging / ITEMS)}

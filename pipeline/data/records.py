@@ -148,6 +148,9 @@ class RawData:
         reports: one per parsed file.
         category: recorded in the outputs' metadata.
         metadata_duplicates: repeated metadata ids dropped.
+        official_split: the name of the official split the source carries (``amazon2023_csv``); the
+            interactions then have a ``part`` column (0 train, 1 validation, 2 test) and are neither
+            k-core filtered nor split by ``data.split``.
     """
 
     interactions: pl.DataFrame
@@ -156,6 +159,7 @@ class RawData:
     reports: list[FileReport] = field(default_factory=list)
     category: str = ""
     metadata_duplicates: int = 0
+    official_split: str | None = None
 
 
 # --------------------------------------------------------------------------------------------- fields

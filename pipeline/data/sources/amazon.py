@@ -8,8 +8,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 from pipeline.data.download import download_file, verify_checksum
-from pipeline.data.records import FieldCounts, RawData
+from pipeline.data.records import FieldCounts, FileReport, RawData
 from pipeline.data.sources.metadata import read_metadata
 from pipeline.data.sources.reviews import read_json_reviews, read_ratings_csv
 from pipeline.errors import DataError
@@ -150,6 +152,21 @@ def load_amazon_files(
         rep.malformed,
         time.perf_counter() - t0,
     )
+    items, meta_rep, duplicates = load_amazon_metadata(
+        fmt, meta, text_columns, image_column, max_bad_fraction
+    )
+    return RawData(inter, items, numeric_ids=False, reports=[rep, meta_rep], metadata_duplicates=duplicates)
+
+
+def load_amazon_metadata(
+    fmt: AmazonFormat, meta: Path, text_columns: list[str], image_column: str | None, max_bad_fraction: float
+) -> tuple[pl.DataFrame, FileReport, int]:
+    """Parse one release's metadata file into (item_id, text, image) rows; fail when it has too many
+    malformed records, or when a configured text or image field is in none of its records.
+
+    Returns:
+        The item frame, the file report and the number of repeated ids dropped.
+    """
     t0 = time.perf_counter()
     image_columns = [] if image_column is None else list(dict.fromkeys([image_column, fmt.image_field]))
     counts = FieldCounts(meta)
@@ -165,4 +182,4 @@ def load_amazon_files(
         meta_rep.malformed,
         time.perf_counter() - t0,
     )
-    return RawData(inter, items, numeric_ids=False, reports=[rep, meta_rep], metadata_duplicates=duplicates)
+    return items, meta_rep, duplicates
