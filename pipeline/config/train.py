@@ -167,9 +167,38 @@ class TrainParams(Section):
     patience: int = Field(10, ge=1, le=1_000_000, description="early stopping on validation NDCG@10")
     eval_every: int = Field(1, ge=1, le=1_000_000, description="epochs between validations")
     loss: Literal["ce", "sampled_softmax"] = Field(
-        "ce", description="ce (the full catalogue) | sampled_softmax"
+        "ce",
+        description="ce (the full catalogue) | sampled_softmax (the target against train.num_negatives "
+        "sampled items shared by the batch, drawn as train.negatives, accidental hits masked, logQ-corrected: "
+        "the step's loss computes only the rows it uses)",
     )
-    num_negatives: int = Field(1024, ge=1, le=100_000_000, description="sampled_softmax only")
+    num_negatives: int = Field(
+        1024,
+        ge=1,
+        le=100_000_000,
+        description="sampled_softmax: negatives drawn per batch, shared by its rows (mixed: the extras "
+        "beside the batch's targets)",
+    )
+    negatives: Literal["uniform", "popularity", "mixed", "mixed_popularity"] = Field(
+        "uniform",
+        description="sampled_softmax: where the negatives come from: uniform (every item alike) | "
+        "popularity (q(j) proportional to (training target count + 1)^negative_alpha) | mixed (the batch's "
+        "distinct targets + num_negatives uniform extras) | mixed_popularity (the batch's targets + "
+        "popularity extras)",
+    )
+    negative_alpha: float = Field(
+        0.75,
+        ge=0.0,
+        le=4.0,
+        description="popularity, mixed_popularity: the power of the training target counts (1: the "
+        "counts' own distribution, 0: uniform)",
+    )
+    logq_correction: bool = Field(
+        True,
+        description="sampled_softmax: subtract log of each negative's expected count in the sample, "
+        "log E[n_j], from its logit (the positive's stays as is), so the sampled loss tends to the full "
+        "softmax as num_negatives grows; false: the plain logits, biased toward popular items",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the initialisation and the batches")
     device: Device = Field("auto", description="auto: CUDA when present, else CPU")
     precision: Precision = Field(

@@ -73,28 +73,131 @@ def next_item_loss(
     hidden: torch.Tensor,
     items: torch.Tensor,
     targets: torch.Tensor,
-    num_negatives: int = 0,
-    generator: torch.Generator | None = None,
+    negatives: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of the next item over the whole catalogue (padding excluded).
+    """Cross-entropy of the next item (padding excluded): over the whole catalogue, or over a sample of it.
 
     Args:
         hidden: (P, H) hidden states at non-padding positions.
         items: (N+1, H) item representations; row 0 is padding and is never a candidate.
         targets: (P,) next item ids in 1..N.
-        num_negatives: 0 for the full softmax (chunked, see :func:`full_softmax_ce`); otherwise a sampled
-            softmax over the target plus this many uniformly sampled items shared by the batch (for catalogues
-            too large for a full softmax).
+        negatives: None for the full softmax (chunked, see :func:`full_softmax_ce`); otherwise ``(candidates,
+            log_expected)`` as :meth:`NegativeSampler.sample` returns them, for :func:`sampled_softmax_ce`.
     """
-    if num_negatives <= 0:
+    if negatives is None:
         return full_softmax_ce(hidden, items[1:], targets - 1)
-    n = items.shape[0] - 1
-    neg = torch.randint(1, n + 1, (num_negatives,), device=hidden.device, generator=generator)
-    pos_logit = (hidden * items[targets]).sum(-1, keepdim=True)  # (P, 1)
-    neg_logits = hidden @ items[neg].T  # (P, S)
-    neg_logits = neg_logits.masked_fill(neg.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
-    logits = torch.cat([pos_logit, neg_logits], 1).float()
-    return F.cross_entropy(logits, torch.zeros_like(targets))
+    candidates, log_expected = negatives
+    return sampled_softmax_ce(hidden, items[targets], items[candidates], targets, candidates, log_expected)
+
+
+def sampled_softmax_ce(
+    hidden: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    targets: torch.Tensor,
+    candidates: torch.Tensor,
+    log_expected: torch.Tensor | None,
+) -> torch.Tensor:
+    """Mean sampled-softmax cross-entropy: each row's target against candidates shared by the batch.
+
+    The full softmax loss of a row is ``-o_y + log Z`` with ``Z = sum_j exp(o_j)`` over the catalogue. Following
+    Bengio and Senecal's importance-sampling estimate of the partition function, draw a multiset S of
+    candidates in which item j appears ``E[n_j]`` times in expectation; then ``sum_{s in S, s != y}
+    exp(o_s) / E[n_s]`` is an unbiased estimate of ``sum_{j != y} exp(o_j)``, and
+
+        loss = -o_y + log(exp(o_y) + sum_{s in S, s != y} exp(o_s - log E[n_s]))
+
+    is the cross-entropy of a softmax over ``[o_y, o_s - log E[n_s]]`` with the target in column 0. So each
+    candidate's logit is corrected by ``log E[n_s]`` (for m draws with replacement from q, ``log m + log
+    q(s)``: the logQ correction of Yi et al. 2019, "Sampling-bias-corrected neural modeling", for in-batch
+    and sampled negatives); the positive's logit stays uncorrected, because its own term is exact, not
+    estimated; and a candidate equal to the row's target (an accidental hit) is masked to -inf, because the
+    exact term already counts it. As the sample grows the estimate tends to Z, so the loss and its gradient
+    tend to the full softmax's (biased for a finite sample, by Jensen's inequality on the log). With the whole
+    catalogue once as the sample, ``E[n_j] = 1``, the correction is 0 and the loss equals the full softmax CE.
+    Without the correction (``log_expected`` None) popular items, sampled more often, are pushed down more
+    than the full softmax pushes them.
+
+    Args:
+        hidden: (P, H) hidden states; positives: (P, H) the targets' vectors; negatives: (S, H) the
+            candidates' vectors.
+        targets: (P,) target ids; candidates: (S,) candidate ids (repeats allowed, each counts).
+        log_expected: (S,) ``log E[n_s]``, or None for the uncorrected logits.
+    """
+    pos = (hidden.float() * positives.float()).sum(-1, keepdim=True)  # (P, 1)
+    neg = (hidden @ negatives.T).float()  # (P, S), bf16 matmul under autocast
+    if log_expected is not None:
+        neg = neg - log_expected.float()
+    neg = neg.masked_fill(candidates.unsqueeze(0) == targets.unsqueeze(1), float("-inf"))
+    logits = torch.cat([pos, neg], 1)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
+
+
+class NegativeSampler:
+    """The negatives of ``train.loss: sampled_softmax``, one sample per batch shared by its rows.
+
+    Kinds: ``uniform`` (q(j) = 1/N); ``popularity`` (q(j) proportional to ``(c_j + 1)^alpha``, c_j the item's
+    count among the training targets; the +1 keeps every item reachable, so the corrected estimate covers
+    the whole catalogue); ``mixed`` and ``mixed_popularity``: the batch's distinct targets (in-batch
+    negatives, drawn in effect from the training target distribution p(j) = c_j / sum c) plus
+    ``num_negatives`` extras, uniform or popularity (Yang et al. 2020's mixed negative sampling: the batch
+    covers the head, the extras the tail).
+
+    The expected count of item j in the sample, whose log corrects its logit (:func:`sampled_softmax_ce`),
+    is ``m q(j)`` for m draws with replacement, plus, with in-batch negatives, its inclusion probability
+    among the batch's P targets taken as P independent draws from p, ``1 - (1 - p(j))^P``. Summing the two
+    parts' expected counts (the balance heuristic of multiple importance sampling) keeps the estimate of the
+    partition function unbiased whatever the mix.
+    """
+
+    KINDS = ("uniform", "popularity", "mixed", "mixed_popularity")
+
+    def __init__(
+        self, target_counts: torch.Tensor, kind: str, num_negatives: int, alpha: float = 0.75
+    ) -> None:
+        """``target_counts`` (N+1,): how often each item is a training target (index 0, padding, ignored)."""
+        if kind not in self.KINDS:
+            raise ValueError(f"train.negatives: {kind!r} is none of {', '.join(self.KINDS)}")
+        if num_negatives < 1:
+            raise ValueError(f"train.num_negatives must be >= 1, got {num_negatives}")
+        counts = target_counts[1:].double().cpu()
+        self.num_items = len(counts)
+        if self.num_items < 1:
+            raise ValueError("the catalogue has no items to sample negatives from")
+        self.kind, self.num_negatives = kind, num_negatives
+        self.uniform = kind in ("uniform", "mixed")
+        weight = torch.ones_like(counts) if self.uniform else (counts + 1.0).pow(alpha)
+        self.q = weight / weight.sum()  # (N,) float64, item j at index j - 1
+        self.cdf = torch.cumsum(self.q, 0)
+        self.in_batch = kind.startswith("mixed")
+        total = counts.sum()
+        if self.in_batch and total <= 0:
+            raise ValueError(f"train.negatives: {kind} needs training targets, and there are none")
+        self.log1m_p = torch.log1p(-counts / total) if self.in_batch else None  # log(1 - p(j))
+
+    def sample(
+        self, generator: torch.Generator | None, batch_targets: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(candidates, log_expected)``: (S,) item ids in 1..N and (S,) float32 ``log E[n_j]`` of each.
+
+        Draws on the CPU from ``generator`` (every DDP rank passing the same generator draws the same
+        sample). ``batch_targets``: the whole batch's target ids (0 = padding), for the in-batch kinds.
+        """
+        m = self.num_negatives
+        if self.uniform:
+            idx = torch.randint(self.num_items, (m,), generator=generator)
+        else:
+            u = torch.rand(m, dtype=torch.float64, generator=generator)
+            idx = torch.searchsorted(self.cdf, u, right=True).clamp_(max=self.num_items - 1)
+        if self.in_batch:
+            if batch_targets is None:
+                raise ValueError(f"train.negatives: {self.kind} needs the batch's targets")
+            real = batch_targets[batch_targets > 0].cpu()
+            idx = torch.cat([torch.unique(real) - 1, idx])
+        expected = m * self.q[idx]
+        if self.in_batch:
+            expected += -torch.expm1(len(real) * self.log1m_p[idx])  # 1 - (1 - p)^P
+        return idx + 1, expected.log().float()
 
 
 def holistic_loss(student_scores: torch.Tensor, teacher_scores: torch.Tensor, tau: float) -> torch.Tensor:

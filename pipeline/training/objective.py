@@ -7,6 +7,7 @@ evaluate the same terms as training.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -24,7 +25,13 @@ from pipeline.training.batches import (
     within_sequence_pairs,
 )
 from pipeline.training.distributed import DistInfo, rank_rows
-from pipeline.training.losses import code_loss, frobenius_holistic_loss, holistic_loss, next_item_loss
+from pipeline.training.losses import (
+    NegativeSampler,
+    code_loss,
+    frobenius_holistic_loss,
+    holistic_loss,
+    next_item_loss,
+)
 
 if TYPE_CHECKING:
     from pipeline.training.setup import Training
@@ -142,6 +149,27 @@ def kd_terms(
     return holistic, code
 
 
+#: id of a run's training-windows tensor -> (a weak reference to it, its negative samplers by params); a
+#: tensor cannot key a WeakKeyDictionary (its ``==`` is elementwise)
+_SAMPLERS: dict[int, tuple[weakref.ref, dict[tuple, NegativeSampler]]] = {}
+
+
+def negative_sampler(t: Training, train: TrainParams | ParamsView) -> NegativeSampler:
+    """The run's :class:`NegativeSampler`, built once from the training targets' counts (``t.windows``)."""
+    for k in [k for k, (ref, _) in _SAMPLERS.items() if ref() is None]:  # runs that are gone
+        del _SAMPLERS[k]
+    ref, cache = _SAMPLERS.get(id(t.windows), (None, {}))
+    if ref is None or ref() is not t.windows:
+        cache = {}
+        _SAMPLERS[id(t.windows)] = (weakref.ref(t.windows), cache)
+    key = (train.negatives, train.num_negatives, float(train.negative_alpha), t.model.num_items)
+    if key not in cache:
+        targets = t.windows[:, 1:].reshape(-1)
+        counts = torch.bincount(targets.cpu(), minlength=t.model.num_items + 1)
+        cache[key] = NegativeSampler(counts, train.negatives, train.num_negatives, train.negative_alpha)
+    return cache[key]
+
+
 def batch_loss(
     t: Training,
     train: TrainParams | ParamsView,
@@ -153,18 +181,43 @@ def batch_loss(
 
     ``seq`` (B, T+1) is the whole batch; under DDP this rank scores its rows (:func:`rank_rows`) and the
     distillation terms their share. Call it under the step's autocast.
+
+    With ``train.loss: sampled_softmax`` the negatives are drawn from ``generator`` for the whole batch (so
+    every DDP rank scores against the same sample, and the ranks' shares add up to the single-process
+    loss), and the step computes the item representations of the ids it uses only (inputs, targets,
+    candidates; the distillation pairs theirs): neither the CE nor the distillation terms then grow with the
+    catalogue (the optimiser still steps the whole embedding tables, dense gradients).
     """
     model = t.model
     part = rank_rows(seq, dist_info)  # this rank's rows (all of them in one process)
     inputs, targets = part[:, :-1], part[:, 1:]
-    items = model.item_representations()  # (N+1, H): what scores the catalogue
     keep = targets != 0
-    if len(part):
-        hidden = t.fwd_model.encode(inputs, model.input_table(items))  # (B, T, H)
-        negatives = train.num_negatives if train.loss == "sampled_softmax" else 0
-        ce = next_item_loss(*model.logit_factors(hidden[keep], items), targets[keep], negatives)
-    else:  # a batch with fewer rows than ranks leaves this rank none
-        ce = items.new_zeros((), dtype=torch.float32)
+    items: torch.Tensor | None = None
+    if train.loss == "sampled_softmax":
+        cand, log_e = negative_sampler(t, train).sample(generator, seq[:, 1:])
+        cand, log_e = cand.to(seq.device), log_e.to(seq.device)
+        zero = seq.new_zeros(1)  # padding first, so a remapped id is 0 exactly where the input is padding
+        ids, inv = torch.unique(torch.cat([zero, part.reshape(-1), cand]), return_inverse=True)
+        n_seq = 1 + part.numel()
+        inv_seq, inv_cand = inv[1:n_seq].reshape(part.shape), inv[n_seq:]
+        if len(part):
+            rows = model.output_vectors(ids)  # (K, H): the representations of the step's ids only
+            table = model.input_table(rows)
+            hidden = t.fwd_model.encode(inputs if table is None else inv_seq[:, :-1], table)
+            ce = next_item_loss(
+                *model.logit_factors(hidden[keep], rows),
+                inv_seq[:, 1:][keep],
+                (inv_cand, log_e if train.logq_correction else None),
+            )
+        else:  # a batch with fewer rows than ranks leaves this rank none
+            ce = torch.zeros((), dtype=torch.float32, device=seq.device)
+    else:
+        items = model.item_representations()  # (N+1, H): what scores the catalogue
+        if len(part):
+            hidden = t.fwd_model.encode(inputs, model.input_table(items))  # (B, T, H)
+            ce = next_item_loss(*model.logit_factors(hidden[keep], items), targets[keep])
+        else:  # a batch with fewer rows than ranks leaves this rank none
+            ce = items.new_zeros((), dtype=torch.float32)
     # every position weighs the same, whatever the length bucket of its batch; under DDP a rank's positions
     # are its share, and the ranks' gradients sum to the whole batch's
     terms = LossTerms(ce * position_weight(keep.sum(), t.mean_targets))
