@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -334,3 +336,41 @@ def test_id_init_scale_sets_the_id_tables_starting_spread() -> None:
     double = Student(StudentConfig(num_items=400, hidden=16, id_init_scale=2.0))
     assert double.item_emb.weight[1:].std().item() == pytest.approx(2.0 / 16**0.5, rel=0.05)
     assert StudentConfig(num_items=3, id_init_scale=0.0).to_dict()["id_init_scale"] == 0.0
+
+
+def test_last_item_prior_adds_the_scaled_table_cosine_to_the_last_item() -> None:
+    model = make_student(modalities=("text", "image"))
+    seq = torch.tensor([[0, 0, 3, 7, 9], [0, 0, 0, 0, 0], [0, 4, 2, 2, 30]])
+    base = model.user_scores(seq)
+    model.cfg = dataclasses.replace(model.cfg, last_item_prior=1.5)
+    with torch.no_grad():
+        scores = model.user_scores(seq)
+        cos = 0
+        for m in ("text", "image"):
+            unit = torch.nn.functional.normalize(model.modality_tables[m].weight, dim=-1)
+            cos = cos + unit[seq[:, -1]] @ unit.T / 2
+        cos[:, 0] = 0.0  # padding column
+        cos[1] = 0.0  # a user with no item has no last item
+        expected = base + 1.5 * base[:, 1:].std(1, keepdim=True) * cos
+    assert torch.allclose(scores, expected, atol=1e-4)
+    hidden, last = model.user_states(seq)
+    side = model.item_side(model.item_representations())
+    query = model.query_side(hidden, last, side)
+    assert query.shape == (3, 16 + 2 * 8) and side.keys.shape == (
+        31,
+        16 + 2 * 8,
+    )  # an index over keys sees it
+    assert torch.allclose(query @ side.keys.T, scores, atol=1e-5)
+    assert torch.allclose(model.query_side(hidden, last, side, weight=0) @ side.keys.T, base, atol=1e-5)
+
+
+def test_last_item_prior_weight_is_saved_and_absent_from_old_configs(tmp_path) -> None:
+    model = make_student()
+    assert "last_item_prior" not in model.cfg.to_dict()  # off: the config reads as before the key existed
+    model.cfg = dataclasses.replace(model.cfg, last_item_prior=0.5)
+    save_student(model, tmp_path)
+    loaded = load_student(tmp_path)
+    assert loaded.cfg.last_item_prior == 0.5
+    seq = torch.tensor([[0, 3, 7, 9]])
+    with torch.no_grad():
+        assert torch.equal(model.user_scores(seq), loaded.user_scores(seq))

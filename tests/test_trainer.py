@@ -314,3 +314,18 @@ def test_paper_wiring_with_frobenius_distillation_trains_and_logs_the_diagnostic
 def test_frobenius_loss_refuses_neighbour_pairs(base_params: Params) -> None:
     with pytest.raises(ConfigError, match="neighbour_pairs must be 0"):
         params(base_params, **{"train.kd.holistic_loss": "frobenius", "train.kd.neighbour_pairs": 8})
+
+
+def test_last_item_prior_weight_is_chosen_on_validation_and_saved(base_params: Params, tmp_path: Path) -> None:
+    seq, sup = write_tiny_data(tmp_path)
+    plain = train(params(base_params), tmp_path, seq, sup, "plain")
+    p = params(base_params, **{"train.last_item_prior": [0.0, 0.5, 3.0]})
+    summary = train(p, tmp_path, seq, sup, "prior")
+    model = load_student(tmp_path / "prior" / "models")
+    assert model.cfg.last_item_prior in (0.0, 0.5, 3.0)
+    # the epochs are the plain run's (training never sees the prior); the saved model's validation is at least
+    # the plain model's, since weight 0 was a candidate
+    assert summary["best_epoch"] == plain["best_epoch"]
+    assert summary["best_valid"]["ndcg_at_10"] >= plain["best_valid"]["ndcg_at_10"]
+    if model.cfg.last_item_prior == 0.0:
+        assert summary["best_valid"] == plain["best_valid"]

@@ -8,7 +8,7 @@ and unknown to the model.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -131,6 +131,15 @@ class TrainParams(Section):
         "temperature), in training, validation, evaluation and serving alike",
     )
     temperature: float = Field(0.1, gt=0.0, description="scoring cos only")
+    last_item_prior: list[Annotated[float, Field(ge=0.0, le=100.0)]] = Field(
+        default_factory=list,
+        description="after training, add w x std(the user's logits) x cos(m_last, m_j) to every logit, with "
+        "m the student's own modality tables (distilled toward the teacher's correlations; the mean over "
+        "the modalities) and m_last the table row of the input's last item: the short-term interest of "
+        "STAMP/SR-GNN in the distilled geometry (variants and near-duplicates of the item just seen). w is "
+        "chosen from this list on validation NDCG@10 (include 0 to allow none) and saved with the model; "
+        "[] = off. Training and its epoch selection never see it",
+    )
     id_init_scale: float = Field(
         1.0,
         ge=0.0,

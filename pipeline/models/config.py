@@ -50,6 +50,8 @@ class StudentConfig:
     bsarec_alpha: float = _train("bsarec.alpha")
     bsarec_window: int = _train("bsarec.window")
     id_init_scale: float = _train("id_init_scale")
+    # w of the last-item prior (Student.user_scores), chosen on validation after training; 0 = none
+    last_item_prior: float = 0.0
 
     #: what a config.json without the key means: the behaviour from before the key existed. Fixed values, not
     #: the defaults above (those follow the schema), so an old model loads as it was trained
@@ -62,6 +64,7 @@ class StudentConfig:
         "bsarec_alpha": 0.7,
         "bsarec_window": 0,
         "id_init_scale": 1.0,
+        "last_item_prior": 0.0,
     }
     #: keys written to config.json only when they differ from their ``_ABSENT`` value, so the config of a
     #: model that does not use them reads exactly as before they existed
@@ -72,6 +75,7 @@ class StudentConfig:
         "bsarec_alpha",
         "bsarec_window",
         "id_init_scale",
+        "last_item_prior",
     )
 
     @classmethod

@@ -17,6 +17,12 @@ Fusions (:data:`FUSIONS`): ``sum``, ``gate`` and ``concat`` map each table throu
 table's scale (and so its learning rate) reaches the backbone, and weighs the parts with a softmax over the
 scores of one shared MLP (``Linear(H, H) -> ReLU -> Linear(H, 1)``, no bias on the last layer). The backbone's input dropout follows.
 
+The last-item prior (``cfg.last_item_prior`` = w > 0, chosen on validation after training): a user's logits
+gain ``w * std_j(logit_j) * mean_m cos(m_last, m_j)``, with ``m`` the modality tables and ``m_last`` the row of
+the input's last item, so items close to the one just seen in the distilled geometry move up; the std puts w on
+the scale of each user's own logits. It is one more inner product (:meth:`item_side`, :meth:`query_side`), so an index
+over the item side ranks with it. Training never uses it.
+
 The distillation heads read ``m`` directly: the holistic score ξ(P m_i, P m_j) with ``P`` per
 ``kd_projection`` (:data:`KD_PROJECTIONS`: ``identity``-initialised linear map, the authors' two ``random``
 linear layers, ``none`` = the table itself, or ``item`` = the items' output embeddings), and a 2-layer MLP that predicts the dissected correlation
@@ -105,6 +111,19 @@ def _kd_projection(kind: str, dim: int) -> nn.Module | None:
     if kind == "random":  # the authors' code: two randomly initialised linear layers
         return nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, dim))
     return None
+
+
+@dataclass(frozen=True)
+class ItemSide:
+    """The catalogue side of a student's logits (:meth:`Student.item_side`).
+
+    Attributes:
+        keys: (N+1, D) rows; a user's scores are ``Student.query_side(...) @ keys.T``.
+        cov: (H, H) covariance of the item rows 1..N when ``keys`` carry the last-item prior's blocks, else None.
+    """
+
+    keys: torch.Tensor
+    cov: torch.Tensor | None
 
 
 class Student(nn.Module):
@@ -241,10 +260,10 @@ class Student(nn.Module):
         h, e = self.logit_factors(hidden, items)
         return h @ e.T
 
-    def user_scores(
+    def user_states(
         self, seq: torch.Tensor, chunk: int = 256, items: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """Next-item scores (B, N+1) for left-padded inputs (B, L): the hidden state at the last position.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The hidden state at the last position of left-padded inputs (B, L), and their last items (B,).
 
         Rows are encoded in chunks of similar length with all-padding columns dropped; exact, because the
         encoders do not depend on left padding, and several times faster on short-sequence data. ``items``:
@@ -260,7 +279,55 @@ class Student(nn.Module):
             sub = seq[rows]
             longest = max(1, int((sub != 0).sum(1).max()))
             h[rows] = self.encode(sub[:, -longest:], table)[:, -1]
-        return self.full_scores(h, items)
+        return h, seq[:, -1]
+
+    def item_side(self, items: torch.Tensor, prior: bool | None = None) -> ItemSide:
+        """The catalogue side of the logits for ``items`` (:meth:`item_representations`): :meth:`logit_factors`'
+        item rows, plus, with the last-item prior (``prior``, default: when the model's weight is not 0), one
+        block per modality of the L2-normalised table (padding row 0) and the covariance that scales it."""
+        _, keys = self.logit_factors(items[:1], items)
+        if not (self.cfg.last_item_prior > 0 if prior is None else prior) or not self.cfg.modalities:
+            return ItemSide(keys, None)
+        rows = keys[1:].float()
+        centred = rows - rows.mean(0)
+        cov = centred.T @ centred / max(1, rows.shape[0] - 1)
+        units = []
+        for m in self.cfg.modalities:
+            u = nn.functional.normalize(self.modality_tables[m].weight.float(), dim=-1).clone()
+            u[0] = 0.0
+            units.append(u)
+        return ItemSide(torch.cat([keys.float(), *units], -1).to(keys.dtype), cov)
+
+    def query_side(
+        self, hidden: torch.Tensor, last: torch.Tensor, side: ItemSide, weight: float | None = None
+    ) -> torch.Tensor:
+        """The user side (B, D) of the logits, so that ``query_side(...) @ side.keys.T`` are the scores.
+
+        :meth:`logit_factors`' user rows ``a``; with the prior blocks, each modality's block is
+        ``w * s / M * u[last]`` with ``s = sqrt(a^T Cov a)``, the std of the user's logits over items 1..N, so a
+        logit is ``a.b_j + w * std * mean_m cos(m_last, m_j)`` (``weight``: default the model's).
+        """
+        a, _ = self.logit_factors(hidden, side.keys[:1, : hidden.shape[-1]])
+        if side.cov is None:
+            return a
+        w = self.cfg.last_item_prior if weight is None else weight
+        std = ((a.float() @ side.cov) * a.float()).sum(-1).clamp_min(0).sqrt()  # (B,)
+        scale = (w * std / len(self.cfg.modalities))[:, None]
+        h, d = a.shape[-1], self.cfg.modality_dim
+        blocks = [
+            scale * side.keys[last, h + k * d : h + (k + 1) * d].float()
+            for k in range(len(self.cfg.modalities))
+        ]
+        return torch.cat([a.float(), *blocks], -1).to(a.dtype)
+
+    def user_scores(
+        self, seq: torch.Tensor, chunk: int = 256, items: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Next-item scores (B, N+1) of left-padded inputs (B, L): :meth:`user_states` scored through
+        :meth:`query_side` and :meth:`item_side` (the last-item prior included when the model has one)."""
+        items = self.item_representations() if items is None else items
+        side = self.item_side(items)
+        return self.query_side(*self.user_states(seq, chunk, items), side) @ side.keys.T
 
     # ------------------------------------------------------------------ distillation heads
     def modality_vectors(self, modality: str, ids: torch.Tensor) -> torch.Tensor:

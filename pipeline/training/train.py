@@ -39,13 +39,13 @@ from pipeline.training.distributed import (
     cleanup,
     init_from_env,
 )
+from pipeline.training.prior import set_prior_weight
 from pipeline.training.setup import Training, build_training
 from pipeline.training.step import train_step
-from pipeline.training.validation import evaluate_sharded, nan_guard
+from pipeline.training.validation import SELECT_METRIC, evaluate_sharded, nan_guard
 
 log = logging.getLogger(__name__)
 
-SELECT_METRIC = "ndcg_at_10"
 RANK_SEED_STRIDE = 1_000_003  # rank r > 0 draws its dropout from seed + r * stride (rank 0 as one process)
 
 
@@ -354,7 +354,7 @@ class TrainRecipe:
         if not summary["finished"]:
             return summary  # interrupted on purpose: keep the checkpoint, write no model
         if self.dist.is_main:
-            self._save_model(summary["best_valid"])
+            summary["best_valid"] = self._save_model(summary["best_valid"])
         summary["seconds_total"] = time.perf_counter() - self.t_start
         summary["seconds_to_best"] = sum(r["seconds"] for r in state.curve[: state.best_epoch])
         self.tracker.log_metrics(
@@ -369,9 +369,13 @@ class TrainRecipe:
         self.tracker.log_artifact(self.job.curve_path)
         return summary
 
-    def _save_model(self, best_valid: dict[str, float]) -> None:
+    def _save_model(self, best_valid: dict[str, float]) -> dict[str, float]:
+        """Save the best epoch's weights (with the last-item prior's weight, chosen here); its valid metrics."""
         job, state, model = self.job, self.state, self.t.model
         model.load_state_dict(self.best_state)
+        if (grid := self.train.last_item_prior) and model.cfg.modalities:  # its weight, by validation
+            ev, cases = self.job.eval_params, self.t.valid_cases
+            best_valid = set_prior_weight(model, cases, grid, ev, self.device, self.tracker)
         weights = save_student(
             model,
             job.model_dir,
@@ -387,6 +391,7 @@ class TrainRecipe:
         )
         write_curve(job.curve_path, state.curve)
         self.tracker.set_tags({"model.sha256": file_digest(weights), "best_epoch": state.best_epoch})
+        return best_valid
 
     def _remove_checkpoint(self) -> None:
         ckpt = self.t.ckpt_path

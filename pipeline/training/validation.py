@@ -16,6 +16,9 @@ from pipeline.training.distributed import DistInfo, all_gather_concat, shard_bou
 if TYPE_CHECKING:
     from pipeline.config import EvalParams
 
+#: the validation metric that selects the best epoch (and the last-item prior's weight)
+SELECT_METRIC = "ndcg_at_10"
+
 Scorer = Callable[[torch.Tensor], torch.Tensor]  # (B, L) item ids -> (B, N + 1) scores
 
 
