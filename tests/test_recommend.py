@@ -391,16 +391,20 @@ def test_masking_extends_the_search_and_falls_back_when_the_history_holds_the_be
             np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
 
 
-@pytest.mark.parametrize("scoring", ["dot", "cos"])
-def test_recommender_flat_index_ranks_and_scores_as_the_model(tmp_path: Path, scoring: str) -> None:
+@pytest.mark.parametrize(("scoring", "prior"), [("dot", 0.0), ("cos", 0.0), ("dot", 1.5), ("cos", 2.0)])
+def test_recommender_flat_index_ranks_and_scores_as_the_model(
+    tmp_path: Path, scoring: str, prior: float
+) -> None:
     from pipeline.models import Student, StudentConfig
     from pipeline.recommend.retrieval import IndexSpec
 
     seqs = write_tiny_recommender(tmp_path)
     torch.manual_seed(0)
+    modalities = ("text",) if prior else ()  # the last-item prior: extra blocks on both sides of the index
     cfg = StudentConfig(num_items=30, hidden=16, layers=1, heads=1, dropout=0.0, max_len=8, num_codes=0,
-                        scoring=scoring, temperature=0.2)  # fmt: skip
-    model = Student(cfg).eval()
+                        scoring=scoring, temperature=0.2, modalities=modalities, modality_dim=8,
+                        last_item_prior=prior)  # fmt: skip
+    model = Student(cfg, {"text": torch.randn(31, 8)} if prior else None).eval()
     catalogue = ItemCatalogue.from_parquet(tmp_path / "data/processed/items.parquet")
     exact = Recommender(model, catalogue, "cpu", IndexSpec("exact"))
     flat = Recommender(model, catalogue, "cpu", IndexSpec("flat"))

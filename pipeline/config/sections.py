@@ -78,7 +78,8 @@ class RecommendParams(Section):
     index: Literal["auto", "exact", "flat", "hnsw"] = Field(
         "auto",
         description="top-K retrieval: exact (every item scored, torch) | flat (faiss IndexFlatIP, exact) | "
-        "hnsw (faiss HNSW, approximate) | auto (exact below 50,000 items, else hnsw)",
+        "hnsw (faiss HNSW, approximate: check its recall@k in the stage's output) | auto (exact below 50,000 "
+        "items, else flat)",
     )
     hnsw_m: int = Field(32, ge=2, le=512, description="hnsw: links per node of the graph")
     hnsw_ef_search: int = Field(

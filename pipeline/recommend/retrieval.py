@@ -8,7 +8,8 @@ normalised and divided by the temperature for ``cos``) is a query, so the scores
 - ``flat``: ``IndexFlatIP``, exact (the same ids and order as brute force, ties aside);
 - ``hnsw``: ``IndexHNSWFlat`` with inner product, approximate (``hnsw_m`` links per node, ``hnsw_ef_search``
   candidates per query, ``hnsw_ef_construction`` while building);
-- ``auto``: ``exact`` below :data:`EXACT_BELOW` items, ``hnsw`` from there on.
+- ``auto``: ``exact`` below :data:`EXACT_BELOW` items, ``flat`` from there on (HNSW only when asked for: at its
+  default settings its recall@10 was 0.82 on 100,000 random 64-d items).
 
 History masking stays exact: the index is asked for ``k`` + (history length) candidates, history items are
 dropped, and rows left with fewer than ``k`` ask again for twice as many, then fall back to scoring every
@@ -42,7 +43,7 @@ class IndexSpec:
         if self.index not in KINDS:
             raise ValueError(f"recommend.index must be one of {' | '.join(KINDS)}, got {self.index!r}")
         if self.index == "auto":
-            return "exact" if n_items < EXACT_BELOW else "hnsw"
+            return "exact" if n_items < EXACT_BELOW else "flat"
         return self.index
 
 

@@ -163,15 +163,16 @@ class Recommender:
             with torch.inference_mode():
                 self._items = model.item_representations()
         # the retrieval (pipeline.recommend.retrieval): "exact" scores every item with one matmul; a faiss
-        # index holds the catalogue side of the model's logits (Student.logit_factors) once
+        # index holds the catalogue side of the model's logits (Student.item_side) once
         self.index: ItemIndex | None = None
         kind = (index or IndexSpec()).kind(len(catalogue))
         if kind != "exact":
-            if self._items is None or not hasattr(model, "logit_factors"):
+            if self._items is None or not hasattr(model, "item_side"):
                 raise DataError(f"recommend.index: {kind} needs a trained student (its item representations)")
             with torch.inference_mode():
-                _, items = model.logit_factors(self._items[:1], self._items)
-            self.index = ItemIndex(items[1:].detach().float().cpu().numpy(), index or IndexSpec(), kind)
+                self._side = model.item_side(self._items)
+            keys = self._side.keys[1:].detach().float().cpu().numpy()
+            self.index = ItemIndex(keys, index or IndexSpec(), kind)
             log.info("%s index over %d items", kind, len(catalogue))
 
     @property
@@ -180,12 +181,10 @@ class Recommender:
         return "exact" if self.index is None else self.index.kind
 
     def _queries(self, inputs: torch.Tensor) -> np.ndarray:
-        """The user side of the logits (Student.logit_factors) at the last position of left-padded inputs."""
+        """The user side of the logits (Student.query_side) of left-padded inputs."""
         model: Any = self.model
-        longest = max(1, int((inputs != 0).sum(1).max()))  # encoders do not depend on left padding
-        hidden = model.encode(inputs[:, -longest:], model.input_table(self._items))[:, -1]
-        queries, _ = model.logit_factors(hidden, self._items[:1])
-        return queries.detach().float().cpu().numpy()
+        hidden, last = model.user_states(inputs, items=self._items)
+        return model.query_side(hidden, last, self._side).detach().float().cpu().numpy()
 
     @classmethod
     def load(
