@@ -132,7 +132,7 @@ class TrainParams(Section):
     )
     temperature: float = Field(0.1, gt=0.0, description="scoring cos only")
     last_item_prior: list[Annotated[float, Field(ge=0.0, le=100.0)]] = Field(
-        default_factory=list,
+        default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0],
         description="after training, add w x std(the user's logits) x cos(m_last, m_j) to every logit, with "
         "m the student's own modality tables (distilled toward the teacher's correlations; the mean over "
         "the modalities) and m_last the table row of the input's last item: the short-term interest of "
