@@ -50,6 +50,8 @@ class StudentConfig:
     bsarec_alpha: float = _train("bsarec.alpha")
     bsarec_window: int = _train("bsarec.window")
     id_init_scale: float = _train("id_init_scale")
+    session_graph_last_n: int = _train("session_graph.last_n")
+    session_graph_attention_dropout: float = _train("session_graph.attention_dropout")
 
     #: what a config.json without the key means: the behaviour from before the key existed. Fixed values, not
     #: the defaults above (those follow the schema), so an old model loads as it was trained
@@ -62,6 +64,8 @@ class StudentConfig:
         "bsarec_alpha": 0.7,
         "bsarec_window": 0,
         "id_init_scale": 1.0,
+        "session_graph_last_n": 2,
+        "session_graph_attention_dropout": 0.2,
     }
     #: keys written to config.json only when they differ from their ``_ABSENT`` value, so the config of a
     #: model that does not use them reads exactly as before they existed
@@ -72,6 +76,8 @@ class StudentConfig:
         "bsarec_alpha",
         "bsarec_window",
         "id_init_scale",
+        "session_graph_last_n",
+        "session_graph_attention_dropout",
     )
 
     @classmethod
