@@ -43,7 +43,7 @@ def test_yaml_1_1_exponent_strings_parse_as_floats(tmp_path: Path) -> None:
         ({"train": {"lr": -1}}, "train.lr: Input should be greater than 0"),
         (
             {"train": {"backbone": "bert4rec"}},
-            "train.backbone: Input should be 'sasrec', 'gru4rec' or 'bsarec'",
+            "train.backbone: Input should be 'sasrec', 'gru4rec', 'bsarec' or 'session_graph'",
         ),
         (
             {"train": {"modalities": ["text", "audio"]}},

@@ -508,9 +508,11 @@ def test_plan_applies_variant_overrides_and_seeds() -> None:
         "kdsr_gru4rec_twin": 1,
         "kdsr_bsarec": 1,
         "kdsr_bsarec_twin": 1,
+        "kdsr_session_graph": 1,
+        "kdsr_session_graph_twin": 1,
     }
     specs = {s.name: s for s in plan_runs(base, Path("o"), counts)}
-    assert len(specs) == 19
+    assert len(specs) == 21
     assert specs["kdsr-seed2"].params.train.seed == 12 and specs["kdsr-seed2"].run_dir == Path(
         "o/runs/kdsr/seed2"
     )
@@ -537,8 +539,13 @@ def test_plan_applies_variant_overrides_and_seeds() -> None:
         "kdsr_no_async",
         "kdsr_gru4rec",
         "kdsr_bsarec",
+        "kdsr_session_graph",
     ]
     assert specs["kdsr_bsarec_twin-seed0"].params.train.backbone == "bsarec"
+    for name in ("kdsr_session_graph-seed0", "kdsr_session_graph_twin-seed0"):
+        graph = specs[name].params.train
+        assert (graph.backbone, graph.fusion, graph.dropout) == ("session_graph", "paper_gate", 0.4)
+    assert specs["kdsr_session_graph_twin-seed0"].params.train.kd.holistic_weight == 0
 
 
 def test_plan_errors_name_the_problem() -> None:
@@ -602,6 +609,7 @@ def test_twin_overrides_zero_the_distillation_weights_only() -> None:
         "kdsr_no_async": "sasrec_modality",
         "kdsr_gru4rec": "kdsr_gru4rec_twin",
         "kdsr_bsarec": "kdsr_bsarec_twin",
+        "kdsr_session_graph": "kdsr_session_graph_twin",
     }
     assert "kdsr_twin" in MAIN_VARIANTS and "kdsr_gru4rec_twin" in ABLATIONS
     assert not set(TWINS) & set(TWINS.values())  # a twin has no twin

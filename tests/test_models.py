@@ -31,7 +31,7 @@ def make_student(backbone: str = "sasrec", modalities=("text",), fusion: str = "
     return Student(cfg, teacher).eval()
 
 
-@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec", "bsarec"])
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec", "bsarec", "session_graph"])
 def test_changing_a_later_item_leaves_earlier_hidden_states_unchanged(backbone: str) -> None:
     model = make_student(backbone)
     seq = torch.tensor([[0, 0, 3, 7, 9, 4, 11, 2]])
@@ -43,7 +43,7 @@ def test_changing_a_later_item_leaves_earlier_hidden_states_unchanged(backbone: 
     assert not torch.allclose(h1[:, 5:], h2[:, 5:], atol=1e-4)
 
 
-@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec", "bsarec"])
+@pytest.mark.parametrize("backbone", ["sasrec", "gru4rec", "bsarec", "session_graph"])
 def test_extra_left_padding_does_not_change_real_positions(backbone: str) -> None:
     model = make_student(backbone)
     seq = torch.tensor([[3, 7, 9, 4]])

@@ -78,7 +78,7 @@ def test_every_key_has_a_description_and_a_row() -> None:
 def test_types_and_bounds_are_read_from_the_schema() -> None:
     assert type_text(TrainParams.model_fields["dropout"]) == "float in [0, 1)"
     assert type_text(TrainParams.model_fields["lr"]) == "float > 0"
-    assert type_text(TrainParams.model_fields["backbone"]) == "`sasrec`, `gru4rec`, `bsarec`"
+    assert type_text(TrainParams.model_fields["backbone"]) == "`sasrec`, `gru4rec`, `bsarec`, `session_graph`"
     assert type_text(CorrelateParams.model_fields["ae_epochs"]) == "int or `null` in [1, 1,000,000]"
     assert type_text(TrainParams.model_fields["modalities"]) == "list of `text`, `image`"
 

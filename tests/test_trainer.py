@@ -316,7 +316,9 @@ def test_frobenius_loss_refuses_neighbour_pairs(base_params: Params) -> None:
         params(base_params, **{"train.kd.holistic_loss": "frobenius", "train.kd.neighbour_pairs": 8})
 
 
-def test_last_item_prior_weight_is_chosen_on_validation_and_saved(base_params: Params, tmp_path: Path) -> None:
+def test_last_item_prior_weight_is_chosen_on_validation_and_saved(
+    base_params: Params, tmp_path: Path
+) -> None:
     seq, sup = write_tiny_data(tmp_path)
     plain = train(params(base_params, **{"train.last_item_prior": []}), tmp_path, seq, sup, "plain")
     p = params(base_params, **{"train.last_item_prior": [0.0, 0.5, 3.0]})

@@ -14,7 +14,7 @@ from pydantic import Field, field_validator, model_validator
 
 from pipeline.config.base import MAX_SEED, Device, Modality, Precision, Section
 
-Backbone = Literal["sasrec", "gru4rec", "bsarec"]
+Backbone = Literal["sasrec", "gru4rec", "bsarec", "session_graph"]
 Fusion = Literal["sum", "gate", "concat", "paper_gate"]
 Output = Literal["fused", "id", "id_teacher"]
 Scoring = Literal["dot", "cos"]
@@ -101,13 +101,32 @@ class BSARecParams(Section):
     )
 
 
+class SessionGraphParams(Section):
+    """The ``session_graph`` backbone: the KDSR authors' student (pipeline/models/session_graph.py)."""
+
+    last_n: int = Field(
+        2,
+        ge=1,
+        le=100_000,
+        description="a position's hidden state sums the fused node vectors of its last last_n positions "
+        "(the authors': 2)",
+    )
+    attention_dropout: float = Field(
+        0.2, ge=0.0, lt=1.0, description="dropout of the graph attention weights (the authors': 0.2)"
+    )
+
+
 class TrainParams(Section):
     backbone: Backbone = Field(
         "sasrec",
         description="bsarec: BSARec (AAAI 2024), each layer mixes train.bsarec.alpha x a frequency "
         "rescaler with (1 - alpha) x self-attention, made causal: the low-pass part at a position is the "
         "mean of the items up to it (train.bsarec.window: of the last that many), the high-pass part the "
-        "item minus that mean, re-weighted by a learned beta^2 per dimension; then a 4x-wide feed-forward",
+        "item minus that mean, re-weighted by a learned beta^2 per dimension; then a 4x-wide feed-forward | "
+        "session_graph: the KDSR authors' student, one relation-aware graph attention layer over the ID "
+        "embeddings on the session graph of each prefix (self, out, in, both edges), the fusion gate over "
+        "[ID, graph, modalities] per item, the sum of the last train.session_graph.last_n positions "
+        "(train.dropout: on each fused item, the authors' 0.4; train.layers and heads unused)",
     )
     modalities: list[Modality] = Field(
         default_factory=lambda: ["text", "image"], description="[] is the ID-only SASRec baseline"
@@ -227,6 +246,9 @@ class TrainParams(Section):
         default_factory=AsyncLRParams, description="the modality tables' asynchronous learning rate"
     )
     bsarec: BSARecParams = Field(default_factory=BSARecParams, description="backbone bsarec only")
+    session_graph: SessionGraphParams = Field(
+        default_factory=SessionGraphParams, description="backbone session_graph only"
+    )
 
     @field_validator("modalities")
     @classmethod
@@ -239,4 +261,9 @@ class TrainParams(Section):
     def _check(self) -> TrainParams:
         if self.backbone in ("sasrec", "bsarec") and self.hidden % self.heads != 0:
             raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        if self.backbone == "session_graph" and self.fusion == "concat":
+            raise ValueError(
+                "fusion concat does not work with backbone session_graph (its items have one part more than "
+                "the catalogue's): use sum, gate or paper_gate"
+            )
         return self

@@ -36,6 +36,13 @@ _VARIANTS: dict[str, dict[str, Any]] = {
     "kdsr_no_async": {"train.async_lr.schedule": "none"},
     "kdsr_gru4rec": {"train.backbone": "gru4rec"},
     "kdsr_bsarec": {"train.backbone": "bsarec"},
+    # the authors' student: the session graph with its four-way gate (paper_gate over ID, graph and
+    # modalities) and the authors' 0.4 dropout on each fused item; the scoring side is the base config's
+    "kdsr_session_graph": {
+        "train.backbone": "session_graph",
+        "train.fusion": "paper_gate",
+        "train.dropout": 0.4,
+    },
 }
 KD_WEIGHTS = ("train.kd.holistic_weight", "train.kd.code_weight")  # all a twin changes
 TWIN_SUFFIX = "_twin"

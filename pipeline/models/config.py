@@ -52,6 +52,8 @@ class StudentConfig:
     id_init_scale: float = _train("id_init_scale")
     # w of the last-item prior (Student.user_scores), chosen on validation after training; 0 = none
     last_item_prior: float = 0.0
+    session_graph_last_n: int = _train("session_graph.last_n")
+    session_graph_attention_dropout: float = _train("session_graph.attention_dropout")
 
     #: what a config.json without the key means: the behaviour from before the key existed. Fixed values, not
     #: the defaults above (those follow the schema), so an old model loads as it was trained
@@ -65,6 +67,8 @@ class StudentConfig:
         "bsarec_window": 0,
         "id_init_scale": 1.0,
         "last_item_prior": 0.0,
+        "session_graph_last_n": 2,
+        "session_graph_attention_dropout": 0.2,
     }
     #: keys written to config.json only when they differ from their ``_ABSENT`` value, so the config of a
     #: model that does not use them reads exactly as before they existed
@@ -76,6 +80,8 @@ class StudentConfig:
         "bsarec_window",
         "id_init_scale",
         "last_item_prior",
+        "session_graph_last_n",
+        "session_graph_attention_dropout",
     )
 
     @classmethod

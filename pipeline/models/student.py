@@ -43,6 +43,7 @@ from pipeline.config.train import KDProjection, Output, Scoring
 from pipeline.models.backbones import BSARec, GRU4Rec, SASRec
 from pipeline.models.config import StudentConfig
 from pipeline.models.heads import CodeHead, SubVectorCodeHeads
+from pipeline.models.session_graph import SessionGraph
 
 OUTPUTS: tuple[str, ...] = get_args(Output)
 KD_PROJECTIONS: tuple[str, ...] = get_args(KDProjection)
@@ -99,6 +100,9 @@ BACKBONES: dict[str, Callable[[StudentConfig], nn.Module]] = {
     "bsarec": lambda c: BSARec(
         c.hidden, c.layers, c.heads, c.dropout, c.max_len, c.bsarec_alpha, c.bsarec_window
     ),
+    "session_graph": lambda c: SessionGraph(
+        c.hidden, c.dropout, c.session_graph_attention_dropout, c.session_graph_last_n
+    ),
 }
 SCORINGS: tuple[str, ...] = get_args(Scoring)
 
@@ -143,6 +147,10 @@ class Student(nn.Module):
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r} ({' | '.join(allowed)})")
+        if cfg.backbone == "session_graph" and cfg.fusion == "concat":
+            raise ValueError(
+                "fusion 'concat' does not work with backbone 'session_graph' (sum | gate | paper_gate)"
+            )
         fusion = FUSIONS[cfg.fusion]
         self.item_emb = nn.Embedding(n, h, padding_idx=0)
         nn.init.normal_(self.item_emb.weight, std=cfg.id_init_scale * h**-0.5)
@@ -183,7 +191,8 @@ class Student(nn.Module):
                 self.output_proj[m] = nn.Sequential(
                     nn.LayerNorm(cfg.modality_dim), nn.Linear(cfg.modality_dim, h)
                 )
-        for name, module in fusion.modules(h, 1 + len(cfg.modalities)).items():
+        n_parts = 1 + len(cfg.modalities) + (cfg.backbone == "session_graph")  # + the graph's part
+        for name, module in fusion.modules(h, n_parts).items():
             self.add_module(name, module)
         self.backbone: nn.Module = BACKBONES[cfg.backbone](cfg)
 
@@ -196,8 +205,8 @@ class Student(nn.Module):
         return self.cfg.max_len
 
     # ------------------------------------------------------------------ item side
-    def _fuse(self, ids: torch.Tensor | None) -> torch.Tensor:
-        """Fused representations of ``ids`` (any shape) or of the whole catalogue when ``ids`` is None."""
+    def _parts(self, ids: torch.Tensor | None) -> list[torch.Tensor]:
+        """[ID embedding, *mapped modality embeddings] of ``ids`` (any shape), or of the whole catalogue."""
 
         def lookup(emb: nn.Embedding) -> torch.Tensor:
             return emb.weight if ids is None else emb(ids)
@@ -205,7 +214,15 @@ class Student(nn.Module):
         parts = [lookup(self.item_emb)]
         for m in self.cfg.modalities:
             parts.append(self.modality_proj[m](lookup(self.modality_tables[m])))
+        return parts
+
+    def _combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
+        """The fusion of ``parts`` (the first alone when it is the only one)."""
         return parts[0] if len(parts) == 1 else FUSIONS[self.cfg.fusion].combine(self, parts)
+
+    def _fuse(self, ids: torch.Tensor | None) -> torch.Tensor:
+        """Fused representations of ``ids`` (any shape) or of the whole catalogue when ``ids`` is None."""
+        return self._combine(self._parts(ids))
 
     @property
     def tied(self) -> bool:
@@ -238,8 +255,11 @@ class Student(nn.Module):
         """Hidden states (B, L, H) of a left-padded item sequence (B, L); input dropout is the backbone's.
 
         ``items`` (N+1, H), the fused representations of every item, may be passed to reuse one
-        :meth:`item_representations` call per step of a tied model (see :meth:`input_table`).
+        :meth:`item_representations` call per step of a tied model (see :meth:`input_table`). A backbone that
+        ``takes_parts`` (``session_graph``) gets the unfused parts and the fusion instead, and ignores ``items``.
         """
+        if getattr(self.backbone, "takes_parts", False):
+            return self.backbone(self._parts(seq), seq, self._combine)
         pad = seq == 0
         x = items[seq] if items is not None else self._fuse(seq)  # (B, L, H)
         return self.backbone(x, pad)
