@@ -6,16 +6,25 @@
 (b) A large catalogue: target under 30 minutes and 16 GB on CPU at 1M items.
         nice -n 10 .venv/bin/python benchmarks/bench_correlate.py --items 1000000 --topk 20
 
+(c) Exact against approximate neighbours, figures to a JSON file a script can read (issue 26's target: 1M
+    items under 3 minutes with recall@topk >= 0.95):
+        nice -n 10 .venv/bin/python benchmarks/bench_correlate.py --items 1000000 --neighbours ivf \
+            --json out.json
+
 The inputs (clustered unit vectors and random sequences, or ``--embeddings`` with a real
-data/embeddings/<m>.parquet) are written by a child process, so the peak RSS reported is that of the
-correlate run alone (plus the interpreter and torch).
+data/embeddings/<m>.parquet) are written by a child process, and each ``--neighbours`` method runs in a
+child of its own, so the peak RSS reported is that of one correlate run alone (plus the interpreter and
+torch). ``--json`` writes per method: wall and CPU seconds, peak RSS, and the recall@topk against an exact
+search on the stage's seeded sample (``correlate.ann.recall_sample`` items; 1.0 for the exact search).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import multiprocessing as mp
+import os
 import resource
 import shutil
 import sys
@@ -76,6 +85,109 @@ def generate(out: Path, items: int, teacher_dim: int, clusters: int, users: int,
     )
 
 
+def run_one(args: argparse.Namespace, method: str, work: str, queue: mp.Queue) -> None:
+    """Run correlate once with ``correlate.neighbours: method`` on the inputs in ``work``; print its figures
+    and put them (wall and CPU seconds, peak RSS, recall) on ``queue``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        queue.put(_run_one(args, method, Path(work)))
+    except Exception as exc:  # reported by the parent, which exits non-zero
+        logging.exception("correlate failed")
+        queue.put({"error": f"{type(exc).__name__}: {exc}"})
+
+
+def _run_one(args: argparse.Namespace, method: str, work: Path) -> dict:
+    import torch
+
+    from pipeline.config import CorrelateParams, MLflowParams
+    from pipeline.config.inputs import AnnParams
+    from pipeline.supervision.correlate import run_correlate
+
+    layout = Layout.flat(work)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ann = {"nprobe": args.nprobe, "nlist": args.nlist, "m": args.hnsw_m, "ef_search": args.ef_search}
+    params = CorrelateParams(
+        dim=args.dim,
+        reduction=args.reduction,
+        sub_vectors=args.sub_vectors,
+        codes=args.codes,
+        topk=args.topk,
+        sample_pairs=args.pairs,
+        kmeans_iters=args.kmeans_iters,
+        block_size=args.block_size,
+        topk_precision=args.topk_precision,
+        neighbours=method,
+        ann=AnnParams(**{k: v for k, v in ann.items() if v is not None}),
+        device=args.device,
+        seed=args.seed,
+    )
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    shutil.rmtree(layout.supervision, ignore_errors=True)
+    cpu0, t0 = time.process_time(), time.perf_counter()
+    stats = run_correlate(
+        params,
+        ["text"],
+        MLflowParams(enabled=False),
+        layout.embeddings,
+        layout.sequences,
+        layout.supervision,
+    )
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    s = stats["text"]
+    search = s["topk"]["search"]
+    recall = search["recall"]["recall_at_k"] if "recall" in search else 1.0
+    print(f"neighbours   : {method} -> {search['method']} {search.get('index', '')}")
+    print(
+        f"settings     : dim {args.dim}, topk {args.topk}, pairs {args.pairs}, K {args.codes}, "
+        f"D {args.sub_vectors}, block {args.block_size}, top-k search {args.topk_precision}, "
+        f"device {args.device}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+    print(f"wall time    : {wall:.1f} s (correlate only; CPU time {cpu:.1f} s)")
+    print(f"peak RSS     : {peak:.0f} MiB (before the run: {rss_before:.0f} MiB)")
+    print(
+        f"recall@{s['topk']['k']:<6}: {recall} (against exact on {search.get('recall', {}).get('sample', 'all')} items)"
+    )
+    print(f"reduction    : {s['reduction']}")
+    print(
+        f"top-k        : top1 mean {s['topk']['top1']['mean']}, random-pair mean "
+        f"{s['topk']['random_pairs']['mean']}"
+    )
+    print(
+        f"codebook     : inertia {s['codebook']['inertia']}, iterations {s['codebook']['iterations']}, "
+        f"codes used {s['codebook']['codes_used']}/{args.codes}, max share {s['codebook']['max_code_share']}"
+    )
+    return {
+        "neighbours": method,
+        "method": search["method"],
+        "index": search.get("index"),
+        "wall_s": round(wall, 2),
+        "cpu_s": round(cpu, 2),
+        "peak_rss_mib": round(peak),
+        "rss_before_mib": round(rss_before),
+        "recall_at_k": recall,
+        "recall_sample": search.get("recall", {}).get("sample"),
+        "exact_fallback_items": search.get("exact_fallback_items"),
+        "k": s["topk"]["k"],
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def _result(proc: mp.Process, queue: mp.Queue) -> dict:
+    """The child's result, read before joining it (a child blocks until its queued result is read); an
+    error if it dies without one (killed for memory, say)."""
+    import queue as queue_module
+
+    while True:
+        try:
+            return queue.get(timeout=5)
+        except queue_module.Empty:
+            if not proc.is_alive():
+                return {"error": f"the run died with exit code {proc.exitcode} and no result"}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--items", type=int, default=12_101)
@@ -96,6 +208,18 @@ def main() -> None:
     ap.add_argument("--embeddings", type=Path, default=None, help="a real data/embeddings/<m>.parquet to use")
     ap.add_argument("--sequences", type=Path, default=None, help="the matching sequences.parquet")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--neighbours",
+        nargs="+",
+        choices=["auto", "exact", "ivf", "hnsw"],
+        default=["auto"],
+        help="correlate.neighbours; several: one run (in its own process) each",
+    )
+    ap.add_argument("--nprobe", type=int, default=None, help="correlate.ann.nprobe (default: the schema's)")
+    ap.add_argument("--nlist", type=int, default=None, help="correlate.ann.nlist (default: the schema's)")
+    ap.add_argument("--hnsw-m", type=int, default=None, help="correlate.ann.m (default: the schema's)")
+    ap.add_argument("--ef-search", type=int, default=None, help="correlate.ann.ef_search")
+    ap.add_argument("--json", type=Path, default=None, help="write the figures of every run to this file")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -122,58 +246,31 @@ def main() -> None:
                 raise SystemExit(f"input generation failed with exit code {proc.exitcode}")
             source = f"generated: {args.items} items x {args.teacher_dim}-d, {users} users"
         gen_s = time.perf_counter() - t0
-
-        import torch
-
-        from pipeline.config import CorrelateParams, MLflowParams
-        from pipeline.supervision.correlate import run_correlate
-
-        if args.threads:
-            torch.set_num_threads(args.threads)
-        params = CorrelateParams(
-            dim=args.dim,
-            reduction=args.reduction,
-            sub_vectors=args.sub_vectors,
-            codes=args.codes,
-            topk=args.topk,
-            sample_pairs=args.pairs,
-            kmeans_iters=args.kmeans_iters,
-            block_size=args.block_size,
-            topk_precision=args.topk_precision,
-            device=args.device,
-            seed=args.seed,
-        )
-        rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        t0 = time.perf_counter()
-        stats = run_correlate(
-            params,
-            ["text"],
-            MLflowParams(enabled=False),
-            layout.embeddings,
-            layout.sequences,
-            layout.supervision,
-        )
-        wall = time.perf_counter() - t0
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        s = stats["text"]
         print(f"input        : {source} (written in {gen_s:.1f} s, not timed)")
-        print(
-            f"settings     : dim {args.dim}, topk {args.topk}, pairs {args.pairs}, K {args.codes}, "
-            f"D {args.sub_vectors}, block {args.block_size}, top-k search {args.topk_precision}, "
-            f"device {args.device}, "
-            f"torch threads {torch.get_num_threads()}"
-        )
-        print(f"wall time    : {wall:.1f} s (correlate only)")
-        print(f"peak RSS     : {peak:.0f} MiB (before the run: {rss_before:.0f} MiB)")
-        print(f"reduction    : {s['reduction']}")
-        print(
-            f"top-k        : top1 mean {s['topk']['top1']['mean']}, random-pair mean "
-            f"{s['topk']['random_pairs']['mean']}"
-        )
-        print(
-            f"codebook     : inertia {s['codebook']['inertia']}, iterations {s['codebook']['iterations']}, "
-            f"codes used {s['codebook']['codes_used']}/{args.codes}, max share {s['codebook']['max_code_share']}"
-        )
+        ctx = mp.get_context("spawn")
+        runs = []
+        for method in args.neighbours:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=run_one, args=(args, method, str(work), queue))
+            proc.start()
+            result = _result(proc, queue)
+            proc.join()
+            if proc.exitcode != 0 or "error" in result:
+                raise SystemExit(f"correlate with neighbours {method} failed: {result.get('error')}")
+            runs.append(result)
+        if args.json is not None:
+            report = {
+                "benchmark": "correlate",
+                "input": source,
+                "items": args.items if args.embeddings is None else None,
+                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+                "cores": len(os.sched_getaffinity(0)),
+                "load_average_1m_at_end": os.getloadavg()[0],
+                "runs": runs,
+            }
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+            print(f"json         : {args.json}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

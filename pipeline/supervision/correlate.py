@@ -4,7 +4,8 @@ Per modality in ``train.modalities``:
 
 - ``teacher_<m>.parquet``: teacher vectors reduced to ``correlate.dim`` (PCA or an autoencoder; optionally
   rotated by a fixed random rotation, ``correlate.rotate``), with ``missing``;
-- ``topk_<m>.parquet``: each item's ``correlate.topk`` most correlated other items (blocked, never N x N);
+- ``topk_<m>.parquet``: each item's ``correlate.topk`` most correlated other items (exact: blocked, never
+  N x N; or approximate by a faiss index, ``correlate.neighbours``, with its recall on a sample in stats.json);
 - ``codebook_<m>.safetensors``: the dissected-correlation codebook, fitted on pairs that co-occur in TRAINING
   sequences plus a share of random pairs: K centroids of the D-dim correlation vectors by k-means
   (``correlate.quantizer: kmeans``), or K scalar levels per sub-vector by 1-D k-means (``vq``, product
@@ -43,6 +44,7 @@ from pipeline.lineage import (
     supervision_files,
     supervision_inputs,
 )
+from pipeline.supervision.ann import faiss_topk, resolve_method
 from pipeline.supervision.autoencoders import autoencoder_reduce, sigmoid_autoencoder_reduce
 from pipeline.supervision.pairs import read_training_item_sets, sample_pairs
 from pipeline.supervision.quantize import fit_kmeans_codebook, fit_vq_codebook
@@ -187,15 +189,29 @@ def holistic_neighbours(
 ) -> dict[str, Any]:
     """Each item's ``correlate.topk`` most correlated items into ``topk_<m>.parquet``; their statistics."""
     excluded = teacher.excluded
-    search = topk_search_precision(params.topk_precision, device)
-    values, indices = blocked_topk(
-        teacher.tensor,
-        params.topk,
-        params.score,
-        params.block_size,
-        torch.from_numpy(excluded),
-        precision=search,
-    )
+    method = resolve_method(params, int((~excluded).sum()))
+    if method == "exact":
+        search = topk_search_precision(params.topk_precision, device)
+        values, indices = blocked_topk(
+            teacher.tensor,
+            params.topk,
+            params.score,
+            params.block_size,
+            torch.from_numpy(excluded),
+            precision=search,
+        )
+        info: dict[str, Any] = {"method": method}
+    else:
+        search = "float32"
+        values, indices, info = faiss_topk(teacher.vectors, params, method, excluded)
+        log.info(
+            "%s %s neighbours: recall@%d %s on %d sampled items",
+            modality,
+            method,
+            values.shape[1],
+            info["recall"]["recall_at_k"],
+            info["recall"]["sample"],
+        )
     k_eff = values.shape[1]
     write_neighbours(
         neighbours_file(out_dir, modality),
@@ -209,6 +225,7 @@ def holistic_neighbours(
             "requested_topk": params.topk,
             "excluded_items": int(excluded.sum()),
             "search_precision": search,
+            "method": method,
         },
     )
     rand_scores = _pair_tensors(
@@ -221,6 +238,7 @@ def holistic_neighbours(
         "kth": describe(kept_v[:, -1] if k_eff else np.empty(0)),
         "all": describe(kept_v.reshape(-1)),
         "random_pairs": describe(rand_scores.numpy()),
+        "search": info,
     }
 
 
