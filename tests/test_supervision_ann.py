@@ -210,6 +210,9 @@ def test_stage_logs_the_recall_to_mlflow(tmp_path: Path, monkeypatch: pytest.Mon
     root = _project(tmp_path)
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     monkeypatch.setenv("KDSR_MLFLOW", "1")
+    monkeypatch.setenv(
+        "MLFLOW_TRACKING_URI", uri
+    )  # the environment wins over params: pin it to this test's store
     mp = MLflowParams(enabled=True, tracking_uri=uri, experiment="t", register_as=None)
     stats = _stage(root, _params(neighbours="hnsw", sample_pairs=500, codes=4), mp)
     client = mlflow.MlflowClient(uri)

@@ -139,6 +139,14 @@ def all_reduce_sum(values: Mapping[str, float], device: torch.device) -> dict[st
     return dict(zip(keys, buf.tolist(), strict=True))
 
 
+def from_main(values: dict[str, float], dist_info: DistInfo, device: torch.device) -> dict[str, float]:
+    """Rank 0's ``values`` on every rank (unchanged in one process); every rank must pass the same keys in the
+    same order."""
+    if not dist_info.distributed:
+        return values
+    return all_reduce_sum({k: v if dist_info.is_main else 0.0 for k, v in values.items()}, device)
+
+
 def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     """Sum ``param.grad`` over ranks, in place.
 

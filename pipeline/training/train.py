@@ -37,6 +37,7 @@ from pipeline.training.distributed import (
     all_reduce_sum,
     broadcast_module_,
     cleanup,
+    from_main,
     init_from_env,
 )
 from pipeline.training.prior import set_prior_weight
@@ -353,18 +354,13 @@ class TrainRecipe:
         }
         if not summary["finished"]:
             return summary  # interrupted on purpose: keep the checkpoint, write no model
-        if self.dist.is_main:
-            summary["best_valid"] = self._save_model(summary["best_valid"])
+        best_valid = self._save_model(summary["best_valid"]) if self.dist.is_main else summary["best_valid"]
+        summary["best_valid"] = from_main(best_valid, self.dist, self.device)  # rank 0's, of the saved model
         summary["seconds_total"] = time.perf_counter() - self.t_start
         summary["seconds_to_best"] = sum(r["seconds"] for r in state.curve[: state.best_epoch])
-        self.tracker.log_metrics(
-            {
-                "best_epoch": state.best_epoch,
-                "seconds_to_best": summary["seconds_to_best"],
-                "seconds_total": summary["seconds_total"],
-                **{f"best_valid_{k}": v for k, v in summary["best_valid"].items()},
-            }
-        )
+        times = {k: summary[k] for k in ("seconds_to_best", "seconds_total")}
+        valid = {f"best_valid_{k}": v for k, v in summary["best_valid"].items()}
+        self.tracker.log_metrics({"best_epoch": state.best_epoch, **times, **valid})
         self.tracker.log_artifact(self.job.model_dir / MODEL_CONFIG)
         self.tracker.log_artifact(self.job.curve_path)
         return summary
