@@ -48,3 +48,13 @@ def test_the_weight_that_ranks_the_table_neighbour_first_wins_and_ties_go_to_the
     assert model.cfg.last_item_prior == 0.0  # the caller stores the weight
     w, _ = choose_prior_weight(model, cases, [0.0], **kw)
     assert w == 0.0
+
+
+def test_a_negative_prior_weight_is_refused_naming_the_key(base_params) -> None:
+    import pytest
+
+    from pipeline.config import ConfigError, with_overrides
+
+    assert with_overrides(base_params, {"train.last_item_prior": []}).train.last_item_prior == []
+    with pytest.raises(ConfigError, match=r"train\.last_item_prior.*\[0, 100\]"):
+        with_overrides(base_params, {"train.last_item_prior": [0, -1]})

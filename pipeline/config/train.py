@@ -8,7 +8,7 @@ and unknown to the model.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -150,7 +150,7 @@ class TrainParams(Section):
         "temperature), in training, validation, evaluation and serving alike",
     )
     temperature: float = Field(0.1, gt=0.0, description="scoring cos only")
-    last_item_prior: list[Annotated[float, Field(ge=0.0, le=100.0)]] = Field(
+    last_item_prior: list[float] = Field(
         default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0],
         description="after training, add w x std(the user's logits) x cos(m_last, m_j) to every logit, with "
         "m the student's own modality tables (distilled toward the teacher's correlations; the mean over "
@@ -249,6 +249,13 @@ class TrainParams(Section):
     session_graph: SessionGraphParams = Field(
         default_factory=SessionGraphParams, description="backbone session_graph only"
     )
+
+    @field_validator("last_item_prior")
+    @classmethod
+    def _weights(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= w <= 100.0 for w in v):
+            raise ValueError(f"every weight must lie in [0, 100], got {v}")
+        return v
 
     @field_validator("modalities")
     @classmethod
