@@ -419,6 +419,12 @@ def test_recommender_flat_index_ranks_and_scores_as_the_model(
         np.testing.assert_allclose(scores, ref_scores, rtol=1e-4, atol=1e-5)  # the model's own logits
         if mask:
             assert all(not set(items[b]) & set(histories[b]) for b in range(10))
+    # the exact path serves the model's own user_scores (its item side computed once, not per call)
+    inputs, _, _ = history_windows(dense, offsets[:-1], np.diff(offsets), 8)
+    with torch.inference_mode():
+        direct = model.user_scores(inputs).clone()
+        direct[:, 0] = float("-inf")
+    np.testing.assert_allclose(ref_scores, direct.topk(6).values.numpy(), rtol=1e-4, atol=1e-5)
 
 
 def test_recommend_stage_with_hnsw_reports_recall_against_exact(project) -> None:

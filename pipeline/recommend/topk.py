@@ -158,19 +158,20 @@ class Recommender:
         self.catalogue = catalogue
         # a served model's weights do not change: its item representations are computed once, not per call
         # (on Beauty's 12,101 items that was most of one user's latency)
+        # and so is the catalogue side of its logits (Student.item_side, the last-item prior's covariance included)
         self._items: torch.Tensor | None = None
-        if isinstance(model, torch.nn.Module) and hasattr(model, "item_representations"):
+        self._side: Any = None
+        if isinstance(model, torch.nn.Module) and hasattr(model, "item_side"):
             with torch.inference_mode():
                 self._items = model.item_representations()
+                self._side = model.item_side(self._items)
         # the retrieval (pipeline.recommend.retrieval): "exact" scores every item with one matmul; a faiss
         # index holds the catalogue side of the model's logits (Student.item_side) once
         self.index: ItemIndex | None = None
         kind = (index or IndexSpec()).kind(len(catalogue))
         if kind != "exact":
-            if self._items is None or not hasattr(model, "item_side"):
+            if self._side is None:
                 raise DataError(f"recommend.index: {kind} needs a trained student (its item representations)")
-            with torch.inference_mode():
-                self._side = model.item_side(self._items)
             keys = self._side.keys[1:].detach().float().cpu().numpy()
             self.index = ItemIndex(keys, index or IndexSpec(), kind)
             log.info("%s index over %d items", kind, len(catalogue))
@@ -180,11 +181,14 @@ class Recommender:
         """``exact``, ``flat`` or ``hnsw``: how :meth:`top_k_csr` ranks the catalogue."""
         return "exact" if self.index is None else self.index.kind
 
-    def _queries(self, inputs: torch.Tensor) -> np.ndarray:
+    def _query_rows(self, inputs: torch.Tensor) -> torch.Tensor:
         """The user side of the logits (Student.query_side) of left-padded inputs."""
         model: Any = self.model
         hidden, last = model.user_states(inputs, items=self._items)
-        return model.query_side(hidden, last, self._side).detach().float().cpu().numpy()
+        return model.query_side(hidden, last, self._side)
+
+    def _queries(self, inputs: torch.Tensor) -> np.ndarray:
+        return self._query_rows(inputs).detach().float().cpu().numpy()
 
     @classmethod
     def load(
@@ -231,8 +235,8 @@ class Recommender:
                 if mask_history:
                     return self.index.search(self._queries(inputs), k, hist_indptr, hist_items)
                 return self.index.search(self._queries(inputs), k)
-            if self._items is not None:
-                scores = self.model.user_scores(inputs, items=self._items)
+            if self._side is not None:
+                scores = self._query_rows(inputs) @ self._side.keys.T  # the model's user_scores
             else:
                 scores = self.model.user_scores(inputs)
             if mask_history:
