@@ -9,7 +9,8 @@ For each variant (default: ``sasrec_id``, ``kdsr_twin`` = the text model with th
 - peak resident memory of the training process (and of the GPU on CUDA);
 - inference: full-catalogue scoring of every user's test case (the evaluator's batches, history masked,
   top-20 per user) and one user's top-10 latency (median and p95 over ``--latency-users`` single calls, with
-  the item table computed once, as :class:`pipeline.recommend.topk.Recommender` serves a model).
+  the item side computed once, as :class:`pipeline.recommend.topk.Recommender` serves a model; with the
+  last-item prior its blocks are part of it).
 
     python benchmarks/bench_lightweight.py --data /tmp/beauty                     # prepared as for bench_train
     python benchmarks/bench_lightweight.py --data /tmp/beauty --set train.epochs=3 --json out.json
@@ -82,8 +83,9 @@ def inference_costs(model_dir: Path, sequences: Path, device: str, users: int, k
 
     model = load_student(model_dir, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    with torch.inference_mode():  # as a served model (Recommender) does: the item table once, not per call
+    with torch.inference_mode():  # as a served model (Recommender) does: the item side once, not per call
         table = model.item_representations()
+        side = model.item_side(table)  # with the last-item prior: its blocks and covariance
     cases = load_eval_cases(sequences, "test", model.cfg.max_len)
     evaluate_scorer(model.user_scores, cases, [20], True, 1024, device)  # warm-up
     t0 = time.perf_counter()
@@ -98,7 +100,8 @@ def inference_costs(model_dir: Path, sequences: Path, device: str, users: int, k
             lo, hi = int(cases.hist_indptr[c]), int(cases.hist_indptr[c + 1])
             indptr = np.array([0, hi - lo])
             t0 = time.perf_counter()
-            items, _ = top_k(model.user_scores(inputs, items=table), k, indptr, cases.hist_items[lo:hi])
+            scores = model.query_side(*model.user_states(inputs, items=table), side) @ side.keys.T
+            items, _ = top_k(scores, k, indptr, cases.hist_items[lo:hi])
             items.cpu()
             if device == "cuda":
                 torch.cuda.synchronize()
