@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from pipeline.config import DataParams, MLflowParams, ParamsView, section_dict
 from pipeline.data.kcore import kcore_filter
@@ -42,7 +41,7 @@ from pipeline.data.sources.benchmark import load_benchmark_csv
 from pipeline.data.sources.demo import write_demo_raw
 from pipeline.data.sources.sequences import load_sequences
 from pipeline.data.splits import MIN_SEQUENCE_LENGTH, split_boundaries
-from pipeline.data.tables import Dataset, dense_codes, items_table, lengths_summary, sorted_ids, string_array
+from pipeline.data.tables import Dataset, assemble, dense_codes, densify, sorted_ids
 from pipeline.errors import DataError
 from pipeline.io import file_digest, staged_dir, write_json, write_parquet
 from pipeline.layout import ITEMS, SEQUENCES
@@ -116,68 +115,23 @@ def build_dataset(raw: RawData, kcore: int, split: str, test_fraction: float = 0
         )
 
     # dense 1-based ids in sorted original-id order; rows stay sorted by (user, ts, line)
-    user_present = np.bincount(u, minlength=len(user_ids)) > 0
-    item_present = np.bincount(i, minlength=len(item_ids)) > 0
-    new_u = np.cumsum(user_present)[u].astype(np.int32)
-    new_i = np.cumsum(item_present)[i].astype(np.int32)
-    n_users, n_items = int(user_present.sum()), int(item_present.sum())
-    lengths = np.bincount(new_u, minlength=n_users + 1)[1:]
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    dense = densify(u, i, len(user_ids), len(item_ids))
+    lengths = np.bincount(dense.users, minlength=dense.n_users + 1)[1:]
     train_end, valid_end = split_boundaries(lengths, split, test_fraction)
-    sequences = pa.table(
-        {
-            "user": pa.array(np.arange(1, n_users + 1, dtype=np.int32)),
-            "user_id": string_array(user_ids.gather(np.flatnonzero(user_present))),
-            "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(new_i)),
-            "train_end": pa.array(train_end),
-            "valid_end": pa.array(valid_end),
-        }
-    )
-
-    item_counts = np.bincount(new_i, minlength=n_items + 1)[1:]
-    items, meta_counts = items_table(item_ids.gather(np.flatnonzero(item_present)), raw.items, item_counts)
-
-    n_inter = int(u.size)
-    stats: dict[str, Any] = {
-        "users": n_users,
-        "items": n_items,
-        "interactions": n_inter,
-        "density": n_inter / (n_users * n_items),
-        "sequence_length": lengths_summary(lengths),
-        "raw": {
-            "interactions": n_raw,
-            "users": len(user_ids),
-            "items": len(item_ids),
-            "metadata_records": raw.items.height,
-        },
-        "dropped": {
-            "malformed_records": sum(r.malformed for r in raw.reports),
-            "duplicates": duplicates,
-            "kcore_users": core.users_dropped,
-            "kcore_items": core.items_dropped,
-            "kcore_interactions": core.interactions_dropped,
-            "duplicate_metadata_records": raw.metadata_duplicates,
-        },
-        "kcore_passes": core.passes,
-        "metadata": meta_counts,
-        "split_sizes": {
-            "train_interactions": int(train_end.sum()),
-            "valid_targets": int((valid_end - train_end).sum()),
-            "test_targets": int((lengths - valid_end).sum()),
-        },
-        "records": {r.path.name: r.records for r in raw.reports},
-        "malformed": {r.path.name: r.malformed for r in raw.reports},
+    dropped = {
+        "kcore_users": core.users_dropped,
+        "kcore_items": core.items_dropped,
+        "kcore_interactions": core.interactions_dropped,
     }
+    counts = {"raw_interactions": n_raw, "duplicates": duplicates}
+    bounds = (lengths, train_end, valid_end)
+    out = assemble(raw, user_ids, item_ids, dense, bounds, counts, dropped, {"kcore_passes": core.passes})
     log.info(
         "%d users, %d items, %d interactions (from %d raw; %d duplicates, k-core dropped %d users, %d items) in %.1f s",
-        n_users, n_items, n_inter, n_raw, duplicates, core.users_dropped, core.items_dropped, time.perf_counter() - t0,
+        dense.n_users, dense.n_items, int(u.size), n_raw, duplicates, core.users_dropped, core.items_dropped,
+        time.perf_counter() - t0,
     )  # fmt: skip
-    if stats["metadata"]["items_without_metadata"]:
-        log.warning(
-            "%d items (%d interactions) have no metadata record: kept with empty text and no image",
-            stats["metadata"]["items_without_metadata"], stats["metadata"]["interactions_without_metadata"],
-        )  # fmt: skip
-    return Dataset(items, sequences, stats)
+    return out
 
 
 # --------------------------------------------------------------------------------------------- output

@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
 
 import numpy as np
 import polars as pl
-import pyarrow as pa
 
 from pipeline.data.records import RawData
-from pipeline.data.tables import Dataset, dense_codes, items_table, lengths_summary, sorted_ids, string_array
+from pipeline.data.tables import Dataset, assemble, dense_codes, densify, sorted_ids
 from pipeline.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -74,72 +72,26 @@ def build_official_dataset(raw: RawData) -> Dataset:
         )
 
     # dense 1-based ids in sorted original-id order; rows stay sorted by (user, part, ts, line)
-    user_present = np.bincount(u, minlength=len(user_ids)) > 0
-    item_present = np.bincount(i, minlength=len(item_ids)) > 0
-    new_u = np.cumsum(user_present)[u].astype(np.int32)
-    new_i = np.cumsum(item_present)[i].astype(np.int32)
-    n_users, n_items = int(user_present.sum()), int(item_present.sum())
-    per_part = [np.bincount(new_u[part == k], minlength=n_users + 1)[1:] for k in range(3)]
+    dense = densify(u, i, len(user_ids), len(item_ids))
+    n_users, n_items = dense.n_users, dense.n_items
+    per_part = [np.bincount(dense.users[part == k], minlength=n_users + 1)[1:] for k in range(3)]
     lengths = per_part[0] + per_part[1] + per_part[2]
-    train_end = per_part[0].astype(np.int32)
-    valid_end = (per_part[0] + per_part[1]).astype(np.int32)
-    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
-    sequences = pa.table(
-        {
-            "user": pa.array(np.arange(1, n_users + 1, dtype=np.int32)),
-            "user_id": string_array(user_ids.gather(np.flatnonzero(user_present))),
-            "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(new_i)),
-            "train_end": pa.array(train_end),
-            "valid_end": pa.array(valid_end),
-        }
-    )
-    item_counts = np.bincount(new_i, minlength=n_items + 1)[1:]
-    items, meta_counts = items_table(item_ids.gather(np.flatnonzero(item_present)), raw.items, item_counts)
-    held_out_only = np.bincount(new_i[part == 0], minlength=n_items + 1)[1:] == 0
-
-    n_inter = int(u.size)
-    stats: dict[str, Any] = {
-        "users": n_users,
-        "items": n_items,
-        "interactions": n_inter,
-        "density": n_inter / (n_users * n_items),
-        "sequence_length": lengths_summary(lengths),
-        "raw": {
-            "interactions": n_raw,
-            "users": len(user_ids),
-            "items": len(item_ids),
-            "metadata_records": raw.items.height,
-        },
-        "dropped": {
-            "malformed_records": sum(r.malformed for r in raw.reports),
-            "duplicates": duplicates,
-            "users_without_training_items": users_dropped,
-            "held_out_rows_of_those_users": targets_dropped,
-            "duplicate_metadata_records": raw.metadata_duplicates,
-        },
-        "official": {
-            "items_only_held_out": int(held_out_only.sum()),
-            "interactions_of_items_only_held_out": int(item_counts[held_out_only].sum()),
-            "users_without_valid_target": int((per_part[1] == 0).sum()),
-            "users_without_test_target": int((per_part[2] == 0).sum()),
-        },
-        "metadata": meta_counts,
-        "split_sizes": {
-            "train_interactions": int(per_part[0].sum()),
-            "valid_targets": int(per_part[1].sum()),
-            "test_targets": int(per_part[2].sum()),
-        },
-        "records": {r.path.name: r.records for r in raw.reports},
-        "malformed": {r.path.name: r.malformed for r in raw.reports},
+    bounds = (lengths, per_part[0], per_part[0] + per_part[1])
+    item_counts = np.bincount(dense.items, minlength=n_items + 1)[1:]
+    held_out_only = np.bincount(dense.items[part == 0], minlength=n_items + 1)[1:] == 0
+    official = {
+        "items_only_held_out": int(held_out_only.sum()),
+        "interactions_of_items_only_held_out": int(item_counts[held_out_only].sum()),
+        "users_without_valid_target": int((per_part[1] == 0).sum()),
+        "users_without_test_target": int((per_part[2] == 0).sum()),
     }
+    dropped = {"users_without_training_items": users_dropped, "held_out_rows_of_those_users": targets_dropped}
+    counts = {"raw_interactions": n_raw, "duplicates": duplicates}
+    out = assemble(raw, user_ids, item_ids, dense, bounds, counts, dropped, {"official": official})
     log.info(
         "%d users, %d items, %d interactions (official %s split; from %d rows: %d duplicates, %d users without "
         "a training row dropped) in %.1f s",
-        n_users, n_items, n_inter, raw.official_split, n_raw, duplicates, users_dropped, time.perf_counter() - t0,
+        n_users, n_items, int(u.size), raw.official_split, n_raw, duplicates, users_dropped,
+        time.perf_counter() - t0,
     )  # fmt: skip
-    if meta_counts["items_without_metadata"]:
-        log.warning(
-            "%d items (%d interactions) have no metadata record: kept with empty text and no image",
-            meta_counts["items_without_metadata"], meta_counts["interactions_without_metadata"],
-        )  # fmt: skip
-    return Dataset(items, sequences, stats)
+    return out

@@ -3,12 +3,15 @@ numbering of original ids, the items table with its metadata counts, and sequenc
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -90,3 +93,105 @@ def items_table(
         "items_with_image": int(frame.get_column("image").is_not_null().sum()),
     }
     return table, counts
+
+
+@dataclass(frozen=True)
+class Dense:
+    """Interactions renumbered to dense 1-based ids in sorted original-id order (absent ids dropped)."""
+
+    users: np.ndarray  # (E,) int32 user of each interaction, 1..n_users
+    items: np.ndarray  # (E,) int32 item of each interaction, 1..n_items
+    user_present: np.ndarray  # (len(user_ids),) bool: the original ids kept
+    item_present: np.ndarray
+
+    @property
+    def n_users(self) -> int:
+        return int(self.user_present.sum())
+
+    @property
+    def n_items(self) -> int:
+        return int(self.item_present.sum())
+
+
+def densify(u: np.ndarray, i: np.ndarray, n_user_ids: int, n_item_ids: int) -> Dense:
+    """Dense ids of the interactions ``(u, i)`` (0-based codes into the sorted original ids)."""
+    user_present = np.bincount(u, minlength=n_user_ids) > 0
+    item_present = np.bincount(i, minlength=n_item_ids) > 0
+    return Dense(
+        np.cumsum(user_present)[u].astype(np.int32),
+        np.cumsum(item_present)[i].astype(np.int32),
+        user_present,
+        item_present,
+    )
+
+
+def assemble(
+    raw: Any,
+    user_ids: pl.Series,
+    item_ids: pl.Series,
+    dense: Dense,
+    bounds: tuple[np.ndarray, np.ndarray, np.ndarray],
+    counts: dict[str, int],
+    dropped: dict[str, int],
+    extra: dict[str, Any],
+) -> Dataset:
+    """The items and sequences tables and their statistics, shared by the ingest builders.
+
+    Args:
+        raw: the :class:`pipeline.data.records.RawData` read (its metadata, reports and duplicate count).
+        dense: the kept interactions, rows sorted by user then time.
+        bounds: (lengths, train_end, valid_end) per user.
+        counts: ``raw_interactions`` (rows parsed) and ``duplicates`` (repeated (user, item) rows dropped).
+        dropped: the builder's own dropped counts (between ``duplicates`` and ``duplicate_metadata_records``).
+        extra: the builder's own statistics, after ``dropped``.
+    """
+    lengths, train_end, valid_end = bounds
+    n_users, n_items = dense.n_users, dense.n_items
+    offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+    sequences = pa.table(
+        {
+            "user": pa.array(np.arange(1, n_users + 1, dtype=np.int32)),
+            "user_id": string_array(user_ids.gather(np.flatnonzero(dense.user_present))),
+            "items": pa.ListArray.from_arrays(pa.array(offsets), pa.array(dense.items)),
+            "train_end": pa.array(np.asarray(train_end, dtype=np.int32)),
+            "valid_end": pa.array(np.asarray(valid_end, dtype=np.int32)),
+        }
+    )
+    item_counts = np.bincount(dense.items, minlength=n_items + 1)[1:]
+    kept_items = item_ids.gather(np.flatnonzero(dense.item_present))
+    items, meta_counts = items_table(kept_items, raw.items, item_counts)
+    n_inter = int(dense.items.size)
+    stats: dict[str, Any] = {
+        "users": n_users,
+        "items": n_items,
+        "interactions": n_inter,
+        "density": n_inter / (n_users * n_items),
+        "sequence_length": lengths_summary(lengths),
+        "raw": {
+            "interactions": counts["raw_interactions"],
+            "users": len(user_ids),
+            "items": len(item_ids),
+            "metadata_records": raw.items.height,
+        },
+        "dropped": {
+            "malformed_records": sum(r.malformed for r in raw.reports),
+            "duplicates": counts["duplicates"],
+            **dropped,
+            "duplicate_metadata_records": raw.metadata_duplicates,
+        },
+        **extra,
+        "metadata": meta_counts,
+        "split_sizes": {
+            "train_interactions": int(np.sum(train_end)),
+            "valid_targets": int(np.sum(valid_end - train_end)),
+            "test_targets": int(np.sum(lengths - valid_end)),
+        },
+        "records": {r.path.name: r.records for r in raw.reports},
+        "malformed": {r.path.name: r.malformed for r in raw.reports},
+    }
+    if meta_counts["items_without_metadata"]:
+        log.warning(
+            "%d items (%d interactions) have no metadata record: kept with empty text and no image",
+            meta_counts["items_without_metadata"], meta_counts["interactions_without_metadata"],
+        )  # fmt: skip
+    return Dataset(items, sequences, stats)
