@@ -129,19 +129,23 @@ def assert_same_top_k(body: dict, expected: list[tuple[list[str], list[float]]])
         assert p["scores"] == pytest.approx(scores, rel=1e-6)
 
 
+def assert_serves_top_k(url: str, reg: Registered) -> None:
+    """The model's top-5 for the registered histories, and MLflow's 400 naming an unknown id."""
+    status, body = post(
+        f"{url}/invocations", {"dataframe_records": [{"items": h} for h in reg.histories], "params": {"k": 5}}
+    )
+    assert status == 200, body
+    assert_same_top_k(body, expected_top_k(reg, 5))
+    status, body = post(f"{url}/invocations", {"dataframe_records": [{"items": ["B000000001", "nope"]}]})
+    assert status == 400 and "unknown item id(s): nope" in body["message"]
+
+
 def test_mlflow_models_serve_answers_with_the_top_k(registered: Registered) -> None:
     port = free_loopback_port()
     cmd = [str(Path(sys.executable).parent / "mlflow"), "models", "serve", "-m", registered.model]
     cmd += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
     with running(cmd, registered, port, "mlflow-serve.log") as url:
-        status, body = post(
-            f"{url}/invocations",
-            {"dataframe_records": [{"items": h} for h in registered.histories], "params": {"k": 5}},
-        )
-        assert status == 200, body
-        assert_same_top_k(body, expected_top_k(registered, 5))
-        status, body = post(f"{url}/invocations", {"dataframe_records": [{"items": ["B000000001", "nope"]}]})
-        assert status == 400 and "unknown item id(s): nope" in body["message"]
+        assert_serves_top_k(url, registered)
 
 
 def post_bytes(url: str, data: bytes | Iterator[bytes]) -> tuple[int, dict]:
@@ -188,14 +192,7 @@ def test_stages_serve_refuses_deep_and_large_bodies_and_otherwise_answers_as_mlf
         assert status == 413 and "limit of 300000 bytes" in body["message"]
 
         # everything else is MLflow's scoring server: the same answers as `mlflow models serve`
-        status, body = post(
-            f"{url}/invocations",
-            {"dataframe_records": [{"items": h} for h in registered.histories], "params": {"k": 5}},
-        )
-        assert status == 200, body
-        assert_same_top_k(body, expected_top_k(registered, 5))
-        status, body = post(f"{url}/invocations", {"dataframe_records": [{"items": ["B000000001", "nope"]}]})
-        assert status == 400 and "unknown item id(s): nope" in body["message"]
+        assert_serves_top_k(url, registered)
         for route in ("/ping", "/health"):
             with urllib.request.urlopen(f"{url}{route}", timeout=10) as r:
                 assert (r.status, r.read()) == (200, b"\n")
