@@ -269,10 +269,19 @@ class Student(nn.Module):
         for ``"cos"`` both rows L2-normalised and the hidden side divided by the temperature, so a logit is
         cos(h, e) / temperature (the padding row, all zeros, stays zero). The training loss and every scorer
         go through here, so they rank alike."""
+        return self._user_factor(hidden), self._item_factor(items)
+
+    def _user_factor(self, hidden: torch.Tensor) -> torch.Tensor:
+        """The user side of :meth:`logit_factors`."""
         if self.cfg.scoring == "dot":
-            return hidden, items
-        h = nn.functional.normalize(hidden.float(), dim=-1) / self.cfg.temperature
-        return h.to(hidden.dtype), nn.functional.normalize(items.float(), dim=-1).to(items.dtype)
+            return hidden
+        return (nn.functional.normalize(hidden.float(), dim=-1) / self.cfg.temperature).to(hidden.dtype)
+
+    def _item_factor(self, items: torch.Tensor) -> torch.Tensor:
+        """The item side of :meth:`logit_factors`."""
+        if self.cfg.scoring == "dot":
+            return items
+        return nn.functional.normalize(items.float(), dim=-1).to(items.dtype)
 
     def full_scores(self, hidden: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
         """Scores of every item: (..., H) -> (..., N+1), one matmul against the whole catalogue."""
@@ -305,7 +314,7 @@ class Student(nn.Module):
         """The catalogue side of the logits for ``items`` (:meth:`item_representations`): :meth:`logit_factors`'
         item rows, plus, with the last-item prior (``prior``, default: when the model's weight is not 0), one
         block per modality of the L2-normalised table (padding row 0) and the covariance that scales it."""
-        _, keys = self.logit_factors(items[:1], items)
+        keys = self._item_factor(items)
         if not (self.cfg.last_item_prior > 0 if prior is None else prior) or not self.cfg.modalities:
             return ItemSide(keys, None)
         rows = keys[1:].float()
@@ -327,7 +336,7 @@ class Student(nn.Module):
         ``w * s / M * u[last]`` with ``s = sqrt(a^T Cov a)``, the std of the user's logits over items 1..N, so a
         logit is ``a.b_j + w * std * mean_m cos(m_last, m_j)`` (``weight``: default the model's).
         """
-        a, _ = self.logit_factors(hidden, side.keys[:1, : hidden.shape[-1]])
+        a = self._user_factor(hidden)
         if side.cov is None:
             return a
         w = self.cfg.last_item_prior if weight is None else weight
