@@ -342,7 +342,7 @@ def test_last_item_prior_adds_the_scaled_table_cosine_to_the_last_item() -> None
     model = make_student(modalities=("text", "image"))
     seq = torch.tensor([[0, 0, 3, 7, 9], [0, 0, 0, 0, 0], [0, 4, 2, 2, 30]])
     base = model.user_scores(seq)
-    model.cfg = dataclasses.replace(model.cfg, last_item_prior=1.5)
+    model.cfg = dataclasses.replace(model.cfg, last_item_prior=1.5, prior_decay=0.0)  # the last item alone
     with torch.no_grad():
         scores = model.user_scores(seq)
         cos = 0
@@ -362,6 +362,29 @@ def test_last_item_prior_adds_the_scaled_table_cosine_to_the_last_item() -> None
     )  # an index over keys sees it
     assert torch.allclose(query @ side.keys.T, scores, atol=1e-5)
     assert torch.allclose(model.query_side(hidden, last, side, weight=0) @ side.keys.T, base, atol=1e-5)
+
+
+def test_the_prior_mixes_the_recent_items_by_decay_and_excluded_inputs_score_minus_infinity() -> None:
+    model = make_student(modalities=("text",))
+    seq = torch.tensor([[0, 0, 3, 7, 9], [0, 0, 0, 0, 5]])
+    base = model.user_scores(seq)
+    model.cfg = dataclasses.replace(model.cfg, last_item_prior=2.0, prior_decay=0.5)
+    with torch.no_grad():
+        scores = model.user_scores(seq)
+        unit = torch.nn.functional.normalize(model.modality_tables["text"].weight, dim=-1)
+        q = torch.stack([(0.25 * unit[3] + 0.5 * unit[7] + 1.0 * unit[9]) / 1.75, unit[5]])
+        prior = q @ unit.T
+        prior[:, 0] = 0.0
+        expected = base + 2.0 * base[:, 1:].std(1, keepdim=True) * prior
+    assert torch.allclose(scores, expected, atol=1e-4)
+    model.cfg = dataclasses.replace(model.cfg, exclude_seen=True)
+    with torch.no_grad():
+        excluded = model.user_scores(seq)
+    assert torch.isinf(excluded[0, [3, 7, 9]]).all() and torch.isinf(excluded[1, 5])
+    keep = torch.ones_like(excluded, dtype=torch.bool)
+    keep[0, [0, 3, 7, 9]] = keep[1, [0, 5]] = False
+    assert torch.equal(excluded[keep], scores[keep])
+    assert StudentConfig.from_dict({"num_items": 3}).prior_decay == 0.0  # an old config: the last item alone
 
 
 def test_last_item_prior_weight_is_saved_and_absent_from_old_configs(tmp_path) -> None:

@@ -52,6 +52,9 @@ class StudentConfig:
     id_init_scale: float = _train("id_init_scale")
     # w of the last-item prior (Student.user_scores), chosen on validation after training; 0 = none
     last_item_prior: float = 0.0
+    prior_decay: float = _train("prior_decay")  # the prior's weight of the item k steps back: decay^k
+    # never recommend an item of the input (train.exclude_seen; with "auto", chosen on validation)
+    exclude_seen: bool = False
     session_graph_last_n: int = _train("session_graph.last_n")
     session_graph_attention_dropout: float = _train("session_graph.attention_dropout")
 
@@ -67,6 +70,8 @@ class StudentConfig:
         "bsarec_window": 0,
         "id_init_scale": 1.0,
         "last_item_prior": 0.0,
+        "prior_decay": 0.0,
+        "exclude_seen": False,
         "session_graph_last_n": 2,
         "session_graph_attention_dropout": 0.2,
     }
@@ -80,6 +85,8 @@ class StudentConfig:
         "bsarec_window",
         "id_init_scale",
         "last_item_prior",
+        "prior_decay",
+        "exclude_seen",
         "session_graph_last_n",
         "session_graph_attention_dropout",
     )

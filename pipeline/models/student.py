@@ -18,10 +18,12 @@ table's scale (and so its learning rate) reaches the backbone, and weighs the pa
 scores of one shared MLP (``Linear(H, H) -> ReLU -> Linear(H, 1)``, no bias on the last layer). The backbone's input dropout follows.
 
 The last-item prior (``cfg.last_item_prior`` = w > 0, chosen on validation after training): a user's logits
-gain ``w * std_j(logit_j) * mean_m cos(m_last, m_j)``, with ``m`` the modality tables and ``m_last`` the row of
-the input's last item, so items close to the one just seen in the distilled geometry move up; the std puts w on
-the scale of each user's own logits. It is one more inner product (:meth:`item_side`, :meth:`query_side`), so an index
-over the item side ranks with it. Training never uses it.
+gain ``w * std_j(logit_j) * mean_m <q_m, u_m[j]>``, with ``u_m`` the L2-normalised rows of the modality table
+``m`` and ``q_m = sum_k a_k u_m[x_{t-k}]`` the recency-weighted mean of the input's items (``a_k`` proportional
+to ``cfg.prior_decay ** k``; decay 0 = the last item alone, its cosine), so items close to the ones just seen
+in the distilled geometry move up; the std puts w on the scale of each user's own logits. It is one more inner
+product (:meth:`item_side`, :meth:`query_side`), so an index over the item side ranks with it. Training never
+uses it. With ``cfg.exclude_seen`` the items of the input are never recommended (:meth:`user_scores`).
 
 The distillation heads read ``m`` directly: the holistic score ξ(P m_i, P m_j) with ``P`` per
 ``kd_projection`` (:data:`KD_PROJECTIONS`: ``identity``-initialised linear map, the authors' two ``random``
@@ -32,6 +34,7 @@ per sub-vector, each reading its own slice of |m_i - m_j| (:class:`SubVectorCode
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import get_args
@@ -42,57 +45,13 @@ from torch import nn
 from pipeline.config.train import KDProjection, Output, Scoring
 from pipeline.models.backbones import BSARec, GRU4Rec, SASRec
 from pipeline.models.config import StudentConfig
+from pipeline.models.fusion import FUSIONS
 from pipeline.models.heads import CodeHead, SubVectorCodeHeads
 from pipeline.models.session_graph import SessionGraph
 
 OUTPUTS: tuple[str, ...] = get_args(Output)
 KD_PROJECTIONS: tuple[str, ...] = get_args(KDProjection)
 
-
-def _norm_linear(dim: int, hidden: int) -> nn.Module:
-    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, hidden))
-
-
-def _sum_parts(model: Student, parts: list[torch.Tensor]) -> torch.Tensor:
-    return torch.stack(parts, 0).sum(0)
-
-
-def _concat_parts(model: Student, parts: list[torch.Tensor]) -> torch.Tensor:
-    return model.fuse(torch.cat(parts, -1))
-
-
-def _gate_parts(model: Student, parts: list[torch.Tensor]) -> torch.Tensor:
-    """Softmax over the parts' gate scores, per item."""
-    stacked = torch.stack(parts, -2)  # (..., P, H)
-    w = torch.softmax(model.gate(stacked), dim=-2)  # (..., P, 1)
-    return (w * stacked).sum(-2)
-
-
-def _paper_gate(hidden: int, n_parts: int) -> dict[str, nn.Module]:
-    # no bias on the score: a constant shared by the parts cancels in the softmax (its gradient is 0 up to
-    # rounding, which Adam would blow up into lr-sized steps)
-    return {"gate": nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, 1, bias=False))}
-
-
-@dataclass(frozen=True)
-class Fusion:
-    """How one ``fusion`` setting maps a modality row into the hidden size and combines the parts.
-
-    ``modules(hidden, n_parts)`` names the fusion's own modules, registered on the student under those
-    attribute names (so saved weights keep their keys); ``combine(student, parts)`` uses them.
-    """
-
-    to_hidden: Callable[[int, int], nn.Module]  # (modality dim, hidden) -> the map of a table row
-    modules: Callable[[int, int], dict[str, nn.Module]]
-    combine: Callable[[Student, list[torch.Tensor]], torch.Tensor]
-
-
-FUSIONS: dict[str, Fusion] = {
-    "sum": Fusion(_norm_linear, lambda h, n: {}, _sum_parts),
-    "gate": Fusion(_norm_linear, lambda h, n: {"gate": nn.Linear(h, 1)}, _gate_parts),
-    "concat": Fusion(_norm_linear, lambda h, n: {"fuse": nn.Linear(h * n, h)}, _concat_parts),
-    "paper_gate": Fusion(lambda d, h: nn.Linear(d, h, bias=False), _paper_gate, _gate_parts),
-}
 
 BACKBONES: dict[str, Callable[[StudentConfig], nn.Module]] = {
     "sasrec": lambda c: SASRec(c.hidden, c.layers, c.heads, c.dropout, c.max_len),
@@ -292,7 +251,8 @@ class Student(nn.Module):
     def user_states(
         self, seq: torch.Tensor, chunk: int = 256, items: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The hidden state at the last position of left-padded inputs (B, L), and their last items (B,).
+        """The hidden state at the last position of left-padded inputs (B, L), and the inputs' window (their
+        last ``max_len`` items, (B, min(L, max_len))), for :meth:`query_side`.
 
         Rows are encoded in chunks of similar length with all-padding columns dropped; exact, because the
         encoders do not depend on left padding, and several times faster on short-sequence data. ``items``:
@@ -308,7 +268,7 @@ class Student(nn.Module):
             sub = seq[rows]
             longest = max(1, int((sub != 0).sum(1).max()))
             h[rows] = self.encode(sub[:, -longest:], table)[:, -1]
-        return h, seq[:, -1]
+        return h, seq
 
     def item_side(self, items: torch.Tensor, prior: bool | None = None) -> ItemSide:
         """The catalogue side of the logits for ``items`` (:meth:`item_representations`): :meth:`logit_factors`'
@@ -328,13 +288,14 @@ class Student(nn.Module):
         return ItemSide(torch.cat([keys.float(), *units], -1).to(keys.dtype), cov)
 
     def query_side(
-        self, hidden: torch.Tensor, last: torch.Tensor, side: ItemSide, weight: float | None = None
+        self, hidden: torch.Tensor, recent: torch.Tensor, side: ItemSide, weight: float | None = None
     ) -> torch.Tensor:
         """The user side (B, D) of the logits, so that ``query_side(...) @ side.keys.T`` are the scores.
 
         :meth:`logit_factors`' user rows ``a``; with the prior blocks, each modality's block is
-        ``w * s / M * u[last]`` with ``s = sqrt(a^T Cov a)``, the std of the user's logits over items 1..N, so a
-        logit is ``a.b_j + w * std * mean_m cos(m_last, m_j)`` (``weight``: default the model's).
+        ``w * s / M * q`` with ``s = sqrt(a^T Cov a)``, the std of the user's logits over items 1..N, and ``q``
+        the recency-weighted mean of the unit rows of ``recent`` ((B, L) left-padded ids, or (B,) last items),
+        so a logit is ``a.b_j + w * std * mean_m <q_m, u_m[j]>`` (``weight``: default the model's).
         """
         a = self._user_factor(hidden)
         if side.cov is None:
@@ -342,21 +303,37 @@ class Student(nn.Module):
         w = self.cfg.last_item_prior if weight is None else weight
         std = ((a.float() @ side.cov) * a.float()).sum(-1).clamp_min(0).sqrt()  # (B,)
         scale = (w * std / len(self.cfg.modalities))[:, None]
+        cols, mix = self._recency(recent.reshape(len(a), -1))
         h, d = a.shape[-1], self.cfg.modality_dim
         blocks = [
-            scale * side.keys[last, h + k * d : h + (k + 1) * d].float()
+            scale * torch.einsum("bn,bnd->bd", mix, side.keys[cols, h + k * d : h + (k + 1) * d].float())
             for k in range(len(self.cfg.modalities))
         ]
         return torch.cat([a.float(), *blocks], -1).to(a.dtype)
+
+    def _recency(self, recent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last n columns of left-padded ids (B, L) and their weights (B, n): ``decay ** k`` for the item k
+        steps back, 0 for padding, each row summing to 1 (n: while ``decay ** k >= 1e-4``)."""
+        decay = self.cfg.prior_decay
+        n = 1 if decay <= 0 else 1 + math.ceil(math.log(1e-4) / math.log(decay))
+        cols = recent[:, -min(n, recent.shape[1]) :]
+        age = torch.arange(cols.shape[1] - 1, -1, -1, device=cols.device, dtype=torch.float32)
+        mix = torch.pow(torch.full_like(age, decay), age) * (cols != 0)
+        return cols, mix / mix.sum(1, keepdim=True).clamp_min(1e-12)
 
     def user_scores(
         self, seq: torch.Tensor, chunk: int = 256, items: torch.Tensor | None = None
     ) -> torch.Tensor:
         """Next-item scores (B, N+1) of left-padded inputs (B, L): :meth:`user_states` scored through
-        :meth:`query_side` and :meth:`item_side` (the last-item prior included when the model has one)."""
+        :meth:`query_side` and :meth:`item_side` (the last-item prior included when the model has one), with
+        the input's items at ``-inf`` when the model excludes them (``cfg.exclude_seen``)."""
         items = self.item_representations() if items is None else items
         side = self.item_side(items)
-        return self.query_side(*self.user_states(seq, chunk, items), side) @ side.keys.T
+        hidden, recent = self.user_states(seq, chunk, items)
+        scores = self.query_side(hidden, recent, side) @ side.keys.T
+        if self.cfg.exclude_seen:
+            scores.scatter_(1, recent, float("-inf"))  # column 0 (padding) is never ranked anyway
+        return scores
 
     # ------------------------------------------------------------------ distillation heads
     def modality_vectors(self, modality: str, ids: torch.Tensor) -> torch.Tensor:

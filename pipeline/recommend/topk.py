@@ -184,8 +184,8 @@ class Recommender:
     def _query_rows(self, inputs: torch.Tensor) -> torch.Tensor:
         """The user side of the logits (Student.query_side) of left-padded inputs."""
         model: Any = self.model
-        hidden, last = model.user_states(inputs, items=self._items)
-        return model.query_side(hidden, last, self._side)
+        hidden, recent = model.user_states(inputs, items=self._items)
+        return model.query_side(hidden, recent, self._side)
 
     def _queries(self, inputs: torch.Tensor) -> np.ndarray:
         return self._query_rows(inputs).detach().float().cpu().numpy()
@@ -220,6 +220,8 @@ class Recommender:
         flat = np.asarray(flat, dtype=np.int64)
         offsets = np.asarray(offsets, dtype=np.int64)
         lengths = np.diff(offsets)
+        # a student that excludes the items it is given (chosen on validation) masks them whatever is asked
+        mask_history = mask_history or bool(getattr(getattr(self.model, "cfg", None), "exclude_seen", False))
         if len(lengths) and lengths.min() < 1:
             raise DataError(
                 f"history {int(np.argmin(lengths))} of the batch is empty: nothing to recommend from"

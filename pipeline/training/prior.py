@@ -1,8 +1,12 @@
-"""The last-item prior's weight, chosen on validation once training is over.
+"""The post-hoc scoring choices of a trained student, made on validation once training is over: the last-item
+prior's weight and whether it excludes the items of its input.
 
-The trained student encodes each validation batch once; each candidate weight w scores it through
-:meth:`Student.query_side` (its logits + w x their std x the modality tables' cosine to the input's last item).
-The weight with the best validation NDCG@10 wins (the smallest on a tie, so 0 = no prior when nothing helps).
+The trained student encodes each validation batch once; each candidate (weight w, exclude) scores it through
+:meth:`Student.query_side` (its logits + w x their std x the modality tables' cosine to the input's recent
+items), with the input's items at -inf when excluded, as :meth:`Student.user_scores` would. The candidate with
+the best validation NDCG@10 wins; ties go to the smaller weight and to not excluding, so w = 0 and keeping the
+items are the choice when nothing helps. Under history masking excluding changes nothing, so it is never chosen
+there.
 """
 
 from __future__ import annotations
@@ -22,9 +26,12 @@ from pipeline.training.validation import SELECT_METRIC
 
 if TYPE_CHECKING:
     from pipeline.config import EvalParams
+    from pipeline.config.train import TrainParams
     from pipeline.tracking import Tracker
 
 log = logging.getLogger(__name__)
+
+Choice = tuple[float, bool]  # (prior weight, exclude the input's items)
 
 
 def choose_prior_weight(
@@ -35,50 +42,79 @@ def choose_prior_weight(
     mask_history: bool,
     batch_size: int,
     device: torch.device,
-) -> tuple[float, dict[float, dict[str, float]]]:
-    """Validation metrics of ``model`` for each prior weight; returns (the chosen weight, metrics by weight).
+    exclude: Sequence[bool] = (False,),
+) -> tuple[Choice, dict[Choice, dict[str, float]]]:
+    """Validation metrics of ``model`` for each (weight, exclude) candidate; returns (the chosen candidate,
+    metrics by candidate). ``exclude``: the exclusion settings to try.
 
-    ``model`` is not changed (the caller stores the chosen weight in its config).
+    ``model`` is not changed (the caller stores the choice in its config).
     """
-    candidates = sorted({float(w) for w in weights})
+    candidates = [
+        (float(w), bool(x)) for x in sorted(set(exclude)) for w in sorted({float(w) for w in weights})
+    ]
     n = len(cases)
-    ranks = {w: np.empty(n, dtype=np.int64) for w in candidates}
+    ranks = {c: np.empty(n, dtype=np.int64) for c in candidates}
     model.eval()
     with torch.inference_mode():
         items = model.item_representations()
-        side = model.item_side(items, prior=True)
+        side = model.item_side(items, prior=any(w > 0 for w, _ in candidates))
         for s in range(0, n, batch_size):
             e = min(s + batch_size, n)
-            hidden, last = model.user_states(cases.inputs[s:e].to(device), items=items)
+            hidden, recent = model.user_states(cases.inputs[s:e].to(device), items=items)
             lo, hi = int(cases.hist_indptr[s]), int(cases.hist_indptr[e])
-            for w in candidates:
+            for w, excluded in candidates:
+                scores = model.query_side(hidden, recent, side, weight=w) @ side.keys.T
+                if excluded:
+                    scores.scatter_(1, recent, float("-inf"))
                 r = rank_targets(
-                    model.query_side(hidden, last, side, weight=w) @ side.keys.T,
+                    scores,
                     cases.targets[s:e].to(device),
                     cases.hist_indptr[s : e + 1] - lo,
                     cases.hist_items[lo:hi],
                     mask_history,
                 )
-                ranks[w][s:e] = r.cpu().numpy()
-    metrics = {w: metrics_from_ranks(ranks[w], ks) for w in candidates}
-    best = max(candidates, key=lambda w: (metrics[w][SELECT_METRIC], -w))
+                ranks[(w, excluded)][s:e] = r.cpu().numpy()
+    metrics = {c: metrics_from_ranks(ranks[c], ks) for c in candidates}
+    best = max(candidates, key=lambda c: (metrics[c][SELECT_METRIC], -c[0], not c[1]))
     return best, metrics
 
 
 def set_prior_weight(
     model: Student,
     cases: EvalCases,
-    weights: Sequence[float],
+    train_params: TrainParams,
     eval_params: EvalParams,
     device: torch.device,
     tracker: Tracker,
-) -> dict[str, float]:
-    """Choose the weight on ``cases`` (validation), store it in ``model.cfg``, log it; the chosen weight's
-    validation metrics."""
-    ev = eval_params
-    w, by_weight = choose_prior_weight(model, cases, weights, ev.ks, ev.mask_history, ev.batch_size, device)
-    model.cfg = dataclasses.replace(model.cfg, last_item_prior=w)
-    shown = ", ".join(f"{k:g}: {m[SELECT_METRIC]:.4f}" for k, m in by_weight.items())
-    log.info("last-item prior: weight %g (valid %s by weight: %s)", w, SELECT_METRIC, shown)
-    tracker.log_metrics({"last_item_prior": w, **{f"prior_valid_{k}": v for k, v in by_weight[w].items()}})
-    return by_weight[w]
+) -> dict[str, float] | None:
+    """Choose the prior's weight (from ``train.last_item_prior``; none when the model has no modality) and the
+    exclusion (``train.exclude_seen``: auto = by validation when it can matter, i.e. without history masking;
+    never; always) on ``cases`` (validation), store them in ``model.cfg``, log them; the choice's validation
+    metrics, or None when there is nothing to choose (the model is left as it is)."""
+    ev, weights = eval_params, list(train_params.last_item_prior)
+    weights = weights if model.cfg.modalities and weights else [0.0]
+    exclude = {"always": [True], "never": [False]}.get(train_params.exclude_seen, [False, True])
+    if ev.mask_history and len(exclude) > 1:
+        exclude = [False]  # auto: it changes nothing under masking, so keep the items and rank once
+    if weights == [0.0] and exclude == [False]:
+        return None  # nothing to choose
+    (w, excluded), by = choose_prior_weight(
+        model, cases, weights, ev.ks, ev.mask_history, ev.batch_size, device, exclude
+    )
+    model.cfg = dataclasses.replace(model.cfg, last_item_prior=w, exclude_seen=excluded)
+    shown = ", ".join(f"{k:g}{' excluding' if x else ''}: {m[SELECT_METRIC]:.4f}" for (k, x), m in by.items())
+    log.info(
+        "last-item prior: weight %g%s (valid %s: %s)",
+        w,
+        ", the input's items excluded" if excluded else "",
+        SELECT_METRIC,
+        shown,
+    )
+    tracker.log_metrics(
+        {
+            "last_item_prior": w,
+            "exclude_seen": float(excluded),
+            **{f"prior_valid_{k}": v for k, v in by[(w, excluded)].items()},
+        }
+    )
+    return by[(w, excluded)]

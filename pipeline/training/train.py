@@ -366,12 +366,12 @@ class TrainRecipe:
         return summary
 
     def _save_model(self, best_valid: dict[str, float]) -> dict[str, float]:
-        """Save the best epoch's weights (with the last-item prior's weight, chosen here); its valid metrics."""
+        """Save the best epoch's weights (with the post-hoc choices made here); its valid metrics."""
         job, state, model = self.job, self.state, self.t.model
         model.load_state_dict(self.best_state)
-        if (grid := self.train.last_item_prior) and model.cfg.modalities:  # its weight, by validation
-            ev, cases = self.job.eval_params, self.t.valid_cases
-            best_valid = set_prior_weight(model, cases, grid, ev, self.device, self.tracker)
+        ev, cases = job.eval_params, self.t.valid_cases  # the post-hoc choices, on validation
+        chosen = set_prior_weight(model, cases, self.train, ev, self.device, self.tracker)
+        best_valid = chosen or best_valid
         weights = save_student(
             model,
             job.model_dir,
