@@ -286,3 +286,14 @@ def test_max_users_and_its_seed_from_a_params_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="eval.max_users"):
         load_params(f)
 
+
+def test_only_the_evaluate_stage_reads_max_users() -> None:
+    """Training validates on every user: its params view has eval's ks, mask_history and batch_size only, so a
+    new eval.max_users reruns evaluate alone under DVC and never reaches the model's recorded config."""
+    from pipeline.config import UndeclaredParamError, section_dict, stage_params
+
+    train_eval = stage_params("train").eval
+    assert section_dict(train_eval) == {"ks": [5, 10, 20, 50], "mask_history": True, "batch_size": 1024}
+    with pytest.raises(UndeclaredParamError, match="reads params key 'eval.max_users'"):
+        _ = train_eval.max_users
+    assert stage_params("evaluate").eval.max_users is None
