@@ -56,7 +56,23 @@ class EvalParams(Section):
         description="leave the items of the user's history out of the ranking (false: RecBole's protocol, "
         "the user's own past items stay in it)",
     )
-    batch_size: int = Field(1024, ge=1, le=10_000_000, description="cases scored at once")
+    batch_size: int = Field(
+        1024,
+        ge=1,
+        le=10_000_000,
+        description="cases scored at once (memory: a few batch_size x catalogue score blocks)",
+    )
+    max_users: int | None = Field(
+        None,
+        ge=1,
+        le=1_000_000_000,
+        description="rank only a fixed sample of this many users (null: every user), for user bases and "
+        "catalogues too big to rank everyone: the same users in every run and in validation and test; the "
+        "metrics are then estimates, and metrics.json says how many users were ranked (users_ranked)",
+    )
+    sample_seed: int = Field(
+        0, ge=0, le=MAX_SEED, description="seed of the eval.max_users sample (the same seed: the same users)"
+    )
 
     @field_validator("ks")
     @classmethod

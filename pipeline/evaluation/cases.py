@@ -45,8 +45,13 @@ class EvalCases:
 
 
 # --------------------------------------------------------------------------------------------- cases
-def cases_from_sequences(seqs: Sequences, part: Part, max_len: int) -> EvalCases:
+def cases_from_sequences(
+    seqs: Sequences, part: Part, max_len: int, rows: np.ndarray | None = None
+) -> EvalCases:
     """One evaluation case per held-out ``part`` target of CSR sequences (users = ``seqs.users``).
+
+    ``rows`` (row positions) keeps only those users' targets (default: every user's); the checks below still
+    cover every row, and only the kept users' cases are built.
 
     Raises:
         ValueError: a bad ``part`` or ``max_len``, inconsistent split boundaries, a padding id (0) in a
@@ -72,13 +77,18 @@ def cases_from_sequences(seqs: Sequences, part: Part, max_len: int) -> EvalCases
 
     start, stop = (train_end, valid_end) if part == "valid" else (valid_end, lengths)
     per_user = stop - start  # targets per user
+    first_item = np.flatnonzero((per_user > 0) & (start < 1))  # a user's first target is at `start`
+    if len(first_item):
+        r = int(first_item[0])
+        raise ValueError(f"sequence at row {r}: a {part} target is its first item (no items before it)")
+    if rows is not None:
+        keep = np.zeros(n_users, dtype=bool)
+        keep[np.asarray(rows, dtype=np.int64)] = True
+        per_user = np.where(keep, per_user, 0)
     n_cases = int(per_user.sum())
     case_user_row = np.repeat(np.arange(n_users, dtype=np.int64), per_user)  # (C,)
     case_first = np.repeat(np.cumsum(per_user) - per_user, per_user)
     pos = np.repeat(start, per_user) + (np.arange(n_cases, dtype=np.int64) - case_first)  # (C,) position
-    if n_cases and pos.min() < 1:
-        r = int(case_user_row[int(np.argmin(pos))])
-        raise ValueError(f"sequence at row {r}: a {part} target is its first item (no items before it)")
     base = offsets[:-1][case_user_row]  # (C,) flat index of each case's first item
     targets = flat[base + pos] if n_cases else np.zeros(0, dtype=np.int64)
     inputs, hist_indptr, hist_items = history_windows(flat, base, pos, max_len)

@@ -1,9 +1,10 @@
 """The evaluate stage: trained student + sequences -> reports/metrics.json and reports/per_user.parquet.
 
 Full ranking over the whole catalogue for the validation and the test part (docs/DESIGN.md: Evaluation), with
-the popularity baseline computed alongside as the floor a model must beat. Metrics are mirrored to the MLflow
-run of the training that produced the model (found by the ``model.sha256`` tag), or to a new run when there is
-none.
+the popularity baseline computed alongside as the floor a model must beat. With ``eval.max_users`` only a fixed,
+seeded sample of users is ranked (:func:`sample_users`), still against the whole catalogue. Metrics are mirrored to
+the MLflow run of the training that produced the model (found by the ``model.sha256`` tag), or to a new run when
+there is none.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
-from pipeline.artifacts import read_sequences
+from pipeline.artifacts import Sequences, read_sequences
 from pipeline.config import EvalParams, MLflowParams, ParamsView
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
@@ -51,6 +52,28 @@ def _load_model(model_dir: Path, device: torch.device) -> Scorer:
         raise PipelineError(
             f"{model_dir}: cannot load the model ({err}); run the train stage first"
         ) from None
+
+
+def sample_users(users: np.ndarray, max_users: int | None, seed: int) -> np.ndarray | None:
+    """The sorted ids of a fixed sample of ``max_users`` of ``users``, or None when every user is to be ranked
+    (``max_users`` None or not below the number of users).
+
+    Drawn with ``numpy.random.default_rng(seed)`` without replacement from the sorted distinct ids: it depends
+    on the set of user ids, ``max_users`` and ``seed`` only (not on the row order nor on the part), so the
+    validation and the test part rank the same users, in every run.
+    """
+    ids = np.unique(np.asarray(users, dtype=np.int64))
+    if max_users is None or int(max_users) >= len(ids):
+        return None
+    pick = np.random.default_rng(seed).choice(len(ids), size=int(max_users), replace=False)
+    return ids[np.sort(pick)]
+
+
+def _users_with_targets(seqs: Sequences, part: str, rows: np.ndarray | None) -> int:
+    """How many users (of ``rows``, default all) have at least one ``part`` target."""
+    start, stop = (seqs.train_end, seqs.valid_end) if part == "valid" else (seqs.valid_end, seqs.lengths)
+    has = stop > start
+    return int(has.sum() if rows is None else has[rows].sum())
 
 
 def _per_user_table(cases: dict[str, EvalCases], ranks: dict[str, np.ndarray]) -> pa.Table:
@@ -137,7 +160,7 @@ def run_evaluate(
     """Evaluate the trained student on the validation and test parts with full ranking.
 
     Args:
-        eval_params: the ``eval`` params section (ks, mask_history, batch_size).
+        eval_params: the ``eval`` params section (ks, mask_history, batch_size, max_users, sample_seed).
         mlflow_params: the ``mlflow`` params section.
         sequences_path: ``data/processed/sequences.parquet``.
         model_dir: folder with ``model.safetensors`` and ``config.json`` (read by ``load_student``).
@@ -147,9 +170,16 @@ def run_evaluate(
         device: where scores are computed (default: cuda when available, else cpu).
         progress: show progress bars.
 
+    Scores are computed ``eval.batch_size`` cases at a time, so peak memory is a few (batch_size, N+1) float
+    blocks however many users are ranked (nothing of shape (users, N) is built); with ``eval.max_users`` below
+    the number of users only the cases of :func:`sample_users`' sample are built and ranked, by the model and
+    the popularity baseline alike, and ``per_user_path`` holds only their rows.
+
     Returns:
         The report written to ``metrics_path``: ``{"valid": {...}, "test": {...}, "popularity": {"valid":
-        {...}, "test": {...}}, "cases": {"valid": C_v, "test": C_t}}``.
+        {...}, "test": {...}}, "cases": {"valid": C_v, "test": C_t}}``; with a sample also
+        ``"users_ranked"`` and ``"users_total"`` (``{"test": n, "valid": n}``: the users with targets in that
+        part, sampled and in all), the metrics then being estimates on the sample.
 
     Raises:
         PipelineError: the model cannot be loaded, or the sequences do not fit it.
@@ -174,14 +204,25 @@ def run_evaluate(
             f"{sequences_path}: item id {top} is outside the model's catalogue 1..{num_items} "
             f"({model_dir}): the model was trained on other data; rerun the train stage"
         )
+    sample = sample_users(seqs.users, eval_params.max_users, int(eval_params.sample_seed))
+    rows = None if sample is None else np.flatnonzero(np.isin(seqs.users, sample))
+    if sample is not None:
+        log.info(
+            "eval.max_users: ranking a fixed sample of %d of %d users (eval.sample_seed %d): the metrics are "
+            "estimates on the sample",
+            len(sample),
+            len(np.unique(seqs.users)),
+            int(eval_params.sample_seed),
+        )
     cases: dict[str, EvalCases] = {}
     for part in PARTS:
         try:
-            cases[part] = cases_from_sequences(seqs, part, max_len)
+            cases[part] = cases_from_sequences(seqs, part, max_len, rows=rows)
         except ValueError as err:
             raise DataError(f"{sequences_path}: {err}") from None
         if len(cases[part]) == 0:
-            raise DataError(f"{sequences_path}: no {part} targets to evaluate")
+            among = f" among the eval.max_users sample of {len(sample)} users" if sample is not None else ""
+            raise DataError(f"{sequences_path}: no {part} targets to evaluate{among}")
 
     pop = popularity_scores(seqs, num_items).to(dev)  # (N+1,)
 
@@ -219,6 +260,9 @@ def run_evaluate(
     }
     report["popularity"] = {p: report["popularity"][p] for p in ("test", "valid")}
     report["cases"] = {p: report["cases"][p] for p in ("test", "valid")}
+    if rows is not None:  # a sample: say how many users the estimates rest on (absent: every user ranked)
+        report["users_ranked"] = {p: _users_with_targets(seqs, p, rows) for p in ("test", "valid")}
+        report["users_total"] = {p: _users_with_targets(seqs, p, None) for p in ("test", "valid")}
     # both files to temporaries first, then both renamed: a failed write (a full disk) leaves the old pair
     with atomic_path(per_user_path) as per_user_tmp, atomic_path(metrics_path) as metrics_tmp:
         write_parquet(per_user_tmp, _per_user_table(cases, ranks))
@@ -249,7 +293,13 @@ def run_evaluate_unmasked(
     Returns:
         The report written to ``out_dir/metrics.json`` (the layout of :func:`run_evaluate`'s).
     """
-    unmasked = EvalParams(ks=list(eval_params.ks), mask_history=False, batch_size=int(eval_params.batch_size))
+    unmasked = EvalParams(
+        ks=list(eval_params.ks),
+        mask_history=False,
+        batch_size=int(eval_params.batch_size),
+        max_users=eval_params.max_users,
+        sample_seed=int(eval_params.sample_seed),
+    )
     out_dir = Path(out_dir)
     return run_evaluate(
         unmasked,

@@ -148,6 +148,10 @@ def evaluate_scorer(
 ) -> tuple[dict[str, float], np.ndarray]:
     """Rank every case's target with ``score_fn`` and compute the metrics.
 
+    Cases are scored and ranked ``batch_size`` at a time, so peak memory is batch_size x (N+1) floats times a
+    small constant (the scores, :func:`rank_targets`' float32 copy and one boolean comparison), whatever the
+    number of cases: nothing of shape (cases, N) is ever built; only the (C,) ranks are kept.
+
     Args:
         score_fn: maps a (B, max_len) int64 batch of inputs on ``device`` to (B, N+1) scores.
         cases: the evaluation cases.
