@@ -1,7 +1,10 @@
 """Train + evaluate benchmark: seconds per epoch, sequences/s, epochs and seconds to the best validation
 epoch, and validation/test HR, NDCG and MRR at 10, 20 and 50 for each named variant, on prepared data.
 With ``--unmasked`` the trained model is also evaluated on test WITHOUT history masking (RecBole's protocol,
-that of the published Scientific results), into ``<run>/unmasked/``: keys ``test_unmasked_<metric>_at_<k>``.
+that of the published Scientific results), into ``<run>/unmasked/``: keys ``test_unmasked_<metric>_at_<k>``. The
+trained weights are the same; the post-hoc choices (the prior's weight, ``train.exclude_seen``) are made again on
+validation ranked the same way, as a run with ``eval.mask_history: false`` would make them (``unmasked_prior``,
+``unmasked_exclude_seen`` in the row).
 
 Prepared data is a folder with ``processed/sequences.parquet`` and ``supervision/`` (what the ingest and
 correlate stages write); ``--prepare`` builds it for the Amazon Beauty sequences from ../shared/data. The
@@ -107,11 +110,15 @@ def main() -> None:
             }
             if args.unmasked:  # the same model, test ranked with the user's own past items kept
                 t2 = time.perf_counter()
+                student = unmasked_student(p, layout, device)
+                row["unmasked_prior"] = student.cfg.last_item_prior
+                row["unmasked_exclude_seen"] = student.cfg.exclude_seen
                 unmasked = run_evaluate_unmasked(
                     p.eval,
                     layout.sequences,
                     layout.models,
                     layout.metrics.parent / UNMASKED_DIR,
+                    student=student,
                     device=device,
                 )
                 row["unmasked_evaluate_seconds"] = round(time.perf_counter() - t2, 2)
@@ -153,6 +160,23 @@ UNMASKED_COLUMNS = (  # RecBole's names: R@k is HR@k with one target per user
 def row_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
     """``{"<prefix>_<hr|ndcg|mrr>_at_<k>": value}`` for k in :data:`ROW_KS` from one part of a report."""
     return {f"{prefix}_{m}_at_{k}": metrics[f"{m}_at_{k}"] for k in ROW_KS for m in ("hr", "ndcg", "mrr")}
+
+
+def unmasked_student(p, layout, device: str):
+    """The trained student with its post-hoc choices made on validation without history masking."""
+    import torch
+
+    from pipeline.config import EvalParams
+    from pipeline.evaluation.cases import load_eval_cases
+    from pipeline.models import load_student
+    from pipeline.tracking import Tracker
+    from pipeline.training.prior import set_prior_weight
+
+    student = load_student(layout.models, device)
+    valid = load_eval_cases(layout.sequences, "valid", student.max_len)
+    ev = EvalParams(ks=list(p.eval.ks), mask_history=False, batch_size=int(p.eval.batch_size))
+    set_prior_weight(student, valid, p.train, ev, torch.device(device), Tracker(None, None))
+    return student
 
 
 def markdown_table(results: list[dict], unmasked: bool) -> str:
