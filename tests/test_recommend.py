@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -425,6 +426,28 @@ def test_recommender_flat_index_ranks_and_scores_as_the_model(
         direct = model.user_scores(inputs).clone()
         direct[:, 0] = float("-inf")
     np.testing.assert_allclose(ref_scores, direct.topk(6).values.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_student_that_excludes_its_input_never_recommends_it_even_unmasked(tmp_path: Path) -> None:
+    from pipeline.models import Student, StudentConfig
+    from pipeline.recommend.retrieval import IndexSpec
+
+    seqs = write_tiny_recommender(tmp_path)
+    torch.manual_seed(0)
+    cfg = StudentConfig(num_items=30, hidden=16, layers=1, heads=1, dropout=0.0, max_len=8, num_codes=0)
+    model = Student(cfg).eval()
+    catalogue = ItemCatalogue.from_parquet(tmp_path / "data/processed/items.parquet")
+    histories = [s for s in seqs[:10]]
+    offsets = np.cumsum([0] + [len(s) for s in histories])
+    dense = np.concatenate([np.asarray(s, dtype=np.int64) for s in histories])
+    masked = Recommender(model, catalogue, "cpu", IndexSpec("exact")).top_k_csr(dense, offsets, 6, True)
+    model.cfg = dataclasses.replace(model.cfg, exclude_seen=True)
+    for kind in ("exact", "flat"):
+        rec = Recommender(model, catalogue, "cpu", IndexSpec(kind))
+        items, scores = rec.top_k_csr(dense, offsets, 6, mask_history=False)
+        assert all(not set(items[b]) & set(histories[b]) for b in range(10)), kind
+        assert np.array_equal(items, masked[0]), kind  # the masked lists, whatever the caller asked
+        np.testing.assert_allclose(scores, masked[1], rtol=1e-4, atol=1e-5)
 
 
 def test_recommend_stage_with_hnsw_reports_recall_against_exact(project) -> None:
