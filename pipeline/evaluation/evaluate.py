@@ -232,10 +232,12 @@ def run_evaluate(
     ks, mask, bs = list(eval_params.ks), bool(eval_params.mask_history), int(eval_params.batch_size)
     report: dict[str, Any] = {"popularity": {}, "cases": {}}
     ranks: dict[str, np.ndarray] = {}
+    with torch.inference_mode():  # a student's catalogue side once, not per batch
+        model_fn = model.scorer() if hasattr(model, "scorer") else model.user_scores
     for part in PARTS:
         log.info("evaluating %d %s cases over %d items on %s", len(cases[part]), part, num_items, dev)
         report[part], ranks[part] = evaluate_scorer(
-            model.user_scores, cases[part], ks, mask, bs, device=dev, progress=progress
+            model_fn, cases[part], ks, mask, bs, device=dev, progress=progress
         )
         report["popularity"][part], _ = evaluate_scorer(popularity_fn, cases[part], ks, mask, bs, device=dev)
         report["cases"][part] = len(cases[part])

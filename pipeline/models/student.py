@@ -327,12 +327,24 @@ class Student(nn.Module):
         """Next-item scores (B, N+1) of left-padded inputs (B, L): :meth:`user_states` scored through
         :meth:`query_side` and :meth:`item_side` (the last-item prior included when the model has one), with
         the input's items at ``-inf`` when the model excludes them (``cfg.exclude_seen``)."""
+        return self.scorer(chunk, items)(seq)
+
+    def scorer(
+        self, chunk: int = 256, items: torch.Tensor | None = None
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """:meth:`user_scores` with the catalogue side (the item representations, the prior's blocks and
+        covariance) computed once, for callers that score many batches with fixed weights (validation,
+        evaluation): at a million items that side costs more than a batch of users."""
         items = self.item_representations() if items is None else items
         side = self.item_side(items)
-        hidden, recent = self.user_states(seq, chunk, items)
-        scores = self.query_side(hidden, recent, side) @ side.keys.T
-        if self.cfg.exclude_seen:
-            scores.scatter_(1, recent, float("-inf"))  # column 0 (padding) is never ranked anyway
+
+        def scores(seq: torch.Tensor) -> torch.Tensor:
+            hidden, recent = self.user_states(seq, chunk, items)
+            out = self.query_side(hidden, recent, side) @ side.keys.T
+            if self.cfg.exclude_seen:
+                out.scatter_(1, recent, float("-inf"))  # column 0 (padding) is never ranked anyway
+            return out
+
         return scores
 
     # ------------------------------------------------------------------ distillation heads

@@ -302,7 +302,8 @@ class TrainRecipe:
         """Validation metrics (``valid_*`` columns); keeps the best model by ``SELECT_METRIC``."""
         model, ev = self.t.model, self.job.eval_params
         model.eval()
-        scorer = nan_guard(model.user_scores, epoch + 1, self.train.lr)
+        with torch.inference_mode():  # the catalogue side once per validation, not per batch
+            scorer = nan_guard(model.scorer(), epoch + 1, self.train.lr)
         if self.dist.distributed:
             metrics = evaluate_sharded(scorer, self.t.valid_cases, ev, self.device, self.dist)
         else:
