@@ -334,7 +334,7 @@ class Student(nn.Module):
     ) -> Callable[[torch.Tensor], torch.Tensor]:
         """:meth:`user_scores` with the catalogue side (the item representations, the prior's blocks and
         covariance) computed once, for callers that score many batches with fixed weights (validation,
-        evaluation): at a million items that side costs more than a batch of users."""
+        evaluation; on Beauty that side is about 5 % of the time of a 1,024-user batch)."""
         items = self.item_representations() if items is None else items
         side = self.item_side(items)
 
