@@ -62,8 +62,11 @@ def choose_prior_weight(
             e = min(s + batch_size, n)
             hidden, recent = model.user_states(cases.inputs[s:e].to(device), items=items)
             lo, hi = int(cases.hist_indptr[s]), int(cases.hist_indptr[e])
+            # the logits are linear in w: two products serve every candidate
+            base = model.query_side(hidden, recent, side, weight=0.0) @ side.keys.T
+            per_w = model.query_side(hidden, recent, side, weight=1.0) @ side.keys.T - base
             for w, excluded in candidates:
-                scores = model.query_side(hidden, recent, side, weight=w) @ side.keys.T
+                scores = base + w * per_w
                 if excluded:
                     scores.scatter_(1, recent, float("-inf"))
                 r = rank_targets(
