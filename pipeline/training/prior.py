@@ -5,8 +5,8 @@ The trained student encodes each validation batch once; each candidate (weight w
 :meth:`Student.query_side` (its logits + w x their std x the modality tables' cosine to the input's recent
 items), with the input's items at -inf when excluded, as :meth:`Student.user_scores` would. The candidate with
 the best validation NDCG@10 wins; ties go to the smaller weight and to not excluding, so w = 0 and keeping the
-items are the choice when nothing helps. Under history masking excluding changes nothing, so it is never chosen
-there.
+items are the choice when nothing helps. Under history masking the history is out of the ranking already (all
+but a target that repeats an item, which excluding would lose), so ``auto`` does not try it there.
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def set_prior_weight(
     weights = weights if model.cfg.modalities and weights else [0.0]
     exclude = {"always": [True], "never": [False]}.get(train_params.exclude_seen, [False, True])
     if ev.mask_history and len(exclude) > 1:
-        exclude = [False]  # auto: it changes nothing under masking, so keep the items and rank once
+        exclude = [False]  # auto: masking already removes the history, so keep the items and rank once
     if weights == [0.0] and exclude == [False]:
         return None  # nothing to choose
     (w, excluded), by = choose_prior_weight(
