@@ -150,6 +150,14 @@ class TextTeacherParams(Section):
         description="model precision: bfloat16 is ~3x faster on CPUs with AMX/AVX512-BF16 (cosine to "
         "float32 > 0.9999); auto = bfloat16 on CUDA and on such CPUs, float32 elsewhere",
     )
+    processes: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description="worker processes that share the encoding (sentence-transformers' multi-process pool): on "
+        "CPU each uses 1/processes of this stage's threads; on CUDA one per GPU, cuda:0..processes-1; "
+        "1: encode in the stage's own process",
+    )
 
 
 class ImageTeacherParams(Section):

@@ -94,6 +94,7 @@ def encode_with_cache(
     batch_size: int,
     cache_root: Path,
     sort_key: Callable[[Any], Any] | None = None,
+    per_call: int | None = None,
 ) -> Encoded:
     """Raw vectors for rows with a key, from the cache or the encoder (each distinct key encoded once).
 
@@ -104,6 +105,8 @@ def encode_with_cache(
         batch_size: Inputs per forward pass.
         cache_root: Folder of the vector cache.
         sort_key: Orders the inputs still to encode (e.g. longest texts first, so batches pad less).
+        per_call: Inputs per ``teacher.encode`` call, between which the progress bar moves and the cache
+            takes the vectors (default ``4 * batch_size``; more to keep several worker processes busy).
     """
     cache = VectorCache(cache_root, teacher.modality, teacher.fingerprint, teacher.dim)
     rows_of: dict[bytes, list[int]] = defaultdict(list)
@@ -115,7 +118,7 @@ def encode_with_cache(
         todo.sort(key=lambda k: (sort_key(inputs[rows_of[k][0]]), k))
     hits = sum(len(rows_of[k]) for k in rows_of if k in cache)
     start = time.perf_counter()
-    chunk = batch_size * 4
+    chunk = per_call or batch_size * 4
     with progress_bar(
         total=len(todo), desc=f"embed {teacher.modality}", unit="item", disable=not todo
     ) as bar:
@@ -154,9 +157,17 @@ def embed_text(items: Items, params: EmbedParams, device: str, cache_root: Path)
         None if e else content_key(teacher.fingerprint, t.encode())
         for t, e in zip(items.text, empty, strict=True)
     ]
-    encoded = encode_with_cache(
-        teacher, keys, items.text, params.text.batch_size, cache_root, sort_key=lambda t: -len(t)
-    )
+    processes = params.text.processes
+    with teacher.processes(processes):  # workers share the batches; each gets 4 per call
+        encoded = encode_with_cache(
+            teacher,
+            keys,
+            items.text,
+            params.text.batch_size,
+            cache_root,
+            sort_key=lambda t: -len(t),
+            per_call=params.text.batch_size * 4 * processes,
+        )
     failures = {row: ("empty_text", "empty text") for row, e in enumerate(empty) if e}
     missing = np.array(empty, dtype=bool)
     return ModalityResult(

