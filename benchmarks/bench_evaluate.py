@@ -11,7 +11,7 @@ seconds per 1,000 users below give its cost); ``--json`` writes wall seconds, se
 RSS (GB) and the metrics (those of a random model: about hr@20 = 20 / N):
 
     nice -n 19 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/bench_evaluate.py --items 1000000 \
-        --users 2000 --batch-size 128 --repeats 1 --mask-history on --threads 1 --json out.json
+        --users 2000 --batch-size 256 --repeats 1 --mask-history on --threads 1 --json out.json
 """
 
 from __future__ import annotations
