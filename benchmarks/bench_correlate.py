@@ -166,6 +166,7 @@ def _run_one(args: argparse.Namespace, method: str, work: Path) -> dict:
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
         "peak_rss_mib": round(peak),
+        "peak_rss_gb": round(peak / 1024, 3),
         "rss_before_mib": round(rss_before),
         "recall_at_k": recall,
         "recall_sample": search.get("recall", {}).get("sample"),
