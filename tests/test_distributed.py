@@ -36,6 +36,13 @@ RUNS = {
         "train.output": "id",
         "train.fusion": "paper_gate",
     },
+    # the authors' session-graph student: per-sequence graphs built in each rank's share of the batch
+    "sg": {
+        "train.batch_size": 13,
+        "train.backbone": "session_graph",
+        "train.fusion": "paper_gate",
+        "train.session_graph.attention_dropout": 0.0,
+    },
 }
 COMMON = {"train.dropout": 0.0, "train.epochs": 2, "train.patience": 5}
 
