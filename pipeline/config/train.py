@@ -154,8 +154,9 @@ class TrainParams(Section):
         default_factory=lambda: [0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0],
         description="after training, add w x std(the user's logits) x cos(m_last, m_j) to every logit, with "
         "m the student's own modality tables (distilled toward the teacher's correlations; the mean over "
-        "the modalities) and m_last the table row of the input's last item: the short-term interest of "
-        "STAMP/SR-GNN in the distilled geometry (variants and near-duplicates of the item just seen). w is "
+        "the modalities) and m_last the input's last item's unit table row, or with train.prior_decay > 0 "
+        "the decayed mean of its recent items' rows: the short-term interest of STAMP/SR-GNN in the "
+        "distilled geometry (variants and near-duplicates of the items just seen). w is "
         "chosen from this list on validation NDCG@10 (include 0 to allow none) and saved with the model; "
         "[] = off. Training and its epoch selection never see it",
     )
@@ -163,7 +164,7 @@ class TrainParams(Section):
         0.5,
         ge=0.0,
         lt=1.0,
-        description="the prior's m_last is the input's recent items, the one k steps back weighted decay^k "
+        description="the prior's m_last mixes the input's recent items, the one k steps back weighted decay^k "
         "(normalised): a session's interest spans more than its last item. 0 = the last item alone. 0.5 "
         "raised validation NDCG@10 over 0 by 0.9 % on Beauty and 1.5 % on Scientific (3 seeds, "
         "docs/RESULTS.md)",
