@@ -24,9 +24,8 @@ import contextlib
 import functools
 import logging
 import multiprocessing
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ import torch
 
 from pipeline.config import Params
 from pipeline.devices import resolve_device
+from pipeline.environ import scoped_environ
 from pipeline.errors import PipelineError
 from pipeline.experiments.plan import (
     RUN_PARAMS,
@@ -67,25 +67,6 @@ class RunsFailed(PipelineError):
 
 
 # --------------------------------------------------------------------------------------------- one run
-@contextlib.contextmanager
-def _environment(values: dict[str, str | None]) -> Iterator[None]:
-    """Set (or, for None, unset) environment variables for the duration of the block."""
-    old = {k: os.environ.get(k) for k in values}
-
-    def apply(vals: dict[str, str | None]) -> None:
-        for k, v in vals.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-    apply(values)
-    try:
-        yield
-    finally:
-        apply(old)
-
-
 def _run_record(spec: RunSpec, shared: SharedData) -> dict[str, Any]:
     """What a run's results depend on: its whole config (tracking aside) and the shared data it used."""
     return normalised({"params": spec.params.model_dump(exclude=UNTRACKED), "data": shared.digest})
@@ -169,7 +150,7 @@ def execute_run(
     p = spec.params
     layout = shared.run_layout(d)
     summary = read_record(summary_path)
-    with _environment({"KDSR_MLFLOW_PARENT": parent_run_id, "KDSR_RUN_NAME": spec.name}):
+    with scoped_environ({"KDSR_MLFLOW_PARENT": parent_run_id, "KDSR_RUN_NAME": spec.name}):
         if summary is None or not layout.model_weights.exists():
             # an earlier attempt that trained but did not evaluate keeps its model: only evaluation reruns
             summary = run_stage("train", p, layout, progress=progress)

@@ -16,7 +16,6 @@ import hashlib
 import importlib
 import importlib.metadata
 import logging
-import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from pipeline.environ import scoped_environ
 from pipeline.errors import PipelineError
 from pipeline.teachers.cache import fingerprint_of
 
@@ -91,21 +91,9 @@ def _folder_digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _hub_offline(enabled: bool) -> Iterator[None]:
+def _hub_offline(enabled: bool) -> contextlib.AbstractContextManager[None]:
     """Set ``HF_HUB_OFFLINE=1`` while loading a local model (restored afterwards)."""
-    if not enabled:
-        yield
-        return
-    old = os.environ.get("HF_HUB_OFFLINE")
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("HF_HUB_OFFLINE", None)
-        else:
-            os.environ["HF_HUB_OFFLINE"] = old
+    return scoped_environ({"HF_HUB_OFFLINE": "1"}) if enabled else contextlib.nullcontext()
 
 
 def pool_devices(device: str, processes: int) -> list[str]:
@@ -130,21 +118,6 @@ def pool_devices(device: str, processes: int) -> list[str]:
 def worker_threads(threads: int, workers: int) -> int:
     """CPU threads of each of ``workers`` processes sharing ``threads`` (this process's torch threads)."""
     return max(1, threads // workers)
-
-
-@contextlib.contextmanager
-def _environ(**values: str) -> Iterator[None]:
-    """Set environment variables for the block (restored afterwards); spawned processes inherit them."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 @dataclass
@@ -213,7 +186,7 @@ class TextTeacher:
             import torch  # loaded by sentence-transformers already
 
             threads = str(worker_threads(torch.get_num_threads(), len(self._devices)))
-            with _environ(OMP_NUM_THREADS=threads, RAYON_NUM_THREADS=threads):
+            with scoped_environ({"OMP_NUM_THREADS": threads, "RAYON_NUM_THREADS": threads}):
                 self._pool = self.model.start_multi_process_pool(target_devices=self._devices)
             log.info(
                 "text teacher: %d worker processes on %s, %s threads each",
