@@ -83,13 +83,12 @@ def inference_costs(model_dir: Path, sequences: Path, device: str, users: int, k
 
     model = load_student(model_dir, device)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    with torch.inference_mode():  # as a served model (Recommender) does: the item side once, not per call
-        table = model.item_representations()
-        side = model.item_side(table)  # with the last-item prior: its blocks and covariance
+    with torch.inference_mode():  # as the evaluator and a served model do: the item side once, not per call
+        score = model.scorer()
     cases = load_eval_cases(sequences, "test", model.cfg.max_len)
-    evaluate_scorer(model.user_scores, cases, [20], True, 1024, device)  # warm-up
+    evaluate_scorer(score, cases, [20], True, 1024, device)  # warm-up
     t0 = time.perf_counter()
-    evaluate_scorer(model.user_scores, cases, [20], True, 1024, device)
+    evaluate_scorer(score, cases, [20], True, 1024, device)
     all_users_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     picks = rng.choice(len(cases), size=min(users, len(cases)), replace=False)
@@ -100,8 +99,7 @@ def inference_costs(model_dir: Path, sequences: Path, device: str, users: int, k
             lo, hi = int(cases.hist_indptr[c]), int(cases.hist_indptr[c + 1])
             indptr = np.array([0, hi - lo])
             t0 = time.perf_counter()
-            scores = model.query_side(*model.user_states(inputs, items=table), side) @ side.keys.T
-            items, _ = top_k(scores, k, indptr, cases.hist_items[lo:hi])
+            items, _ = top_k(score(inputs), k, indptr, cases.hist_items[lo:hi])
             items.cpu()
             if device == "cuda":
                 torch.cuda.synchronize()

@@ -47,12 +47,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from pipeline.config import EvalParams, load_params, with_overrides
+    from pipeline.config import load_params, with_overrides
     from pipeline.evaluation.cases import load_eval_cases
     from pipeline.evaluation.metrics import evaluate_scorer
     from pipeline.experiments.plan import parse_overrides
     from pipeline.models import load_student
-    from pipeline.tracking import Tracker
     from pipeline.training.prior import set_prior_weight
 
     torch.set_num_threads(args.threads)
@@ -69,14 +68,12 @@ def main() -> None:
         for name, mask in PROTOCOLS.items():
             if not mask and not args.unmasked:
                 continue
-            ev = EvalParams(ks=list(p.eval.ks), mask_history=mask, batch_size=int(p.eval.batch_size))
+            ev = p.eval.model_copy(update={"mask_history": mask})
             model.cfg = dataclasses.replace(model.cfg, last_item_prior=0.0, exclude_seen=False)
-            set_prior_weight(model, valid, p.train, ev, device, Tracker(None, None))
+            set_prior_weight(model, valid, p.train, ev, device)
             with torch.inference_mode():
-                items = model.item_representations()
-                metrics, ranks = evaluate_scorer(
-                    lambda x, m=model, it=items: m.user_scores(x, items=it), test, ev.ks, mask, ev.batch_size
-                )
+                score = model.scorer()
+            metrics, ranks = evaluate_scorer(score, test, ev.ks, mask, ev.batch_size)
             row[f"{name}_prior"] = model.cfg.last_item_prior
             row[f"{name}_exclude_seen"] = model.cfg.exclude_seen
             row.update({f"{name}_test_{k}": v for k, v in metrics.items()})

@@ -166,16 +166,14 @@ def unmasked_student(p, layout, device: str):
     """The trained student with its post-hoc choices made on validation without history masking."""
     import torch
 
-    from pipeline.config import EvalParams
     from pipeline.evaluation.cases import load_eval_cases
     from pipeline.models import load_student
-    from pipeline.tracking import Tracker
     from pipeline.training.prior import set_prior_weight
 
     student = load_student(layout.models, device)
     valid = load_eval_cases(layout.sequences, "valid", student.max_len)
-    ev = EvalParams(ks=list(p.eval.ks), mask_history=False, batch_size=int(p.eval.batch_size))
-    set_prior_weight(student, valid, p.train, ev, torch.device(device), Tracker(None, None))
+    unmasked = p.eval.model_copy(update={"mask_history": False})
+    set_prior_weight(student, valid, p.train, unmasked, torch.device(device))
     return student
 
 

@@ -62,13 +62,16 @@ def choose_prior_weight(
             e = min(s + batch_size, n)
             hidden, recent = model.user_states(cases.inputs[s:e].to(device), items=items)
             lo, hi = int(cases.hist_indptr[s]), int(cases.hist_indptr[e])
-            # the logits are linear in w: two products serve every candidate
+            # the logits are linear in w: two products serve every candidate (one without the prior's blocks)
             base = model.query_side(hidden, recent, side, weight=0.0) @ side.keys.T
-            per_w = model.query_side(hidden, recent, side, weight=1.0) @ side.keys.T - base
+            if side.cov is not None:
+                per_w = model.query_side(hidden, recent, side, weight=1.0) @ side.keys.T - base
             for w, excluded in candidates:
-                scores = base + w * per_w
+                scores = base if side.cov is None else base + w * per_w
                 if excluded:
-                    scores.scatter_(1, recent, float("-inf"))
+                    scores = scores.scatter(
+                        1, recent, float("-inf")
+                    )  # a copy: base serves the next candidate
                 r = rank_targets(
                     scores,
                     cases.targets[s:e].to(device),
@@ -88,12 +91,12 @@ def set_prior_weight(
     train_params: TrainParams,
     eval_params: EvalParams,
     device: torch.device,
-    tracker: Tracker,
+    tracker: Tracker | None = None,
 ) -> dict[str, float] | None:
     """Choose the prior's weight (from ``train.last_item_prior``; none when the model has no modality) and the
     exclusion (``train.exclude_seen``: auto = by validation when it can matter, i.e. without history masking;
-    never; always) on ``cases`` (validation), store them in ``model.cfg``, log them; the choice's validation
-    metrics, or None when there is nothing to choose (the model is left as it is)."""
+    never; always) on ``cases`` (validation), store them in ``model.cfg``, log them to ``tracker`` when given; the
+    choice's validation metrics, or None when there is nothing to choose (the model is left as it is)."""
     ev, weights = eval_params, list(train_params.last_item_prior)
     weights = weights if model.cfg.modalities and weights else [0.0]
     exclude = {"always": [True], "never": [False]}.get(train_params.exclude_seen, [False, True])
@@ -113,11 +116,12 @@ def set_prior_weight(
         SELECT_METRIC,
         shown,
     )
-    tracker.log_metrics(
-        {
-            "last_item_prior": w,
-            "exclude_seen": float(excluded),
-            **{f"prior_valid_{k}": v for k, v in by[(w, excluded)].items()},
-        }
-    )
+    if tracker is not None:
+        tracker.log_metrics(
+            {
+                "last_item_prior": w,
+                "exclude_seen": float(excluded),
+                **{f"prior_valid_{k}": v for k, v in by[(w, excluded)].items()},
+            }
+        )
     return by[(w, excluded)]
