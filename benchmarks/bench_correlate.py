@@ -221,10 +221,21 @@ def main() -> None:
     ap.add_argument("--hnsw-m", type=int, default=None, help="correlate.ann.m (default: the schema's)")
     ap.add_argument("--ef-search", type=int, default=None, help="correlate.ann.ef_search")
     ap.add_argument("--json", type=Path, default=None, help="write the figures of every run to this file")
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        default=None,
+        help="write the inputs and the last run's supervision/ into this new folder and keep it (prepared "
+        "data for bench_step.py) instead of a temporary folder",
+    )
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    work = Path(tempfile.mkdtemp(prefix="bench_correlate_"))
+    if args.keep is not None:
+        if args.keep.exists():
+            ap.error(f"--keep {args.keep}: exists already (give a new folder)")
+        args.keep.mkdir(parents=True)
+    work = args.keep or Path(tempfile.mkdtemp(prefix="bench_correlate_"))
     layout = Layout.flat(work)
     try:
         t0 = time.perf_counter()
@@ -273,7 +284,8 @@ def main() -> None:
             args.json.write_text(json.dumps(report, indent=2) + "\n")
             print(f"json         : {args.json}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

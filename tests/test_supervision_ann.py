@@ -19,15 +19,20 @@ from test_supervision_correlate import (
 
 from pipeline.config import CorrelateParams, MLflowParams, Params, with_overrides
 from pipeline.config.base import ConfigError
+from pipeline.config.inputs import AnnParams
 from pipeline.io import parquet_metadata, read_parquet
 from pipeline.supervision.ann import (
     default_nlist,
     drop_self,
     exact_search,
     faiss_topk,
+    ivf_search,
+    probed_cells,
     resolve_method,
+    row_topk,
     sample_recall,
     search_vectors,
+    train_cells,
 )
 from pipeline.supervision.correlate import run_correlate
 from pipeline.supervision.topk import blocked_topk
@@ -95,6 +100,41 @@ def test_approximate_neighbours_reach_the_recall_target_on_clustered_data(method
     assert (values[:, :-1] >= values[:, 1:]).all()
     x = search_vectors(v, score)
     assert np.allclose(np.einsum("rkd,rd->rk", x[indices.numpy()], x), values.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("width", [5, 160, 167, 400, 1001])
+def test_row_topk_equals_torch_topk(width: int) -> None:
+    scores = torch.randn(50, width, generator=torch.Generator().manual_seed(width))
+    scores[3, :] = float("-inf")  # a row with nothing to find
+    scores[3, 0] = 1.0
+    values, cols = row_topk(scores, 10)
+    ref = scores.topk(min(10, width), dim=1).values
+    assert torch.equal(values, ref)
+    assert torch.equal(scores.gather(1, cols), values)  # the columns hold those values
+
+
+@pytest.mark.parametrize(("chunk", "nlist"), [(65_536, 32), (300, 32), (65_536, 4)])
+def test_ivf_finds_each_rows_best_among_the_members_of_its_probed_cells(
+    monkeypatch, chunk: int, nlist: int
+) -> None:
+    # the known answer: a brute force restricted to the items of each row's nprobe nearest cells (its own
+    # cell first), whether the rows' cells are scanned in one chunk of queries or in several, and with
+    # cells long enough (nlist 4: ~500 items) for the two-stage row top-k
+    monkeypatch.setattr("pipeline.supervision.ann.QUERY_CHUNK", chunk)
+    x = search_vectors(clustered_vectors(2000, 16, 12, seed=8), "cos")
+    ann = AnnParams(nlist=nlist, nprobe=3)
+    values, labels, complete, info = ivf_search(x, ann, 5, seed=0)
+    quantizer, _ = train_cells(x, ann, 0)
+    probes = probed_cells(quantizer, x, 3)
+    cell = probes[:, 0]
+    for r in range(0, 2000, 7):
+        members = np.flatnonzero(np.isin(cell, probes[r]) & (np.arange(2000) != r))
+        s = x[members] @ x[r]
+        best = members[np.lexsort((members, -s))[:5]]
+        assert labels[r].tolist() == best.tolist(), r
+        assert np.allclose(values[r], np.sort(s)[::-1][:5], atol=1e-6)
+    assert complete.all() and info["nlist"] == nlist and info["nprobe"] == 3
+    assert info["list_imbalance"] >= 1.0
 
 
 def test_sample_recall_known_answers() -> None:

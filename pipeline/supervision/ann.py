@@ -1,11 +1,11 @@
 """Approximate holistic neighbours with faiss, and their recall against an exact search.
 
-``correlate.neighbours: ivf`` (an inverted-file index: k-means cells, each item scans the ``nprobe`` cells
-nearest to it) and ``hnsw`` (a navigable small-world graph) search by inner product: on L2-normalised
-vectors for score ``cos``, on the vectors as they are for ``dot``. Every included item is both indexed and
+``correlate.neighbours: ivf`` (inverted file: k-means cells, each item scans the ``nprobe`` cells nearest
+to it, computed cell by cell as matrix products) and ``hnsw`` (a navigable small-world graph) search by inner
+product: on L2-normalised vectors for score ``cos``, on the vectors as they are for ``dot``. Every included item is both indexed and
 a query; excluded items are neither. Each item's own entry is dropped from its results (never your own
 neighbour), the rest are ordered by score descending then index ascending, like the exact search. A row
-the index returns too few neighbours for (an ivf item whose probed cells hold fewer than topk + 1 items)
+the search returns too few neighbours for (an ivf item whose probed cells hold fewer than topk + 1 items)
 is searched exactly.
 
 The recall is measured at every approximate run on a fixed seeded sample of items: an exact search
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from typing import Any
 
 import faiss
@@ -32,6 +33,8 @@ from pipeline.progress import progress_bar
 log = logging.getLogger(__name__)
 
 SEARCH_BATCH = 16_384  # queries per faiss search call: bounds the result buffers, feeds the progress bar
+QUERY_CHUNK = 65_536  # ivf: queries whose probed cells are scanned together (bounds the candidate buffers)
+SEGMENT = 8  # ivf: columns per segment of the two-stage row top-k
 APPROXIMATE = ("ivf", "hnsw")
 
 
@@ -71,30 +74,133 @@ def search_vectors(vectors: np.ndarray, score: str) -> np.ndarray:
     return x
 
 
-def build_index(x: np.ndarray, method: str, ann: AnnParams, k: int, seed: int) -> tuple[Any, dict[str, Any]]:
-    """A faiss inner-product index over the rows of ``x``; also the parameters it was built with."""
+def train_cells(x: np.ndarray, ann: AnnParams, seed: int) -> tuple[Any, dict[str, Any]]:
+    """The ivf cells: faiss k-means centroids (a seeded sample of ``nlist x train_per_list`` items) in a
+    flat inner-product quantizer, which both assigns items to cells and finds each item's probed cells."""
     n, d = x.shape
-    if method == "ivf":
-        nlist = min(ann.nlist or default_nlist(n, ann.nprobe), n)
-        quantizer = faiss.IndexFlatIP(d)
-        index = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-        index.cp.niter = ann.train_iters
-        index.cp.seed = seed % 2**31
-        index.cp.max_points_per_centroid = ann.train_per_list  # faiss samples nlist x this (seeded)
-        index.cp.min_points_per_centroid = 1  # small catalogues: no warning, cells of a few items are fine
-        index.train(x)
-        index.add(x)
-        index.nprobe = min(ann.nprobe, nlist)
-        info = {"nlist": nlist, "nprobe": index.nprobe, "train_iters": ann.train_iters}
-        info["list_imbalance"] = round(float(index.invlists.imbalance_factor()), 4)
-        return index, info
-    if method == "hnsw":
-        index = faiss.IndexHNSWFlat(d, ann.m, faiss.METRIC_INNER_PRODUCT)
-        index.hnsw.efConstruction = ann.ef_construction
-        index.add(x)
-        index.hnsw.efSearch = max(ann.ef_search, k + 1)
-        return index, {"m": ann.m, "ef_construction": ann.ef_construction, "ef_search": index.hnsw.efSearch}
-    raise ValueError(f"unknown approximate neighbour search {method!r} (ivf or hnsw)")
+    nlist = min(ann.nlist or default_nlist(n, ann.nprobe), n)
+    quantizer = faiss.IndexFlatIP(d)
+    ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.niter = ann.train_iters
+    ivf.cp.seed = seed % 2**31
+    ivf.cp.max_points_per_centroid = ann.train_per_list  # faiss samples nlist x this (seeded)
+    ivf.cp.min_points_per_centroid = 1  # small catalogues: no warning, cells of a few items are fine
+    ivf.train(x)
+    ivf.own_fields = False  # the quantizer outlives the index object
+    return quantizer, {"nlist": nlist, "nprobe": min(ann.nprobe, nlist), "train_iters": ann.train_iters}
+
+
+def probed_cells(quantizer: Any, x: np.ndarray, nprobe: int) -> np.ndarray:
+    """(n, nprobe) int64: each row's cells by centroid inner product, nearest first (the first: its own)."""
+    out = np.empty((len(x), nprobe), dtype=np.int64)
+    for s in range(0, len(x), SEARCH_BATCH):
+        out[s : s + SEARCH_BATCH] = quantizer.search(x[s : s + SEARCH_BATCH], nprobe)[1]
+    return out
+
+
+def row_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``scores.topk(k, dim=1)`` (values, columns) in two cheaper stages when rows are long: the k segments
+    of ``SEGMENT`` columns with the highest maxima hold every one of a row's k best entries (a segment
+    holding one has a maximum at least the k-th best, and at most k segments can), so the top-k of
+    their ``k x SEGMENT`` entries is the row's top-k (among equal entries, possibly other columns)."""
+    rows, m = scores.shape
+    if m < 2 * k * SEGMENT:
+        return scores.topk(min(k, m), dim=1)
+    pad = (-m) % SEGMENT
+    if pad:
+        scores = torch.nn.functional.pad(scores, (0, pad), value=float("-inf"))
+    segments = scores.view(rows, -1, SEGMENT)
+    best = segments.amax(dim=2).topk(k, dim=1).indices  # (rows, k)
+    candidates = segments.gather(1, best[:, :, None].expand(-1, -1, SEGMENT)).view(rows, -1)
+    values, j = candidates.topk(k, dim=1)
+    return values, best.gather(1, j // SEGMENT) * SEGMENT + j % SEGMENT
+
+
+def ivf_search(
+    x: np.ndarray, ann: AnnParams, k: int, seed: int, progress: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
+    """Every row's top-k among the rows of the ``nprobe`` cells nearest to it (self dropped), as faiss's
+    inverted-file index finds them, but scanned cell by cell: all the queries (of a chunk of
+    ``QUERY_CHUNK``) that probe a cell are scored against its members in one matrix product, instead of
+    one memory-bound scan of the probed cells per query.
+
+    Returns values, labels, complete (as :func:`drop_self`) and the cells' parameters (nlist, nprobe,
+    train_iters, list_imbalance: nlist x the sum of squared cell sizes / items^2, 1 when balanced).
+    """
+    n = len(x)
+    t0 = time.perf_counter()
+    quantizer, info = train_cells(x, ann, seed)
+    t1 = time.perf_counter()
+    nprobe, nlist = info["nprobe"], info["nlist"]
+    probes = probed_cells(quantizer, x, nprobe)  # (n, nprobe); column 0: the row's own cell
+    t2 = time.perf_counter()
+    own = probes[:, 0]
+    sizes = np.bincount(own, minlength=nlist)
+    info["list_imbalance"] = round(float(nlist * (sizes.astype(np.float64) ** 2).sum() / n**2), 4)
+    order = np.argsort(own, kind="stable")  # rows grouped by cell; a cell's members are one slice
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    grouped = torch.from_numpy(x[order])
+    kk = k + 1  # one more than wanted: a row's own entry is among its results
+    values = np.empty((n, k), dtype=np.float32)
+    labels = np.empty((n, k), dtype=np.int64)
+    complete = np.empty(n, dtype=bool)
+    chunks = range(0, n, QUERY_CHUNK)
+    for q0 in progress_bar(chunks, desc="ivf cells", unit="chunk", disable=not progress, leave=False):
+        q1 = min(n, q0 + QUERY_CHUNK)
+        cells = probes[order[q0:q1]]  # (b, nprobe)
+        cand_v = torch.full((q1 - q0, nprobe, kk), float("-inf"))
+        cand_i = torch.full((q1 - q0, nprobe, kk), -1, dtype=torch.int64)
+        flat = torch.from_numpy(cells.reshape(-1))
+        by_cell = torch.argsort(flat, stable=True)  # (query, probe) pairs grouped by cell
+        counts = torch.bincount(flat, minlength=nlist).tolist()
+        pos = 0
+        for cell, count in enumerate(counts):
+            if not count:
+                continue
+            pairs = by_cell[pos : pos + count]
+            pos += count
+            lo, hi = int(starts[cell]), int(starts[cell + 1])
+            if hi == lo:
+                continue
+            rows = pairs // nprobe
+            scores = grouped[rows + q0] @ grouped[lo:hi].T  # (count, cell size)
+            mine = ((rows + q0) >= lo) & ((rows + q0) < hi)  # queries of this cell: drop their own entry
+            if bool(mine.any()):
+                r = mine.nonzero().squeeze(1)
+                scores[r, rows[r] + q0 - lo] = float("-inf")
+            v, i = row_topk(scores, kk)
+            cand_v.view(-1, kk)[pairs, : v.shape[1]] = v
+            cand_i.view(-1, kk)[pairs, : v.shape[1]] = i + lo
+        # each row's best k + 1 candidates (cells never repeat, so neither do candidates), back in the
+        # caller's numbering, -inf entries (a short cell's padding, the row itself) as no result; then
+        # drop_self orders them by score descending, then label ascending
+        top_v, top = cand_v.view(q1 - q0, -1).topk(min(kk, nprobe * kk), dim=1)
+        cv = top_v.numpy()
+        ci = cand_i.view(q1 - q0, -1).gather(1, top).numpy()
+        ci = np.where(ci >= 0, order[np.maximum(ci, 0)], -1)
+        ci = np.where(np.isneginf(cv), -1, ci)
+        rows_here = order[q0:q1]
+        v, lab, ok = drop_self(cv, ci, rows_here, k)
+        values[rows_here], labels[rows_here], complete[rows_here] = v, lab, ok
+    log.info(
+        "ivf over %d items, %d cells: k-means %.1fs, cell assignment %.1fs, scan %.1fs",
+        n,
+        nlist,
+        t1 - t0,
+        t2 - t1,
+        time.perf_counter() - t2,
+    )
+    return values, labels, complete, info
+
+
+def build_hnsw(x: np.ndarray, ann: AnnParams, k: int) -> tuple[Any, dict[str, Any]]:
+    """A faiss graph (hnsw) inner-product index over the rows of ``x``; also the parameters it was built
+    with."""
+    index = faiss.IndexHNSWFlat(x.shape[1], ann.m, faiss.METRIC_INNER_PRODUCT)
+    index.hnsw.efConstruction = ann.ef_construction
+    index.add(x)
+    index.hnsw.efSearch = max(ann.ef_search, k + 1)
+    return index, {"m": ann.m, "ef_construction": ann.ef_construction, "ef_search": index.hnsw.efSearch}
 
 
 def drop_self(
@@ -190,10 +296,12 @@ def faiss_topk(
         return out_v, out_i, info
     faiss.omp_set_num_threads(torch.get_num_threads())  # the stage's thread decision, not every core
     x = search_vectors(vectors[included], params.score)
-    index, info["index"] = build_index(x, method, params.ann, k, params.seed)
-    rows = np.arange(len(x))
-    values, labels, complete = search_all(index, x, rows, k, progress)
-    del index
+    if method == "ivf":
+        values, labels, complete, info["index"] = ivf_search(x, params.ann, k, params.seed, progress)
+    else:
+        index, info["index"] = build_hnsw(x, params.ann, k)
+        values, labels, complete = search_all(index, x, np.arange(len(x)), k, progress)
+        del index
     short = np.flatnonzero(~complete)
     if len(short):
         log.info(
