@@ -73,7 +73,7 @@ def main() -> None:
     from pipeline.training.step import train_step
 
     base = with_overrides(load_params(args.params), {"mlflow.enabled": False, "train.device": "cpu"})
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(0)  # the steps' sampling (negatives, pairs, dropout)
     runs = []  # (label, params, training set-up, batches, their order)
     for data in args.data:
         layout = Layout.flat(data)
@@ -89,8 +89,9 @@ def main() -> None:
                 torch.device("cpu"),
             )
             t.model.train()
-            batches = list(bucketed_batches(t.lengths, p.train.batch_size, gen))
-            order = torch.randperm(len(batches), generator=gen).tolist()
+            order_gen = torch.Generator().manual_seed(0)  # the same batches for every setting of a folder
+            batches = list(bucketed_batches(t.lengths, p.train.batch_size, order_gen))
+            order = torch.randperm(len(batches), generator=order_gen).tolist()
             label = f"{data.name}: {setting}" if len(args.data) > 1 else setting
             runs.append((label, p, t, batches, order))
     setup_peak = peak_gb()
