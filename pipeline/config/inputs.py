@@ -301,9 +301,9 @@ class CorrelateParams(Section):
     neighbours: Neighbours = Field(
         "auto",
         description="the holistic top-k search: exact (blocked all pairs, quadratic in items) | ivf (inverted "
-        "file: faiss k-means cells, each item scans its nprobe nearest) | hnsw (faiss graph index); ivf and hnsw search by inner product, so only for "
-        "score cos (on L2-normalised vectors) or dot; auto = exact up to exact_max_items included items "
-        "and for the other scores, ivf above",
+        "file: faiss k-means cells, each item scans its nprobe nearest) | hnsw (faiss graph index); ivf and "
+        "hnsw search by inner product, so only for score cos (on L2-normalised vectors) or dot; auto = exact "
+        "up to exact_max_items included items and for the other scores, ivf above",
     )
     exact_max_items: int = Field(
         50_000,

@@ -85,8 +85,7 @@ def train_cells(x: np.ndarray, ann: AnnParams, seed: int) -> tuple[Any, dict[str
     ivf.cp.seed = seed % 2**31
     ivf.cp.max_points_per_centroid = ann.train_per_list  # faiss samples nlist x this (seeded)
     ivf.cp.min_points_per_centroid = 1  # small catalogues: no warning, cells of a few items are fine
-    ivf.train(x)
-    ivf.own_fields = False  # the quantizer outlives the index object
+    ivf.train(x)  # fills the quantizer with the centroids; the index object itself is not used
     return quantizer, {"nlist": nlist, "nprobe": min(ann.nprobe, nlist), "train_iters": ann.train_iters}
 
 
@@ -174,7 +173,7 @@ def ivf_search(
         # each row's best k + 1 candidates (cells never repeat, so neither do candidates), back in the
         # caller's numbering, -inf entries (a short cell's padding, the row itself) as no result; then
         # drop_self orders them by score descending, then label ascending
-        top_v, top = cand_v.view(q1 - q0, -1).topk(min(kk, nprobe * kk), dim=1)
+        top_v, top = cand_v.view(q1 - q0, -1).topk(kk, dim=1)
         cv = top_v.numpy()
         ci = cand_i.view(q1 - q0, -1).gather(1, top).numpy()
         ci = np.where(ci >= 0, order[np.maximum(ci, 0)], -1)

@@ -68,10 +68,8 @@ def choose_prior_weight(
                 per_w = model.query_side(hidden, recent, side, weight=1.0) @ side.keys.T - base
             for w, excluded in candidates:
                 scores = base if side.cov is None else base + w * per_w
-                if excluded:
-                    scores = scores.scatter(
-                        1, recent, float("-inf")
-                    )  # a copy: base serves the next candidate
+                if excluded:  # a copy, not in place: base serves the next candidate
+                    scores = scores.scatter(1, recent, float("-inf"))
                 r = rank_targets(
                     scores,
                     cases.targets[s:e].to(device),
