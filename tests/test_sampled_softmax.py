@@ -159,22 +159,25 @@ def test_a_sampled_softmax_run_trains_without_scoring_the_whole_catalogue(
     assert full_table_calls and not any(full_table_calls)
 
 
-def _tiny_training(seq: torch.Tensor):
+def _tiny_training(seq: torch.Tensor, backbone: str = "sasrec"):
     """What :func:`batch_loss` reads of a ``Training``, for a tied text model without distillation."""
     from types import SimpleNamespace
 
     from pipeline.models import Student, StudentConfig
 
     torch.manual_seed(0)
-    cfg = StudentConfig(num_items=20, hidden=16, heads=2, modalities=("text",), modality_dim=8, dropout=0.0)
+    cfg = StudentConfig(
+        num_items=20, hidden=16, heads=2, modalities=("text",), modality_dim=8, dropout=0.0, backbone=backbone
+    )
     model = Student(cfg, {"text": torch.randn(21, 8)}).eval()
     return SimpleNamespace(model=model, fwd_model=model, windows=seq, mean_targets=10.0, kd_on=False)
 
 
 @pytest.mark.parametrize("negatives", ["popularity", "mixed"])
 @pytest.mark.parametrize("padded", [True, False])
+@pytest.mark.parametrize("backbone", ["sasrec", "session_graph"])  # the graph reads the unfused parts
 def test_the_step_on_the_sampled_rows_equals_the_loss_on_the_whole_table(
-    negatives: str, padded: bool
+    negatives: str, padded: bool, backbone: str
 ) -> None:
     from pipeline.config import TrainParams
     from pipeline.training.distributed import DistInfo
@@ -183,7 +186,7 @@ def test_the_step_on_the_sampled_rows_equals_the_loss_on_the_whole_table(
     seq = torch.tensor([[0, 0, 3, 4, 5], [0, 7, 8, 9, 3], [11, 12, 13, 14, 15]])
     if not padded:  # no padding anywhere: the remapped ids must still keep 0 for padding only
         seq = seq[:, 2:]
-    t = _tiny_training(seq)
+    t = _tiny_training(seq, backbone)
     p = TrainParams(loss="sampled_softmax", negatives=negatives, num_negatives=6)
     got = batch_loss(t, p, seq, torch.Generator().manual_seed(5), DistInfo()).ce
 

@@ -206,8 +206,10 @@ class Student(nn.Module):
         return out
 
     def input_table(self, items: torch.Tensor) -> torch.Tensor | None:
-        """The (N+1, H) table :meth:`encode` may reuse: ``items`` when tied, else None (fuse per batch)."""
-        return items if self.tied else None
+        """The (N+1, H) table :meth:`encode` may reuse: ``items`` when tied, else None (fuse per batch); None
+        too for a backbone that reads the unfused parts (``session_graph``), which looks its ids up itself."""
+        takes_parts = getattr(self.backbone, "takes_parts", False)
+        return items if self.tied and not takes_parts else None
 
     # ------------------------------------------------------------------ sequence side
     def encode(self, seq: torch.Tensor, items: torch.Tensor | None = None) -> torch.Tensor:
