@@ -43,6 +43,14 @@ RUNS = {
         "train.fusion": "paper_gate",
         "train.session_graph.attention_dropout": 0.0,
     },
+    # sampled softmax with sparse table updates: the ranks' row gradients summed into one (the union of rows)
+    "sparse": {
+        "train.batch_size": 13,
+        "train.loss": "sampled_softmax",
+        "train.num_negatives": 8,
+        "train.negatives": "popularity",
+        "train.embedding_updates": "sparse",
+    },
 }
 COMMON = {"train.dropout": 0.0, "train.epochs": 2, "train.patience": 5}
 

@@ -244,6 +244,13 @@ class TrainParams(Section):
         "log E[n_j], from its logit (the positive's stays as is), so the sampled loss tends to the full "
         "softmax as num_negatives grows; false: the plain logits, biased toward popular items",
     )
+    embedding_updates: Literal["auto", "dense", "sparse"] = Field(
+        "auto",
+        description="how the optimiser updates the ID embeddings and modality tables: dense (AdamW over every "
+        "row at every step) | sparse (sampled_softmax only: only the rows of the step's items get a gradient "
+        "and move, lazy Adam: torch's SparseAdam, so a step's cost does not grow with the catalogue) | auto "
+        "(sparse with sampled_softmax from 100,000 items, dense otherwise)",
+    )
     seed: int = Field(0, ge=0, le=MAX_SEED, description="seed of the initialisation and the batches")
     device: Device = Field("auto", description="auto: CUDA when present, else CPU")
     precision: Precision = Field(
@@ -285,6 +292,11 @@ class TrainParams(Section):
     def _check(self) -> TrainParams:
         if self.backbone in ("sasrec", "bsarec") and self.hidden % self.heads != 0:
             raise ValueError(f"heads ({self.heads}) must divide hidden ({self.hidden})")
+        if self.embedding_updates == "sparse" and self.loss != "sampled_softmax":
+            raise ValueError(
+                "embedding_updates sparse needs loss sampled_softmax (the full softmax sends a gradient to every "
+                "row of the tables at every step): set train.loss: sampled_softmax or embedding_updates: dense"
+            )
         if self.backbone == "session_graph" and self.fusion == "concat":
             raise ValueError(
                 "fusion concat does not work with backbone session_graph (its items have one part more than "

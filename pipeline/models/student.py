@@ -91,7 +91,13 @@ class ItemSide:
 
 class Student(nn.Module):
     """Sequential recommender with modality tables; interface ``encode`` / ``item_representations`` /
-    ``full_scores`` / ``user_scores``."""
+    ``full_scores`` / ``user_scores``.
+
+    ``sparse_grads`` (a training setting, not saved): look the ID embeddings and modality tables up with
+    sparse gradients, for an optimiser that updates only the rows a step uses (``train.embedding_updates``).
+    """
+
+    sparse_grads: bool = False
 
     def __init__(self, cfg: StudentConfig, teacher_vectors: dict[str, torch.Tensor] | None = None) -> None:
         super().__init__()
@@ -168,12 +174,16 @@ class Student(nn.Module):
         """[ID embedding, *mapped modality embeddings] of ``ids`` (any shape), or of the whole catalogue."""
 
         def lookup(emb: nn.Embedding) -> torch.Tensor:
-            return emb.weight if ids is None else emb(ids)
+            return emb.weight if ids is None else self._rows(emb, ids)
 
         parts = [lookup(self.item_emb)]
         for m in self.cfg.modalities:
             parts.append(self.modality_proj[m](lookup(self.modality_tables[m])))
         return parts
+
+    def _rows(self, emb: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+        """``emb(ids)``, with a sparse gradient when :attr:`sparse_grads`."""
+        return nn.functional.embedding(ids, emb.weight, emb.padding_idx, sparse=self.sparse_grads)
 
     def _combine(self, parts: list[torch.Tensor]) -> torch.Tensor:
         """The fusion of ``parts`` (the first alone when it is the only one)."""
@@ -199,7 +209,7 @@ class Student(nn.Module):
         whole catalogue when ``ids`` is None."""
         if self.tied:
             return self._fuse(ids)
-        out = self.item_emb.weight if ids is None else self.item_emb(ids)
+        out = self.item_emb.weight if ids is None else self._rows(self.item_emb, ids)
         for m in self.output_proj:
             frozen = getattr(self, f"frozen_teacher_{m}")
             out = out + self.output_proj[m](frozen if ids is None else frozen[ids])
@@ -352,7 +362,7 @@ class Student(nn.Module):
     # ------------------------------------------------------------------ distillation heads
     def modality_vectors(self, modality: str, ids: torch.Tensor) -> torch.Tensor:
         """The trainable modality embeddings m_i of ``ids``."""
-        return self.modality_tables[modality](ids)
+        return self._rows(self.modality_tables[modality], ids)
 
     def holistic_student_scores(
         self,

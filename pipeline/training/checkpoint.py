@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import torch
 
 from pipeline.io import atomic_path, json_digest
+from pipeline.training.optim import SplitAdam
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def save_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
     best_state: Mapping[str, torch.Tensor],
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | SplitAdam,
     state: Mapping[str, Any],
 ) -> None:
     """Write a checkpoint atomically (a crash leaves the previous one intact).
@@ -94,30 +95,42 @@ def _check_tensors(name: str, saved: Any, live: Mapping[str, torch.Tensor]) -> N
             )
 
 
-def _check_optimizer(saved: Any, optimizer: torch.optim.Optimizer) -> None:
+def _check_optimizer(
+    saved: Any, optimizer: torch.optim.Optimizer | SplitAdam, name: str = "optimizer"
+) -> None:
+    """Check a saved optimiser state against the live optimiser; one made of parts (``SplitAdam``: dense and
+    sparse) is checked part by part."""
+    parts = getattr(optimizer, "parts", None)
+    if parts is not None:
+        if not isinstance(saved, dict) or set(saved) != set(parts):
+            found = sorted(saved) if isinstance(saved, dict) else type(saved).__name__
+            raise ValueError(f"{name}: parts {found}, the optimizer has {sorted(parts)}")
+        for part, opt in parts.items():
+            _check_optimizer(saved[part], opt, f"{name}.{part}")
+        return
     if not isinstance(saved, dict) or not isinstance(saved.get("param_groups"), list):
-        raise ValueError("optimizer: not an optimizer state dict")
+        raise ValueError(f"{name}: not an optimizer state dict")
     groups = saved["param_groups"]
     if len(groups) != len(optimizer.param_groups):
         raise ValueError(
-            f"optimizer: {len(groups)} parameter groups, the optimizer has {len(optimizer.param_groups)}"
+            f"{name}: {len(groups)} parameter groups, the optimizer has {len(optimizer.param_groups)}"
         )
     params: dict[int, torch.Tensor] = {}
     for i, (g, live) in enumerate(zip(groups, optimizer.param_groups, strict=True)):
         ids = g.get("params") if isinstance(g, dict) else None
         if not isinstance(ids, list) or len(ids) != len(live["params"]):
-            raise ValueError(f"optimizer: parameter group {i} does not match the model's")
+            raise ValueError(f"{name}: parameter group {i} does not match the model's")
         params.update(zip(ids, live["params"], strict=True))
     state = saved.get("state")
     if not isinstance(state, dict):
-        raise ValueError("optimizer: no per-parameter state")
+        raise ValueError(f"{name}: no per-parameter state")
     for pid, entry in state.items():
         if pid not in params or not isinstance(entry, dict):
-            raise ValueError(f"optimizer: state for unknown parameter {pid!r}")
+            raise ValueError(f"{name}: state for unknown parameter {pid!r}")
         for k, v in entry.items():
             if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape != params[pid].shape:
                 raise ValueError(
-                    f"optimizer: state {k!r} of parameter {pid} has shape {tuple(v.shape)}, "
+                    f"{name}: state {k!r} of parameter {pid} has shape {tuple(v.shape)}, "
                     f"the parameter {tuple(params[pid].shape)}"
                 )
 
@@ -125,7 +138,7 @@ def _check_optimizer(saved: Any, optimizer: torch.optim.Optimizer) -> None:
 def load_checkpoint(
     path: str | Path,
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: torch.optim.Optimizer | SplitAdam,
     make_state: Callable[[dict[str, Any]], T],
 ) -> tuple[dict[str, torch.Tensor], T] | None:
     """Restore model and optimiser from ``path`` all-or-nothing.

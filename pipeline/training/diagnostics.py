@@ -40,6 +40,8 @@ def table_gradient_norms(
         )
         for m, g in zip(mods, grads, strict=True):
             key = f"grad_ce_{m}" if name == "ce" else f"grad_{name}"
+            if g is not None and g.is_sparse:  # sparse table updates: the rows' entries, summed per row
+                g = g.coalesce().values()
             out[key] = 0.0 if g is None else float(torch.linalg.vector_norm(g.float()))
     return out
 

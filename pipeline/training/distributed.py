@@ -12,6 +12,7 @@ a single process.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -147,13 +148,18 @@ def from_main(values: dict[str, float], dist_info: DistInfo, device: torch.devic
     return all_reduce_sum({k: v if dist_info.is_main else 0.0 for k, v in values.items()}, device)
 
 
-def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+def all_reduce_gradients(
+    params: Iterable[torch.nn.Parameter], sparse: Iterable[torch.nn.Parameter] = ()
+) -> None:
     """Sum ``param.grad`` over ranks, in place.
 
     A missing gradient counts as zeros, and a parameter's gradient stays ``None`` only where it is ``None``
     on every rank, as it would be in one process (the optimiser then skips it: no weight decay, no moment
-    update). Every rank must pass the same parameters in the same order.
+    update). The parameters in ``sparse`` have sparse row gradients (``train.embedding_updates``): their sum
+    holds the union of the ranks' rows, as one process's gradient would. Every rank must pass the same
+    parameters in the same order.
     """
+    sparse_ids = {id(p) for p in sparse}
     params = [p for p in params if p.requires_grad]
     if not params:
         return
@@ -167,6 +173,9 @@ def all_reduce_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     bucket: list[torch.nn.Parameter] = []
     size = 0
     for p in live:
+        if id(p) in sparse_ids:
+            _reduce_rows(p)
+            continue
         if bucket and size + p.numel() > BUCKET_ELEMENTS:
             _reduce_bucket(bucket)
             bucket, size = [], 0
@@ -192,3 +201,22 @@ def _reduce_bucket(bucket: list[torch.nn.Parameter]) -> None:
             p.grad = chunk.clone()
         else:
             p.grad.copy_(chunk)
+
+
+def _reduce_rows(p: torch.nn.Parameter) -> None:
+    """Sum a sparse row gradient over ranks: every rank gathers every rank's (row, value) entries, and the
+    coalesced sum adds up the rows that several ranks hold (a rank without a gradient adds none)."""
+    if p.grad is None:
+        rows = torch.zeros(0, dtype=torch.long, device=p.device)
+        values = p.new_zeros((0, *p.shape[1:]))
+    else:
+        grad = p.grad.coalesce()
+        rows, values = grad.indices()[0], grad.values()
+    counts = torch.zeros(dist.get_world_size(), dtype=torch.long, device=p.device)
+    counts[dist.get_rank()] = len(rows)
+    dist.all_reduce(counts)
+    sizes = counts.tolist()
+    width = math.prod(p.shape[1:])
+    all_rows = all_gather_concat(rows, sizes)
+    all_values = all_gather_concat(values.reshape(-1), [n * width for n in sizes]).view(-1, *p.shape[1:])
+    p.grad = torch.sparse_coo_tensor(all_rows[None], all_values, p.shape).coalesce()

@@ -186,7 +186,7 @@ def batch_loss(
     every DDP rank scores against the same sample, and the ranks' shares add up to the single-process
     loss), and the step computes the item representations of the ids it uses only (inputs, targets,
     candidates; the distillation pairs theirs): neither the CE nor the distillation terms then grow with the
-    catalogue (the optimiser still steps the whole embedding tables, dense gradients).
+    catalogue (nor, with ``train.embedding_updates`` sparse, does the optimiser's step on the tables).
     """
     model = t.model
     part = rank_rows(seq, dist_info)  # this rank's rows (all of them in one process)

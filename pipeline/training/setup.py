@@ -1,8 +1,9 @@
 """Training set-up: everything the loop needs, built from the params and the input artefacts.
 
 Reads the sequences and the supervision (checking they belong together), builds the student with its teacher
-initialisation, the training windows and validation cases, the optimiser with its parameter groups and LR
-schedule, and names the run's checkpoint after everything that determines its result.
+initialisation, the training windows and validation cases, the optimiser (dense or sparse table updates) with
+its parameter groups and LR schedule, and names the run's checkpoint after everything that determines its
+result.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pipeline.tracking import file_digest
 from pipeline.training.batches import training_windows
 from pipeline.training.checkpoint import checkpoint_key
 from pipeline.training.diagnostics import random_pairs
-from pipeline.training.schedule import LRScheduler, build_param_groups
+from pipeline.training.optim import SplitAdam, build_optimizer
+from pipeline.training.schedule import LRScheduler
 
 DIAGNOSTIC_PAIRS = 20_000  # random item pairs on which teacher agreement is measured each epoch
 
@@ -49,7 +51,7 @@ class Training:
     valid_cases: EvalCases
     steps_per_epoch: int
     mean_targets: float  # next-item targets per batch
-    optimizer: torch.optim.Optimizer
+    optimizer: torch.optim.Optimizer | SplitAdam  # SplitAdam: sparse table updates (train.embedding_updates)
     scheduler: LRScheduler
     score_fn: Callable[..., torch.Tensor]  # the correlation function of correlate.score
     diag_pairs: dict[str, tuple[torch.Tensor, torch.Tensor]]  # fixed pairs of the retention diagnostics
@@ -130,8 +132,7 @@ def build_training(
     steps_per_epoch = math.ceil(len(windows) / train.batch_size)
     mean_targets = float((windows[:, 1:] != 0).sum()) / steps_per_epoch  # next-item targets per batch
 
-    groups = build_param_groups(model, train.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=train.lr, betas=(0.9, 0.98))
+    optimizer = build_optimizer(model, train, num_items)
     scheduler = LRScheduler(
         optimizer, train.lr, steps_per_epoch, train.epochs, train.warmup_epochs, train.cosine, train.async_lr
     )

@@ -1,6 +1,6 @@
 """One optimisation step: forward under the step's autocast, the loss terms, backward, the DDP gradient sum,
-AdamW. The training loop and ``benchmarks/bench_step.py`` both call :func:`train_step`, so the benchmark times
-what training runs.
+the optimiser (AdamW; SparseAdam on the tables with ``train.embedding_updates`` sparse). The training loop
+and ``benchmarks/bench_step.py`` both call :func:`train_step`, so the benchmark times what training runs.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pipeline.training.batches import trim_left_padding
 from pipeline.training.diagnostics import table_gradient_norms
 from pipeline.training.distributed import DistInfo, all_reduce_gradients
 from pipeline.training.objective import LossTerms, batch_loss
+from pipeline.training.optim import table_parameters
 
 if TYPE_CHECKING:
     from pipeline.training.setup import Training
@@ -54,6 +55,8 @@ def train_step(
     if loss.requires_grad:  # always in one process; a rank with an empty share has no graph
         loss.backward()
     if dist_info.distributed:
-        all_reduce_gradients(t.model.parameters())  # the shares sum to the whole batch's gradient
+        # the shares sum to the whole batch's gradient (the tables' rows too, when their gradients are sparse)
+        sparse = table_parameters(t.model) if t.model.sparse_grads else ()
+        all_reduce_gradients(t.model.parameters(), sparse)
     t.optimizer.step()
     return step
