@@ -275,3 +275,26 @@ def test_popularity_baseline() -> None:
     _, unmasked = evaluate_scorer(fn, cases, [1], False, 8)
     # user 0: 2 higher, 1 ties -> 2; user 1: 2 higher, 3 ties -> 2; user 2: 1, 2, 3 higher -> 3
     assert unmasked.tolist() == [2, 2, 3]
+
+
+@pytest.mark.parametrize("n_items", [5, 63, 64, 1000, 2 * 255 * 64 + 37])  # lanes, blocks and a remainder
+def test_ranks_equal_a_plain_count_over_the_masked_scores(n_items: int) -> None:
+    # tied integer scores, histories with repeated items and a target that repeats a history item
+    gen = torch.Generator().manual_seed(n_items)
+    b = 6
+    scores = torch.randint(0, 7, (b, n_items + 1), generator=gen).float()
+    targets = torch.randint(1, n_items + 1, (b,), generator=gen)
+    hist = [torch.randint(1, n_items + 1, (int(k),), generator=gen).tolist() for k in range(b)]
+    hist[1] = hist[1] + [int(targets[1])]
+    scores[2, targets[2]] = float("-inf")  # an excluded target: never recommended, rank N
+    indptr = np.cumsum([0] + [len(h) for h in hist])
+    items = np.array([i for h in hist for i in h], dtype=np.int64)
+    for mask in (True, False):
+        got = rank_targets(scores, targets, indptr, items, mask_history=mask).tolist()
+        want = []
+        for r in range(b):
+            t = int(targets[r])
+            ranked = set(range(1, n_items + 1)) - ({*hist[r]} - {t} if mask else set()) - {t}
+            hits = sum(1 for j in ranked if scores[r, j] >= scores[r, t])
+            want.append(n_items if scores[r, t] == float("-inf") else hits)
+        assert got == want, mask

@@ -213,6 +213,12 @@ def test_chunked_softmax_ce_equals_plain_cross_entropy_and_its_gradients(monkeyp
     assert got.item() == pytest.approx(ref.item(), rel=1e-6)
     torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(ge, ref_ge, rtol=1e-5, atol=1e-7)
+    # the gradient is computed in the forward pass: backward scales it by the loss's weight
+    gh, ge = torch.autograd.grad(2.5 * losses.full_softmax_ce(h, e, t), (h, e))
+    torch.testing.assert_close(gh, 2.5 * ref_gh, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ge, 2.5 * ref_ge, rtol=1e-5, atol=1e-7)
+    with torch.no_grad():  # no gradient wanted: the same loss
+        assert losses.full_softmax_ce(h, e, t).item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 def test_chunked_softmax_ce_follows_bf16_autocast() -> None:

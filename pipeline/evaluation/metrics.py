@@ -50,7 +50,8 @@ def rank_targets(
         mask_history: remove history items from the ranking.
 
     Returns:
-        (B,) int64 ranks on ``scores.device``: #items scoring strictly higher + #other items scoring equal.
+        (B,) int64 ranks on ``scores.device``: #items scoring strictly higher + #other items scoring equal;
+        N for a target scoring -inf.
 
     Raises:
         ValueError: NaN in ``scores``, a shape mismatch, or a target outside 1..N.
@@ -67,16 +68,49 @@ def rank_targets(
     if torch.isnan(scores).any():
         raise ValueError("scores contain NaN: the model produced invalid outputs")
 
-    s = scores.to(dtype=torch.float32, copy=True)  # (B, N+1), never modify the caller's tensor
-    rows = torch.arange(s.shape[0], device=device)
-    target_score = s[rows, targets]  # (B,)
+    # The scores are neither copied nor masked: the rank counts the items 1..N scoring at least the target's
+    # score, less the target itself and, under masking, less the user's distinct history items that do.
+    rows = torch.arange(scores.shape[0], device=device)
+    target_score = scores[rows, targets]  # (B,)
+    ranks = _count_at_least(scores[:, 1:], target_score) - 1
     if mask_history:
-        mask_scores_(s, hist_indptr, hist_items)
-        s[rows, targets] = target_score  # a repeated target stays rankable
-    else:
-        mask_scores_(s)
-    # strictly higher + other items equal == (#items >= target score) - the target itself
-    return (s >= target_score[:, None]).sum(dim=1) - 1
+        indptr = torch.as_tensor(hist_indptr, dtype=torch.long, device=device)
+        cols = torch.as_tensor(hist_items, dtype=torch.long, device=device)
+        if indptr.numel() != scores.shape[0] + 1 or int(indptr[-1]) != cols.numel():
+            raise ValueError(
+                f"hist_indptr ({indptr.numel()}) / hist_items ({cols.numel()}) do not describe "
+                f"{scores.shape[0]} cases"
+            )
+        hist_rows = torch.repeat_interleave(rows, torch.diff(indptr))
+        # each (case, item) once; the target stays rankable when it repeats a history item; never padding
+        keep = (cols != targets[hist_rows]) & (cols > 0)
+        pairs = torch.unique(hist_rows[keep] * n_cols + cols[keep])
+        hist_rows, cols = pairs // n_cols, pairs % n_cols
+        above = scores[hist_rows, cols] >= target_score[hist_rows]
+        ranks -= torch.bincount(hist_rows[above], minlength=scores.shape[0])
+    # a target at -inf (a model that excludes it) is never recommended: it ranks N, past every list
+    return ranks.masked_fill_(target_score == float("-inf"), n_cols - 1)
+
+
+def _count_at_least(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tensor:
+    """(B,) int64: how many entries of each row of ``scores`` (B, M) are >= the row's ``threshold``.
+
+    The comparisons are summed as bytes: first 64-wide lanes over blocks of at most 255 x 64 columns
+    (uint8 cannot overflow there), then each block's lanes. About 3x faster on a CPU than ``.sum(1)`` of the
+    boolean matrix, which widens every entry to int64 (the bulk of a validation pass's ranking time).
+    """
+    b, m = scores.shape
+    lanes, block = 64, 255 * 64
+    out = torch.zeros(b, dtype=torch.int64, device=scores.device)
+    t = threshold[:, None]
+    whole = m - m % lanes
+    for start in range(0, whole, block):
+        end = min(start + block, whole)
+        hits = (scores[:, start:end] >= t).view(torch.uint8).view(b, -1, lanes)
+        out += hits.sum(1, dtype=torch.uint8).sum(1, dtype=torch.int64)
+    if whole < m:
+        out += (scores[:, whole:] >= t).sum(1)
+    return out
 
 
 def mask_scores_(
@@ -149,7 +183,7 @@ def evaluate_scorer(
     """Rank every case's target with ``score_fn`` and compute the metrics.
 
     Cases are scored and ranked ``batch_size`` at a time, so peak memory is batch_size x (N+1) floats times a
-    small constant (the scores, :func:`rank_targets`' float32 copy and one boolean comparison), whatever the
+    small constant (the scores and :func:`rank_targets`' byte comparisons of one block), whatever the
     number of cases: nothing of shape (cases, N) is ever built; only the (C,) ranks are kept.
 
     Args:

@@ -14,50 +14,61 @@ CUDA_CHUNK_ELEMENTS = 1 << 28
 class _ChunkedSoftmaxCE(torch.autograd.Function):
     """Mean cross-entropy of ``hidden @ items.T`` against ``targets``, never holding the whole (P, N) logits.
 
-    Forward keeps only each row's log-sum-exp; backward recomputes one chunk of rows of logits at a time and
-    turns it in place into the gradient ``(softmax - onehot) / P``. One extra matmul buys a working set that
-    fits in cache, which on a CPU halves the time of the loss (its memory traffic, not its FLOPs, dominates),
-    and on a GPU lets the catalogue grow without a (P, N) tensor. Matmuls run in ``dtype`` (bf16 under
-    autocast), every reduction in float32.
+    One pass over cache-sized chunks of rows of logits computes each row's log-sum-exp and, when a gradient
+    will be needed, the gradient at once: the chunk becomes ``(softmax - onehot) / P`` in place (one exp of the
+    logits serves both), and its products with the items and the hidden rows are accumulated. Backward then
+    only scales the stored gradients by the incoming scalar. Three matmuls of the logits' size per step (the
+    logits, and the two gradients), none recomputed; a working set that fits in cache, which on a CPU matters
+    more than the FLOPs; and on a GPU no (P, N) tensor however large the catalogue. Matmuls run in ``dtype``
+    (bf16 under autocast), every reduction in float32.
     """
 
     @staticmethod
-    def forward(ctx, hidden, items, targets, rows, dtype):  # autograd API
+    def forward(ctx, hidden, items, targets, rows, dtype, with_grad):  # autograd API
         h, e = hidden.to(dtype), items.to(dtype)
-        lse = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
-        for s in range(0, h.shape[0], rows):
-            lse[s : s + rows] = torch.logsumexp((h[s : s + rows] @ e.T).float(), 1)
+        n_rows = h.shape[0]
+        lse = torch.empty(n_rows, dtype=torch.float32, device=h.device)
+        grad_h = grad_e = None
+        if with_grad:
+            grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=h.device)
+            grad_e = torch.zeros(items.shape, dtype=torch.float32, device=h.device)
+        inv = 1.0 / max(1, n_rows)
+        for s in range(0, n_rows, rows):
+            hc = h[s : s + rows]
+            logits = (hc @ e.T).float()
+            top = logits.amax(1, keepdim=True)
+            p = logits.sub_(top).exp_()  # exp(logit - max), in place
+            total = p.sum(1, keepdim=True)
+            lse[s : s + rows] = (top + total.log()).squeeze(1)
+            if with_grad:
+                p.mul_(inv / total)  # softmax / P
+                p[torch.arange(len(hc), device=p.device), targets[s : s + rows]] -= inv  # minus onehot / P
+                g = p.to(dtype)
+                grad_h[s : s + rows] = (g @ e).float()
+                if dtype == torch.float32:
+                    grad_e.addmm_(g.T, hc)
+                else:
+                    grad_e.add_((g.T @ hc).float())
         target_logit = (h.float() * e[targets].float()).sum(1)
-        ctx.save_for_backward(hidden, items, targets, lse)
-        ctx.rows, ctx.dtype = rows, dtype
+        if with_grad:
+            ctx.save_for_backward(grad_h, grad_e)
+        ctx.dtypes = (hidden.dtype, items.dtype)
         return (lse - target_logit).mean()
 
     @staticmethod
     def backward(ctx, grad):  # autograd API
-        hidden, items, targets, lse = ctx.saved_tensors
-        h, e = hidden.to(ctx.dtype), items.to(ctx.dtype)
-        scale = grad.float() / h.shape[0]
-        grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=h.device)
-        grad_e = torch.zeros(items.shape, dtype=torch.float32, device=h.device)
-        for s in range(0, h.shape[0], ctx.rows):
-            hc = h[s : s + ctx.rows]
-            g = (hc @ e.T).float()
-            g.sub_(lse[s : s + ctx.rows, None]).exp_().mul_(scale)  # softmax / P
-            g[torch.arange(len(hc), device=g.device), targets[s : s + ctx.rows]] -= scale  # minus onehot / P
-            g = g.to(ctx.dtype)
-            grad_h[s : s + ctx.rows] = (g @ e).float()
-            if ctx.dtype == torch.float32:
-                grad_e.addmm_(g.T, hc)
-            else:
-                grad_e.add_((g.T @ hc).float())
-        return grad_h.to(hidden.dtype), grad_e.to(items.dtype), None, None, None
+        grad_h, grad_e = ctx.saved_tensors
+        scale = grad.float()
+        h_dtype, e_dtype = ctx.dtypes
+        return (grad_h * scale).to(h_dtype), (grad_e * scale).to(e_dtype), None, None, None, None
 
 
 def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean cross-entropy over all ``items`` rows (targets index them), computed in cache-sized row chunks.
 
     Equal to ``F.cross_entropy(hidden @ items.T, targets)`` (up to float rounding); under CUDA/CPU autocast
-    the matmuls run in bf16 like the plain expression would.
+    the matmuls run in bf16 like the plain expression would. The gradient is computed in the same pass when
+    grad mode is on and an input requires it (:class:`_ChunkedSoftmaxCE`).
     """
     dev = hidden.device.type
     dtype = torch.float32
@@ -65,8 +76,9 @@ def full_softmax_ce(hidden: torch.Tensor, items: torch.Tensor, targets: torch.Te
         dtype = torch.get_autocast_dtype(dev)
     budget = CUDA_CHUNK_ELEMENTS if dev == "cuda" else CPU_CHUNK_ELEMENTS
     rows = max(1, budget // max(1, items.shape[0]))
+    with_grad = torch.is_grad_enabled() and (hidden.requires_grad or items.requires_grad)
     with torch.autocast(dev, enabled=False):
-        return _ChunkedSoftmaxCE.apply(hidden, items, targets, rows, dtype)
+        return _ChunkedSoftmaxCE.apply(hidden, items, targets, rows, dtype, with_grad)
 
 
 def next_item_loss(
