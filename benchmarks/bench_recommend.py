@@ -1,4 +1,4 @@
-"""Top-K retrieval at catalogue scale: one user's top-10 latency for exact torch, faiss flat and faiss HNSW.
+"""Top-K retrieval at catalogue scale: one user's top-10 latency for exact torch, faiss flat, HNSW and IVF.
 
 N random unit item vectors (hidden 64; i.i.d. Gaussian, or ``--clusters C`` a mixture of C centres) and
 ``--users`` random unit queries, each with a random history of
@@ -7,9 +7,10 @@ N random unit item vectors (hidden 64; i.i.d. Gaussian, or ``--clusters C`` a mi
 indexes). Each user is one call (batch of 1), as a served request is; the figures are the median and p95 of
 those calls, the index build time, and each index's recall@k against exact (the share of exact's top-k it
 returns, averaged over the users). ``--json`` also writes the whole run's wall seconds and peak RSS (GB);
-``--indexes flat`` skips the HNSW build, which at 10 M items takes longer than the rest.
+``--indexes flat ivf`` skips the HNSW build, which at 10 M items takes longer than the rest.
 
     nice -n 19 python benchmarks/bench_recommend.py --items 100000 --threads 1 --json out.json
+    python benchmarks/bench_recommend.py --items 10000000 --clusters 1000 --indexes ivf --ivf-nprobe 16 32 64
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument(
         "--indexes",
         nargs="+",
-        choices=("flat", "hnsw"),
+        choices=("flat", "hnsw", "ivf"),
         default=["flat", "hnsw"],
         help="faiss indexes to build",
     )
@@ -57,6 +58,14 @@ def _args() -> argparse.Namespace:
         help="several: each timed on the same graph (methods faiss_hnsw_ef<N>)",
     )
     ap.add_argument("--hnsw-ef-construction", type=int, default=40)
+    ap.add_argument("--ivf-nlist", type=int, default=None, help="ivf cells (default: sqrt(items))")
+    ap.add_argument(
+        "--ivf-nprobe",
+        type=int,
+        nargs="+",
+        default=[32],
+        help="several: each timed on the same index (methods faiss_ivf_np<N>)",
+    )
     ap.add_argument("--threads", type=int, default=1, help="torch and faiss threads (default 1)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", type=Path, help="write the figures here")
@@ -96,8 +105,10 @@ def main() -> None:
         scores = torch.from_numpy(queries[u : u + 1]) @ table.T
         return top_k(scores, args.k, indptr, hist[u])[0].numpy()[0]
 
-    efs = args.hnsw_ef_search
-    spec = IndexSpec("hnsw", args.hnsw_m, efs[0], args.hnsw_ef_construction)  # the kinds are set below
+    efs, probes = args.hnsw_ef_search, args.ivf_nprobe
+    spec = IndexSpec(  # the kinds are set below
+        "hnsw", args.hnsw_m, efs[0], args.hnsw_ef_construction, args.ivf_nlist, probes[0]
+    )
     indexes, build_s = {}, {}
     for kind in args.indexes:
         t = time.perf_counter()
@@ -105,16 +116,20 @@ def main() -> None:
         build_s[kind] = time.perf_counter() - t
         print(f"built {kind} over {args.items} items in {build_s[kind]:.1f} s", flush=True)
 
-    def search(u: int, index: ItemIndex, ef: int | None) -> np.ndarray:
-        if ef is not None:
-            index.index.hnsw.efSearch = ef
+    def search(u: int, index: ItemIndex, knob: int | None) -> np.ndarray:
+        if knob is not None and index.kind == "hnsw":
+            index.index.hnsw.efSearch = knob
+        elif knob is not None:
+            index.index.nprobe = knob
         return index.search(queries[u : u + 1], args.k, indptr, hist[u])[0][0]
 
     methods, kinds = {"exact_torch": exact}, {}  # kinds: method name -> the index it searches
+    knobs = {"hnsw": ("ef", efs), "ivf": ("np", probes)}  # settings timed on one built index
     for kind, index in indexes.items():
-        for ef in efs if kind == "hnsw" else [None]:
-            name = f"faiss_{kind}" + (f"_ef{ef}" if ef is not None and len(efs) > 1 else "")
-            methods[name] = lambda u, index=index, ef=ef: search(u, index, ef)
+        tag, values = knobs.get(kind, ("", [None]))
+        for v in values:
+            name = f"faiss_{kind}" + (f"_{tag}{v}" if len(values) > 1 else "")
+            methods[name] = lambda u, index=index, v=v: search(u, index, v)
             kinds[name] = kind
     truth = [exact(u) for u in range(args.users)]
     result: dict = {
@@ -130,6 +145,10 @@ def main() -> None:
             "m": args.hnsw_m,
             "ef_search": efs[0] if len(efs) == 1 else efs,
             "ef_construction": args.hnsw_ef_construction,
+        },
+        "ivf": {
+            "nlist": int(indexes["ivf"].index.nlist) if "ivf" in indexes else args.ivf_nlist,
+            "nprobe": probes[0] if len(probes) == 1 else probes,
         },
         "faiss": faiss.__version__,
         "torch": torch.__version__,

@@ -54,3 +54,15 @@ def test_bench_recommend_times_several_ef_search_on_one_hnsw_graph(tmp_path: Pat
     assert result["hnsw"]["ef_search"] == [16, 200]
     assert methods["faiss_hnsw_ef16"]["build_s"] == methods["faiss_hnsw_ef200"]["build_s"]  # one build
     assert methods["faiss_hnsw_ef200"]["recall_at_k"] >= methods["faiss_hnsw_ef16"]["recall_at_k"]
+
+
+def test_bench_recommend_times_several_nprobe_on_one_ivf_index(tmp_path: Path) -> None:
+    out = tmp_path / "recommend.json"
+    _run("bench_recommend.py", "--items", "2000", "--users", "10", "--indexes", "ivf", "--ivf-nlist", "20",
+         "--ivf-nprobe", "1", "20", "--json", str(out))  # fmt: skip
+    result = json.loads(out.read_text())
+    methods = result["methods"]
+    assert sorted(methods) == ["exact_torch", "faiss_ivf_np1", "faiss_ivf_np20"]
+    assert result["ivf"] == {"nlist": 20, "nprobe": [1, 20]}
+    assert methods["faiss_ivf_np1"]["build_s"] == methods["faiss_ivf_np20"]["build_s"]  # one build
+    assert methods["faiss_ivf_np20"]["recall_at_k"] == 1.0  # every cell probed: exact

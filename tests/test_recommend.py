@@ -372,6 +372,30 @@ def test_hnsw_recall_on_a_small_catalogue_is_at_least_095_and_never_returns_hist
     assert all(not set(got[b]) & set(hist[indptr[b] : indptr[b + 1]]) for b in range(200))
 
 
+@pytest.mark.parametrize("mask", [False, True])
+def test_ivf_probing_every_cell_is_the_brute_force_top_k_and_fewer_cells_keep_most_of_it(mask: bool) -> None:
+    from pipeline.recommend.retrieval import IndexSpec, ItemIndex
+
+    rng = np.random.default_rng(4)
+    centres = rng.standard_normal((20, 16)).astype(np.float32)
+    vectors = _unit(rng, 3000, 16) * 0.5 + centres[rng.integers(0, 20, 3000)]  # clustered, not unit
+    queries = _unit(rng, 100, 16) * 0.5 + centres[rng.integers(0, 20, 100)]
+    indptr, hist = _histories(rng, 100, 3000, 20) if mask else (None, None)
+    ref_items, ref_scores = _brute_force(queries, vectors, 10, indptr, hist)
+    every = ItemIndex(vectors, IndexSpec("ivf", ivf_nlist=25, ivf_nprobe=25))
+    assert every.kind == "ivf" and every.index.nlist == 25 and every.index.nprobe == 25
+    items, scores = every.search(queries, 10, indptr, hist)
+    assert np.array_equal(items, ref_items)  # every cell probed: exact
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+    default = ItemIndex(vectors, IndexSpec("ivf", ivf_nprobe=3))  # nlist sqrt(3000) = 55, 3 of them probed
+    assert default.index.nlist == 55
+    got, _ = default.search(queries, 10, indptr, hist)
+    recall = np.mean([len(set(g) & set(r)) / 10 for g, r in zip(got, ref_items, strict=True)])
+    assert 0.5 <= recall < 1.0, recall  # approximate: most of the top-10, not all of it
+    if mask:
+        assert all(not set(got[b]) & set(hist[indptr[b] : indptr[b + 1]]) for b in range(100))
+
+
 def test_masking_extends_the_search_and_falls_back_when_the_history_holds_the_best_items() -> None:
     from pipeline.recommend.retrieval import IndexSpec, ItemIndex
 
@@ -382,7 +406,11 @@ def test_masking_extends_the_search_and_falls_back_when_the_history_holds_the_be
     hist = np.concatenate([order[b, : sizes[b]] for b in range(6)]).astype(np.int64)
     indptr = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
     ref_items, ref_scores = _brute_force(queries, vectors, 10, indptr, hist)
-    for spec in (IndexSpec("flat"), IndexSpec("hnsw", hnsw_m=4, hnsw_ef_search=1, hnsw_ef_construction=4)):
+    for spec in (
+        IndexSpec("flat"),
+        IndexSpec("hnsw", hnsw_m=4, hnsw_ef_search=1, hnsw_ef_construction=4),
+        IndexSpec("ivf", ivf_nlist=10, ivf_nprobe=1),
+    ):
         items, scores = ItemIndex(vectors, spec).search(queries, 10, indptr, hist)
         for b in range(6):
             assert not set(items[b][items[b] > 0]) & set(hist[indptr[b] : indptr[b + 1]]), (spec, b)
@@ -450,15 +478,19 @@ def test_a_student_that_excludes_its_input_never_recommends_it_even_unmasked(tmp
         np.testing.assert_allclose(scores, masked[1], rtol=1e-4, atol=1e-5)
 
 
-def test_recommend_stage_with_hnsw_reports_recall_against_exact(project) -> None:
+@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+def test_recommend_stage_with_an_approximate_index_reports_recall_against_exact(project, kind: str) -> None:
     root, seqs = project
     out = root / "data" / "recommendations.parquet"
-    params = RecommendParams(k=5, batch_size=7, index="hnsw", recall_users=10)
+    # ivf: 30 items in 5 cells, every one probed
+    params = RecommendParams(k=5, batch_size=7, index=kind, recall_users=10, ivf_nlist=5, ivf_nprobe=5)
     summary = run_recommend(params, root / "data/processed/sequences.parquet", root / "data/processed/items.parquet",
                             root / "models", out, device="cpu", progress=False)  # fmt: skip
-    assert summary["index"] == "hnsw" and summary["recall_users"] == 10
-    assert summary["recall_at_k"] == 1.0  # 30 items: the graph finds every one
+    assert summary["index"] == kind and summary["recall_users"] == 10
+    assert summary["recall_at_k"] == 1.0  # 30 items: the graph, or the cells probed, hold every one
     meta = pq.read_metadata(out).metadata  # the file's key-value metadata: the schema's and the recall
-    assert meta[b"index"] == b"hnsw" and meta[b"recall_at_5"] == b"1.0" and meta[b"recall_users"] == b"10"
+    assert (
+        meta[b"index"] == kind.encode() and meta[b"recall_at_5"] == b"1.0" and meta[b"recall_users"] == b"10"
+    )
     rows = read_parquet(out).to_pylist()
     assert len(rows) == 5 * len(seqs) and not any(r["item"] in seqs[r["user"] - 1] for r in rows)

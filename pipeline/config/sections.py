@@ -91,11 +91,12 @@ class RecommendParams(Section):
     batch_size: int = Field(
         1024, ge=1, le=10_000_000, description="users scored at once (memory: batch_size x catalogue floats)"
     )
-    index: Literal["auto", "exact", "flat", "hnsw"] = Field(
+    index: Literal["auto", "exact", "flat", "hnsw", "ivf"] = Field(
         "auto",
         description="top-K retrieval: exact (every item scored, torch) | flat (faiss IndexFlatIP, exact) | "
-        "hnsw (faiss HNSW, approximate: check its recall@k in the stage's output) | auto (exact below 50,000 "
-        "items, else flat)",
+        "hnsw (faiss HNSW, approximate) | ivf (faiss IndexIVFFlat: k-means cells, approximate; builds far "
+        "faster than hnsw on millions of items) | auto (exact below 50,000 items, else flat); for hnsw and "
+        "ivf check the recall@k in the stage's output",
     )
     hnsw_m: int = Field(32, ge=2, le=512, description="hnsw: links per node of the graph")
     hnsw_ef_search: int = Field(
@@ -107,11 +108,17 @@ class RecommendParams(Section):
     hnsw_ef_construction: int = Field(
         40, ge=1, le=100_000, description="hnsw: candidates explored while building"
     )
+    ivf_nlist: int | None = Field(
+        None, ge=1, le=100_000_000, description="ivf: k-means cells (null: the square root of the items)"
+    )
+    ivf_nprobe: int = Field(
+        32, ge=1, le=100_000_000, description="ivf: cells scanned per query (higher: better recall, slower)"
+    )
     recall_users: int = Field(
         1000,
         ge=0,
         le=1_000_000,
-        description="hnsw: users (a fixed seeded sample) whose top-K is also ranked exactly, for recall@k",
+        description="hnsw, ivf: users (a fixed seeded sample) whose top-K is also ranked exactly, for recall@k",
     )
 
 

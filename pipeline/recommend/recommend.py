@@ -21,7 +21,7 @@ from pipeline.config import ParamsView, RecommendParams
 from pipeline.errors import DataError
 from pipeline.io import atomic_path
 from pipeline.lineage import check_recommender
-from pipeline.recommend.retrieval import IndexSpec
+from pipeline.recommend.retrieval import APPROXIMATE, IndexSpec
 from pipeline.recommend.topk import Recommender
 
 log = logging.getLogger(__name__)
@@ -42,7 +42,12 @@ RECALL_SEED = 0  # the users whose approximate top-K is checked against exact: t
 def index_spec(params: RecommendParams | ParamsView) -> IndexSpec:
     """The retrieval the ``recommend`` params ask for."""
     return IndexSpec(
-        params.index, int(params.hnsw_m), int(params.hnsw_ef_search), int(params.hnsw_ef_construction)
+        params.index,
+        int(params.hnsw_m),
+        int(params.hnsw_ef_search),
+        int(params.hnsw_ef_construction),
+        None if params.ivf_nlist is None else int(params.ivf_nlist),
+        int(params.ivf_nprobe),
     )
 
 
@@ -77,7 +82,7 @@ def run_recommend(
         device: where scores are computed (default: cuda when available, else cpu).
         progress: progress bar (plain log lines when stderr is not a terminal).
 
-    With an approximate index (``hnsw``), the top-K of a fixed seeded sample of ``params.recall_users`` users
+    With an approximate index (``hnsw``, ``ivf``), the top-K of a fixed seeded sample of ``params.recall_users`` users
     is also ranked exactly, and their mean recall@k is in the summary and the file's metadata.
 
     Returns:
@@ -122,8 +127,8 @@ def run_recommend(
     meta["index"] = rec.index_kind
     schema = pa.schema(fields, metadata=meta)
     n_users = source.metadata.num_rows
-    sample = np.zeros(n_users, dtype=bool)  # users whose top-K is also ranked exactly (recall of hnsw)
-    if rec.index_kind == "hnsw" and int(params.recall_users) > 0:
+    sample = np.zeros(n_users, dtype=bool)  # users whose top-K is also ranked exactly (an index's recall)
+    if rec.index_kind in APPROXIMATE and int(params.recall_users) > 0:
         rng = np.random.default_rng(RECALL_SEED)
         sample[rng.choice(n_users, min(int(params.recall_users), n_users), replace=False)] = True
     recalls: list[np.ndarray] = []

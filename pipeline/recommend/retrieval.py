@@ -8,6 +8,10 @@ normalised and divided by the temperature for ``cos``) is a query, so the scores
 - ``flat``: ``IndexFlatIP``, exact (the same ids and order as brute force, ties aside);
 - ``hnsw``: ``IndexHNSWFlat`` with inner product, approximate (``hnsw_m`` links per node, ``hnsw_ef_search``
   candidates per query, ``hnsw_ef_construction`` while building);
+- ``ivf``: ``IndexIVFFlat`` with inner product, approximate: faiss k-means cells (``ivf_nlist``; default
+  sqrt(N), trained on a seeded sample of 64 items per cell), each query scanning its ``ivf_nprobe`` best cells.
+  It builds in minutes where an HNSW graph over millions of items takes an hour, and its query scans about
+  nprobe x N / nlist items;
 - ``auto``: ``exact`` below :data:`EXACT_BELOW` items, ``flat`` from there on (HNSW only when asked for: at its
   default settings its recall@10 was 0.82 on 100,000 random 64-d items).
 
@@ -26,20 +30,24 @@ import numpy as np
 # below this many items the torch matmul answers a batch of users faster than the HNSW graph does (measured
 # with benchmarks/bench_recommend.py, 1 thread, hidden 64: see the README's serving section)
 EXACT_BELOW = 50_000
-KINDS = ("auto", "exact", "flat", "hnsw")
+KINDS = ("auto", "exact", "flat", "hnsw", "ivf")
+APPROXIMATE = ("hnsw", "ivf")  # kinds whose top-K may miss items: the recommend stage measures their recall
+IVF_TRAIN_PER_CELL = 64  # ivf: k-means training sample per cell (faiss samples nlist x this, seeded)
 
 
 @dataclass(frozen=True)
 class IndexSpec:
-    """Which retrieval ranks the catalogue, and the HNSW settings (the ``recommend`` params' names)."""
+    """Which retrieval ranks the catalogue, and the HNSW and IVF settings (the ``recommend`` params' names)."""
 
     index: str = "auto"
     hnsw_m: int = 32
     hnsw_ef_search: int = 128
     hnsw_ef_construction: int = 40
+    ivf_nlist: int | None = None  # None: sqrt(N)
+    ivf_nprobe: int = 32
 
     def kind(self, n_items: int) -> str:
-        """``exact``, ``flat`` or ``hnsw`` for a catalogue of ``n_items`` (``auto`` resolved)."""
+        """``exact``, ``flat``, ``hnsw`` or ``ivf`` for a catalogue of ``n_items`` (``auto`` resolved)."""
         if self.index not in KINDS:
             raise ValueError(f"recommend.index must be one of {' | '.join(KINDS)}, got {self.index!r}")
         if self.index == "auto":
@@ -80,8 +88,17 @@ class ItemIndex:
             self.index = faiss.IndexHNSWFlat(dim, int(spec.hnsw_m), faiss.METRIC_INNER_PRODUCT)
             self.index.hnsw.efConstruction = int(spec.hnsw_ef_construction)
             self.index.hnsw.efSearch = int(spec.hnsw_ef_search)
+        elif self.kind == "ivf":
+            nlist = min(int(spec.ivf_nlist or max(1, round(n**0.5))), n)
+            self.quantizer = faiss.IndexFlatIP(dim)  # held here: the index refers to it
+            self.index = faiss.IndexIVFFlat(self.quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
+            self.index.cp.seed = 0
+            self.index.cp.max_points_per_centroid = IVF_TRAIN_PER_CELL
+            self.index.cp.min_points_per_centroid = 1  # small catalogues: cells of a few items are fine
+            self.index.train(self.vectors)
+            self.index.nprobe = min(int(spec.ivf_nprobe), nlist)
         else:
-            raise ValueError(f"no faiss index of kind {self.kind!r} (flat | hnsw)")
+            raise ValueError(f"no faiss index of kind {self.kind!r} (flat | hnsw | ivf)")
         self.index.add(self.vectors)
 
     def __len__(self) -> int:
