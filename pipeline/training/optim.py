@@ -5,8 +5,9 @@ pairs), yet dense AdamW reads and writes every row of the ID embeddings and of e
 step: on a catalogue of a million items that is most of the step. In the sparse mode the student looks those
 rows up with sparse gradients (:attr:`pipeline.models.Student.sparse_grads`), and :class:`SplitAdam` steps
 them with ``torch.optim.SparseAdam`` (lazy Adam: a row's moments and value change only in the steps whose
-batch uses it) and every other parameter with AdamW, as before. The first step of a row equals AdamW's; later
-steps differ only for rows absent from the batch, which AdamW would still move by their decaying momentum.
+batch uses it) and every other parameter with AdamW, as before. A row used in every step is updated exactly as
+by AdamW; a row the batch does not use stays put, where AdamW would still move it by its decaying momentum, and
+it comes back with the moments it left with.
 The tables carry no weight decay in either mode (:func:`~pipeline.training.schedule.build_param_groups`).
 """
 
