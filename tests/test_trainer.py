@@ -190,9 +190,21 @@ def test_vq_codebook_from_the_correlate_stage_trains_one_head_per_sub_vector(
     assert model.code_logits("text", torch.tensor([1, 2]), torch.tensor([3, 4])).shape == (2, 4, 5)
 
 
-def test_interrupted_and_resumed_run_ends_with_the_same_weights(base_params: Params, tmp_path: Path) -> None:
+# sparse: the sampled softmax with lazy-Adam table updates, whose optimiser checkpoints two parts
+SPARSE = {
+    "train.loss": "sampled_softmax",
+    "train.num_negatives": 8,
+    "train.negatives": "popularity",
+    "train.embedding_updates": "sparse",
+}
+
+
+@pytest.mark.parametrize("over", [{}, SPARSE], ids=["dense", "sparse"])
+def test_interrupted_and_resumed_run_ends_with_the_same_weights(
+    base_params: Params, tmp_path: Path, over: dict
+) -> None:
     seq, sup = write_tiny_data(tmp_path)
-    p = params(base_params)
+    p = params(base_params, **over)
     train(p, tmp_path, seq, sup, "straight", checkpoint_root=tmp_path / "ck1")
     first = train(p, tmp_path, seq, sup, "resumed", checkpoint_root=tmp_path / "ck2", max_epochs_this_call=1)
     assert not first["finished"] and not (tmp_path / "resumed" / "models").exists()
