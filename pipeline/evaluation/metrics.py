@@ -96,8 +96,9 @@ def _count_at_least(scores: torch.Tensor, threshold: torch.Tensor) -> torch.Tens
     """(B,) int64: how many entries of each row of ``scores`` (B, M) are >= the row's ``threshold``.
 
     The comparisons are summed as bytes: first 64-wide lanes over blocks of at most 255 x 64 columns
-    (uint8 cannot overflow there), then each block's lanes. About 3x faster on a CPU than ``.sum(1)`` of the
-    boolean matrix, which widens every entry to int64 (the bulk of a validation pass's ranking time).
+    (uint8 cannot overflow there), then each block's lanes. About 5x faster on a CPU than ``.sum(1)`` of the
+    boolean matrix, which widens every entry to int64 (1,024 x 12,101 scores: 25 against 132 ms on one thread
+    of the development VM).
     """
     b, m = scores.shape
     lanes, block = 64, 255 * 64
