@@ -74,14 +74,7 @@ def rank_targets(
     target_score = scores[rows, targets]  # (B,)
     ranks = _count_at_least(scores[:, 1:], target_score) - 1
     if mask_history:
-        indptr = torch.as_tensor(hist_indptr, dtype=torch.long, device=device)
-        cols = torch.as_tensor(hist_items, dtype=torch.long, device=device)
-        if indptr.numel() != scores.shape[0] + 1 or int(indptr[-1]) != cols.numel():
-            raise ValueError(
-                f"hist_indptr ({indptr.numel()}) / hist_items ({cols.numel()}) do not describe "
-                f"{scores.shape[0]} cases"
-            )
-        hist_rows = torch.repeat_interleave(rows, torch.diff(indptr))
+        hist_rows, cols = _history_entries(scores.shape[0], hist_indptr, hist_items, device)
         # each (case, item) once; the target stays rankable when it repeats a history item; never padding
         keep = (cols != targets[hist_rows]) & (cols > 0)
         pairs = torch.unique(hist_rows[keep] * n_cols + cols[keep])
@@ -135,16 +128,30 @@ def mask_scores_(
     scores[:, 0] = float("-inf")
     if hist_indptr is None:
         return scores
-    indptr = torch.as_tensor(hist_indptr, dtype=torch.long, device=device)
-    cols = torch.as_tensor(hist_items, dtype=torch.long, device=device)
-    if indptr.numel() != scores.shape[0] + 1 or int(indptr[-1]) != cols.numel():
-        raise ValueError(
-            f"hist_indptr ({indptr.numel()}) / hist_items ({cols.numel()}) do not describe {scores.shape[0]} cases"
-        )
-    rows = torch.arange(scores.shape[0], device=device)
-    hist_rows = torch.repeat_interleave(rows, torch.diff(indptr))  # (nnz,)
+    hist_rows, cols = _history_entries(scores.shape[0], hist_indptr, hist_items, device)
     scores.index_put_((hist_rows, cols), torch.tensor(float("-inf"), device=device, dtype=scores.dtype))
     return scores
+
+
+def _history_entries(
+    n_rows: int,
+    hist_indptr: np.ndarray | torch.Tensor,
+    hist_items: np.ndarray | torch.Tensor,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR histories of ``n_rows`` cases as (row, item) entries, both (nnz,) int64 on ``device``.
+
+    Raises:
+        ValueError: the CSR arrays do not describe ``n_rows`` rows.
+    """
+    indptr = torch.as_tensor(hist_indptr, dtype=torch.long, device=device)
+    cols = torch.as_tensor(hist_items, dtype=torch.long, device=device)
+    if indptr.numel() != n_rows + 1 or int(indptr[-1]) != cols.numel():
+        raise ValueError(
+            f"hist_indptr ({indptr.numel()}) / hist_items ({cols.numel()}) do not describe {n_rows} cases"
+        )
+    rows = torch.arange(n_rows, device=device)
+    return torch.repeat_interleave(rows, torch.diff(indptr)), cols
 
 
 def metrics_from_ranks(ranks: np.ndarray | torch.Tensor, ks: Sequence[int]) -> dict[str, float]:
