@@ -89,13 +89,11 @@ class ItemIndex:
             self.index.hnsw.efConstruction = int(spec.hnsw_ef_construction)
             self.index.hnsw.efSearch = int(spec.hnsw_ef_search)
         elif self.kind == "ivf":
+            from pipeline.ivf import trained_ivf  # correlate's ivf cells, built the same way
+
             nlist = min(int(spec.ivf_nlist or max(1, round(n**0.5))), n)
-            self.quantizer = faiss.IndexFlatIP(dim)  # held here: the index refers to it
-            self.index = faiss.IndexIVFFlat(self.quantizer, dim, nlist, faiss.METRIC_INNER_PRODUCT)
-            self.index.cp.seed = 0
-            self.index.cp.max_points_per_centroid = IVF_TRAIN_PER_CELL
-            self.index.cp.min_points_per_centroid = 1  # small catalogues: cells of a few items are fine
-            self.index.train(self.vectors)
+            # the quantizer is held here: the index refers to it
+            self.index, self.quantizer = trained_ivf(self.vectors, nlist, IVF_TRAIN_PER_CELL, seed=0)
             self.index.nprobe = min(int(spec.ivf_nprobe), nlist)
         else:
             raise ValueError(f"no faiss index of kind {self.kind!r} (flat | hnsw | ivf)")

@@ -28,6 +28,7 @@ import torch
 
 from pipeline.config import CorrelateParams
 from pipeline.config.inputs import INNER_PRODUCT_SCORES, AnnParams
+from pipeline.ivf import trained_ivf
 from pipeline.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -77,15 +78,10 @@ def search_vectors(vectors: np.ndarray, score: str) -> np.ndarray:
 def train_cells(x: np.ndarray, ann: AnnParams, seed: int) -> tuple[Any, dict[str, Any]]:
     """The ivf cells: faiss k-means centroids (a seeded sample of ``nlist x train_per_list`` items) in a
     flat inner-product quantizer, which both assigns items to cells and finds each item's probed cells."""
-    n, d = x.shape
+    n = x.shape[0]
     nlist = min(ann.nlist or default_nlist(n, ann.nprobe), n)
-    quantizer = faiss.IndexFlatIP(d)
-    ivf = faiss.IndexIVFFlat(quantizer, d, nlist, faiss.METRIC_INNER_PRODUCT)
-    ivf.cp.niter = ann.train_iters
-    ivf.cp.seed = seed % 2**31
-    ivf.cp.max_points_per_centroid = ann.train_per_list  # faiss samples nlist x this (seeded)
-    ivf.cp.min_points_per_centroid = 1  # small catalogues: no warning, cells of a few items are fine
-    ivf.train(x)  # fills the quantizer with the centroids; the index object itself is not used
+    # only the quantizer is used: the scan is ivf_search's own
+    _, quantizer = trained_ivf(x, nlist, ann.train_per_list, seed, ann.train_iters)
     return quantizer, {"nlist": nlist, "nprobe": min(ann.nprobe, nlist), "train_iters": ann.train_iters}
 
 
