@@ -136,6 +136,38 @@ def test_vectors_reader_names_the_file_for_each_fault(
     assert "no 'missing' column" in caplog.text
 
 
+def test_vectors_are_decoded_batch_by_batch_across_row_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline import io
+
+    monkeypatch.setattr(io, "VECTOR_BATCH_ROWS", 4)  # 11 rows in 3 row groups, read 4 at a time
+    path = tmp_path / "text.parquet"
+    vectors = np.arange(33, dtype=np.float32).reshape(11, 3) / 7
+    table = pa.table(
+        {
+            "item": pa.array(np.arange(1, 12, dtype=np.int32)),
+            "vector": io.vector_array(vectors),
+            "missing": pa.array(np.arange(11) % 5 == 0),
+        }
+    )
+    pq.write_table(table, path, row_group_size=5)
+    assert pq.ParquetFile(path).metadata.num_row_groups == 3
+    got = read_item_vectors(path)
+    np.testing.assert_array_equal(got.vectors, vectors)
+    assert got.vectors.dtype == np.float32 and got.vectors.flags.c_contiguous
+    assert got.missing.tolist() == (np.arange(11) % 5 == 0).tolist()
+    vectors[9, 2] = np.inf  # in the last row group and the third batch
+    pq.write_table(table.set_column(1, "vector", io.vector_array(vectors)), path, row_group_size=5)
+    with pytest.raises(DataError, match=r"text\.parquet: item 10 has a NaN or infinite vector"):
+        read_item_vectors(path)
+    with pytest.raises(ValueError, match=r"text\.parquet: column 'vector' holds 11 vectors, expected 12"):
+        io.read_vector_column(path, "vector", 12, 3)
+
+
 # -------------------------------------------------------------------------------------- neighbours
 def test_neighbours_round_trip_skips_excluded_items(tmp_path: Path) -> None:
     path = tmp_path / "topk_text.parquet"

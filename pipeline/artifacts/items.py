@@ -33,24 +33,27 @@ def check_dense_ids(path: Path, item: np.ndarray) -> None:
 
 
 def read_table(path: Path, required: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a per-item Parquet artefact: ``columns`` (default all), which must include ``required``, with
-    ``item`` checked by :func:`check_dense_ids`.
+    """Read a per-item Parquet artefact: ``columns`` (default all), with ``item`` checked by
+    :func:`check_dense_ids`. The file must have ``item``, ``required`` and ``columns``; only ``columns`` (and
+    ``item``) are decoded.
 
     Raises:
         FileNotFoundError: the file is missing.
         DataError: not Parquet, a required column missing, or ``item`` not 1..N in order (naming the file).
     """
     from pipeline.errors import DataError
-    from pipeline.io import read_parquet
+    from pipeline.io import parquet_columns, read_parquet
 
     path = Path(path)
     try:
-        table = read_parquet(path)
+        names = parquet_columns(path)
+        missing = [c for c in ("item", *required, *(columns or ())) if c not in names]
+        if missing:
+            raise DataError(f"{path}: missing column(s) {sorted(set(missing))} (has {names})")
+        # only the columns asked for (and item, for the check): a large column left out is never decoded
+        table = read_parquet(path, None if columns is None else list(dict.fromkeys(["item", *columns])))
     except ValueError as err:
         raise DataError(str(err)) from None
-    missing = [c for c in (*required, *(columns or ())) if c not in table.column_names]
-    if missing:
-        raise DataError(f"{path}: missing column(s) {sorted(set(missing))} (has {table.column_names})")
     check_dense_ids(path, table.column("item").to_numpy().astype(np.int64))
     return table.select(list(columns)) if columns is not None else table
 

@@ -63,20 +63,31 @@ def read_item_vectors(path: Path) -> ItemVectors:
             list, or a NaN/infinite vector (each message names the file).
     """
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from pipeline.errors import DataError
-    from pipeline.io import parquet_metadata, vectors_from_column
+    from pipeline.io import parquet_columns, parquet_metadata, read_vector_column
 
     path = Path(path)
-    table = read_table(path, ("item", "vector"))
-    vtype = table.schema.field("vector").type
-    if not pa.types.is_fixed_size_list(vtype):
+    try:
+        has_missing = "missing" in parquet_columns(path)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    table = read_table(path, ("item", "vector"), ("item", "missing") if has_missing else ("item",))
+    vtype = pq.read_schema(path).field("vector").type
+    if not pa.types.is_fixed_size_list(vtype) or not (
+        pa.types.is_floating(vtype.value_type) or pa.types.is_integer(vtype.value_type)
+    ):
         raise DataError(f"{path}: column 'vector' must be fixed_size_list<float32>, got {vtype}")
-    vectors = vectors_from_column(table.column("vector"))
-    if not np.isfinite(vectors).all():
-        bad = int(np.flatnonzero(~np.isfinite(vectors).all(1))[0]) + 1
+    try:  # decoded straight into the array, never as a whole Arrow column beside it
+        vectors = read_vector_column(path, "vector", table.num_rows, vtype.list_size)
+    except ValueError as err:
+        raise DataError(str(err)) from None
+    finite = np.isfinite(vectors).all(1)
+    if not finite.all():
+        bad = int(np.flatnonzero(~finite)[0]) + 1
         raise DataError(f"{path}: item {bad} has a NaN or infinite vector")
-    if "missing" in table.column_names:
+    if has_missing:
         missing = table.column("missing").to_numpy(zero_copy_only=False).astype(bool)
     else:
         log.warning("%s: no 'missing' column: treating every item as present", path)

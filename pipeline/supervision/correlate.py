@@ -307,19 +307,21 @@ def build_modality(
     if embeddings.excluded.all():
         raise DataError(f"{embeddings_path}: every item is excluded (missing_policy=exclude)")
     teacher = reduce_teacher(modality, params, embeddings, out_dir, device)
+    meta, (n_items, teacher_dim) = embeddings.metadata, embeddings.vectors.shape
+    n_missing = int(embeddings.missing.sum())
+    del embeddings  # the raw teacher vectors (N x d): the search and the codebook read the reduced ones only
     t1 = time.perf_counter()
     topk_stats = holistic_neighbours(modality, params, teacher, out_dir, device)
     t2 = time.perf_counter()
     codebook_stats = dissected_codebook(modality, params, teacher, sequences_path, out_dir, device)
     timings.update(reduce=t1 - t0, topk=t2 - t1, codebook=time.perf_counter() - t2)
-    meta = embeddings.metadata
     return {
-        "items": len(embeddings.vectors),
+        "items": n_items,
         "excluded_items": int(teacher.excluded.sum()),
-        "missing_items": int(embeddings.missing.sum()),
+        "missing_items": n_missing,
         "missing_policy": meta.get("missing_policy"),
         "source_model": meta.get("model"),
-        "teacher_dim": embeddings.vectors.shape[1],
+        "teacher_dim": teacher_dim,
         "dim": params.dim,
         "reduction": teacher.stats,
         "score": params.score,
