@@ -246,18 +246,25 @@ def read_vector_column(path: str | Path, column: str, rows: int, dim: int) -> np
     of the whole column next to it (1 M x 384 vectors: a peak of 3.5 GB instead of 6.8 GB).
 
     Raises:
-        ValueError: the column's rows or width differ from ``rows`` and ``dim`` (naming the file).
+        ValueError: the column's rows or width differ from ``rows`` and ``dim``, or the file cannot be decoded
+            (naming the file).
     """
     out = np.empty((rows, dim), dtype=np.float32)
     start = 0
-    with pq.ParquetFile(path, memory_map=True, pre_buffer=False) as f:
-        for batch in f.iter_batches(batch_size=VECTOR_BATCH_ROWS, columns=[column], use_threads=False):
-            n = batch.num_rows
-            flat = batch.column(0).flatten().to_numpy(zero_copy_only=False)
-            if start + n > rows or flat.size != n * dim:
-                raise ValueError(f"{path}: column {column!r} does not hold {rows} vectors of {dim} values")
-            out[start : start + n] = flat.reshape(n, dim)
-            start += n
+    try:
+        with pq.ParquetFile(path, memory_map=True, pre_buffer=False) as f:
+            batches = f.iter_batches(batch_size=VECTOR_BATCH_ROWS, columns=[column], use_threads=False)
+            for batch in batches:
+                n = batch.num_rows
+                flat = batch.column(0).flatten().to_numpy(zero_copy_only=False)
+                if start + n > rows or flat.size != n * dim:
+                    raise ValueError(
+                        f"{path}: column {column!r} does not hold {rows} vectors of {dim} values"
+                    )
+                out[start : start + n] = flat.reshape(n, dim)
+                start += n
+    except (pa.ArrowInvalid, OSError) as err:  # a damaged file: name it, as read_parquet does
+        raise ValueError(f"{path}: cannot be read as Parquet ({err})") from None
     if start != rows:
         raise ValueError(f"{path}: column {column!r} holds {start} vectors, expected {rows}")
     return out
