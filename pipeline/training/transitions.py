@@ -1,0 +1,78 @@
+"""The transition prior's table: how often item j directly follows item i in the training sequences.
+
+``T[i, j] = c(i -> j) / sqrt(c(i ->) c(-> j))``, with ``c(i -> j)`` the number of times j is the next item after
+i inside a training prefix (validation and test targets never count), ``c(i ->)`` the out-count of i and
+``c(-> j)`` the in-count of j. Stored as CSR over rows 0..N (row 0, padding, is empty). After training, a user's
+score of item j can gain ``w x sd x sum_k a_k T[x_{t-k}, j]`` (the first-order Markov part of FPMC and the
+session-kNN methods), with ``a_k`` the recency prior's weights: :func:`add_transition_scores`.
+
+Work in progress (branch ``wip/transition-prior``): not yet wired into ``Student``, the weight's choice on
+validation, or the recommend stage's re-ranking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from pipeline.artifacts.sequences import Sequences
+
+
+@dataclass(frozen=True)
+class TransitionTable:
+    """CSR rows 0..N of ``T``: ``indices[indptr[i]:indptr[i + 1]]`` are the items that follow i, with ``values``."""
+
+    indptr: torch.Tensor  # (N + 2,) int64
+    indices: torch.Tensor  # (nnz,) int64
+    values: torch.Tensor  # (nnz,) float32
+
+    @property
+    def num_items(self) -> int:
+        return int(self.indptr.shape[0]) - 2
+
+
+def transition_table(seqs: Sequences, num_items: int) -> TransitionTable:
+    """The normalised transition counts of the training prefixes of ``seqs`` (items 1..``num_items``)."""
+    n = num_items + 1
+    user = np.repeat(np.arange(len(seqs.lengths)), seqs.lengths)
+    pos = np.arange(len(seqs.flat)) - seqs.offsets[user]
+    # a step p -> p + 1 counts when both positions are training items of the same user
+    step = pos + 1 < seqs.train_end[user]
+    src, dst = seqs.flat[step], seqs.flat[np.flatnonzero(step) + 1]
+    keys, counts = np.unique(src * n + dst, return_counts=True)
+    rows, cols = keys // n, keys % n
+    out_deg = np.bincount(rows, weights=counts, minlength=n)
+    in_deg = np.bincount(cols, weights=counts, minlength=n)
+    values = counts / np.sqrt(out_deg[rows] * in_deg[cols])
+    indptr = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(np.bincount(rows, minlength=n), out=indptr[1:])
+    return TransitionTable(
+        torch.from_numpy(indptr),
+        torch.from_numpy(cols.astype(np.int64)),
+        torch.from_numpy(values.astype(np.float32)),
+    )
+
+
+def add_transition_scores(
+    scores: torch.Tensor, table: TransitionTable, cols: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """``scores[b, j] += scale[b] * sum_k mix[b, k] * T[cols[b, k], j]`` in place; returns ``scores``.
+
+    ``cols`` (B, n) recent item ids (0 = padding, an empty row), ``mix`` (B, n) their weights, ``scale`` (B,).
+    The work is the number of table entries in the users' recent rows, not B x N.
+    """
+    starts, ends = table.indptr[cols], table.indptr[cols + 1]
+    lengths = (ends - starts).reshape(-1)
+    if int(lengths.sum()) == 0:
+        return scores
+    owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=cols.device), lengths)
+    offset = torch.arange(int(lengths.sum()), device=cols.device) - torch.repeat_interleave(
+        torch.cumsum(lengths, 0) - lengths, lengths
+    )
+    entry = starts.reshape(-1)[owner] + offset
+    b = owner // cols.shape[1]
+    weight = (scale[:, None] * mix).reshape(-1)[owner] * table.values[entry]
+    scores.index_put_((b, table.indices[entry]), weight.to(scores.dtype), accumulate=True)
+    return scores
