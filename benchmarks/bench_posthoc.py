@@ -52,7 +52,7 @@ def main() -> None:
     from pipeline.evaluation.metrics import evaluate_scorer
     from pipeline.experiments.plan import parse_overrides
     from pipeline.models import load_student
-    from pipeline.training.prior import set_prior_weight
+    from pipeline.training.prior import make_posthoc_choices
 
     torch.set_num_threads(args.threads)
     p = with_overrides(load_params(args.params), parse_overrides(args.set))
@@ -70,11 +70,13 @@ def main() -> None:
                 continue
             ev = p.eval.model_copy(update={"mask_history": mask})
             model.cfg = dataclasses.replace(model.cfg, last_item_prior=0.0, exclude_seen=False)
-            set_prior_weight(model, valid, p.train, ev, device)
+            model.detach_transitions()
+            make_posthoc_choices(model, valid, p.train, ev, device, sequences)
             with torch.inference_mode():
                 score = model.scorer()
             metrics, ranks = evaluate_scorer(score, test, ev.ks, mask, ev.batch_size)
             row[f"{name}_prior"] = model.cfg.last_item_prior
+            row[f"{name}_transition_prior"] = model.cfg.transition_prior
             row[f"{name}_exclude_seen"] = model.cfg.exclude_seen
             row.update({f"{name}_test_{k}": v for k, v in metrics.items()})
             if args.ranks:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import torch
 
 from pipeline.artifacts.sequences import Sequences
-from pipeline.training.transitions import add_transition_scores, transition_table
+from pipeline.models.transitions import add_transition_scores, transition_table
 
 
 def _seqs() -> Sequences:
@@ -47,3 +49,96 @@ def test_scores_add_the_recency_weighted_rows_scaled_per_user() -> None:
     empty = torch.zeros(1, 5)
     add_transition_scores(empty, t, torch.tensor([[0, 4]]), torch.tensor([[0.5, 0.5]]), torch.ones(1))
     assert empty.abs().sum() == 0  # item 4 is never followed in training
+
+
+def test_the_student_adds_the_prior_in_its_scores_and_keeps_the_table_when_saved(tmp_path) -> None:
+    from pipeline.models import Student, load_student
+    from pipeline.models.config import StudentConfig
+    from pipeline.models.persist import save_student
+
+    torch.manual_seed(0)
+    model = Student(StudentConfig(num_items=4, hidden=8, heads=2, max_len=5)).eval()
+    seq = torch.tensor([[0, 0, 1, 2], [0, 3, 3, 1]])
+    with torch.inference_mode():
+        base = model.user_scores(seq)
+    t = transition_table(_seqs(), num_items=4)
+    model.attach_transitions(t)
+    with torch.inference_mode():
+        assert torch.equal(model.user_scores(seq), base)  # weight 0: no change
+    model.cfg = dataclasses.replace(model.cfg, transition_prior=2.0)
+    with torch.inference_mode():
+        got = model.user_scores(seq)
+    cols, mix = model._recency(seq)
+    expected = add_transition_scores(base.clone(), t, cols, mix, 2.0 * base[:, 1:].std(1))
+    torch.testing.assert_close(got, expected)
+    assert not torch.equal(got, base)
+    save_student(model, tmp_path)
+    back = load_student(tmp_path)
+    assert back.cfg.transition_prior == 2.0 and back.cfg.transition_entries == 3
+    with torch.inference_mode():
+        torch.testing.assert_close(back.user_scores(seq), got)
+
+
+def test_the_weight_is_chosen_on_validation_and_the_recommender_ranks_with_it(tmp_path) -> None:
+    from pipeline.config import EvalParams
+    from pipeline.evaluation.cases import build_eval_cases
+    from pipeline.models import Student
+    from pipeline.models.config import StudentConfig
+    from pipeline.recommend.topk import ItemCatalogue, Recommender
+    from pipeline.training.prior import set_transition_weight
+
+    torch.manual_seed(0)
+    seqs = _seqs()
+    model = Student(StudentConfig(num_items=50, hidden=8, heads=2, max_len=5)).eval()
+    t = transition_table(seqs, num_items=50)  # 50 items: chance alone rarely puts a target first
+    # each validation target follows its input's last item in training: 2 -> 3 and 3 -> 1
+    valid = build_eval_cases([[1, 2, 3, 4], [2, 3, 1, 4]], [2, 2], [3, 3], "valid", max_len=5)
+    ev = EvalParams(ks=[1, 10], batch_size=8)
+    got = set_transition_weight(model, valid, t, [0.0, 100.0], ev, torch.device("cpu"))
+    assert got is not None and model.cfg.transition_prior == 100.0  # T[2, 3] and T[3, 1] make the targets win
+    assert got["hr_at_1"] == 1.0 and model.transitions is not None
+    catalogue = ItemCatalogue(ids=[f"i{k}" for k in range(1, 51)])
+    rec = Recommender(model, catalogue)
+    ((top, _),) = rec.recommend([["i1", "i2"]], k=1, mask_history=True)
+    assert top == ["i3"]  # b -> c, the training step, beats the random model's scores
+    # a table that points away from every target: the weight 0 wins and the table is dropped
+    wrong = build_eval_cases([[1, 2, 4, 3], [2, 3, 4, 1]], [2, 2], [3, 3], "valid", max_len=5)
+    set_transition_weight(model, wrong, t, [0.0, 100.0], ev, torch.device("cpu"))
+    assert model.cfg.transition_prior == 0.0 and model.transitions is None
+
+
+def test_a_flat_index_reranked_with_the_transition_candidates_gives_the_exact_top_k() -> None:
+    from pipeline.models import Student
+    from pipeline.models.config import StudentConfig
+    from pipeline.recommend.retrieval import IndexSpec
+    from pipeline.recommend.topk import ItemCatalogue, Recommender
+
+    torch.manual_seed(1)
+    n = 40
+    rng = np.random.default_rng(0)
+    rows = [rng.integers(1, n + 1, size=int(rng.integers(4, 12))).tolist() for _ in range(60)]
+    seqs = Sequences.from_lists(
+        rows, train_end=[len(r) - 2 for r in rows], valid_end=[len(r) - 1 for r in rows]
+    )
+    model = Student(StudentConfig(num_items=n, hidden=8, heads=2, max_len=6)).eval()
+    model.attach_transitions(transition_table(seqs, num_items=n))
+    catalogue = ItemCatalogue(ids=[f"i{k}" for k in range(1, n + 1)])
+    flat_ids = np.concatenate([np.asarray(r[:6]) for r in rows]).astype(np.int64)
+    offsets = np.concatenate([[0], np.cumsum([len(r[:6]) for r in rows])])
+    # weights from a nudge to a push past most of the list
+    for w in (0.5, 1.0, 3.0, 10.0):
+        model.cfg = dataclasses.replace(model.cfg, transition_prior=w)
+        exact = Recommender(model, catalogue, index=IndexSpec(index="exact"))
+        flat = Recommender(model, catalogue, index=IndexSpec(index="flat"))
+        assert flat.index_kind == "flat"
+        for mask in (True, False):
+            e_ids, e_scores = exact.top_k_csr(flat_ids, offsets, 7, mask)
+            f_ids, f_scores = flat.top_k_csr(flat_ids, offsets, 7, mask)
+            np.testing.assert_array_equal(f_ids, e_ids)
+            np.testing.assert_allclose(f_scores, e_scores, rtol=1e-4, atol=1e-4)
+    # the prior changes the lists, so the test would see a re-ranking that ignored it
+    model.cfg = dataclasses.replace(model.cfg, transition_prior=0.0)
+    base_ids, _ = Recommender(model, catalogue, index=IndexSpec(index="exact")).top_k_csr(
+        flat_ids, offsets, 7, True
+    )
+    assert (base_ids != e_ids).any()

@@ -55,6 +55,10 @@ class StudentConfig:
     prior_decay: float = _train("prior_decay")  # the prior's weight of the item k steps back: decay^k
     # never recommend an item of the input (train.exclude_seen; with "auto", chosen on validation)
     exclude_seen: bool = False
+    # w of the transition prior (pipeline.models.transitions), chosen on validation after training; 0 = none
+    transition_prior: float = 0.0
+    # entries of the saved transition table (buffers transition_*); 0 = the model has none
+    transition_entries: int = 0
     session_graph_last_n: int = _train("session_graph.last_n")
     session_graph_attention_dropout: float = _train("session_graph.attention_dropout")
 
@@ -72,6 +76,8 @@ class StudentConfig:
         "last_item_prior": 0.0,
         "prior_decay": 0.0,
         "exclude_seen": False,
+        "transition_prior": 0.0,
+        "transition_entries": 0,
         "session_graph_last_n": 2,
         "session_graph_attention_dropout": 0.2,
     }
@@ -87,6 +93,8 @@ class StudentConfig:
         "last_item_prior",
         "prior_decay",
         "exclude_seen",
+        "transition_prior",
+        "transition_entries",
         "session_graph_last_n",
         "session_graph_attention_dropout",
     )

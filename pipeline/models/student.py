@@ -25,6 +25,12 @@ in the distilled geometry move up; the std puts w on the scale of each user's ow
 product (:meth:`item_side`, :meth:`query_side`), so an index over the item side ranks with it. Training never
 uses it. With ``cfg.exclude_seen`` the items of the input are never recommended (:meth:`user_scores`).
 
+The transition prior (``cfg.transition_prior`` = w > 0, chosen on validation after the last-item prior): the
+scores gain ``w * std_j(score_j) * sum_k a_k T[x_{t-k}, j]`` with ``T`` the training sequences' normalised
+transition counts (:mod:`pipeline.models.transitions`, saved as buffers with the weights) and ``a_k`` the
+recency weights above (:meth:`add_transition_prior_`). It is not an inner product: a recommender that ranks
+through an index re-scores the index's top-K with the transition candidates.
+
 The distillation heads read ``m`` directly: the holistic score ξ(P m_i, P m_j) with ``P`` per
 ``kd_projection`` (:data:`KD_PROJECTIONS`: ``identity``-initialised linear map, the authors' two ``random``
 linear layers, ``none`` = the table itself, or ``item`` = the items' output embeddings), and a 2-layer MLP that predicts the dissected correlation
@@ -34,6 +40,7 @@ per sub-vector, each reading its own slice of |m_i - m_j| (:class:`SubVectorCode
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -48,6 +55,7 @@ from pipeline.models.config import StudentConfig
 from pipeline.models.fusion import FUSIONS
 from pipeline.models.heads import CodeHead, SubVectorCodeHeads
 from pipeline.models.session_graph import SessionGraph
+from pipeline.models.transitions import TransitionTable, add_transition_scores
 
 OUTPUTS: tuple[str, ...] = get_args(Output)
 KD_PROJECTIONS: tuple[str, ...] = get_args(KDProjection)
@@ -160,6 +168,50 @@ class Student(nn.Module):
         for name, module in fusion.modules(h, n_parts).items():
             self.add_module(name, module)
         self.backbone: nn.Module = BACKBONES[cfg.backbone](cfg)
+        if cfg.transition_entries > 0:  # filled by load_state_dict (attach_transitions when training)
+            e = cfg.transition_entries
+            self._set_transition_buffers(
+                torch.zeros(n + 1, dtype=torch.int64), torch.zeros(e, dtype=torch.int64), torch.zeros(e)
+            )
+
+    # ------------------------------------------------------------------ the transition prior
+    def _set_transition_buffers(
+        self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
+    ) -> None:
+        self.register_buffer("transition_indptr", indptr)
+        self.register_buffer("transition_indices", indices)
+        self.register_buffer("transition_values", values)
+
+    def attach_transitions(self, table: TransitionTable) -> None:
+        """Keep ``table`` with the model (saved with its weights); the prior's weight stays as it is."""
+        if table.num_items != self.cfg.num_items:
+            raise ValueError(f"transition table over {table.num_items} items, model has {self.cfg.num_items}")
+        self._set_transition_buffers(table.indptr, table.indices, table.values.float())
+        self.cfg = dataclasses.replace(self.cfg, transition_entries=int(table.indices.numel()))
+
+    def add_transition_prior_(self, scores: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
+        """Add the transition prior to full (B, N+1) ``scores`` of inputs ``recent`` (B, L) in place: w x the
+        std of each user's scores over items 1..N x the recency-weighted transition rows of its recent items.
+        Nothing when the model has no transition prior."""
+        table = self.transitions
+        if table is None or self.cfg.transition_prior <= 0:
+            return scores
+        scale = self.cfg.transition_prior * scores[:, 1:].float().std(1)
+        return add_transition_scores(scores, table, *self._recency(recent), scale)
+
+    def detach_transitions(self) -> None:
+        """Drop the transition table (and the prior's weight) from the model."""
+        for name in ("transition_indptr", "transition_indices", "transition_values"):
+            if name in self._buffers:
+                del self._buffers[name]
+        self.cfg = dataclasses.replace(self.cfg, transition_entries=0, transition_prior=0.0)
+
+    @property
+    def transitions(self) -> TransitionTable | None:
+        """The saved transition table, or None."""
+        if self.cfg.transition_entries <= 0:
+            return None
+        return TransitionTable(self.transition_indptr, self.transition_indices, self.transition_values)
 
     @property
     def num_items(self) -> int:
@@ -353,6 +405,7 @@ class Student(nn.Module):
         def scores(seq: torch.Tensor) -> torch.Tensor:
             hidden, recent = self.user_states(seq, chunk, items)
             out = self.query_side(hidden, recent, side) @ side.keys.T
+            self.add_transition_prior_(out, recent)
             if self.cfg.exclude_seen:
                 out.scatter_(1, recent, float("-inf"))  # column 0 (padding) is never ranked anyway
             return out

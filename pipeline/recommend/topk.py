@@ -161,6 +161,7 @@ class Recommender:
         # and so is the catalogue side of its logits (Student.item_side, the last-item prior's covariance included)
         self._items: torch.Tensor | None = None
         self._side: Any = None
+        self._keys_cov: torch.Tensor | None = None  # for the transition prior's re-ranking (_rerank)
         if isinstance(model, torch.nn.Module) and hasattr(model, "item_side"):
             with torch.inference_mode():
                 self._items = model.item_representations()
@@ -186,6 +187,70 @@ class Recommender:
         model: Any = self.model
         hidden, recent = model.user_states(inputs, items=self._items)
         return model.query_side(hidden, recent, self._side)
+
+    @property
+    def _transitions_on(self) -> bool:
+        cfg = getattr(self.model, "cfg", None)
+        return getattr(cfg, "transition_prior", 0.0) > 0 and self.model.transitions is not None
+
+    def _rerank(
+        self, inputs: torch.Tensor, k: int, hist_indptr: np.ndarray | None, hist_items: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top-K through the index for a model with a transition prior (not an inner product): the index's
+        best K by the inner product, united with each user's transition candidates, all scored exactly. With an
+        exact index (flat) that is the exact top-K: the prior only adds (w >= 0, T >= 0), so an item outside the
+        index's K has at least K items above it in the final scores too. ``hist_indptr`` None: the history is
+        not masked."""
+        from pipeline.models.transitions import transition_entries
+
+        model: Any = self.model
+        hidden, recent = model.user_states(inputs, items=self._items)
+        q = model.query_side(hidden, recent, self._side).float()
+        keys = self._side.keys.float()
+        if self._keys_cov is None:  # of the item rows, once: each user's score std without scoring every item
+            rows = keys[1:] - keys[1:].mean(0)
+            self._keys_cov = rows.T @ rows / max(1, len(rows) - 1)
+        sd = ((q @ self._keys_cov) * q).sum(1).clamp_min(0).sqrt()
+        scale = model.cfg.transition_prior * sd
+        b, j, w = transition_entries(model.transitions, *model._recency(recent), scale)
+        n1 = keys.shape[0]
+        t_keys, t_inv = torch.unique(b * n1 + j, return_inverse=True)
+        t_vals = torch.zeros(len(t_keys)).index_add_(0, t_inv, w.float())
+        if hist_indptr is None:
+            ids, _ = self.index.search(q.numpy(), k)
+        else:
+            ids, _ = self.index.search(q.numpy(), k, hist_indptr, hist_items)
+        ids_t = torch.from_numpy(ids)
+        i_keys = (torch.arange(len(q))[:, None] * n1 + ids_t)[ids_t > 0]
+        cand = torch.unique(torch.cat([i_keys, t_keys]))
+        if hist_indptr is not None:  # a transition candidate may be a history item
+            hist = torch.from_numpy(_history_pairs(hist_indptr, hist_items, n1))
+            cand = cand[~torch.isin(cand, hist)]
+        cb, cj = cand // n1, cand % n1
+        score = (q[cb] * keys[cj]).sum(1)
+        pos = torch.searchsorted(t_keys, cand).clamp_max(max(0, len(t_keys) - 1))
+        hit = (t_keys[pos] == cand) if len(t_keys) else torch.zeros_like(cand, dtype=torch.bool)
+        score = score + torch.where(hit, t_vals[pos] if len(t_keys) else score, torch.zeros_like(score))
+        order = np.lexsort((-score.numpy(), cb.numpy()))  # by user, best first
+        cb_o, cj_o, s_o = cb.numpy()[order], cj.numpy()[order], score.numpy()[order]
+        first = np.searchsorted(cb_o, np.arange(len(q)))
+        rank = np.arange(len(cb_o)) - first[cb_o]
+        keep = rank < k
+        out_ids = np.zeros((len(q), min(k, n1 - 1)), dtype=np.int64)
+        out_scores = np.full(out_ids.shape, -np.inf, dtype=np.float32)
+        out_ids[cb_o[keep], rank[keep]] = cj_o[keep]
+        out_scores[cb_o[keep], rank[keep]] = s_o[keep]
+        return out_ids, out_scores
+
+    def _exact_scores(self, inputs: torch.Tensor) -> torch.Tensor:
+        """Every item's score of left-padded inputs, as the model's ``user_scores`` ranks them (without its
+        exclusion, which :meth:`top_k_csr` applies as history masking)."""
+        model: Any = self.model
+        hidden, recent = model.user_states(inputs, items=self._items)
+        scores = model.query_side(hidden, recent, self._side) @ self._side.keys.T
+        return (
+            model.add_transition_prior_(scores, recent) if hasattr(model, "add_transition_prior_") else scores
+        )
 
     def _queries(self, inputs: torch.Tensor) -> np.ndarray:
         return self._query_rows(inputs).detach().float().cpu().numpy()
@@ -234,13 +299,13 @@ class Recommender:
         with torch.inference_mode():
             inputs = inputs.to(self.device)
             if self.index is not None and not exact:
+                if self._transitions_on:
+                    return self._rerank(inputs, k, hist_indptr if mask_history else None, hist_items)
                 if mask_history:
                     return self.index.search(self._queries(inputs), k, hist_indptr, hist_items)
                 return self.index.search(self._queries(inputs), k)
-            if self._side is not None:
-                scores = self._query_rows(inputs) @ self._side.keys.T  # the model's user_scores
-            else:
-                scores = self.model.user_scores(inputs)
+            # a student: its user_scores, from the side computed once; another scorer: its own user_scores
+            scores = self.model.user_scores(inputs) if self._side is None else self._exact_scores(inputs)
             if mask_history:
                 items, vals = top_k(scores, k, hist_indptr, hist_items)
             else:
@@ -268,3 +333,9 @@ class Recommender:
                 ([self.catalogue.ids[i - 1] for i in row_items[keep]], [float(v) for v in row_vals[keep]])
             )
         return out
+
+
+def _history_pairs(indptr: np.ndarray, items: np.ndarray, width: int) -> np.ndarray:
+    """``row * width + item`` of every (row, history item) of CSR histories."""
+    rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
+    return rows * width + np.asarray(items, dtype=np.int64)

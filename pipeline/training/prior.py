@@ -20,11 +20,14 @@ import numpy as np
 import torch
 
 from pipeline.evaluation.cases import EvalCases
-from pipeline.evaluation.metrics import metrics_from_ranks, rank_targets
+from pipeline.evaluation.metrics import evaluate_scorer, metrics_from_ranks, rank_targets
 from pipeline.models import Student
+from pipeline.models.transitions import TransitionTable
 from pipeline.training.validation import SELECT_METRIC
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from pipeline.config import EvalParams
     from pipeline.config.train import TrainParams
     from pipeline.tracking import Tracker
@@ -123,3 +126,66 @@ def set_prior_weight(
             }
         )
     return by[(w, excluded)]
+
+
+def set_transition_weight(
+    model: Student,
+    cases: EvalCases,
+    table: TransitionTable,
+    weights: Sequence[float],
+    eval_params: EvalParams,
+    device: torch.device,
+    tracker: Tracker | None = None,
+) -> dict[str, float] | None:
+    """Choose the transition prior's weight from ``weights`` on ``cases`` (validation), on top of the model's
+    other post-hoc choices; keep ``table`` with the model when the weight is not 0. The choice's validation
+    metrics, or None when there is nothing to choose."""
+    if not weights or all(w == 0 for w in weights):
+        return None
+    ev = eval_params
+    model.attach_transitions(table)
+    by: dict[float, dict[str, float]] = {}
+    for w in sorted({float(w) for w in weights}):
+        model.cfg = dataclasses.replace(model.cfg, transition_prior=w)
+        model.eval()
+        with torch.inference_mode():
+            scorer = model.scorer()
+        by[w], _ = evaluate_scorer(scorer, cases, ev.ks, ev.mask_history, ev.batch_size, device)
+    best = max(by, key=lambda w: (by[w][SELECT_METRIC], -w))
+    model.cfg = dataclasses.replace(model.cfg, transition_prior=best)
+    if best == 0:
+        model.detach_transitions()
+    log.info(
+        "transition prior: weight %g (valid %s: %s)",
+        best,
+        SELECT_METRIC,
+        ", ".join(f"{w:g}: {m[SELECT_METRIC]:.4f}" for w, m in by.items()),
+    )
+    if tracker is not None:
+        tracker.log_metrics(
+            {"transition_prior": best, **{f"transition_valid_{k}": v for k, v in by[best].items()}}
+        )
+    return by[best]
+
+
+def make_posthoc_choices(
+    model: Student,
+    cases: EvalCases,
+    train_params: TrainParams,
+    eval_params: EvalParams,
+    device: torch.device,
+    sequences_path: Path,
+    tracker: Tracker | None = None,
+) -> dict[str, float] | None:
+    """Every choice made on validation after training: the last-item prior and the exclusion
+    (:func:`set_prior_weight`), then the transition prior over ``sequences_path``'s training prefixes
+    (:func:`set_transition_weight`); the last choice's validation metrics, or None when nothing was chosen."""
+    chosen = set_prior_weight(model, cases, train_params, eval_params, device, tracker)
+    if any(w > 0 for w in train_params.transition_prior):
+        from pipeline.artifacts.sequences import read_sequences
+        from pipeline.models.transitions import transition_table
+
+        table = transition_table(read_sequences(sequences_path), model.num_items)
+        weights = train_params.transition_prior
+        chosen = set_transition_weight(model, cases, table, weights, eval_params, device, tracker) or chosen
+    return chosen

@@ -40,7 +40,7 @@ from pipeline.training.distributed import (
     from_main,
     init_from_env,
 )
-from pipeline.training.prior import set_prior_weight
+from pipeline.training.prior import make_posthoc_choices
 from pipeline.training.setup import Training, build_training
 from pipeline.training.step import train_step
 from pipeline.training.validation import SELECT_METRIC, evaluate_sharded, nan_guard
@@ -371,7 +371,9 @@ class TrainRecipe:
         job, state, model = self.job, self.state, self.t.model
         model.load_state_dict(self.best_state)
         ev, cases = job.eval_params, self.t.valid_cases  # the post-hoc choices, on validation
-        chosen = set_prior_weight(model, cases, self.train, ev, self.device, self.tracker)
+        chosen = make_posthoc_choices(
+            model, cases, self.train, ev, self.device, job.sequences_path, self.tracker
+        )
         best_valid = chosen or best_valid
         weights = save_student(
             model,

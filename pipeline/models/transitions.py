@@ -55,24 +55,29 @@ def transition_table(seqs: Sequences, num_items: int) -> TransitionTable:
     )
 
 
-def add_transition_scores(
-    scores: torch.Tensor, table: TransitionTable, cols: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor
-) -> torch.Tensor:
-    """``scores[b, j] += scale[b] * sum_k mix[b, k] * T[cols[b, k], j]`` in place; returns ``scores``.
-
-    ``cols`` (B, n) recent item ids (0 = padding, an empty row), ``mix`` (B, n) their weights, ``scale`` (B,).
-    The work is the number of table entries in the users' recent rows, not B x N.
-    """
+def transition_entries(
+    table: TransitionTable, cols: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (user, item, weight) entries of ``scale[b] * sum_k mix[b, k] * T[cols[b, k], :]`` (repeated (user,
+    item) pairs not summed). ``cols`` (B, n) recent item ids (0 = padding, an empty row), ``mix`` (B, n) their
+    weights, ``scale`` (B,). The work is the number of table entries in the users' recent rows, not B x N."""
     starts, ends = table.indptr[cols], table.indptr[cols + 1]
     lengths = (ends - starts).reshape(-1)
-    if int(lengths.sum()) == 0:
-        return scores
+    total = int(lengths.sum())
     owner = torch.repeat_interleave(torch.arange(lengths.numel(), device=cols.device), lengths)
-    offset = torch.arange(int(lengths.sum()), device=cols.device) - torch.repeat_interleave(
+    offset = torch.arange(total, device=cols.device) - torch.repeat_interleave(
         torch.cumsum(lengths, 0) - lengths, lengths
     )
     entry = starts.reshape(-1)[owner] + offset
-    b = owner // cols.shape[1]
     weight = (scale[:, None] * mix).reshape(-1)[owner] * table.values[entry]
-    scores.index_put_((b, table.indices[entry]), weight.to(scores.dtype), accumulate=True)
+    return owner // cols.shape[1], table.indices[entry], weight
+
+
+def add_transition_scores(
+    scores: torch.Tensor, table: TransitionTable, cols: torch.Tensor, mix: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """``scores[b, j] += scale[b] * sum_k mix[b, k] * T[cols[b, k], j]`` in place (:func:`transition_entries`);
+    returns ``scores``."""
+    b, j, w = transition_entries(table, cols, mix, scale)
+    scores.index_put_((b, j), w.to(scores.dtype), accumulate=True)
     return scores
