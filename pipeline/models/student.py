@@ -8,9 +8,8 @@ the reduced teacher vectors; it is mapped to the hidden size H and fused with th
 - ``output="id"`` (the paper's): the fused representation feeds the backbone only; the catalogue is scored
   with the ID embeddings alone, so a modality row gets gradient only when its item is in the batch.
 - ``output="id_teacher"``: as ``id`` on the input side; the catalogue is scored with the ID embedding plus
-  ``LayerNorm -> Linear(d, H)`` of the **frozen** teacher vectors (a buffer, never trained). The output side
-  keeps the text knowledge of ``fused`` for every item without a table that drifts; the trainable tables
-  live on the input side only, where distillation has to keep them.
+  ``LayerNorm -> Linear(d, H)`` of the **frozen** teacher vectors (a buffer, never trained): the text knowledge
+  of ``fused`` for every item without a table that drifts; the trainable tables live on the input side only.
 
 Fusions (:data:`FUSIONS`): ``sum``, ``gate`` and ``concat`` map each table through ``LayerNorm -> Linear``;
 ``paper_gate`` (the paper's) maps it through a bias-free ``Linear(d, H)`` with no normalisation, so the
@@ -25,22 +24,15 @@ in the distilled geometry move up; the std puts w on the scale of each user's ow
 product (:meth:`item_side`, :meth:`query_side`), so an index over the item side ranks with it. Training never
 uses it. With ``cfg.exclude_seen`` the items of the input are never recommended (:meth:`user_scores`).
 
-The transition prior (``cfg.transition_prior`` = w > 0, chosen on validation after the last-item prior): the
-scores gain ``w * std_j(score_j) * sum_k a_k T[x_{t-k}, j]`` with ``T`` the training sequences' normalised
-transition counts (:mod:`pipeline.models.transitions`, saved as buffers with the weights) and ``a_k`` the
-recency weights above (:meth:`add_transition_prior_`). It is not an inner product: a recommender that ranks
-through an index re-scores the index's top-K with the transition candidates.
-
 The distillation heads read ``m`` directly: the holistic score ξ(P m_i, P m_j) with ``P`` per
 ``kd_projection`` (:data:`KD_PROJECTIONS`: ``identity``-initialised linear map, the authors' two ``random``
-linear layers, ``none`` = the table itself, or ``item`` = the items' output embeddings), and a 2-layer MLP that predicts the dissected correlation
-code from |m_i - m_j|: one K-way head for a k-means codebook (:class:`CodeHead`), or, for a vq codebook, one
-per sub-vector, each reading its own slice of |m_i - m_j| (:class:`SubVectorCodeHeads`).
+linear layers, ``none`` = the table itself, or ``item`` = the items' output embeddings), and a 2-layer MLP
+that predicts the dissected correlation code from |m_i - m_j|: one K-way head for a k-means codebook
+(:class:`CodeHead`), or, for a vq codebook, one per sub-vector, each on its slice (:class:`SubVectorCodeHeads`).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -55,7 +47,7 @@ from pipeline.models.config import StudentConfig
 from pipeline.models.fusion import FUSIONS
 from pipeline.models.heads import CodeHead, SubVectorCodeHeads
 from pipeline.models.session_graph import SessionGraph
-from pipeline.models.transitions import TransitionTable, add_transition_scores
+from pipeline.models.transitions import TransitionPrior
 
 OUTPUTS: tuple[str, ...] = get_args(Output)
 KD_PROJECTIONS: tuple[str, ...] = get_args(KDProjection)
@@ -97,7 +89,7 @@ class ItemSide:
     cov: torch.Tensor | None
 
 
-class Student(nn.Module):
+class Student(TransitionPrior, nn.Module):
     """Sequential recommender with modality tables; interface ``encode`` / ``item_representations`` /
     ``full_scores`` / ``user_scores``.
 
@@ -168,50 +160,7 @@ class Student(nn.Module):
         for name, module in fusion.modules(h, n_parts).items():
             self.add_module(name, module)
         self.backbone: nn.Module = BACKBONES[cfg.backbone](cfg)
-        if cfg.transition_entries > 0:  # filled by load_state_dict (attach_transitions when training)
-            e = cfg.transition_entries
-            self._set_transition_buffers(
-                torch.zeros(n + 1, dtype=torch.int64), torch.zeros(e, dtype=torch.int64), torch.zeros(e)
-            )
-
-    # ------------------------------------------------------------------ the transition prior
-    def _set_transition_buffers(
-        self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
-    ) -> None:
-        self.register_buffer("transition_indptr", indptr)
-        self.register_buffer("transition_indices", indices)
-        self.register_buffer("transition_values", values)
-
-    def attach_transitions(self, table: TransitionTable) -> None:
-        """Keep ``table`` with the model (saved with its weights); the prior's weight stays as it is."""
-        if table.num_items != self.cfg.num_items:
-            raise ValueError(f"transition table over {table.num_items} items, model has {self.cfg.num_items}")
-        self._set_transition_buffers(table.indptr, table.indices, table.values.float())
-        self.cfg = dataclasses.replace(self.cfg, transition_entries=int(table.indices.numel()))
-
-    def add_transition_prior_(self, scores: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
-        """Add the transition prior to full (B, N+1) ``scores`` of inputs ``recent`` (B, L) in place: w x the
-        std of each user's scores over items 1..N x the recency-weighted transition rows of its recent items.
-        Nothing when the model has no transition prior."""
-        table = self.transitions
-        if table is None or self.cfg.transition_prior <= 0:
-            return scores
-        scale = self.cfg.transition_prior * scores[:, 1:].float().std(1)
-        return add_transition_scores(scores, table, *self._recency(recent), scale)
-
-    def detach_transitions(self) -> None:
-        """Drop the transition table (and the prior's weight) from the model."""
-        for name in ("transition_indptr", "transition_indices", "transition_values"):
-            if name in self._buffers:
-                del self._buffers[name]
-        self.cfg = dataclasses.replace(self.cfg, transition_entries=0, transition_prior=0.0)
-
-    @property
-    def transitions(self) -> TransitionTable | None:
-        """The saved transition table, or None."""
-        if self.cfg.transition_entries <= 0:
-            return None
-        return TransitionTable(self.transition_indptr, self.transition_indices, self.transition_values)
+        self._init_transitions()  # the transition prior's buffers, when the config has a table
 
     @property
     def num_items(self) -> int:

@@ -1,4 +1,4 @@
-"""The transition prior's table: how often item j directly follows item i in the training sequences.
+"""The transition prior: how often item j directly follows item i in the training sequences, added to the scores.
 
 ``T[i, j] = c(i -> j) / sqrt(c(i ->) c(-> j))``, with ``c(i -> j)`` the number of times j is the next item after
 i inside a training prefix (validation and test targets never count), ``c(i ->)`` the out-count of i and
@@ -6,13 +6,17 @@ i inside a training prefix (validation and test targets never count), ``c(i ->)`
 score of item j can gain ``w x sd x sum_k a_k T[x_{t-k}, j]`` (the first-order Markov part of FPMC and the
 session-kNN methods), with ``a_k`` the recency prior's weights: :func:`add_transition_scores`.
 
-Work in progress (branch ``wip/transition-prior``): not yet wired into ``Student``, the weight's choice on
-validation, or the recommend stage's re-ranking.
+:class:`TransitionPrior` gives the student the table (saved as buffers with its weights) and the term; the
+weight ``w`` is chosen on validation after training (``pipeline.training.prior.set_transition_weight``). It is
+not an inner product, so a recommender that ranks through an index re-scores the index's top-K together with the
+transition candidates (``pipeline.recommend.topk.Recommender``).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -81,3 +85,60 @@ def add_transition_scores(
     b, j, w = transition_entries(table, cols, mix, scale)
     scores.index_put_((b, j), w.to(scores.dtype), accumulate=True)
     return scores
+
+
+class TransitionPrior:
+    """The transition prior's part of :class:`~pipeline.models.Student` (a mixin: it needs ``cfg``,
+    ``_recency`` and ``nn.Module``'s buffers)."""
+
+    cfg: Any
+
+    def _init_transitions(self) -> None:
+        """Empty buffers of the config's table size, for ``load_state_dict`` to fill."""
+        e = self.cfg.transition_entries
+        if e > 0:
+            n = self.cfg.num_items + 1
+            self._set_transition_buffers(
+                torch.zeros(n + 1, dtype=torch.int64), torch.zeros(e, dtype=torch.int64), torch.zeros(e)
+            )
+
+    def _set_transition_buffers(
+        self, indptr: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
+    ) -> None:
+        module: Any = self
+        module.register_buffer("transition_indptr", indptr)
+        module.register_buffer("transition_indices", indices)
+        module.register_buffer("transition_values", values)
+
+    def attach_transitions(self, table: TransitionTable) -> None:
+        """Keep ``table`` with the model (saved with its weights); the prior's weight stays as it is."""
+        if table.num_items != self.cfg.num_items:
+            raise ValueError(f"transition table over {table.num_items} items, model has {self.cfg.num_items}")
+        self._set_transition_buffers(table.indptr, table.indices, table.values.float())
+        self.cfg = dataclasses.replace(self.cfg, transition_entries=int(table.indices.numel()))
+
+    def detach_transitions(self) -> None:
+        """Drop the transition table (and the prior's weight) from the model."""
+        buffers: Any = self._buffers  # type: ignore[attr-defined]
+        for name in ("transition_indptr", "transition_indices", "transition_values"):
+            buffers.pop(name, None)
+        self.cfg = dataclasses.replace(self.cfg, transition_entries=0, transition_prior=0.0)
+
+    @property
+    def transitions(self) -> TransitionTable | None:
+        """The saved transition table, or None."""
+        if self.cfg.transition_entries <= 0:
+            return None
+        module: Any = self
+        return TransitionTable(module.transition_indptr, module.transition_indices, module.transition_values)
+
+    def add_transition_prior_(self, scores: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
+        """Add the transition prior to full (B, N+1) ``scores`` of inputs ``recent`` (B, L) in place: w x the
+        std of each user's scores over items 1..N x the recency-weighted transition rows of its recent items.
+        Nothing when the model has no transition prior."""
+        table = self.transitions
+        if table is None or self.cfg.transition_prior <= 0:
+            return scores
+        scale = self.cfg.transition_prior * scores[:, 1:].float().std(1)
+        module: Any = self
+        return add_transition_scores(scores, table, *module._recency(recent), scale)
