@@ -114,7 +114,11 @@ class TransitionPrior:
         """Keep ``table`` with the model (saved with its weights); the prior's weight stays as it is."""
         if table.num_items != self.cfg.num_items:
             raise ValueError(f"transition table over {table.num_items} items, model has {self.cfg.num_items}")
-        self._set_transition_buffers(table.indptr, table.indices, table.values.float())
+        module: Any = self
+        device = next(module.parameters()).device  # the model's device (CUDA when trained there)
+        self._set_transition_buffers(
+            table.indptr.to(device), table.indices.to(device), table.values.float().to(device)
+        )
         self.cfg = dataclasses.replace(self.cfg, transition_entries=int(table.indices.numel()))
 
     def detach_transitions(self) -> None:

@@ -205,14 +205,14 @@ class Recommender:
 
         model: Any = self.model
         hidden, recent = model.user_states(inputs, items=self._items)
-        q = model.query_side(hidden, recent, self._side).float()
-        keys = self._side.keys.float()
+        q_dev = model.query_side(hidden, recent, self._side).float()
+        q, keys = q_dev.cpu(), self._side.keys.float().cpu()  # the index and the candidates live on the CPU
         if self._keys_cov is None:  # of the item rows, once: each user's score std without scoring every item
             rows = keys[1:] - keys[1:].mean(0)
             self._keys_cov = rows.T @ rows / max(1, len(rows) - 1)
         sd = ((q @ self._keys_cov) * q).sum(1).clamp_min(0).sqrt()
-        scale = model.cfg.transition_prior * sd
-        b, j, w = transition_entries(model.transitions, *model._recency(recent), scale)
+        scale = (model.cfg.transition_prior * sd).to(q_dev.device)
+        b, j, w = (x.cpu() for x in transition_entries(model.transitions, *model._recency(recent), scale))
         n1 = keys.shape[0]
         t_keys, t_inv = torch.unique(b * n1 + j, return_inverse=True)
         t_vals = torch.zeros(len(t_keys)).index_add_(0, t_inv, w.float())
