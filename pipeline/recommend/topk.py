@@ -25,7 +25,7 @@ from pipeline.devices import resolve_device
 from pipeline.errors import DataError, PipelineError
 from pipeline.evaluation.cases import history_windows
 from pipeline.evaluation.metrics import mask_scores_
-from pipeline.recommend.retrieval import IndexSpec, ItemIndex
+from pipeline.recommend.retrieval import IndexSpec, ItemIndex, _history_keys
 
 log = logging.getLogger(__name__)
 
@@ -224,13 +224,14 @@ class Recommender:
         i_keys = (torch.arange(len(q))[:, None] * n1 + ids_t)[ids_t > 0]
         cand = torch.unique(torch.cat([i_keys, t_keys]))
         if hist_indptr is not None:  # a transition candidate may be a history item
-            hist = torch.from_numpy(_history_pairs(hist_indptr, hist_items, n1))
+            rows = np.arange(len(q), dtype=np.int64)
+            hist = torch.from_numpy(_history_keys(rows, np.asarray(hist_indptr), np.asarray(hist_items), n1))
             cand = cand[~torch.isin(cand, hist)]
         cb, cj = cand // n1, cand % n1
         score = (q[cb] * keys[cj]).sum(1)
-        pos = torch.searchsorted(t_keys, cand).clamp_max(max(0, len(t_keys) - 1))
-        hit = (t_keys[pos] == cand) if len(t_keys) else torch.zeros_like(cand, dtype=torch.bool)
-        score = score + torch.where(hit, t_vals[pos] if len(t_keys) else score, torch.zeros_like(score))
+        if len(t_keys):  # the transition term of the candidates that have one (t_keys is sorted)
+            pos = torch.searchsorted(t_keys, cand).clamp_max(len(t_keys) - 1)
+            score = score + torch.where(t_keys[pos] == cand, t_vals[pos], torch.zeros_like(score))
         order = np.lexsort((-score.numpy(), cb.numpy()))  # by user, best first
         cb_o, cj_o, s_o = cb.numpy()[order], cj.numpy()[order], score.numpy()[order]
         first = np.searchsorted(cb_o, np.arange(len(q)))
@@ -333,9 +334,3 @@ class Recommender:
                 ([self.catalogue.ids[i - 1] for i in row_items[keep]], [float(v) for v in row_vals[keep]])
             )
         return out
-
-
-def _history_pairs(indptr: np.ndarray, items: np.ndarray, width: int) -> np.ndarray:
-    """``row * width + item`` of every (row, history item) of CSR histories."""
-    rows = np.repeat(np.arange(len(indptr) - 1, dtype=np.int64), np.diff(indptr))
-    return rows * width + np.asarray(items, dtype=np.int64)
