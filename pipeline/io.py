@@ -270,13 +270,13 @@ def read_vector_column(path: str | Path, column: str, rows: int, dim: int) -> np
     return out
 
 
-def parquet_columns(path: str | Path) -> list[str]:
-    """The column names of a Parquet file, with the errors of :func:`read_parquet`."""
+def parquet_schema(path: str | Path) -> pa.Schema:
+    """The schema of a Parquet file (its footer only), with the errors of :func:`read_parquet`."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: not found (run the stage that produces it first)")
     try:
-        return list(pq.read_schema(path).names)
+        return pq.read_schema(path)
     except (pa.ArrowInvalid, OSError) as err:
         raise ValueError(f"{path}: cannot be read as Parquet ({err})") from None
 
@@ -325,14 +325,8 @@ def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table
 
 def parquet_metadata(path: str | Path) -> dict[str, Any]:
     """The JSON-decoded key-value metadata written by :func:`write_parquet`."""
-    if not Path(path).exists():
-        raise FileNotFoundError(f"{path}: not found (run the stage that produces it first)")
-    try:
-        schema = pq.read_schema(path)
-    except (pa.ArrowInvalid, OSError) as err:
-        raise ValueError(f"{path}: cannot be read as Parquet ({err})") from None
     out: dict[str, Any] = {}
-    for k, v in (schema.metadata or {}).items():
+    for k, v in (parquet_schema(path).metadata or {}).items():
         key = k.decode()
         if key == "ARROW:schema" or key.startswith("pandas"):
             continue

@@ -42,11 +42,11 @@ def read_table(path: Path, required: Sequence[str], columns: Sequence[str] | Non
         DataError: not Parquet, a required column missing, or ``item`` not 1..N in order (naming the file).
     """
     from pipeline.errors import DataError
-    from pipeline.io import parquet_columns, read_parquet
+    from pipeline.io import parquet_schema, read_parquet
 
     path = Path(path)
     try:
-        names = parquet_columns(path)
+        names = parquet_schema(path).names
         missing = [c for c in ("item", *required, *(columns or ())) if c not in names]
         if missing:
             raise DataError(f"{path}: missing column(s) {sorted(set(missing))} (has {names})")

@@ -63,18 +63,18 @@ def read_item_vectors(path: Path) -> ItemVectors:
             list, or a NaN/infinite vector (each message names the file).
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     from pipeline.errors import DataError
-    from pipeline.io import parquet_columns, parquet_metadata, read_vector_column
+    from pipeline.io import parquet_metadata, parquet_schema, read_vector_column
 
     path = Path(path)
     try:
-        has_missing = "missing" in parquet_columns(path)
+        schema = parquet_schema(path)
     except ValueError as err:
         raise DataError(str(err)) from None
+    has_missing = "missing" in schema.names
     table = read_table(path, ("item", "vector"), ("item", "missing") if has_missing else ("item",))
-    vtype = pq.read_schema(path).field("vector").type
+    vtype = schema.field("vector").type  # present: read_table checked it
     if not pa.types.is_fixed_size_list(vtype) or not (
         pa.types.is_floating(vtype.value_type) or pa.types.is_integer(vtype.value_type)
     ):
