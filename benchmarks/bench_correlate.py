@@ -38,37 +38,44 @@ from pipeline.layout import Layout  # noqa: E402
 
 
 def generate(out: Path, items: int, teacher_dim: int, clusters: int, users: int, seed: int) -> None:
-    """Write the text embeddings (clustered unit vectors) and the sequences (LOO splits) of ``Layout.flat(out)``."""
+    """Write the text embeddings (clustered unit vectors) and the sequences (LOO splits) of ``Layout.flat(out)``.
+
+    The vectors are drawn and written 100,000 rows (one row group) at a time, so 10 M x 384 of them never
+    sit in memory at once; the file has the columns and metadata of ``write_item_vectors``.
+    """
     import numpy as np
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
-    from pipeline.artifacts.vectors import write_item_vectors
-    from pipeline.io import write_parquet
+    from pipeline.io import vector_array, write_parquet
 
     layout = Layout.flat(out)
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, teacher_dim)).astype(np.float32)
-    vectors = np.empty((items, teacher_dim), dtype=np.float32)
     labels = rng.integers(0, clusters, items)
-    for s in range(0, items, 100_000):
-        e = min(items, s + 100_000)
-        v = centres[labels[s:e]] + 0.7 * rng.normal(size=(e - s, teacher_dim)).astype(np.float32)
-        vectors[s:e] = v / np.linalg.norm(v, axis=1, keepdims=True)
     layout.embeddings.mkdir(parents=True)
     layout.processed.mkdir(parents=True)
-    write_item_vectors(
-        layout.embedding("text"),
-        vectors,
-        np.zeros(items, bool),
-        metadata={
-            "model": "synthetic-clustered",
-            "dim": teacher_dim,
-            "normalize": True,
-            "missing_policy": "mean",
-        },
+    metadata = {
+        "model": "synthetic-clustered",
+        "dim": teacher_dim,
+        "normalize": True,
+        "missing_policy": "mean",
+    }
+    schema = pa.schema(
+        [("item", pa.int32()), ("vector", pa.list_(pa.float32(), teacher_dim)), ("missing", pa.bool_())],
+        metadata={k: json.dumps(v) for k, v in metadata.items()},
     )
-    del vectors
+    with pq.ParquetWriter(layout.embedding("text"), schema, compression="zstd", store_schema=True) as writer:
+        for s in range(0, items, 100_000):
+            e = min(items, s + 100_000)
+            v = centres[labels[s:e]] + 0.7 * rng.normal(size=(e - s, teacher_dim)).astype(np.float32)
+            block = {
+                "item": pa.array(np.arange(s + 1, e + 1, dtype=np.int32)),
+                "vector": vector_array(v / np.linalg.norm(v, axis=1, keepdims=True)),
+                "missing": pa.array(np.zeros(e - s, bool)),
+            }
+            writer.write_table(pa.table(block, schema=schema))
     lengths = rng.integers(5, 16, users)
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
     values = rng.integers(1, items + 1, int(offsets[-1])).astype(np.int32)

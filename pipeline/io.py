@@ -236,23 +236,26 @@ def vectors_from_column(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     return column.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)
 
 
-#: rows decoded at a time by :func:`read_vector_column`
+#: rows decoded at a time by :func:`iter_vector_column`, and rows per row group of :func:`write_parquet`
 VECTOR_BATCH_ROWS = 65_536
 
 
-def read_vector_column(path: str | Path, column: str, rows: int, dim: int) -> np.ndarray:
-    """A fixed-size-list column of a Parquet file as a (rows, dim) float32 array, decoded batch by batch into
-    the array (the file memory-mapped), so the read holds the result and one batch instead of an Arrow copy
-    of the whole column next to it (1 M x 384 vectors: a peak of 3.5 GB instead of 6.8 GB).
+def iter_vector_column(
+    path: str | Path, column: str, rows: int, dim: int
+) -> Iterator[tuple[int, np.ndarray]]:
+    """A fixed-size-list column of a Parquet file, ``rows`` vectors of ``dim`` values, as ``(first row,
+    (n, dim) float32 block)`` pairs of at most :data:`VECTOR_BATCH_ROWS` rows, decoded one batch at a time
+    (with row groups of that size, as :func:`write_parquet` writes them, the reader never holds more than
+    one group).
 
     Raises:
         ValueError: the column's rows or width differ from ``rows`` and ``dim``, or the file cannot be decoded
             (naming the file).
     """
-    out = np.empty((rows, dim), dtype=np.float32)
     start = 0
     try:
-        with pq.ParquetFile(path, memory_map=True, pre_buffer=False) as f:
+        # read, not memory-mapped: mapped pages of a 15 GB file would count in the process's RSS
+        with pq.ParquetFile(path, memory_map=False, pre_buffer=False) as f:
             batches = f.iter_batches(batch_size=VECTOR_BATCH_ROWS, columns=[column], use_threads=False)
             for batch in batches:
                 n = batch.num_rows
@@ -261,12 +264,25 @@ def read_vector_column(path: str | Path, column: str, rows: int, dim: int) -> np
                     raise ValueError(
                         f"{path}: column {column!r} does not hold {rows} vectors of {dim} values"
                     )
-                out[start : start + n] = flat.reshape(n, dim)
+                yield start, flat.reshape(n, dim).astype(np.float32, copy=False)
                 start += n
     except (pa.ArrowInvalid, OSError) as err:  # a damaged file: name it, as read_parquet does
         raise ValueError(f"{path}: cannot be read as Parquet ({err})") from None
     if start != rows:
         raise ValueError(f"{path}: column {column!r} holds {start} vectors, expected {rows}")
+
+
+def read_vector_column(path: str | Path, column: str, rows: int, dim: int) -> np.ndarray:
+    """A fixed-size-list column of a Parquet file as a (rows, dim) float32 array, filled block by block
+    (:func:`iter_vector_column`), so the read holds the result and one batch instead of an Arrow copy of the
+    whole column next to it (1 M x 384 vectors: a peak of 3.5 GB instead of 6.8 GB).
+
+    Raises:
+        ValueError: as :func:`iter_vector_column`.
+    """
+    out = np.empty((rows, dim), dtype=np.float32)
+    for start, block in iter_vector_column(path, column, rows, dim):
+        out[start : start + len(block)] = block
     return out
 
 
@@ -289,7 +305,9 @@ def write_parquet(
     """Write a table atomically. ``metadata`` values are stored JSON-encoded in the file's key-value metadata.
 
     A mapping is converted column by column; 2-D numpy arrays become fixed-size-list float32 columns.
-    The file is written deterministically (no timestamps), so equal inputs give equal bytes.
+    The file is written deterministically (no timestamps), so equal inputs give equal bytes, in row groups of
+    :data:`VECTOR_BATCH_ROWS` rows: the writer's buffers and a batched reader's (:func:`iter_vector_column`)
+    hold one group, not the whole column.
     """
     if not isinstance(table, pa.Table):
         cols = {}
@@ -309,7 +327,14 @@ def write_parquet(
         )
         table = table.replace_schema_metadata(existing)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp, compression="zstd", write_statistics=True, store_schema=True)
+        pq.write_table(
+            table,
+            tmp,
+            row_group_size=VECTOR_BATCH_ROWS,
+            compression="zstd",
+            write_statistics=True,
+            store_schema=True,
+        )
 
 
 def read_parquet(path: str | Path, columns: list[str] | None = None) -> pa.Table:

@@ -181,6 +181,19 @@ def test_rows_with_too_few_results_are_searched_exactly() -> None:
     assert info["recall"]["recall_at_k"] == 1.0
 
 
+def test_a_low_sampled_recall_is_a_warning_naming_the_parameter_to_raise(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # i.i.d. Gaussian rows have no local structure: one probed cell of 64 misses most true neighbours
+    v = np.random.default_rng(3).normal(size=(3000, 16)).astype(np.float32)
+    for nprobe, warned in ((1, True), (64, False)):  # every cell probed: the exact answer
+        ann = _params().ann.model_copy(update={"nlist": 64, "nprobe": nprobe})
+        caplog.clear()
+        _, _, info = faiss_topk(v, _params().model_copy(update={"ann": ann}), "ivf", np.zeros(3000, bool))
+        assert (info["recall"]["recall_at_k"] < 0.9) is warned
+        assert ("raise correlate.ann.nprobe" in caplog.text) is warned
+
+
 # ------------------------------------------------------------------------------------------ choosing
 def test_auto_is_exact_at_benchmark_scale_and_ivf_above_the_threshold() -> None:
     p = CorrelateParams()  # the shipped defaults

@@ -98,6 +98,27 @@ def test_pca_fits_on_present_items_only_and_rejects_a_larger_dim() -> None:
         pca_reduce(x, 9)
 
 
+def test_pca_of_a_vector_file_read_block_by_block_equals_the_array_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.parquet as pq
+
+    from pipeline import io
+    from pipeline.artifacts.vectors import open_item_vectors, write_item_vectors
+
+    monkeypatch.setattr(io, "VECTOR_BATCH_ROWS", 16)  # 50 rows: written in 4 row groups, read 16 at a time
+    x = clustered_vectors(50, 8, 3)
+    missing = np.zeros(50, dtype=bool)
+    missing[[0, 17, 40]] = True
+    write_item_vectors(tmp_path / "text.parquet", x, missing, {"missing_policy": "mean"})
+    assert pq.ParquetFile(tmp_path / "text.parquet").metadata.num_row_groups == 4
+    source = open_item_vectors(tmp_path / "text.parquet")
+    assert source.shape == (50, 8) and [len(b) for _, b in source.blocks()] == [16, 16, 16, 2]
+    streamed, whole = pca_reduce(source, 4, source.missing), pca_reduce(x, 4, missing)
+    assert streamed.info == whole.info and whole.info["fit_items"] == 47
+    np.testing.assert_allclose(streamed.vectors, whole.vectors, rtol=0, atol=1e-6)
+
+
 def test_autoencoder_is_deterministic_and_reconstructs_low_rank_data() -> None:
     rng = np.random.default_rng(0)
     x = (rng.normal(size=(300, 3)) @ rng.normal(size=(3, 12))).astype(np.float32)  # rank 3

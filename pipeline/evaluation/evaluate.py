@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from pipeline.arrays import sorted_unique
 from pipeline.artifacts import Sequences, read_sequences
 from pipeline.config import EvalParams, MLflowParams, ParamsView
 from pipeline.devices import resolve_device
@@ -62,7 +63,7 @@ def sample_users(users: np.ndarray, max_users: int | None, seed: int) -> np.ndar
     on the set of user ids, ``max_users`` and ``seed`` only (not on the row order nor on the part), so the
     validation and the test part rank the same users, in every run.
     """
-    ids = np.unique(np.asarray(users, dtype=np.int64))
+    ids = sorted_unique(np.asarray(users, dtype=np.int64))
     if max_users is None or int(max_users) >= len(ids):
         return None
     pick = np.random.default_rng(seed).choice(len(ids), size=int(max_users), replace=False)
@@ -211,7 +212,7 @@ def run_evaluate(
             "eval.max_users: ranking a fixed sample of %d of %d users (eval.sample_seed %d): the metrics are "
             "estimates on the sample",
             len(sample),
-            len(np.unique(seqs.users)),
+            len(sorted_unique(seqs.users)),
             int(eval_params.sample_seed),
         )
     cases: dict[str, EvalCases] = {}

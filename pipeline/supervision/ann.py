@@ -34,9 +34,11 @@ from pipeline.progress import progress_bar
 log = logging.getLogger(__name__)
 
 SEARCH_BATCH = 16_384  # queries per faiss search call: bounds the result buffers, feeds the progress bar
-QUERY_CHUNK = 65_536  # ivf: queries whose probed cells are scanned together (bounds the candidate buffers)
+QUERY_CHUNK = 65_536  # ivf: the fewest queries whose probed cells are scanned together
+MAX_QUERY_CHUNKS = 16  # ivf: above 16 x QUERY_CHUNK items, 16 larger chunks (each gathers every cell once)
 SEGMENT = 8  # ivf: columns per segment of the two-stage row top-k
 APPROXIMATE = ("ivf", "hnsw")
+LOW_RECALL = 0.9  # a sampled recall@k below it is logged as a warning, with the parameter to raise
 
 
 def resolve_method(params: CorrelateParams, included: int) -> str:
@@ -65,9 +67,13 @@ def default_nlist(items: int, nprobe: int) -> int:
     return max(1, min(nlist, items // 39))
 
 
-def search_vectors(vectors: np.ndarray, score: str) -> np.ndarray:
-    """float32, C-contiguous, L2-normalised for ``cos`` (a zero vector stays zero): inner product = score."""
-    x = np.array(vectors, dtype=np.float32, order="C", copy=True)
+def search_vectors(vectors: np.ndarray, score: str, rows: np.ndarray | None = None) -> np.ndarray:
+    """A float32, C-contiguous copy of ``vectors`` (of its ``rows`` only, when given), L2-normalised in place
+    for ``cos`` (a zero vector stays zero): inner product = score. One copy, whatever the input."""
+    if rows is None:
+        x = np.array(vectors, dtype=np.float32, order="C", copy=True)
+    else:
+        x = np.ascontiguousarray(vectors[rows], dtype=np.float32)  # the row selection is the copy
     if score == "cos":
         faiss.normalize_L2(x)
     elif score != "dot":
@@ -115,9 +121,13 @@ def ivf_search(
     x: np.ndarray, ann: AnnParams, k: int, seed: int, progress: bool = False
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Every row's top-k among the rows of the ``nprobe`` cells nearest to it (self dropped), as faiss's
-    inverted-file index finds them, but scanned cell by cell: all the queries (of a chunk of
-    ``QUERY_CHUNK``) that probe a cell are scored against its members in one matrix product, instead of
-    one memory-bound scan of the probed cells per query.
+    inverted-file index finds them, but scanned cell by cell: all the queries of a chunk (``QUERY_CHUNK``
+    rows, or 1 / ``MAX_QUERY_CHUNKS`` of them when that is more) that probe a cell are scored against its
+    members in one matrix product, instead of one memory-bound scan of the probed cells per query.
+
+    The rows are never copied in cell order: each chunk gathers the members of each cell it probes, so
+    beyond ``x`` the memory is the results, the probes and one chunk's candidates (10 M items, 20
+    neighbours, nprobe 8: 5.1 GB of 128-d ``x``, 2.4 GB of results, 1.3 GB of candidates).
 
     Returns values, labels, complete (as :func:`drop_self`) and the cells' parameters (nlist, nprobe,
     train_iters, list_imbalance: nlist x the sum of squared cell sizes / items^2, 1 when balanced).
@@ -134,14 +144,15 @@ def ivf_search(
     info["list_imbalance"] = round(float(nlist * (sizes.astype(np.float64) ** 2).sum() / n**2), 4)
     order = np.argsort(own, kind="stable")  # rows grouped by cell; a cell's members are one slice
     starts = np.concatenate([[0], np.cumsum(sizes)])
-    grouped = torch.from_numpy(x[order])
+    xt, members = torch.from_numpy(x), torch.from_numpy(order)
     kk = k + 1  # one more than wanted: a row's own entry is among its results
     values = np.empty((n, k), dtype=np.float32)
     labels = np.empty((n, k), dtype=np.int64)
     complete = np.empty(n, dtype=bool)
-    chunks = range(0, n, QUERY_CHUNK)
+    chunk = max(QUERY_CHUNK, -(-n // MAX_QUERY_CHUNKS))
+    chunks = range(0, n, chunk)
     for q0 in progress_bar(chunks, desc="ivf cells", unit="chunk", disable=not progress, leave=False):
-        q1 = min(n, q0 + QUERY_CHUNK)
+        q1 = min(n, q0 + chunk)
         cells = probes[order[q0:q1]]  # (b, nprobe)
         cand_v = torch.full((q1 - q0, nprobe, kk), float("-inf"))
         cand_i = torch.full((q1 - q0, nprobe, kk), -1, dtype=torch.int64)
@@ -158,7 +169,7 @@ def ivf_search(
             if hi == lo:
                 continue
             rows = pairs // nprobe
-            scores = grouped[rows + q0] @ grouped[lo:hi].T  # (count, cell size)
+            scores = xt[members[rows + q0]] @ xt[members[lo:hi]].T  # (count, cell size)
             mine = ((rows + q0) >= lo) & ((rows + q0) < hi)  # queries of this cell: drop their own entry
             if bool(mine.any()):
                 r = mine.nonzero().squeeze(1)
@@ -237,10 +248,14 @@ def search_all(
 
 
 def exact_search(x: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k (self dropped) of the rows ``rows`` of ``x`` among all rows, by faiss's flat index."""
-    flat = faiss.IndexFlatIP(x.shape[1])
-    flat.add(x)
-    values, labels, _ = search_all(flat, x, rows, k)
+    """Exact top-k (self dropped) of the rows ``rows`` of ``x`` among all rows: faiss's brute-force
+    inner-product search (a flat index's, without copying ``x`` into one)."""
+    values = np.empty((len(rows), k), dtype=np.float32)
+    labels = np.empty((len(rows), k), dtype=np.int64)
+    for s in range(0, len(rows), SEARCH_BATCH):
+        r = rows[s : s + SEARCH_BATCH]
+        d, i = faiss.knn(x[r], x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
+        values[s : s + len(r)], labels[s : s + len(r)], _ = drop_self(d, i, r, k)
     return values, labels
 
 
@@ -283,14 +298,13 @@ def faiss_topk(
         search statistics (method, index parameters, recall on the sample).
     """
     included = np.flatnonzero(~excluded)
+    every = len(included) == len(vectors)
     k = max(0, min(params.topk, len(included) - 1))
-    out_v = torch.zeros(len(vectors), k, dtype=torch.float32)
-    out_i = torch.zeros(len(vectors), k, dtype=torch.int64)
     info: dict[str, Any] = {"method": method}
     if k == 0:
-        return out_v, out_i, info
+        return torch.zeros(len(vectors), k), torch.zeros(len(vectors), k, dtype=torch.int64), info
     faiss.omp_set_num_threads(torch.get_num_threads())  # the stage's thread decision, not every core
-    x = search_vectors(vectors[included], params.score)
+    x = search_vectors(vectors, params.score, None if every else included)
     if method == "ivf":
         values, labels, complete, info["index"] = ivf_search(x, params.ann, k, params.seed, progress)
     else:
@@ -305,6 +319,22 @@ def faiss_topk(
         values[short], labels[short] = exact_search(x, short, k)
     info["exact_fallback_items"] = int(len(short))
     info["recall"] = sample_recall(x, labels, k, params.ann.recall_sample, params.seed)
+    del x
+    if info["recall"]["recall_at_k"] < LOW_RECALL:
+        knob = "correlate.ann.nprobe" if method == "ivf" else "correlate.ann.ef_search"
+        log.warning(
+            "%s neighbours: recall@%d %.3f against exact on %d sampled items: many true neighbours are "
+            "missed; raise %s (or set correlate.neighbours: exact)",
+            method,
+            k,
+            info["recall"]["recall_at_k"],
+            info["recall"]["sample"],
+            knob,
+        )
+    if every:  # the results are already in the caller's numbering: no (N, k) copies
+        return torch.from_numpy(values), torch.from_numpy(labels), info
+    out_v = torch.zeros(len(vectors), k, dtype=torch.float32)
+    out_i = torch.zeros(len(vectors), k, dtype=torch.int64)
     out_v[torch.from_numpy(included)] = torch.from_numpy(values)
     out_i[torch.from_numpy(included)] = torch.from_numpy(included[labels])
     return out_v, out_i, info

@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from pipeline.artifacts.neighbours import write_neighbours
-from pipeline.artifacts.vectors import ItemVectors, read_item_vectors, write_item_vectors
+from pipeline.artifacts.vectors import VectorFile, open_item_vectors, write_item_vectors
 from pipeline.config import CorrelateParams, MLflowParams, ParamsView
 from pipeline.devices import resolve_device
 from pipeline.errors import DataError
@@ -61,11 +61,11 @@ RANDOM_STATS_PAIRS = 100_000  # random pairs scored for the baseline distributio
 _PAIR_CHUNK = 65_536
 
 
-def _reduce(
-    params: CorrelateParams, vectors: np.ndarray, missing: np.ndarray, device: torch.device
-) -> Reduction:
+def _reduce(params: CorrelateParams, source: VectorFile, device: torch.device) -> Reduction:
+    missing = source.missing
     if params.reduction == "pca":
-        return pca_reduce(vectors, params.dim, missing)
+        return pca_reduce(source, params.dim, missing)  # block by block: the input is never held whole
+    vectors = source.read().vectors  # the autoencoders train on the whole array
     epochs = params.ae_epochs or AE_DEFAULT_EPOCHS[params.reduction]
     if params.reduction == "sigmoid_ae":
         return sigmoid_autoencoder_reduce(
@@ -109,11 +109,11 @@ def _random_pairs(excluded: np.ndarray, seed: int) -> np.ndarray:
 
 
 def reduce_teacher(
-    modality: str, params: CorrelateParams, embeddings: ItemVectors, out_dir: Path, device: torch.device
+    modality: str, params: CorrelateParams, embeddings: VectorFile, out_dir: Path, device: torch.device
 ) -> Teacher:
     """Reduce (and rotate) the teacher vectors to ``correlate.dim`` and write ``teacher_<m>.parquet``."""
-    vectors, missing, meta = embeddings.vectors, embeddings.missing, embeddings.metadata
-    red = _reduce(params, vectors, missing, device)
+    missing, meta = embeddings.missing, embeddings.metadata
+    red = _reduce(params, embeddings, device)
     present = np.flatnonzero(~missing)  # the rows the reduction was fitted on
     shares = {"reduced": share_summary(sub_vector_variance_share(red.vectors, params.sub_vectors, present))}
     if params.rotate:
@@ -144,7 +144,7 @@ def reduce_teacher(
             "rotate": params.rotate,
             "explained_variance_ratio": red.info.get("explained_variance_ratio"),
             "source_model": meta.get("model"),
-            "teacher_dim": vectors.shape[1],
+            "teacher_dim": embeddings.dim,
             "dim": params.dim,
             "missing_policy": meta.get("missing_policy"),
             "normalize": False,
@@ -303,13 +303,12 @@ def build_modality(
             f"(run the embed stage with the same train.modalities)"
         )
     t0 = time.perf_counter()
-    embeddings = read_item_vectors(embeddings_path)
+    embeddings = open_item_vectors(embeddings_path)  # the vectors are read by the reduction, in blocks
     if embeddings.excluded.all():
         raise DataError(f"{embeddings_path}: every item is excluded (missing_policy=exclude)")
     teacher = reduce_teacher(modality, params, embeddings, out_dir, device)
-    meta, (n_items, teacher_dim) = embeddings.metadata, embeddings.vectors.shape
+    meta, (n_items, teacher_dim) = embeddings.metadata, embeddings.shape
     n_missing = int(embeddings.missing.sum())
-    del embeddings  # the raw teacher vectors (N x d): the search and the codebook read the reduced ones only
     t1 = time.perf_counter()
     topk_stats = holistic_neighbours(modality, params, teacher, out_dir, device)
     t2 = time.perf_counter()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.arrays import sorted_unique
 from pipeline.artifacts import Sequences, read_sequences
 from pipeline.errors import DataError
 
@@ -75,7 +76,7 @@ def training_item_sets(
         ok = ~excluded[item]
         user, item = user[ok], item[ok]
     stride = int(item.max()) + 1 if len(item) else 1
-    key = np.unique(user * stride + item)  # sorted by (user, item), duplicates removed
+    key = sorted_unique(user * stride + item)  # sorted by (user, item), duplicates removed
     uniq_user, uniq_item = key // stride, key % stride
     counts = np.bincount(uniq_user, minlength=len(lengths))
     return TrainingItemSets(uniq_item, np.concatenate([[0], np.cumsum(counts)]).astype(np.int64))
@@ -124,7 +125,7 @@ def sample_pairs(
         base = sets.offsets[users]
         parts.append(np.stack([sets.items[base + a], sets.items[base + b]], axis=1))
     if n_random:
-        pool = np.unique(sets.items)
+        pool = np.flatnonzero(np.bincount(sets.items))  # the distinct items, ascending (ids are small)
         if len(pool) < 2:
             raise DataError("fewer than two usable items occur in training sequences: cannot fit a codebook")
         a = rng.integers(0, len(pool), size=n_random)

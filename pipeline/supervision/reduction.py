@@ -28,8 +28,9 @@ codes it gives up the (0, 1) range (holistic cosines stay as compressed as befor
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -49,9 +50,29 @@ class Reduction:
     info: dict[str, Any] = field(default_factory=dict)
 
 
-def check_dims(vectors: np.ndarray, dim: int) -> None:
+class VectorBlocks(Protocol):
+    """(N, d) vectors read a block at a time (``pipeline.artifacts.vectors.VectorFile``): a reduction that
+    passes over them in blocks never holds them whole."""
+
+    @property
+    def shape(self) -> tuple[int, int]: ...
+
+    def blocks(self) -> Iterator[tuple[int, np.ndarray]]: ...
+
+
+def vector_blocks(vectors: np.ndarray | VectorBlocks) -> Iterator[tuple[int, np.ndarray]]:
+    """``(first row, block)`` over the rows of ``vectors`` in order, :data:`CHUNK_ROWS` rows per block of an
+    array."""
+    if not isinstance(vectors, np.ndarray):
+        yield from vectors.blocks()
+        return
+    for s in range(0, len(vectors), CHUNK_ROWS):
+        yield s, vectors[s : s + CHUNK_ROWS]
+
+
+def check_dims(vectors: np.ndarray | VectorBlocks, dim: int) -> None:
     """Refuse a non-matrix input or a ``correlate.dim`` larger than the teacher dimension."""
-    if vectors.ndim != 2:
+    if len(vectors.shape) != 2:
         raise ValueError(f"expected (N, d) teacher vectors, got shape {vectors.shape}")
     if dim > vectors.shape[1]:
         raise PipelineError(
@@ -76,15 +97,17 @@ def fit_mean(vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
     return total / len(rows)
 
 
-def pca_reduce(vectors: np.ndarray, dim: int, missing: np.ndarray | None = None) -> Reduction:
+def pca_reduce(vectors: np.ndarray | VectorBlocks, dim: int, missing: np.ndarray | None = None) -> Reduction:
     """Project centred vectors on their ``dim`` leading principal components (deterministic).
 
-    The components are the eigenvectors of the float64 covariance of the non-missing rows (accumulated in
-    chunks, so memory is O(d^2) beyond the input), equivalent to an exact full SVD. Each component's sign is
-    fixed so that its largest-|loading| entry is positive.
+    The components are the eigenvectors of the float64 covariance of the non-missing rows, equivalent to an
+    exact full SVD. Three passes over the input in blocks (the mean, the covariance, the projection), so
+    memory is the (N, dim) output and O(d^2) beyond one block: a :class:`VectorBlocks` input (a vector file
+    read block by block) is never held whole. Each component's sign is fixed so that its largest-|loading|
+    entry is positive.
 
     Args:
-        vectors: (N, d) teacher vectors.
+        vectors: (N, d) teacher vectors, an array or a :class:`VectorBlocks`.
         dim: output dimension, at most d.
         missing: optional (N,) bool; those rows do not enter the fit (they are still projected).
 
@@ -92,14 +115,25 @@ def pca_reduce(vectors: np.ndarray, dim: int, missing: np.ndarray | None = None)
         A :class:`Reduction` with (N, dim) float32 vectors and the explained variance ratio.
     """
     check_dims(vectors, dim)
-    rows = fit_rows(vectors, missing)
-    d = vectors.shape[1]
-    mean = fit_mean(vectors, rows)
+    n, d = vectors.shape
+    fit = None if missing is None else ~np.asarray(missing, dtype=bool)
+    fit_items = n if fit is None else int(fit.sum())
+    if fit_items == 0:
+        raise PipelineError("every item is missing: nothing to fit the reduction on")
+
+    def fitted(start: int, block: np.ndarray) -> np.ndarray:
+        x = block if fit is None else block[fit[start : start + len(block)]]
+        return x.astype(np.float64)
+
+    total = np.zeros(d, dtype=np.float64)
+    for s, block in vector_blocks(vectors):
+        total += fitted(s, block).sum(0)
+    mean = total / fit_items
     cov = np.zeros((d, d), dtype=np.float64)
-    for s in range(0, len(rows), CHUNK_ROWS):
-        x = vectors[rows[s : s + CHUNK_ROWS]].astype(np.float64) - mean
+    for s, block in vector_blocks(vectors):
+        x = fitted(s, block) - mean
         cov += x.T @ x
-    cov /= max(1, len(rows) - 1)
+    cov /= max(1, fit_items - 1)
     # one BLAS thread: a d x d eigendecomposition is fast alone but can take 100x longer when several BLAS
     # threads spin on a busy CPU (seen: 4.7 s instead of 25 ms for d = 384 on 2 shared cores)
     with threadpool_limits(limits=1):
@@ -111,13 +145,13 @@ def pca_reduce(vectors: np.ndarray, dim: int, missing: np.ndarray | None = None)
     signs = np.sign(components[np.arange(dim), pivot])
     signs[signs == 0] = 1.0
     components *= signs[:, None]
-    out = np.empty((len(vectors), dim), dtype=np.float32)
-    for s in range(0, len(vectors), CHUNK_ROWS):
-        out[s : s + CHUNK_ROWS] = (vectors[s : s + CHUNK_ROWS].astype(np.float64) - mean) @ components.T
+    out = np.empty((n, dim), dtype=np.float32)
+    for s, block in vector_blocks(vectors):
+        out[s : s + len(block)] = (block.astype(np.float64) - mean) @ components.T
     var_total = float(eigvals.sum())
     ratio = float(eigvals[:dim].sum() / var_total) if var_total > 0 else 1.0
     log.info("PCA %d -> %d: explained variance ratio %.4f", d, dim, ratio)
-    return Reduction(out, {"method": "pca", "explained_variance_ratio": ratio, "fit_items": int(len(rows))})
+    return Reduction(out, {"method": "pca", "explained_variance_ratio": ratio, "fit_items": fit_items})
 
 
 def random_rotation(dim: int, seed: int) -> np.ndarray:
@@ -139,20 +173,20 @@ def random_rotation(dim: int, seed: int) -> np.ndarray:
 
 
 def rotate(reduction: Reduction, seed: int) -> Reduction:
-    """Rotate every reduced vector by :func:`random_rotation` (row vectors: ``v @ R``).
+    """Rotate every reduced vector by :func:`random_rotation` (row vectors: ``v @ R``), in place: the
+    returned reduction holds ``reduction``'s array, overwritten block by block (no second (N, dim) array).
 
     Inner products, norms and Euclidean distances are kept (up to float32 rounding), so holistic ``cos``,
     ``dot`` and ``euclidean`` scores are too; ``manhattan`` scores and the sub-vector split change.
     """
-    dim = reduction.vectors.shape[1]
-    rot = random_rotation(dim, seed)
-    out = np.empty_like(reduction.vectors, dtype=np.float32)
+    vectors = reduction.vectors
+    rot = random_rotation(vectors.shape[1], seed)
     with threadpool_limits(limits=1):
-        for s in range(0, len(out), CHUNK_ROWS):
-            out[s : s + CHUNK_ROWS] = reduction.vectors[s : s + CHUNK_ROWS].astype(np.float64) @ rot
+        for s in range(0, len(vectors), CHUNK_ROWS):
+            vectors[s : s + CHUNK_ROWS] = vectors[s : s + CHUNK_ROWS].astype(np.float64) @ rot
     info = dict(reduction.info)
     info["rotation"] = {"kind": "random_orthogonal", "seed": seed}
-    return Reduction(out, info)
+    return Reduction(vectors, info)
 
 
 def sub_vector_variance_share(
