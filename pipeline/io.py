@@ -272,20 +272,6 @@ def iter_vector_column(
         raise ValueError(f"{path}: column {column!r} holds {start} vectors, expected {rows}")
 
 
-def read_vector_column(path: str | Path, column: str, rows: int, dim: int) -> np.ndarray:
-    """A fixed-size-list column of a Parquet file as a (rows, dim) float32 array, filled block by block
-    (:func:`iter_vector_column`), so the read holds the result and one batch instead of an Arrow copy of the
-    whole column next to it (1 M x 384 vectors: a peak of 3.5 GB instead of 6.8 GB).
-
-    Raises:
-        ValueError: as :func:`iter_vector_column`.
-    """
-    out = np.empty((rows, dim), dtype=np.float32)
-    for start, block in iter_vector_column(path, column, rows, dim):
-        out[start : start + len(block)] = block
-    return out
-
-
 def parquet_schema(path: str | Path) -> pa.Schema:
     """The schema of a Parquet file (its footer only), with the errors of :func:`read_parquet`."""
     path = Path(path)

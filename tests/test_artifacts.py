@@ -165,7 +165,7 @@ def test_vectors_are_decoded_batch_by_batch_across_row_groups(
     with pytest.raises(DataError, match=r"text\.parquet: item 10 has a NaN or infinite vector"):
         read_item_vectors(path)
     with pytest.raises(ValueError, match=r"text\.parquet: column 'vector' holds 11 vectors, expected 12"):
-        io.read_vector_column(path, "vector", 12, 3)
+        list(io.iter_vector_column(path, "vector", 12, 3))
 
 
 # -------------------------------------------------------------------------------------- neighbours
