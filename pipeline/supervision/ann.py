@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import faiss
@@ -233,16 +234,21 @@ def drop_self(
 
 
 def search_all(
-    index: Any, x: np.ndarray, rows: np.ndarray, k: int, progress: bool = False
+    search: Callable[[np.ndarray, int], tuple[np.ndarray, np.ndarray]],
+    x: np.ndarray,
+    rows: np.ndarray,
+    k: int,
+    progress: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """:func:`drop_self` results of the queries ``x[rows]`` against ``index``, in batches."""
+    """:func:`drop_self` results of the queries ``x[rows]``, in batches; ``search(queries, n)`` returns faiss's
+    (scores, labels) of each query's best ``n`` (an index's ``search``, or a brute-force one)."""
     values = np.empty((len(rows), k), dtype=np.float32)
     labels = np.empty((len(rows), k), dtype=np.int64)
     complete = np.empty(len(rows), dtype=bool)
     batches = range(0, len(rows), SEARCH_BATCH)
     for s in progress_bar(batches, desc="faiss search", unit="batch", disable=not progress, leave=False):
         r = rows[s : s + SEARCH_BATCH]
-        d, i = index.search(x[r], k + 1)
+        d, i = search(x[r], k + 1)
         values[s : s + len(r)], labels[s : s + len(r)], complete[s : s + len(r)] = drop_self(d, i, r, k)
     return values, labels, complete
 
@@ -250,12 +256,9 @@ def search_all(
 def exact_search(x: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-k (self dropped) of the rows ``rows`` of ``x`` among all rows: faiss's brute-force
     inner-product search (a flat index's, without copying ``x`` into one)."""
-    values = np.empty((len(rows), k), dtype=np.float32)
-    labels = np.empty((len(rows), k), dtype=np.int64)
-    for s in range(0, len(rows), SEARCH_BATCH):
-        r = rows[s : s + SEARCH_BATCH]
-        d, i = faiss.knn(x[r], x, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-        values[s : s + len(r)], labels[s : s + len(r)], _ = drop_self(d, i, r, k)
+    values, labels, _ = search_all(
+        lambda q, n: faiss.knn(q, x, n, metric=faiss.METRIC_INNER_PRODUCT), x, rows, k
+    )
     return values, labels
 
 
@@ -309,7 +312,7 @@ def faiss_topk(
         values, labels, complete, info["index"] = ivf_search(x, params.ann, k, params.seed, progress)
     else:
         index, info["index"] = build_hnsw(x, params.ann, k)
-        values, labels, complete = search_all(index, x, np.arange(len(x)), k, progress)
+        values, labels, complete = search_all(index.search, x, np.arange(len(x)), k, progress)
         del index
     short = np.flatnonzero(~complete)
     if len(short):
