@@ -161,7 +161,9 @@ class Recommender:
         # and so is the catalogue side of its logits (Student.item_side, the last-item prior's covariance included)
         self._items: torch.Tensor | None = None
         self._side: Any = None
-        self._keys_cov: torch.Tensor | None = None  # for the transition prior's re-ranking (_rerank)
+        # for the transition prior's re-ranking (_rerank): the item rows on the CPU and their covariance
+        self._cpu_keys: torch.Tensor | None = None
+        self._keys_cov: torch.Tensor | None = None
         if isinstance(model, torch.nn.Module) and hasattr(model, "item_side"):
             with torch.inference_mode():
                 self._items = model.item_representations()
@@ -206,10 +208,12 @@ class Recommender:
         model: Any = self.model
         hidden, recent = model.user_states(inputs, items=self._items)
         q_dev = model.query_side(hidden, recent, self._side).float()
-        q, keys = q_dev.cpu(), self._side.keys.float().cpu()  # the index and the candidates live on the CPU
-        if self._keys_cov is None:  # of the item rows, once: each user's score std without scoring every item
-            rows = keys[1:] - keys[1:].mean(0)
+        if self._cpu_keys is None:  # once: the index and the candidates live on the CPU; the covariance of
+            # the item rows gives each user's score std without scoring every item
+            self._cpu_keys = self._side.keys.float().cpu()
+            rows = self._cpu_keys[1:] - self._cpu_keys[1:].mean(0)
             self._keys_cov = rows.T @ rows / max(1, len(rows) - 1)
+        q, keys = q_dev.cpu(), self._cpu_keys
         sd = ((q @ self._keys_cov) * q).sum(1).clamp_min(0).sqrt()
         scale = (model.cfg.transition_prior * sd).to(q_dev.device)
         b, j, w = (x.cpu() for x in transition_entries(model.transitions, *model._recency(recent), scale))
@@ -249,9 +253,7 @@ class Recommender:
         model: Any = self.model
         hidden, recent = model.user_states(inputs, items=self._items)
         scores = model.query_side(hidden, recent, self._side) @ self._side.keys.T
-        return (
-            model.add_transition_prior_(scores, recent) if hasattr(model, "add_transition_prior_") else scores
-        )
+        return model.add_transition_prior_(scores, recent)
 
     def _queries(self, inputs: torch.Tensor) -> np.ndarray:
         return self._query_rows(inputs).detach().float().cpu().numpy()
