@@ -142,3 +142,32 @@ def test_a_flat_index_reranked_with_the_transition_candidates_gives_the_exact_to
         flat_ids, offsets, 7, True
     )
     assert (base_ids != e_ids).any()
+
+
+def test_the_one_pass_choice_ranks_as_the_scorer_does_at_each_weight() -> None:
+    from pipeline.evaluation.cases import build_eval_cases
+    from pipeline.evaluation.metrics import evaluate_scorer
+    from pipeline.models import Student
+    from pipeline.models.config import StudentConfig
+    from pipeline.training.prior import transition_ranks
+
+    torch.manual_seed(3)
+    n = 30
+    rng = np.random.default_rng(1)
+    rows = [rng.integers(1, n + 1, size=int(rng.integers(4, 10))).tolist() for _ in range(40)]
+    seqs = Sequences.from_lists(
+        rows, train_end=[len(r) - 2 for r in rows], valid_end=[len(r) - 1 for r in rows]
+    )
+    cfg = StudentConfig(num_items=n, hidden=8, heads=2, max_len=6, exclude_seen=True)
+    model = Student(cfg).eval()
+    model.attach_transitions(transition_table(seqs, num_items=n))
+    valid = build_eval_cases(rows, [len(r) - 2 for r in rows], [len(r) - 1 for r in rows], "valid", max_len=6)
+    weights = [0.0, 0.5, 2.0, 8.0]
+    got = transition_ranks(model, valid, weights, False, 7, torch.device("cpu"))  # batches of 7: a ragged end
+    moved = 0
+    for w in weights:
+        model.cfg = dataclasses.replace(model.cfg, transition_prior=w)
+        _, expected = evaluate_scorer(model.scorer(), valid, [10], False, 16)
+        np.testing.assert_array_equal(got[w], expected)
+        moved += int((expected != got[0.0]).sum())
+    assert moved > 0  # the weights change the ranks: the comparison is not of identical runs

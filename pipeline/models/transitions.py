@@ -136,13 +136,16 @@ class TransitionPrior:
         module: Any = self
         return TransitionTable(module.transition_indptr, module.transition_indices, module.transition_values)
 
-    def add_transition_prior_(self, scores: torch.Tensor, recent: torch.Tensor) -> torch.Tensor:
+    def add_transition_prior_(
+        self, scores: torch.Tensor, recent: torch.Tensor, weight: float | None = None
+    ) -> torch.Tensor:
         """Add the transition prior to full (B, N+1) ``scores`` of inputs ``recent`` (B, L) in place: w x the
-        std of each user's scores over items 1..N x the recency-weighted transition rows of its recent items.
-        Nothing when the model has no transition prior."""
+        std of each user's scores over items 1..N x the recency-weighted transition rows of its recent items,
+        with w the model's weight or ``weight`` when given. Nothing when the model has no table or w is 0."""
         table = self.transitions
-        if table is None or self.cfg.transition_prior <= 0:
+        w = self.cfg.transition_prior if weight is None else weight
+        if table is None or w <= 0:
             return scores
-        scale = self.cfg.transition_prior * scores[:, 1:].float().std(1)
+        scale = w * scores[:, 1:].float().std(1)
         module: Any = self
         return add_transition_scores(scores, table, *module._recency(recent), scale)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Hashable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 import numpy as np
 import torch
 
 from pipeline.evaluation.cases import EvalCases
-from pipeline.evaluation.metrics import evaluate_scorer, metrics_from_ranks, rank_targets
+from pipeline.evaluation.metrics import metrics_from_ranks, rank_targets
 from pipeline.models import Student
 from pipeline.models.transitions import TransitionTable
 from pipeline.training.validation import SELECT_METRIC
@@ -35,6 +35,35 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Choice = tuple[float, bool]  # (prior weight, exclude the input's items)
+C = TypeVar("C", bound=Hashable)  # a candidate post-hoc setting
+
+
+def _candidate_ranks(
+    cases: EvalCases,
+    candidates: Sequence[C],
+    mask_history: bool,
+    batch_size: int,
+    device: torch.device,
+    batch_scores: Callable[[torch.Tensor], Iterator[tuple[C, torch.Tensor]]],
+) -> dict[C, np.ndarray]:
+    """The (C,) validation ranks of each candidate: ``batch_scores(inputs)`` yields (candidate, (B, N+1)
+    scores) for one batch of inputs, so the work every candidate shares is done once per batch."""
+    n = len(cases)
+    ranks = {c: np.empty(n, dtype=np.int64) for c in candidates}
+    with torch.inference_mode():
+        for s in range(0, n, batch_size):
+            e = min(s + batch_size, n)
+            lo, hi = int(cases.hist_indptr[s]), int(cases.hist_indptr[e])
+            for c, scores in batch_scores(cases.inputs[s:e].to(device)):
+                r = rank_targets(
+                    scores,
+                    cases.targets[s:e].to(device),
+                    cases.hist_indptr[s : e + 1] - lo,
+                    cases.hist_items[lo:hi],
+                    mask_history,
+                )
+                ranks[c][s:e] = r.cpu().numpy()
+    return ranks
 
 
 def choose_prior_weight(
@@ -55,32 +84,24 @@ def choose_prior_weight(
     candidates = [
         (float(w), bool(x)) for x in sorted(set(exclude)) for w in sorted({float(w) for w in weights})
     ]
-    n = len(cases)
-    ranks = {c: np.empty(n, dtype=np.int64) for c in candidates}
     model.eval()
     with torch.inference_mode():
         items = model.item_representations()
         side = model.item_side(items, prior=any(w > 0 for w, _ in candidates))
-        for s in range(0, n, batch_size):
-            e = min(s + batch_size, n)
-            hidden, recent = model.user_states(cases.inputs[s:e].to(device), items=items)
-            lo, hi = int(cases.hist_indptr[s]), int(cases.hist_indptr[e])
-            # the logits are linear in w: two products serve every candidate (one without the prior's blocks)
-            base = model.query_side(hidden, recent, side, weight=0.0) @ side.keys.T
-            if side.cov is not None:
-                per_w = model.query_side(hidden, recent, side, weight=1.0) @ side.keys.T - base
-            for w, excluded in candidates:
-                scores = base if side.cov is None else base + w * per_w
-                if excluded:  # a copy, not in place: base serves the next candidate
-                    scores = scores.scatter(1, recent, float("-inf"))
-                r = rank_targets(
-                    scores,
-                    cases.targets[s:e].to(device),
-                    cases.hist_indptr[s : e + 1] - lo,
-                    cases.hist_items[lo:hi],
-                    mask_history,
-                )
-                ranks[(w, excluded)][s:e] = r.cpu().numpy()
+
+    def batch_scores(inputs: torch.Tensor) -> Iterator[tuple[Choice, torch.Tensor]]:
+        hidden, recent = model.user_states(inputs, items=items)
+        # the logits are linear in w: two products serve every candidate (one without the prior's blocks)
+        base = model.query_side(hidden, recent, side, weight=0.0) @ side.keys.T
+        if side.cov is not None:
+            per_w = model.query_side(hidden, recent, side, weight=1.0) @ side.keys.T - base
+        for w, excluded in candidates:
+            scores = base if side.cov is None else base + w * per_w
+            if excluded:  # a copy, not in place: base serves the next candidate
+                scores = scores.scatter(1, recent, float("-inf"))
+            yield (w, excluded), scores
+
+    ranks = _candidate_ranks(cases, candidates, mask_history, batch_size, device, batch_scores)
     metrics = {c: metrics_from_ranks(ranks[c], ks) for c in candidates}
     best = max(candidates, key=lambda c: (metrics[c][SELECT_METRIC], -c[0], not c[1]))
     return best, metrics
@@ -128,6 +149,36 @@ def set_prior_weight(
     return by[(w, excluded)]
 
 
+def transition_ranks(
+    model: Student,
+    cases: EvalCases,
+    weights: Sequence[float],
+    mask_history: bool,
+    batch_size: int,
+    device: torch.device,
+) -> dict[float, np.ndarray]:
+    """The validation ranks of ``model`` with each transition weight in ``weights`` (its other post-hoc choices
+    as they are), in one pass: each batch is encoded and scored once; only the transition prior, a sparse
+    term, and the ranking are repeated per weight. The scores are those of :meth:`Student.scorer` with the
+    model's ``transition_prior`` set to each weight."""
+    model.eval()
+    with torch.inference_mode():
+        items = model.item_representations()
+        side = model.item_side(items)
+
+    def batch_scores(inputs: torch.Tensor) -> Iterator[tuple[float, torch.Tensor]]:
+        hidden, recent = model.user_states(inputs, items=items)
+        base = model.query_side(hidden, recent, side) @ side.keys.T
+        for w in weights:
+            scores = model.add_transition_prior_(base.clone(), recent, weight=float(w))
+            if model.cfg.exclude_seen:
+                scores.scatter_(1, recent, float("-inf"))
+            yield float(w), scores
+
+    candidates = [float(w) for w in weights]
+    return _candidate_ranks(cases, candidates, mask_history, batch_size, device, batch_scores)
+
+
 def set_transition_weight(
     model: Student,
     cases: EvalCases,
@@ -138,19 +189,16 @@ def set_transition_weight(
     tracker: Tracker | None = None,
 ) -> dict[str, float] | None:
     """Choose the transition prior's weight from ``weights`` on ``cases`` (validation), on top of the model's
-    other post-hoc choices; keep ``table`` with the model when the weight is not 0. The choice's validation
-    metrics, or None when there is nothing to choose."""
+    other post-hoc choices (:func:`transition_ranks`); keep ``table`` with the model when the weight is not 0.
+    The choice's validation metrics, or None when there is nothing to choose."""
     if not weights or all(w == 0 for w in weights):
         return None
     ev = eval_params
     model.attach_transitions(table)
-    by: dict[float, dict[str, float]] = {}
-    for w in sorted({float(w) for w in weights}):
-        model.cfg = dataclasses.replace(model.cfg, transition_prior=w)
-        model.eval()
-        with torch.inference_mode():
-            scorer = model.scorer()
-        by[w], _ = evaluate_scorer(scorer, cases, ev.ks, ev.mask_history, ev.batch_size, device)
+    ranks = transition_ranks(
+        model, cases, sorted({float(w) for w in weights}), ev.mask_history, ev.batch_size, device
+    )
+    by = {w: metrics_from_ranks(r, ev.ks) for w, r in ranks.items()}
     best = max(by, key=lambda w: (by[w][SELECT_METRIC], -w))
     model.cfg = dataclasses.replace(model.cfg, transition_prior=best)
     if best == 0:
