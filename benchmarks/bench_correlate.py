@@ -31,17 +31,27 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from pipeline.layout import Layout  # noqa: E402
 
+if TYPE_CHECKING:
+    import numpy as np
 
-def generate(out: Path, items: int, teacher_dim: int, clusters: int, users: int, seed: int) -> None:
+
+def generate(
+    out: Path, items: int, teacher_dim: int, clusters: int, users: int, seed: int, geometry: str = "isotropic"
+) -> None:
     """Write the text embeddings (clustered unit vectors) and the sequences (LOO splits) of ``Layout.flat(out)``.
 
-    The vectors are drawn and written 100,000 rows (one row group) at a time, so 10 M x 384 of them never
-    sit in memory at once; the file has the columns and metadata of ``write_item_vectors``.
+    ``geometry``: ``isotropic``, an item is its cluster's centre plus isotropic noise in every dimension (a
+    local intrinsic dimension of about 80, the worst case for a partition of the space), or ``subspace``
+    (:data:`SUBSPACE`), the items of a cluster spread along a random low-dimensional subspace of their own,
+    calibrated to the local geometry of Beauty's MiniLM vectors (``benchmarks/geometry.py``). The vectors are
+    drawn and written 100,000 rows (one row group) at a time, so 10 M x 384 of them never sit in memory at
+    once; the file has the columns and metadata of ``write_item_vectors``.
     """
     import numpy as np
     import pyarrow as pa
@@ -54,6 +64,12 @@ def generate(out: Path, items: int, teacher_dim: int, clusters: int, users: int,
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(clusters, teacher_dim)).astype(np.float32)
     labels = rng.integers(0, clusters, items)
+    if geometry == "subspace":  # drawn after the isotropic stream's draws, which stay as they were
+        scale = 1.0 / np.sqrt(teacher_dim)
+        centres *= scale
+        offset = SUBSPACE["offset"] * scale * rng.normal(size=teacher_dim).astype(np.float32)
+        shape = (clusters, teacher_dim, SUBSPACE["dim"])
+        bases = SUBSPACE["spread"] * scale * rng.normal(size=shape).astype(np.float32)
     layout.embeddings.mkdir(parents=True)
     layout.processed.mkdir(parents=True)
     metadata = {
@@ -69,7 +85,10 @@ def generate(out: Path, items: int, teacher_dim: int, clusters: int, users: int,
     with pq.ParquetWriter(layout.embedding("text"), schema, compression="zstd", store_schema=True) as writer:
         for s in range(0, items, 100_000):
             e = min(items, s + 100_000)
-            v = centres[labels[s:e]] + 0.7 * rng.normal(size=(e - s, teacher_dim)).astype(np.float32)
+            if geometry == "isotropic":
+                v = centres[labels[s:e]] + 0.7 * rng.normal(size=(e - s, teacher_dim)).astype(np.float32)
+            else:
+                v = subspace_block(rng, labels[s:e], centres, offset, bases)
             block = {
                 "item": pa.array(np.arange(s + 1, e + 1, dtype=np.int32)),
                 "vector": vector_array(v / np.linalg.norm(v, axis=1, keepdims=True)),
@@ -90,6 +109,34 @@ def generate(out: Path, items: int, teacher_dim: int, clusters: int, users: int,
             }
         ),
     )
+
+
+# the subspace geometry, matched at Beauty's size (12,101 items, 200 clusters) to Beauty's MiniLM vectors by
+# benchmarks/geometry.py: TwoNN intrinsic dimension 5.7 (Beauty 5.4, Scientific 3.2; the isotropic geometry
+# 80), the 20th neighbour's cosine above a random item's, relative, 0.54 (0.54), a random item's 0.27 (0.34)
+SUBSPACE = {"dim": 5, "spread": 0.6, "noise": 0.2, "offset": 1.0}
+
+
+def subspace_block(
+    rng: np.random.Generator,
+    labels: np.ndarray,
+    centres: np.ndarray,
+    offset: np.ndarray,
+    bases: np.ndarray,
+) -> np.ndarray:
+    """Vectors of the items with cluster ``labels``: a shared offset, the cluster's centre, a point of the
+    cluster's own subspace (``bases[k]``: teacher_dim x SUBSPACE["dim"]) and a little isotropic noise."""
+    import numpy as np
+
+    n, d = len(labels), centres.shape[1]
+    z = rng.normal(size=(n, bases.shape[2])).astype(np.float32)
+    v = offset + centres[labels] + SUBSPACE["noise"] / np.sqrt(d) * rng.normal(size=(n, d)).astype(np.float32)
+    order = np.argsort(labels, kind="stable")
+    bounds = np.searchsorted(labels[order], np.arange(len(bases) + 1))
+    for k in range(len(bases)):
+        rows = order[bounds[k] : bounds[k + 1]]
+        v[rows] += z[rows] @ bases[k].T
+    return v
 
 
 def run_one(args: argparse.Namespace, method: str, work: str, queue: mp.Queue) -> None:
@@ -202,6 +249,13 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=None, help="default: 1.85 x items (Beauty's ratio)")
     ap.add_argument("--teacher-dim", type=int, default=384)
     ap.add_argument("--clusters", type=int, default=200)
+    ap.add_argument(
+        "--geometry",
+        choices=["isotropic", "subspace"],
+        default="isotropic",
+        help="generated vectors: isotropic noise around the cluster centres (the worst case for ivf), or "
+        "low-dimensional cluster subspaces matched to Beauty's MiniLM vectors (generate())",
+    )
     ap.add_argument("--dim", type=int, default=128)
     ap.add_argument("--pairs", type=int, default=200_000)
     ap.add_argument("--topk", type=int, default=20)
@@ -257,13 +311,14 @@ def main() -> None:
         else:
             users = args.users or int(round(1.85 * args.items))
             proc = mp.get_context("spawn").Process(
-                target=generate, args=(work, args.items, args.teacher_dim, args.clusters, users, args.seed)
+                target=generate,
+                args=(work, args.items, args.teacher_dim, args.clusters, users, args.seed, args.geometry),
             )
             proc.start()
             proc.join()
             if proc.exitcode != 0:
                 raise SystemExit(f"input generation failed with exit code {proc.exitcode}")
-            source = f"generated: {args.items} items x {args.teacher_dim}-d, {users} users"
+            source = f"generated ({args.geometry}): {args.items} items x {args.teacher_dim}-d, {users} users"
         gen_s = time.perf_counter() - t0
         print(f"input        : {source} (written in {gen_s:.1f} s, not timed)")
         ctx = mp.get_context("spawn")

@@ -18,6 +18,18 @@ def _seqs() -> Sequences:
     )
 
 
+def _random_rows(
+    n: int, users: int, lengths: tuple[int, int], seed: int
+) -> tuple[list[list[int]], Sequences]:
+    """``users`` random histories over items 1..n and their leave-one-out split."""
+    rng = np.random.default_rng(seed)
+    rows = [rng.integers(1, n + 1, size=int(rng.integers(*lengths))).tolist() for _ in range(users)]
+    seqs = Sequences.from_lists(
+        rows, train_end=[len(r) - 2 for r in rows], valid_end=[len(r) - 1 for r in rows]
+    )
+    return rows, seqs
+
+
 def test_table_counts_training_steps_only_and_normalises_by_the_degrees() -> None:
     t = transition_table(_seqs(), num_items=4)
     dense = torch.zeros(5, 5)
@@ -115,11 +127,7 @@ def test_a_flat_index_reranked_with_the_transition_candidates_gives_the_exact_to
 
     torch.manual_seed(1)
     n = 40
-    rng = np.random.default_rng(0)
-    rows = [rng.integers(1, n + 1, size=int(rng.integers(4, 12))).tolist() for _ in range(60)]
-    seqs = Sequences.from_lists(
-        rows, train_end=[len(r) - 2 for r in rows], valid_end=[len(r) - 1 for r in rows]
-    )
+    rows, seqs = _random_rows(n, 60, (4, 12), seed=0)
     model = Student(StudentConfig(num_items=n, hidden=8, heads=2, max_len=6)).eval()
     model.attach_transitions(transition_table(seqs, num_items=n))
     catalogue = ItemCatalogue(ids=[f"i{k}" for k in range(1, n + 1)])
@@ -153,11 +161,7 @@ def test_the_one_pass_choice_ranks_as_the_scorer_does_at_each_weight() -> None:
 
     torch.manual_seed(3)
     n = 30
-    rng = np.random.default_rng(1)
-    rows = [rng.integers(1, n + 1, size=int(rng.integers(4, 10))).tolist() for _ in range(40)]
-    seqs = Sequences.from_lists(
-        rows, train_end=[len(r) - 2 for r in rows], valid_end=[len(r) - 1 for r in rows]
-    )
+    rows, seqs = _random_rows(n, 40, (4, 10), seed=1)
     cfg = StudentConfig(num_items=n, hidden=8, heads=2, max_len=6, exclude_seen=True)
     model = Student(cfg).eval()
     model.attach_transitions(transition_table(seqs, num_items=n))

@@ -1,5 +1,5 @@
 """The post-hoc scoring choices of a trained student, made on validation once training is over: the last-item
-prior's weight and whether it excludes the items of its input.
+prior's weight, whether it excludes the items of its input, and the transition prior's weight.
 
 The trained student encodes each validation batch once; each candidate (weight w, exclude) scores it through
 :meth:`Student.query_side` (its logits + w x their std x the modality tables' cosine to the input's recent
@@ -7,6 +7,9 @@ items), with the input's items at -inf when excluded, as :meth:`Student.user_sco
 the best validation NDCG@10 wins; ties go to the smaller weight and to not excluding, so w = 0 and keeping the
 items are the choice when nothing helps. Under history masking the history is out of the ranking already (all
 but a target that repeats an item, which excluding would lose), so ``auto`` does not try it there.
+
+Then the transition prior's weight, on top of those choices, the same way: each batch encoded and scored once,
+the sparse transition term added for each candidate weight (:func:`transition_ranks`).
 """
 
 from __future__ import annotations
