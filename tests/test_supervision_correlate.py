@@ -115,7 +115,13 @@ def test_pca_of_a_vector_file_read_block_by_block_equals_the_array_one(
     source = open_item_vectors(tmp_path / "text.parquet")
     assert source.shape == (50, 8) and [len(b) for _, b in source.blocks()] == [16, 16, 16, 2]
     streamed, whole = pca_reduce(source, 4, source.missing), pca_reduce(x, 4, missing)
-    assert streamed.info == whole.info and whole.info["fit_items"] == 47
+    # the same figures; a float may differ in its last bits (block sums are added in another order)
+    floats = {k for k, v in whole.info.items() if isinstance(v, float)}
+    assert floats and streamed.info.keys() == whole.info.keys() and whole.info["fit_items"] == 47
+    assert all(streamed.info[k] == whole.info[k] for k in whole.info.keys() - floats)
+    assert {k: streamed.info[k] for k in floats} == pytest.approx(
+        {k: whole.info[k] for k in floats}, rel=1e-12
+    )
     np.testing.assert_allclose(streamed.vectors, whole.vectors, rtol=0, atol=1e-6)
 
 
