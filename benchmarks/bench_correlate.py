@@ -11,6 +11,12 @@
         nice -n 10 .venv/bin/python benchmarks/bench_correlate.py --items 1000000 --neighbours ivf \
             --json out.json
 
+(d) The vectors' geometry decides the ivf recall (docs/RESULTS.md): ``--geometry isotropic`` (the default: noise
+    in every dimension around 200 centres) or ``subspace`` (each cluster a 5-d patch, matched to
+    Beauty's MiniLM vectors; ``--clusters`` sets how many patches share the items):
+        nice -n 10 .venv/bin/python benchmarks/bench_correlate.py --items 10000000 --neighbours ivf \
+            --geometry subspace --json out.json
+
 The inputs (clustered unit vectors and random sequences, or ``--embeddings`` with a real
 data/embeddings/<m>.parquet) are written by a child process, and each ``--neighbours`` method runs in a
 child of its own, so the peak RSS reported is that of one correlate run alone (plus the interpreter and
@@ -47,11 +53,11 @@ def generate(
     """Write the text embeddings (clustered unit vectors) and the sequences (LOO splits) of ``Layout.flat(out)``.
 
     ``geometry``: ``isotropic``, an item is its cluster's centre plus isotropic noise in every dimension (a
-    local intrinsic dimension of about 80, the worst case for a partition of the space), or ``subspace``
-    (:data:`SUBSPACE`), the items of a cluster spread along a random low-dimensional subspace of their own,
-    calibrated to the local geometry of Beauty's MiniLM vectors (``benchmarks/geometry.py``). The vectors are
-    drawn and written 100,000 rows (one row group) at a time, so 10 M x 384 of them never sit in memory at
-    once; the file has the columns and metadata of ``write_item_vectors``.
+    local intrinsic dimension of about 80), or ``subspace`` (:data:`SUBSPACE`), the items of a cluster spread
+    along a random low-dimensional subspace of their own, calibrated to the local geometry of Beauty's MiniLM
+    vectors (``benchmarks/geometry.py``). The vectors are drawn and written 100,000 rows (one row group) at a
+    time, so 10 M x 384 of them never sit in memory at once; the file has the columns and metadata of
+    ``write_item_vectors``.
     """
     import numpy as np
     import pyarrow as pa
@@ -253,7 +259,7 @@ def main() -> None:
         "--geometry",
         choices=["isotropic", "subspace"],
         default="isotropic",
-        help="generated vectors: isotropic noise around the cluster centres (the worst case for ivf), or "
+        help="generated vectors: isotropic noise around the cluster centres, or "
         "low-dimensional cluster subspaces matched to Beauty's MiniLM vectors (generate())",
     )
     ap.add_argument("--dim", type=int, default=128)

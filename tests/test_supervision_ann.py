@@ -31,10 +31,12 @@ from pipeline.supervision.ann import (
     resolve_method,
     row_topk,
     sample_recall,
+    sample_rows,
     search_vectors,
     train_cells,
 )
 from pipeline.supervision.correlate import run_correlate
+from pipeline.supervision.nprobe import cells_recall
 from pipeline.supervision.topk import blocked_topk
 
 
@@ -122,7 +124,7 @@ def test_ivf_finds_each_rows_best_among_the_members_of_its_probed_cells(
     # cells long enough (nlist 4: ~500 items) for the two-stage row top-k
     monkeypatch.setattr("pipeline.supervision.ann.QUERY_CHUNK", chunk)
     x = search_vectors(clustered_vectors(2000, 16, 12, seed=8), "cos")
-    ann = AnnParams(nlist=nlist, nprobe=3)
+    ann = AnnParams(nlist=nlist, nprobe=3, target_recall=None)
     values, labels, complete, info = ivf_search(x, ann, 5, seed=0)
     quantizer, _ = train_cells(x, ann, 0)
     probes = probed_cells(quantizer, x, 3)
@@ -172,7 +174,7 @@ def test_rows_with_too_few_results_are_searched_exactly() -> None:
     # 128 cells of ~4 items, one probed, 20 neighbours wanted: no item gets 21 results from the index, so
     # every row is searched exactly and the answer is the brute-force one
     v = clustered_vectors(512, 16, 8, seed=6)
-    ann = _params().ann.model_copy(update={"nlist": 128, "nprobe": 1})
+    ann = _params().ann.model_copy(update={"nlist": 128, "nprobe": 1, "target_recall": None})
     p = _params(topk=20).model_copy(update={"ann": ann})
     values, idx, info = faiss_topk(v, p, "ivf", np.zeros(512, bool), progress=False)
     assert info["exact_fallback_items"] == 512 and info["index"]["nlist"] == 128
@@ -187,11 +189,49 @@ def test_a_low_sampled_recall_is_a_warning_naming_the_parameter_to_raise(
     # i.i.d. Gaussian rows have no local structure: one probed cell of 64 misses most true neighbours
     v = np.random.default_rng(3).normal(size=(3000, 16)).astype(np.float32)
     for nprobe, warned in ((1, True), (64, False)):  # every cell probed: the exact answer
-        ann = _params().ann.model_copy(update={"nlist": 64, "nprobe": nprobe})
+        ann = _params().ann.model_copy(update={"nlist": 64, "nprobe": nprobe, "target_recall": None})
         caplog.clear()
         _, _, info = faiss_topk(v, _params().model_copy(update={"ann": ann}), "ivf", np.zeros(3000, bool))
         assert (info["recall"]["recall_at_k"] < 0.9) is warned
         assert ("raise correlate.ann.nprobe" in caplog.text) is warned
+
+
+def test_the_tuning_recall_is_the_recall_the_scan_reaches() -> None:
+    # the known answer: the recall that a scan at nprobe p reaches on the tuning rows, measured on its results
+    x = search_vectors(np.random.default_rng(4).normal(size=(3000, 16)).astype(np.float32), "cos")
+    k, rows = 10, sample_rows(3000, 300, seed=1)
+    kth = exact_search(x, rows, k)[0][:, -1]
+    quantizer, _ = train_cells(x, AnnParams(nlist=64), 0)
+    own = probed_cells(quantizer, x, 1)[:, 0]
+    order = np.argsort(own, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(np.bincount(own, minlength=64))])
+    got = []
+    for p in (1, 4, 16):
+        _, labels, _, _ = ivf_search(x, AnnParams(nlist=64, nprobe=p, target_recall=None), k, seed=0)
+        found = np.einsum("rkd,rd->rk", x[labels[rows]], x[rows]) >= (kth - 1e-5)[:, None]
+        probes = quantizer.search(x[rows], p)[1]
+        got.append(cells_recall(x, probes, order, starts, rows, kth, k))
+        assert got[-1] == pytest.approx(found.mean(), abs=1e-9), p
+    assert got[0] < got[1] < got[2] < 1.0  # a real range of recalls, not 1.0 throughout
+
+
+def test_target_recall_raises_nprobe_until_the_tuning_sample_reaches_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    v = np.random.default_rng(3).normal(size=(3000, 16)).astype(np.float32)
+    ann = _params().ann.model_copy(update={"nlist": 64, "nprobe": 1, "target_recall": 0.95})
+    _, _, info = faiss_topk(v, _params().model_copy(update={"ann": ann}), "ivf", np.zeros(3000, bool))
+    tuning = {int(p): r for p, r in info["index"]["nprobe_tuning"].items()}
+    chosen = info["index"]["nprobe"]
+    assert list(tuning) == [p for p in (1, 2, 4, 8, 16, 32, 64) if p <= chosen]  # doubling, then stop
+    assert tuning[chosen] >= 0.95 and all(r < 0.95 for p, r in tuning.items() if p < chosen) and chosen > 1
+    assert info["recall"]["recall_at_k"] >= 0.93  # measured on another sample of items
+    # not reachable within max_nprobe: the limit is used, and the warning names it
+    ann = ann.model_copy(update={"max_nprobe": 2})
+    caplog.clear()
+    _, _, info = faiss_topk(v, _params().model_copy(update={"ann": ann}), "ivf", np.zeros(3000, bool))
+    assert info["index"]["nprobe"] == 2 and list(info["index"]["nprobe_tuning"]) == ["1", "2"]
+    assert "raise correlate.ann.max_nprobe" in caplog.text
 
 
 # ------------------------------------------------------------------------------------------ choosing

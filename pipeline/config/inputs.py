@@ -225,7 +225,22 @@ class AnnParams(Section):
         8,
         ge=1,
         le=1_000_000,
-        description="ivf: cells scanned per item (more: higher recall, proportionally slower)",
+        description="ivf: cells scanned per item (more: higher recall, proportionally slower); the least, "
+        "see target_recall",
+    )
+    target_recall: float | None = Field(
+        0.95,
+        gt=0.0,
+        le=1.0,
+        description="ivf: before the scan, double nprobe (up to max_nprobe) until the recall@topk the scan "
+        "would reach on a seeded tuning sample of recall_sample items is at least this; null: nprobe as set. "
+        "Recall at a fixed nprobe depends on the vectors' geometry (docs/RESULTS.md)",
+    )
+    max_nprobe: int = Field(
+        64,
+        ge=1,
+        le=1_000_000,
+        description="ivf: the most cells target_recall may scan per item (the scan's time grows with it)",
     )
     train_per_list: int = Field(
         64,

@@ -31,6 +31,7 @@ from pipeline.config import CorrelateParams
 from pipeline.config.inputs import INNER_PRODUCT_SCORES, AnnParams
 from pipeline.ivf import trained_ivf
 from pipeline.progress import progress_bar
+from pipeline.supervision.nprobe import choose_nprobe
 
 log = logging.getLogger(__name__)
 
@@ -139,8 +140,27 @@ def ivf_search(
     t1 = time.perf_counter()
     nprobe, nlist = info["nprobe"], info["nlist"]
     probes = probed_cells(quantizer, x, nprobe)  # (n, nprobe); column 0: the row's own cell
-    t2 = time.perf_counter()
     own = probes[:, 0]
+    limit = min(ann.max_nprobe, nlist)
+    if (
+        ann.target_recall is not None and nprobe < limit
+    ):  # raise nprobe until the tuning sample's recall holds
+        rows = sample_rows(n, ann.recall_sample, seed + 1)  # not the sample that reports the recall
+        kth = exact_search(x, rows, k)[0][:, -1]
+        chosen, tried = choose_nprobe(x, quantizer, own, rows, kth, k, nprobe, limit, ann.target_recall)
+        info["nprobe_tuning"] = {str(p): r for p, r in tried.items()}  # JSON keys: stats.json, MLflow
+        log.info(
+            "ivf nprobe %d for recall@%d >= %g on %d tuning items (recall by nprobe: %s)",
+            chosen,
+            k,
+            ann.target_recall,
+            len(rows),
+            ", ".join(f"{p}: {r:.4f}" for p, r in tried.items()),
+        )
+        if chosen != nprobe:
+            nprobe = info["nprobe"] = chosen
+            probes = probed_cells(quantizer, x, nprobe)
+    t2 = time.perf_counter()
     sizes = np.bincount(own, minlength=nlist)
     info["list_imbalance"] = round(float(nlist * (sizes.astype(np.float64) ** 2).sum() / n**2), 4)
     order = np.argsort(own, kind="stable")  # rows grouped by cell; a cell's members are one slice
@@ -190,9 +210,10 @@ def ivf_search(
         v, lab, ok = drop_self(cv, ci, rows_here, k)
         values[rows_here], labels[rows_here], complete[rows_here] = v, lab, ok
     log.info(
-        "ivf over %d items, %d cells: k-means %.1fs, cell assignment %.1fs, scan %.1fs",
+        "ivf over %d items, %d cells, nprobe %d: k-means %.1fs, cell assignment (and nprobe) %.1fs, scan %.1fs",
         n,
         nlist,
+        nprobe,
         t1 - t0,
         t2 - t1,
         time.perf_counter() - t2,
@@ -262,12 +283,16 @@ def exact_search(x: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, n
     return values, labels
 
 
+def sample_rows(n: int, sample: int, seed: int) -> np.ndarray:
+    """A seeded sample of ``sample`` of the rows 0..n-1 (all when fewer), sorted."""
+    return np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+
+
 def sample_recall(
     x: np.ndarray, labels: np.ndarray, k: int, sample: int, seed: int
 ) -> dict[str, float | int]:
     """Recall@k of the approximate ``labels`` (n, k) on a seeded sample of rows of ``x`` (see the module)."""
-    n = len(x)
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
+    rows = sample_rows(len(x), sample, seed)
     exact_v, _ = exact_search(x, rows, k)
     kth = exact_v[:, -1].astype(np.float64)
     found = np.einsum("rkd,rd->rk", x[labels[rows]].astype(np.float64), x[rows].astype(np.float64))
@@ -324,7 +349,10 @@ def faiss_topk(
     info["recall"] = sample_recall(x, labels, k, params.ann.recall_sample, params.seed)
     del x
     if info["recall"]["recall_at_k"] < LOW_RECALL:
-        knob = "correlate.ann.nprobe" if method == "ivf" else "correlate.ann.ef_search"
+        knob = "correlate.ann.ef_search"
+        if method == "ivf":  # the tuning stopped at max_nprobe, or there was none
+            tuned = params.ann.target_recall is not None
+            knob = "correlate.ann.max_nprobe" if tuned else "correlate.ann.nprobe (or set target_recall)"
         log.warning(
             "%s neighbours: recall@%d %.3f against exact on %d sampled items: many true neighbours are "
             "missed; raise %s (or set correlate.neighbours: exact)",

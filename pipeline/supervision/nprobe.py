@@ -1,0 +1,78 @@
+"""How many ivf cells each item must scan for a target recall, measured before the scan.
+
+The recall of an ivf search at a given ``nprobe`` depends on the vectors' local geometry far more than on
+their number: at the default nprobe 8, 10 M generated items whose clusters are dense 5-dimensional patches
+keep recall@20 1.0, while isotropic noise (10 M) or many sparse patches (already at 1 M) fall to about 0.5
+(docs/RESULTS.md). So the stage does not trust a fixed nprobe: on a seeded tuning sample it computes, for
+nprobe, 2 x nprobe, 4 x nprobe ... (at most ``correlate.ann.max_nprobe`` and nlist), exactly what the scan
+would find, the top-k among the members of each sample item's probed cells, and stops at the first that
+reaches ``correlate.ann.target_recall``. The cost is an exact search for the sample (about a tenth of the
+full scan's work at 1 M and 10 M items) and the sample's own cells; the full scan then runs once, at the
+chosen nprobe. The recall written to stats.json is measured afterwards on another sample, so the choice does
+not grade itself.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+RECALL_TOLERANCE = 1e-5  # float32 rounding of the exact scores: as the reported recall counts a neighbour
+
+
+def cells_recall(
+    x: np.ndarray,
+    probes: np.ndarray,
+    order: np.ndarray,
+    starts: np.ndarray,
+    rows: np.ndarray,
+    kth: np.ndarray,
+    k: int,
+) -> float:
+    """Recall@k that the scan would reach for ``rows``: each row's candidates are the members of its probed
+    cells ``probes`` (len(rows), nprobe), itself excluded; a candidate counts when its score reaches the
+    row's exact k-th best score ``kth`` (so the found top-k hold min(k, such candidates) of them).
+
+    ``order``/``starts``: the items grouped by cell, cell c's members ``order[starts[c]:starts[c + 1]]``.
+    """
+    found = np.empty(len(rows), dtype=np.float64)
+    for i, (row, cells) in enumerate(zip(rows, probes, strict=True)):
+        members = np.concatenate([order[starts[c] : starts[c + 1]] for c in cells if c >= 0])
+        members = members[members != row]
+        scores = x[members] @ x[row]
+        bar = kth[i] - RECALL_TOLERANCE * max(1.0, abs(float(kth[i])))
+        found[i] = min(k, int((scores >= bar).sum())) / k
+    return float(found.mean())
+
+
+def choose_nprobe(
+    x: np.ndarray,
+    quantizer: object,
+    own: np.ndarray,
+    rows: np.ndarray,
+    kth: np.ndarray,
+    k: int,
+    nprobe: int,
+    limit: int,
+    target: float,
+) -> tuple[int, dict[int, float]]:
+    """The least of nprobe, 2 x nprobe, ... (up to ``limit``, which is always tried last) whose
+    :func:`cells_recall` on ``rows`` reaches ``target``, else ``limit``; and the recall at each one tried.
+
+    ``quantizer``: the faiss index of the cell centroids; ``own``: (n,) every item's cell.
+    """
+    ladder = []
+    p = nprobe
+    while p < limit:
+        ladder.append(p)
+        p *= 2
+    ladder.append(limit)
+    sizes = np.bincount(own, minlength=quantizer.ntotal)  # type: ignore[attr-defined]
+    order = np.argsort(own, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    probes = quantizer.search(x[rows], limit)[1]  # type: ignore[attr-defined]  # nearest cells first
+    tried: dict[int, float] = {}
+    for p in ladder:
+        tried[p] = round(cells_recall(x, probes[:, :p], order, starts, rows, kth, k), 6)
+        if tried[p] >= target:
+            return p, tried
+    return limit, tried
