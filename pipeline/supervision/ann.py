@@ -12,7 +12,9 @@ The recall is measured at every approximate run on a fixed seeded sample of item
 (faiss's flat inner-product index) gives each sampled item its k-th best score, and an approximate
 neighbour counts as found when its score reaches that (so items with equal vectors, whose exact order
 among themselves is arbitrary, do not lower it). Time and memory are linear in the items for a fixed
-``nprobe``/``nlist`` ratio, except the ivf default nlist, which grows with sqrt(items).
+``nprobe``/``nlist`` ratio, except the ivf default nlist, which grows with sqrt(items). Before the ivf scan,
+``correlate.ann.target_recall`` raises ``nprobe`` until the recall the scan would reach on another seeded
+sample holds (:mod:`pipeline.supervision.nprobe`).
 """
 
 from __future__ import annotations
@@ -142,9 +144,8 @@ def ivf_search(
     probes = probed_cells(quantizer, x, nprobe)  # (n, nprobe); column 0: the row's own cell
     own = probes[:, 0]
     limit = min(ann.max_nprobe, nlist)
-    if (
-        ann.target_recall is not None and nprobe < limit
-    ):  # raise nprobe until the tuning sample's recall holds
+    # correlate.ann.target_recall: raise nprobe until the recall on a tuning sample holds (nprobe.py)
+    if ann.target_recall is not None and nprobe < limit:
         rows = sample_rows(n, ann.recall_sample, seed + 1)  # not the sample that reports the recall
         kth = exact_search(x, rows, k)[0][:, -1]
         chosen, tried = choose_nprobe(x, quantizer, own, rows, kth, k, nprobe, limit, ann.target_recall)
