@@ -47,6 +47,24 @@ def test_table_counts_training_steps_only_and_normalises_by_the_degrees() -> Non
     assert t.num_items == 4 and t.indptr.tolist() == [0, 0, 1, 2, 3, 3]
 
 
+def test_a_window_counts_later_steps_with_decayed_weights() -> None:
+    t = transition_table(_seqs(), num_items=4, window=2, decay=0.5)
+    dense = torch.zeros(5, 5, dtype=torch.float64)
+    for i in range(5):
+        for e in range(int(t.indptr[i]), int(t.indptr[i + 1])):
+            dense[i, t.indices[e]] = float(t.values[e])
+    # next steps as before; two apart, weight 0.5: 1 -> 3 (user 0: 1 2 3), 2 -> 1 (user 2: 2 3 1)
+    c = {(1, 2): 2.0, (2, 3): 2.0, (3, 1): 1.0, (1, 3): 0.5, (2, 1): 0.5}
+    out = {1: 2.5, 2: 2.5, 3: 1.0}
+    into = {2: 2.0, 3: 2.5, 1: 1.5}
+    expected = torch.zeros(5, 5, dtype=torch.float64)
+    for (i, j), n in c.items():
+        expected[i, j] = n / np.sqrt(out[i] * into[j])
+    torch.testing.assert_close(dense, expected, rtol=1e-6, atol=1e-7)
+    # a window longer than every prefix counts what fits
+    assert torch.equal(transition_table(_seqs(), 4, window=50, decay=0.5).values, t.values)
+
+
 def test_scores_add_the_recency_weighted_rows_scaled_per_user() -> None:
     t = transition_table(_seqs(), num_items=4)
     scores = torch.zeros(2, 5)

@@ -170,6 +170,17 @@ class TrainParams(Section):
         "with the transition candidates is re-scored); [] = off. +3 % validation NDCG@10 on Beauty and "
         "Scientific, 3 seeds (docs/RESULTS.md)",
     )
+    transition_window: int = Field(
+        1,
+        ge=1,
+        le=10_000,
+        description="the transition prior's table also counts the steps i -> j that are d = 2..this many "
+        "positions apart in a training sequence, each weighted transition_decay^(d - 1): what a user buys a few "
+        "items after i, not only next; 1: the next item only (FPMC's first order)",
+    )
+    transition_decay: float = Field(
+        1.0, gt=0.0, le=1.0, description="the weight of a step d positions apart is this^(d - 1)"
+    )
     prior_decay: float = Field(
         0.5,
         ge=0.0,

@@ -37,15 +37,28 @@ class TransitionTable:
         return int(self.indptr.shape[0]) - 2
 
 
-def transition_table(seqs: Sequences, num_items: int) -> TransitionTable:
-    """The normalised transition counts of the training prefixes of ``seqs`` (items 1..``num_items``)."""
+def transition_table(seqs: Sequences, num_items: int, window: int = 1, decay: float = 1.0) -> TransitionTable:
+    """The normalised transition counts of the training prefixes of ``seqs`` (items 1..``num_items``).
+
+    ``window`` > 1 also counts the steps i -> j that are d = 2..window positions apart in a training prefix,
+    each weighted ``decay ** (d - 1)``: what a user buys a few steps after i, not only next (the counts, the
+    out- and in-counts all weighted alike). 1: the next item only.
+    """
     n = num_items + 1
     user = np.repeat(np.arange(len(seqs.lengths)), seqs.lengths)
     pos = np.arange(len(seqs.flat)) - seqs.offsets[user]
-    # a step p -> p + 1 counts when both positions are training items of the same user
-    step = pos + 1 < seqs.train_end[user]
-    src, dst = seqs.flat[step], seqs.flat[np.flatnonzero(step) + 1]
-    keys, counts = np.unique(src * n + dst, return_counts=True)
+    src, dst, weight = [], [], []
+    for d in range(1, window + 1):
+        # a step p -> p + d counts when both positions are training items of the same user
+        at = np.flatnonzero(pos + d < seqs.train_end[user])
+        if len(at) == 0:
+            break
+        src.append(seqs.flat[at])
+        dst.append(seqs.flat[at + d])
+        weight.append(np.full(len(at), decay ** (d - 1)))
+    pairs = np.concatenate(src).astype(np.int64) * n + np.concatenate(dst) if src else np.zeros(0, np.int64)
+    keys, where = np.unique(pairs, return_inverse=True)
+    counts = np.bincount(where, weights=np.concatenate(weight) if weight else None, minlength=len(keys))
     rows, cols = keys // n, keys % n
     out_deg = np.bincount(rows, weights=counts, minlength=n)
     in_deg = np.bincount(cols, weights=counts, minlength=n)
