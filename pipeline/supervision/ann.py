@@ -33,7 +33,7 @@ from pipeline.config import CorrelateParams
 from pipeline.config.inputs import INNER_PRODUCT_SCORES, AnnParams
 from pipeline.ivf import trained_ivf
 from pipeline.progress import progress_bar
-from pipeline.supervision.nprobe import choose_nprobe
+from pipeline.supervision.nprobe import RECALL_TOLERANCE, choose_nprobe
 
 log = logging.getLogger(__name__)
 
@@ -143,12 +143,17 @@ def ivf_search(
     nprobe, nlist = info["nprobe"], info["nlist"]
     probes = probed_cells(quantizer, x, nprobe)  # (n, nprobe); column 0: the row's own cell
     own = probes[:, 0]
+    sizes = np.bincount(own, minlength=nlist)
+    order = np.argsort(own, kind="stable")  # rows grouped by cell; a cell's members are one slice
+    starts = np.concatenate([[0], np.cumsum(sizes)])
     limit = min(ann.max_nprobe, nlist)
     # correlate.ann.target_recall: raise nprobe until the recall on a tuning sample holds (nprobe.py)
     if ann.target_recall is not None and nprobe < limit:
         rows = sample_rows(n, ann.recall_sample, seed + 1)  # not the sample that reports the recall
         kth = exact_search(x, rows, k)[0][:, -1]
-        chosen, tried = choose_nprobe(x, quantizer, own, rows, kth, k, nprobe, limit, ann.target_recall)
+        chosen, tried = choose_nprobe(
+            x, quantizer, order, starts, rows, kth, k, nprobe, limit, ann.target_recall
+        )
         info["nprobe_tuning"] = {str(p): r for p, r in tried.items()}  # JSON keys: stats.json, MLflow
         log.info(
             "ivf nprobe %d for recall@%d >= %g on %d tuning items (recall by nprobe: %s)",
@@ -162,10 +167,7 @@ def ivf_search(
             nprobe = info["nprobe"] = chosen
             probes = probed_cells(quantizer, x, nprobe)
     t2 = time.perf_counter()
-    sizes = np.bincount(own, minlength=nlist)
     info["list_imbalance"] = round(float(nlist * (sizes.astype(np.float64) ** 2).sum() / n**2), 4)
-    order = np.argsort(own, kind="stable")  # rows grouped by cell; a cell's members are one slice
-    starts = np.concatenate([[0], np.cumsum(sizes)])
     xt, members = torch.from_numpy(x), torch.from_numpy(order)
     kk = k + 1  # one more than wanted: a row's own entry is among its results
     values = np.empty((n, k), dtype=np.float32)
@@ -297,7 +299,7 @@ def sample_recall(
     exact_v, _ = exact_search(x, rows, k)
     kth = exact_v[:, -1].astype(np.float64)
     found = np.einsum("rkd,rd->rk", x[labels[rows]].astype(np.float64), x[rows].astype(np.float64))
-    tol = 1e-5 * np.maximum(1.0, np.abs(kth))  # float32 rounding of the exact scores
+    tol = RECALL_TOLERANCE * np.maximum(1.0, np.abs(kth))  # float32 rounding of the exact scores
     per_row = (found >= (kth - tol)[:, None]).sum(1) / k
     return {
         "recall_at_k": round(float(per_row.mean()), 6),

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-RECALL_TOLERANCE = 1e-5  # float32 rounding of the exact scores: as the reported recall counts a neighbour
+RECALL_TOLERANCE = 1e-5  # float32 rounding of the exact scores (the reported recall, ann.py, uses it too)
 
 
 def cells_recall(
@@ -47,7 +47,8 @@ def cells_recall(
 def choose_nprobe(
     x: np.ndarray,
     quantizer: object,
-    own: np.ndarray,
+    order: np.ndarray,
+    starts: np.ndarray,
     rows: np.ndarray,
     kth: np.ndarray,
     k: int,
@@ -58,7 +59,8 @@ def choose_nprobe(
     """The least of nprobe, 2 x nprobe, ... (up to ``limit``, which is always tried last) whose
     :func:`cells_recall` on ``rows`` reaches ``target``, else ``limit``; and the recall at each one tried.
 
-    ``quantizer``: the faiss index of the cell centroids; ``own``: (n,) every item's cell.
+    ``quantizer``: the faiss index of the cell centroids; ``order``/``starts``: the items grouped by cell, as
+    in :func:`cells_recall` (the scan's own grouping, passed in rather than sorted again).
     """
     ladder = []
     p = nprobe
@@ -66,9 +68,6 @@ def choose_nprobe(
         ladder.append(p)
         p *= 2
     ladder.append(limit)
-    sizes = np.bincount(own, minlength=quantizer.ntotal)  # type: ignore[attr-defined]
-    order = np.argsort(own, kind="stable")
-    starts = np.concatenate([[0], np.cumsum(sizes)])
     probes = quantizer.search(x[rows], limit)[1]  # type: ignore[attr-defined]  # nearest cells first
     tried: dict[int, float] = {}
     for p in ladder:
