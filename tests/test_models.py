@@ -364,6 +364,49 @@ def test_last_item_prior_adds_the_scaled_table_cosine_to_the_last_item() -> None
     assert torch.allclose(model.query_side(hidden, last, side, weight=0) @ side.keys.T, base, atol=1e-5)
 
 
+def test_the_prior_in_training_scores_each_training_position_as_the_scorer_scores_its_prefix() -> None:
+    model = make_student(modalities=("text", "image"))
+    seq = torch.tensor([[0, 0, 3, 7, 9, 4], [0, 0, 0, 0, 5, 6], [2, 8, 8, 1, 30, 11]])
+    with torch.no_grad():
+        base = model.user_scores(seq)
+        model.cfg = dataclasses.replace(model.cfg, prior_in_training=2.5, prior_decay=0.5)
+        scores = model.user_scores(seq)
+        # the known answer: + 2.5 x the mean over modalities of the cosine to the recency-mixed recent items
+        age = torch.arange(5, -1, -1, dtype=torch.float32)
+        mix = 0.5**age * (seq != 0)
+        mix = mix / mix.sum(1, keepdim=True)
+        cos = 0
+        for m in ("text", "image"):
+            unit = torch.nn.functional.normalize(model.modality_tables[m].weight, dim=-1)
+            unit[0] = 0.0
+            cos = cos + (mix[:, :, None] * unit[seq]).sum(1) @ unit.T / 2
+        assert torch.allclose(scores, base + 2.5 * cos, atol=1e-5)
+        # training: position t of a sequence gets the logit_factors' logits + the term the scorer adds to its
+        # prefix up to t
+        items = model.item_representations()
+        hidden = model.encode(seq, model.input_table(items))
+        keep = seq != 0
+        a, b = model.training_factors(hidden, seq, keep, items)
+        logits = a @ b.T
+        plain = model.full_scores(hidden[keep], items)
+        prefixes = torch.stack(
+            [torch.nn.functional.pad(seq[r, : t + 1], (5 - t, 0)) for r, t in keep.nonzero()]
+        )
+        added = model.user_scores(prefixes)
+        model.cfg = dataclasses.replace(model.cfg, prior_in_training=0.0)
+        added -= model.user_scores(prefixes)
+        assert len(logits) == 12 and torch.allclose(logits - plain, added, atol=1e-5)
+        model.cfg = dataclasses.replace(model.cfg, prior_in_training=2.5)
+        # the step's rows only (the sampled softmax): the same logits, columns in the order of ids
+        ids = torch.tensor([0, 3, 7, 9, 4, 5, 6, 2, 8, 1, 30, 11, 17])
+        remap = torch.zeros(31, dtype=torch.long)
+        remap[ids] = torch.arange(len(ids))
+        a2, b2 = model.training_factors(hidden, remap[seq], keep, items[ids], ids)
+        assert torch.allclose(a2 @ b2.T, logits[:, ids], atol=1e-5)
+    assert model.cfg.to_dict()["prior_in_training"] == 2.5
+    assert "prior_in_training" not in make_student().cfg.to_dict()  # off: the saved config reads as before
+
+
 def test_the_prior_mixes_the_recent_items_by_decay_and_excluded_inputs_score_minus_infinity() -> None:
     model = make_student(modalities=("text",))
     seq = torch.tensor([[0, 0, 3, 7, 9], [0, 0, 0, 0, 5]])

@@ -160,6 +160,16 @@ class TrainParams(Section):
         "chosen from this list on validation NDCG@10 (include 0 to allow none) and saved with the model; "
         "[] = off. Training and its epoch selection never see it",
     )
+    prior_in_training: float = Field(
+        0.0,
+        ge=0.0,
+        le=1000.0,
+        description="the last-item prior's cosine term in the training logits too, at this fixed scale a: every "
+        "logit, in training and wherever the model scores, gains a x cos(m_last, m_j) (m_last as for "
+        "last_item_prior, mixed over the items up to each training position), so the network learns what the "
+        "cosine to the recent items does not already say; the post-hoc weight is chosen on top of it. 0 = off. "
+        "Costs one more product of the modality tables' width per training step",
+    )
     transition_prior: list[float] = Field(
         default_factory=list,
         description="after training (and the last-item prior's choice), add w x std(the user's scores) x the "

@@ -52,6 +52,8 @@ class StudentConfig:
     id_init_scale: float = _train("id_init_scale")
     # w of the last-item prior (Student.user_scores), chosen on validation after training; 0 = none
     last_item_prior: float = 0.0
+    # the prior's fixed scale in the training logits and wherever the model scores (train.prior_in_training)
+    prior_in_training: float = _train("prior_in_training")
     prior_decay: float = _train("prior_decay")  # the prior's weight of the item k steps back: decay^k
     # never recommend an item of the input (train.exclude_seen; with "auto", chosen on validation)
     exclude_seen: bool = False
@@ -74,6 +76,7 @@ class StudentConfig:
         "bsarec_window": 0,
         "id_init_scale": 1.0,
         "last_item_prior": 0.0,
+        "prior_in_training": 0.0,
         "prior_decay": 0.0,
         "exclude_seen": False,
         "transition_prior": 0.0,
@@ -91,6 +94,7 @@ class StudentConfig:
         "bsarec_window",
         "id_init_scale",
         "last_item_prior",
+        "prior_in_training",
         "prior_decay",
         "exclude_seen",
         "transition_prior",

@@ -22,7 +22,10 @@ gain ``w * std_j(logit_j) * mean_m <q_m, u_m[j]>``, with ``u_m`` the L2-normalis
 to ``cfg.prior_decay ** k``; decay 0 = the last item alone, its cosine), so items close to the ones just seen
 in the distilled geometry move up; the std puts w on the scale of each user's own logits. It is one more inner
 product (:meth:`item_side`, :meth:`query_side`), so an index over the item side ranks with it. Training never
-uses it. With ``cfg.exclude_seen`` the items of the input are never recommended (:meth:`user_scores`).
+uses w. With ``cfg.prior_in_training`` = a > 0 the same cosine term, at the fixed scale a (no std), is also part
+of the training logits (:meth:`training_factors`, each position mixing the items up to it) and of every score,
+so the network learns what the cosine to the recent items leaves unexplained; w is then chosen on top of it.
+With ``cfg.exclude_seen`` the items of the input are never recommended (:meth:`user_scores`).
 
 The distillation heads read ``m`` directly: the holistic score ξ(P m_i, P m_j) with ``P`` per
 ``kd_projection`` (:data:`KD_PROJECTIONS`: ``identity``-initialised linear map, the authors' two ``random``
@@ -288,17 +291,27 @@ class Student(TransitionPrior, nn.Module):
         item rows, plus, with the last-item prior (``prior``, default: when the model's weight is not 0), one
         block per modality of the L2-normalised table (padding row 0) and the covariance that scales it."""
         keys = self._item_factor(items)
-        if not (self.cfg.last_item_prior > 0 if prior is None else prior) or not self.cfg.modalities:
+        posthoc = self.cfg.last_item_prior > 0 if prior is None else prior
+        if not (posthoc or self.cfg.prior_in_training > 0) or not self.cfg.modalities:
             return ItemSide(keys, None)
         rows = keys[1:].float()
         centred = rows - rows.mean(0)
         cov = centred.T @ centred / max(1, rows.shape[0] - 1)
+        return ItemSide(torch.cat([keys.float(), *self.unit_rows()], -1).to(keys.dtype), cov)
+
+    def unit_rows(self, ids: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Per modality, the L2-normalised rows (float32) of its table for ``ids`` (any shape), or for the whole
+        catalogue; padding (id 0) is a zero row. The prior's item side: a cosine is a product of two rows."""
         units = []
         for m in self.cfg.modalities:
-            u = nn.functional.normalize(self.modality_tables[m].weight.float(), dim=-1).clone()
-            u[0] = 0.0
-            units.append(u)
-        return ItemSide(torch.cat([keys.float(), *units], -1).to(keys.dtype), cov)
+            table = self.modality_tables[m]
+            rows = table.weight if ids is None else self._rows(table, ids)
+            u = nn.functional.normalize(rows.float(), dim=-1)
+            pad = torch.zeros_like(u[..., :1], dtype=torch.bool) if ids is None else (ids == 0)[..., None]
+            if ids is None:
+                pad[0] = True
+            units.append(u.masked_fill(pad, 0.0))
+        return units
 
     def query_side(
         self, hidden: torch.Tensor, recent: torch.Tensor, side: ItemSide, weight: float | None = None
@@ -315,7 +328,7 @@ class Student(TransitionPrior, nn.Module):
             return a
         w = self.cfg.last_item_prior if weight is None else weight
         std = ((a.float() @ side.cov) * a.float()).sum(-1).clamp_min(0).sqrt()  # (B,)
-        scale = (w * std / len(self.cfg.modalities))[:, None]
+        scale = ((self.cfg.prior_in_training + w * std) / len(self.cfg.modalities))[:, None]
         cols, mix = self._recency(recent.reshape(len(a), -1))
         h, d = a.shape[-1], self.cfg.modality_dim
         blocks = [
@@ -324,11 +337,43 @@ class Student(TransitionPrior, nn.Module):
         ]
         return torch.cat([a.float(), *blocks], -1).to(a.dtype)
 
+    def training_factors(
+        self,
+        hidden: torch.Tensor,
+        inputs: torch.Tensor,
+        keep: torch.Tensor,
+        items: torch.Tensor,
+        ids: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The two sides of the training logits at the ``keep`` positions of hidden states (B, T, H) of
+        left-padded ``inputs`` (B, T), against the rows ``items`` (the catalogue, or the step's ``ids`` with
+        ``inputs`` in their numbering): :meth:`logit_factors`, and with ``cfg.prior_in_training`` = a > 0 the
+        prior's blocks, so a logit is ``a_t.b_j + a * mean_m <q_m(t), u_m[j]>`` with ``q_m(t)`` the recency mix
+        of the unit rows of the items up to t: what :meth:`query_side` scores with the post-hoc weight 0."""
+        a, b = self.logit_factors(hidden[keep], items)
+        if self.cfg.prior_in_training <= 0 or not self.cfg.modalities:
+            return a, b
+        units = self.unit_rows(ids)
+        n = self._recency_span()
+        padded = nn.functional.pad(inputs, (n - 1, 0))  # each position's last n inputs, left-padded
+        cols, mix = self._recency(padded.unfold(1, n, 1)[keep])
+        scale = self.cfg.prior_in_training / len(units)
+        mixed = [scale * torch.einsum("pn,pnd->pd", mix, u[cols]) for u in units]
+        return (
+            torch.cat([a, *(q.to(a.dtype) for q in mixed)], -1),
+            torch.cat([b, *(u.to(b.dtype) for u in units)], -1),
+        )
+
+    def _recency_span(self) -> int:
+        """How many recent items the prior mixes: while ``prior_decay ** k >= 1e-4``."""
+        decay = self.cfg.prior_decay
+        return 1 if decay <= 0 else 1 + math.ceil(math.log(1e-4) / math.log(decay))
+
     def _recency(self, recent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The last n columns of left-padded ids (B, L) and their weights (B, n): ``decay ** k`` for the item k
-        steps back, 0 for padding, each row summing to 1 (n: while ``decay ** k >= 1e-4``)."""
+        steps back, 0 for padding, each row summing to 1 (n: :meth:`_recency_span`)."""
         decay = self.cfg.prior_decay
-        n = 1 if decay <= 0 else 1 + math.ceil(math.log(1e-4) / math.log(decay))
+        n = self._recency_span()
         cols = recent[:, -min(n, recent.shape[1]) :]
         age = torch.arange(cols.shape[1] - 1, -1, -1, device=cols.device, dtype=torch.float32)
         mix = torch.pow(torch.full_like(age, decay), age) * (cols != 0)

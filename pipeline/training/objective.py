@@ -205,7 +205,7 @@ def batch_loss(
             table = model.input_table(rows)
             hidden = t.fwd_model.encode(inputs if table is None else inv_seq[:, :-1], table)
             ce = next_item_loss(
-                *model.logit_factors(hidden[keep], rows),
+                *model.training_factors(hidden, inv_seq[:, :-1], keep, rows, ids),
                 inv_seq[:, 1:][keep],
                 (inv_cand, log_e if train.logq_correction else None),
             )
@@ -215,7 +215,7 @@ def batch_loss(
         items = model.item_representations()  # (N+1, H): what scores the catalogue
         if len(part):
             hidden = t.fwd_model.encode(inputs, model.input_table(items))  # (B, T, H)
-            ce = next_item_loss(*model.logit_factors(hidden[keep], items), targets[keep])
+            ce = next_item_loss(*model.training_factors(hidden, inputs, keep, items), targets[keep])
         else:  # a batch with fewer rows than ranks leaves this rank none
             ce = items.new_zeros((), dtype=torch.float32)
     # every position weighs the same, whatever the length bucket of its batch; under DDP a rank's positions
