@@ -176,9 +176,14 @@ def _tiny_training(seq: torch.Tensor, backbone: str = "sasrec"):
 @pytest.mark.parametrize("negatives", ["popularity", "mixed"])
 @pytest.mark.parametrize("padded", [True, False])
 @pytest.mark.parametrize("backbone", ["sasrec", "session_graph"])  # the graph reads the unfused parts
+@pytest.mark.parametrize(
+    "prior", [0.0, 3.0]
+)  # train.prior_in_training: the prior's blocks on the step's rows
 def test_the_step_on_the_sampled_rows_equals_the_loss_on_the_whole_table(
-    negatives: str, padded: bool, backbone: str
+    negatives: str, padded: bool, backbone: str, prior: float
 ) -> None:
+    import dataclasses
+
     from pipeline.config import TrainParams
     from pipeline.training.distributed import DistInfo
     from pipeline.training.objective import batch_loss, negative_sampler
@@ -187,6 +192,7 @@ def test_the_step_on_the_sampled_rows_equals_the_loss_on_the_whole_table(
     if not padded:  # no padding anywhere: the remapped ids must still keep 0 for padding only
         seq = seq[:, 2:]
     t = _tiny_training(seq, backbone)
+    t.model.cfg = dataclasses.replace(t.model.cfg, prior_in_training=prior)
     p = TrainParams(loss="sampled_softmax", negatives=negatives, num_negatives=6)
     got = batch_loss(t, p, seq, torch.Generator().manual_seed(5), DistInfo()).ce
 
@@ -195,7 +201,10 @@ def test_the_step_on_the_sampled_rows_equals_the_loss_on_the_whole_table(
     inputs, targets = seq[:, :-1], seq[:, 1:]
     keep = targets != 0
     hidden = t.model.encode(inputs, items)
-    ref = next_item_loss(*t.model.logit_factors(hidden[keep], items), targets[keep], (cand, log_e))
+    ref = next_item_loss(*t.model.training_factors(hidden, inputs, keep, items), targets[keep], (cand, log_e))
+    if prior:  # the prior changes the loss
+        plain = next_item_loss(*t.model.logit_factors(hidden[keep], items), targets[keep], (cand, log_e))
+        assert abs(ref.item() - plain.item()) > 1e-3
     assert got.item() == pytest.approx(ref.item() * keep.sum().item() / 10.0, rel=1e-5)
 
     # two DDP ranks score their rows against the same sample: their shares add up to the one-process loss

@@ -288,8 +288,9 @@ class Student(TransitionPrior, nn.Module):
 
     def item_side(self, items: torch.Tensor, prior: bool | None = None) -> ItemSide:
         """The catalogue side of the logits for ``items`` (:meth:`item_representations`): :meth:`logit_factors`'
-        item rows, plus, with the last-item prior (``prior``, default: when the model's weight is not 0), one
-        block per modality of the L2-normalised table (padding row 0) and the covariance that scales it."""
+        item rows, plus, with the last-item prior (``prior``, default: when the model's weight is not 0; always
+        with ``cfg.prior_in_training``), one block per modality of the L2-normalised table (:meth:`unit_rows`)
+        and the covariance that scales the post-hoc weight."""
         keys = self._item_factor(items)
         posthoc = self.cfg.last_item_prior > 0 if prior is None else prior
         if not (posthoc or self.cfg.prior_in_training > 0) or not self.cfg.modalities:
@@ -307,10 +308,8 @@ class Student(TransitionPrior, nn.Module):
             table = self.modality_tables[m]
             rows = table.weight if ids is None else self._rows(table, ids)
             u = nn.functional.normalize(rows.float(), dim=-1)
-            pad = torch.zeros_like(u[..., :1], dtype=torch.bool) if ids is None else (ids == 0)[..., None]
-            if ids is None:
-                pad[0] = True
-            units.append(u.masked_fill(pad, 0.0))
+            pad = torch.arange(len(u), device=u.device) == 0 if ids is None else ids == 0
+            units.append(u.masked_fill(pad[..., None], 0.0))
         return units
 
     def query_side(
