@@ -1,5 +1,5 @@
 """The last-item prior's parts that scoring and training share: the modality tables' unit rows, the recency mix
-of a user's recent items, and the training logits with the prior trained in (``cfg.prior_in_training``).
+of a user's recent items' rows, and the training logits with the prior trained in (``cfg.prior_in_training``).
 
 :class:`RecencyPrior` is a mixin of :class:`~pipeline.models.Student` (it needs ``cfg``, ``modality_tables``,
 ``_rows`` and ``logit_factors``); ``Student.item_side`` and ``Student.query_side`` build the scores from it.
@@ -51,13 +51,19 @@ class RecencyPrior:
         units = self.unit_rows(ids)
         n = self._recency_span()
         padded = nn.functional.pad(inputs, (n - 1, 0))  # each position's last n inputs, left-padded
-        cols, mix = self._recency(padded.unfold(1, n, 1)[keep])
         scale = self.cfg.prior_in_training / len(units)
-        mixed = [scale * torch.einsum("pn,pnd->pd", mix, u[cols]) for u in units]
+        mixed = [scale * q for q in self.recency_mix(padded.unfold(1, n, 1)[keep], units)]
         return (
             torch.cat([a, *(q.to(a.dtype) for q in mixed)], -1),
             torch.cat([b, *(u.to(b.dtype) for u in units)], -1),
         )
+
+    def recency_mix(self, recent: torch.Tensor, units: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Per table of ``units`` (rows indexed by item id), the recency-weighted mean (float32) of the rows of
+        the items of ``recent`` (B, L) left-padded ids (:meth:`_recency`): the prior's user side, alike in
+        training and in scoring. Only the B x n recent rows are gathered and cast."""
+        cols, mix = self._recency(recent)
+        return [torch.einsum("bn,bnd->bd", mix, u[cols].float()) for u in units]
 
     def _recency_span(self) -> int:
         """How many recent items the prior mixes: while ``prior_decay ** k >= 1e-4``."""

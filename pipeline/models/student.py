@@ -306,9 +306,10 @@ class Student(RecencyPrior, TransitionPrior, nn.Module):
         """The user side (B, D) of the logits, so that ``query_side(...) @ side.keys.T`` are the scores.
 
         :meth:`logit_factors`' user rows ``a``; with the prior blocks, each modality's block is
-        ``w * s / M * q`` with ``s = sqrt(a^T Cov a)``, the std of the user's logits over items 1..N, and ``q``
-        the recency-weighted mean of the unit rows of ``recent`` ((B, L) left-padded ids, or (B,) last items),
-        so a logit is ``a.b_j + w * std * mean_m <q_m, u_m[j]>`` (``weight``: default the model's).
+        ``(p + w * s) / M * q`` with ``p`` the trained-in scale (``cfg.prior_in_training``), ``s = sqrt(a^T Cov
+        a)``, the std of the user's logits over items 1..N, and ``q`` the recency-weighted mean of the unit rows
+        of ``recent`` ((B, L) left-padded ids, or (B,) last items; :meth:`recency_mix`), so a logit is
+        ``a.b_j + (p + w * std) * mean_m <q_m, u_m[j]>`` (``weight``: default the model's).
         """
         a = self._user_factor(hidden)
         if side.cov is None:
@@ -316,12 +317,9 @@ class Student(RecencyPrior, TransitionPrior, nn.Module):
         w = self.cfg.last_item_prior if weight is None else weight
         std = ((a.float() @ side.cov) * a.float()).sum(-1).clamp_min(0).sqrt()  # (B,)
         scale = ((self.cfg.prior_in_training + w * std) / len(self.cfg.modalities))[:, None]
-        cols, mix = self._recency(recent.reshape(len(a), -1))
         h, d = a.shape[-1], self.cfg.modality_dim
-        blocks = [
-            scale * torch.einsum("bn,bnd->bd", mix, side.keys[cols, h + k * d : h + (k + 1) * d].float())
-            for k in range(len(self.cfg.modalities))
-        ]
+        units = [side.keys[:, h + k * d : h + (k + 1) * d] for k in range(len(self.cfg.modalities))]
+        blocks = [scale * q for q in self.recency_mix(recent.reshape(len(a), -1), units)]
         return torch.cat([a.float(), *blocks], -1).to(a.dtype)
 
     def user_scores(

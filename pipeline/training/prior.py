@@ -236,9 +236,8 @@ def make_posthoc_choices(
         from pipeline.artifacts.sequences import read_sequences
         from pipeline.models.transitions import transition_table
 
-        seqs = read_sequences(sequences_path)
-        tp = train_params
-        table = transition_table(seqs, model.num_items, tp.transition_window, tp.transition_decay)
+        window, decay = train_params.transition_window, train_params.transition_decay
+        table = transition_table(read_sequences(sequences_path), model.num_items, window, decay)
         weights = train_params.transition_prior
         chosen = set_transition_weight(model, cases, table, weights, eval_params, device, tracker) or chosen
     return chosen
