@@ -166,7 +166,13 @@ def _run_one(args: argparse.Namespace, method: str, work: Path) -> dict:
     layout = Layout.flat(work)
     if args.threads:
         torch.set_num_threads(args.threads)
-    ann = {"nprobe": args.nprobe, "nlist": args.nlist, "m": args.hnsw_m, "ef_search": args.ef_search}
+    ann = {
+        "nprobe": args.nprobe,
+        "nlist": args.nlist,
+        "m": args.hnsw_m,
+        "ef_search": args.ef_search,
+        "refine_rounds": args.refine_rounds,
+    }
     params = CorrelateParams(
         dim=args.dim,
         reduction=args.reduction,
@@ -199,6 +205,8 @@ def _run_one(args: argparse.Namespace, method: str, work: Path) -> dict:
     search = s["topk"]["search"]
     recall = search["recall"]["recall_at_k"] if "recall" in search else 1.0
     print(f"neighbours   : {method} -> {search['method']} {search.get('index', '')}")
+    if "refine" in search:
+        print(f"refinement   : {search['refine']}")
     print(
         f"settings     : dim {args.dim}, topk {args.topk}, pairs {args.pairs}, K {args.codes}, "
         f"D {args.sub_vectors}, block {args.block_size}, top-k search {args.topk_precision}, "
@@ -223,6 +231,7 @@ def _run_one(args: argparse.Namespace, method: str, work: Path) -> dict:
         "neighbours": method,
         "method": search["method"],
         "index": search.get("index"),
+        "refine": search.get("refine"),
         "wall_s": round(wall, 2),
         "cpu_s": round(cpu, 2),
         "peak_rss_mib": round(peak),
@@ -287,6 +296,9 @@ def main() -> None:
     ap.add_argument("--nlist", type=int, default=None, help="correlate.ann.nlist (default: the schema's)")
     ap.add_argument("--hnsw-m", type=int, default=None, help="correlate.ann.m (default: the schema's)")
     ap.add_argument("--ef-search", type=int, default=None, help="correlate.ann.ef_search")
+    ap.add_argument(
+        "--refine-rounds", type=int, default=None, help="correlate.ann.refine_rounds (0: no refinement)"
+    )
     ap.add_argument("--json", type=Path, default=None, help="write the figures of every run to this file")
     ap.add_argument(
         "--keep",

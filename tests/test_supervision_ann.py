@@ -219,7 +219,9 @@ def test_target_recall_raises_nprobe_until_the_tuning_sample_reaches_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     v = np.random.default_rng(3).normal(size=(3000, 16)).astype(np.float32)
-    ann = _params().ann.model_copy(update={"nlist": 64, "nprobe": 1, "target_recall": 0.95})
+    # the refinement off: the ladder alone (tests/test_supervision_refine.py has the two together)
+    update = {"nlist": 64, "nprobe": 1, "target_recall": 0.95, "refine_rounds": 0}
+    ann = _params().ann.model_copy(update=update)
     _, _, info = faiss_topk(v, _params().model_copy(update={"ann": ann}), "ivf", np.zeros(3000, bool))
     tuning = {int(p): r for p, r in info["index"]["nprobe_tuning"].items()}
     chosen = info["index"]["nprobe"]

@@ -233,14 +233,39 @@ class AnnParams(Section):
         gt=0.0,
         le=1.0,
         description="ivf: before the scan, double nprobe (up to max_nprobe) until the recall@topk the scan "
-        "would reach on a seeded tuning sample of recall_sample items is at least this; null: nprobe as set. "
-        "Recall at a fixed nprobe depends on the vectors' geometry (docs/RESULTS.md)",
+        "would reach on a seeded tuning sample of recall_sample items is at least this (with refinement on, "
+        "stopping early where a doubling closes under a fifth of the gap); ivf and hnsw: after the search, "
+        "refinement rounds until the tuning sample's recall is at least this (refine_rounds); null: nprobe "
+        "as set, no refinement. Recall at a fixed nprobe depends on the vectors' geometry (docs/RESULTS.md)",
     )
     max_nprobe: int = Field(
         64,
         ge=1,
         le=1_000_000,
         description="ivf: the most cells target_recall may scan per item (the scan's time grows with it)",
+    )
+    refine_rounds: int = Field(
+        8,
+        ge=0,
+        le=1000,
+        description="ivf and hnsw: after the search, at most this many rounds of neighbour-of-neighbour "
+        "refinement (each item scored against the lists of its first refine_width neighbours) while the "
+        "recall@topk on the tuning sample is below target_recall; 0 (or target_recall null): none",
+    )
+    refine_width: int = Field(
+        10,
+        ge=1,
+        le=10_000,
+        description="refinement: how many of an item's first neighbours lend it their lists (more: more "
+        "recall per round, proportionally slower)",
+    )
+    refine_reverse: int = Field(
+        5,
+        ge=0,
+        le=10_000,
+        description="refinement: reverse neighbours per item (one item listing it at each of its first this "
+        "many ranks), which join its candidates and lend their lists: they reach the items no forward list "
+        "leads to (docs/RESULTS.md)",
     )
     train_per_list: int = Field(
         64,

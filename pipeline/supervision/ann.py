@@ -33,7 +33,8 @@ from pipeline.config import CorrelateParams
 from pipeline.config.inputs import INNER_PRODUCT_SCORES, AnnParams
 from pipeline.ivf import trained_ivf
 from pipeline.progress import progress_bar
-from pipeline.supervision.nprobe import RECALL_TOLERANCE, choose_nprobe
+from pipeline.supervision.nprobe import STALL, choose_nprobe, rows_recall
+from pipeline.supervision.refine import refine_to_target
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +123,12 @@ def row_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ivf_search(
-    x: np.ndarray, ann: AnnParams, k: int, seed: int, progress: bool = False
+    x: np.ndarray,
+    ann: AnnParams,
+    k: int,
+    seed: int,
+    progress: bool = False,
+    tuning: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Every row's top-k among the rows of the ``nprobe`` cells nearest to it (self dropped), as faiss's
     inverted-file index finds them, but scanned cell by cell: all the queries of a chunk (``QUERY_CHUNK``
@@ -132,6 +138,9 @@ def ivf_search(
     The rows are never copied in cell order: each chunk gathers the members of each cell it probes, so
     beyond ``x`` the memory is the results, the probes and one chunk's candidates (10 M items, 20
     neighbours, nprobe 8: 5.1 GB of 128-d ``x``, 2.4 GB of results, 1.3 GB of candidates).
+
+    ``tuning``: the rows of the tuning sample and their exact k-th best scores (:func:`tuning_sample`), if
+    the caller has them; otherwise they are drawn here when ``ann.target_recall`` needs them.
 
     Returns values, labels, complete (as :func:`drop_self`) and the cells' parameters (nlist, nprobe,
     train_iters, list_imbalance: nlist x the sum of squared cell sizes / items^2, 1 when balanced).
@@ -149,10 +158,10 @@ def ivf_search(
     limit = min(ann.max_nprobe, nlist)
     # correlate.ann.target_recall: raise nprobe until the recall on a tuning sample holds (nprobe.py)
     if ann.target_recall is not None and nprobe < limit:
-        rows = sample_rows(n, ann.recall_sample, seed + 1)  # not the sample that reports the recall
-        kth = exact_search(x, rows, k)[0][:, -1]
+        rows, kth = tuning if tuning is not None else tuning_sample(x, ann, k, seed)
+        stall = STALL if ann.refine_rounds else None  # the refinement goes on from there
         chosen, tried = choose_nprobe(
-            x, quantizer, order, starts, rows, kth, k, nprobe, limit, ann.target_recall
+            x, quantizer, order, starts, rows, kth, k, nprobe, limit, ann.target_recall, stall
         )
         info["nprobe_tuning"] = {str(p): r for p, r in tried.items()}  # JSON keys: stats.json, MLflow
         log.info(
@@ -291,16 +300,19 @@ def sample_rows(n: int, sample: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=min(sample, n), replace=False))
 
 
+def tuning_sample(x: np.ndarray, ann: AnnParams, k: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """The tuning sample of ``correlate.ann.target_recall`` (``recall_sample`` rows seeded by seed + 1, not
+    the sample that reports the recall) and each row's exact k-th best score."""
+    rows = sample_rows(len(x), ann.recall_sample, seed + 1)
+    return rows, exact_search(x, rows, k)[0][:, -1]
+
+
 def sample_recall(
     x: np.ndarray, labels: np.ndarray, k: int, sample: int, seed: int
 ) -> dict[str, float | int]:
     """Recall@k of the approximate ``labels`` (n, k) on a seeded sample of rows of ``x`` (see the module)."""
     rows = sample_rows(len(x), sample, seed)
-    exact_v, _ = exact_search(x, rows, k)
-    kth = exact_v[:, -1].astype(np.float64)
-    found = np.einsum("rkd,rd->rk", x[labels[rows]].astype(np.float64), x[rows].astype(np.float64))
-    tol = RECALL_TOLERANCE * np.maximum(1.0, np.abs(kth))  # float32 rounding of the exact scores
-    per_row = (found >= (kth - tol)[:, None]).sum(1) / k
+    per_row = rows_recall(x, labels[rows], rows, exact_search(x, rows, k)[0][:, -1])
     return {
         "recall_at_k": round(float(per_row.mean()), 6),
         "min_row_recall": round(float(per_row.min()), 6),
@@ -336,12 +348,16 @@ def faiss_topk(
         return torch.zeros(len(vectors), k), torch.zeros(len(vectors), k, dtype=torch.int64), info
     faiss.omp_set_num_threads(torch.get_num_threads())  # the stage's thread decision, not every core
     x = search_vectors(vectors, params.score, None if every else included)
+    ann = params.ann
+    tuning = None if ann.target_recall is None else tuning_sample(x, ann, k, params.seed)
     if method == "ivf":
-        values, labels, complete, info["index"] = ivf_search(x, params.ann, k, params.seed, progress)
+        values, labels, complete, info["index"] = ivf_search(x, ann, k, params.seed, progress, tuning)
     else:
-        index, info["index"] = build_hnsw(x, params.ann, k)
+        index, info["index"] = build_hnsw(x, ann, k)
         values, labels, complete = search_all(index.search, x, np.arange(len(x)), k, progress)
         del index
+    if tuning is not None and ann.refine_rounds:  # neighbours of neighbours, until the target holds
+        info["refine"] = refine_to_target(x, values, labels, complete, *tuning, ann, progress)
     short = np.flatnonzero(~complete)
     if len(short):
         log.info(
@@ -349,13 +365,15 @@ def faiss_topk(
         )
         values[short], labels[short] = exact_search(x, short, k)
     info["exact_fallback_items"] = int(len(short))
-    info["recall"] = sample_recall(x, labels, k, params.ann.recall_sample, params.seed)
+    info["recall"] = sample_recall(x, labels, k, ann.recall_sample, params.seed)
     del x
     if info["recall"]["recall_at_k"] < LOW_RECALL:
-        knob = "correlate.ann.ef_search"
-        if method == "ivf":  # the tuning stopped at max_nprobe, or there was none
-            tuned = params.ann.target_recall is not None
-            knob = "correlate.ann.max_nprobe" if tuned else "correlate.ann.nprobe (or set target_recall)"
+        if ann.target_recall is None:
+            knob = "correlate.ann.nprobe" if method == "ivf" else "correlate.ann.ef_search"
+            knob += " (or set target_recall)"
+        else:  # the ivf tuning and the refinement stopped at their limits
+            knob = "correlate.ann.max_nprobe" if method == "ivf" else "correlate.ann.ef_search"
+            knob += " or correlate.ann.refine_rounds"
         log.warning(
             "%s neighbours: recall@%d %.3f against exact on %d sampled items: many true neighbours are "
             "missed; raise %s (or set correlate.neighbours: exact)",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+STALL = 0.2  # with refinement on, a doubling of nprobe must close a fifth of the recall gap to be kept
 RECALL_TOLERANCE = 1e-5  # float32 rounding of the exact scores (the reported recall, ann.py, uses it too)
 
 
@@ -44,6 +45,16 @@ def cells_recall(
     return float(found.mean())
 
 
+def rows_recall(x: np.ndarray, labels: np.ndarray, rows: np.ndarray, kth: np.ndarray) -> np.ndarray:
+    """(len(rows),) float64: each row's recall@k of its neighbours ``labels`` (len(rows), k; -1: none), a
+    neighbour counting as found when its score reaches the row's exact k-th best score ``kth`` (within
+    float32 rounding, so items with equal vectors, whose exact order is arbitrary, do not lower it)."""
+    kth = kth.astype(np.float64)
+    found = np.einsum("rkd,rd->rk", x[labels.clip(min=0)].astype(np.float64), x[rows].astype(np.float64))
+    tol = RECALL_TOLERANCE * np.maximum(1.0, np.abs(kth))
+    return ((found >= (kth - tol)[:, None]) & (labels >= 0)).sum(1) / labels.shape[1]
+
+
 def choose_nprobe(
     x: np.ndarray,
     quantizer: object,
@@ -55,9 +66,14 @@ def choose_nprobe(
     nprobe: int,
     limit: int,
     target: float,
+    stall: float | None = None,
 ) -> tuple[int, dict[int, float]]:
     """The least of nprobe, 2 x nprobe, ... (up to ``limit``, which is always tried last) whose
     :func:`cells_recall` on ``rows`` reaches ``target``, else ``limit``; and the recall at each one tried.
+
+    ``stall``: stop at the first doubling that closes less than this share of the gap to a recall of 1, and
+    keep the nprobe before it (it doubled the scan for little). The missing neighbours are then spread over
+    many cells, and the refinement (:mod:`pipeline.supervision.refine`) recovers them for less.
 
     ``quantizer``: the faiss index of the cell centroids; ``order``/``starts``: the items grouped by cell, as
     in :func:`cells_recall` (the scan's own grouping, passed in rather than sorted again).
@@ -70,8 +86,17 @@ def choose_nprobe(
     ladder.append(limit)
     probes = quantizer.search(x[rows], limit)[1]  # type: ignore[attr-defined]  # nearest cells first
     tried: dict[int, float] = {}
+    previous = None
     for p in ladder:
         tried[p] = round(cells_recall(x, probes[:, :p], order, starts, rows, kth, k), 6)
         if tried[p] >= target:
             return p, tried
+        if stall is not None and previous is not None and _stalled(tried[previous], tried[p], stall):
+            return previous, tried
+        previous = p
     return limit, tried
+
+
+def _stalled(before: float, after: float, stall: float) -> bool:
+    """A doubling that closed less than ``stall`` of the gap to a recall of 1."""
+    return after - before < stall * (1.0 - before)
