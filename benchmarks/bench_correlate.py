@@ -16,12 +16,15 @@
     Beauty's MiniLM vectors; ``--clusters`` sets how many patches share the items):
         nice -n 10 .venv/bin/python benchmarks/bench_correlate.py --items 10000000 --neighbours ivf \
             --geometry subspace --json out.json
+    Many sparse patches (``--clusters 16529`` at 1 M items) are where the neighbour-of-neighbour refinement
+    (``correlate.ann.refine_rounds``) does the work; ``--refine-rounds 0`` runs without it.
 
 The inputs (clustered unit vectors and random sequences, or ``--embeddings`` with a real
 data/embeddings/<m>.parquet) are written by a child process, and each ``--neighbours`` method runs in a
 child of its own, so the peak RSS reported is that of one correlate run alone (plus the interpreter and
-torch). ``--json`` writes per method: wall and CPU seconds, peak RSS, and the recall@topk against an exact
-search on the stage's seeded sample (``correlate.ann.recall_sample`` items; 1.0 for the exact search).
+torch). ``--json`` writes per method: wall and CPU seconds, peak RSS, the recall@topk against an exact
+search on the stage's seeded sample (``correlate.ann.recall_sample`` items; 1.0 for the exact search), and the
+index and refinement figures of stats.json.
 """
 
 from __future__ import annotations

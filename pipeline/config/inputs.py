@@ -249,8 +249,9 @@ class AnnParams(Section):
         ge=0,
         le=1000,
         description="ivf and hnsw: after the search, at most this many rounds of neighbour-of-neighbour "
-        "refinement (each item scored against the lists of its first refine_width neighbours) while the "
-        "recall@topk on the tuning sample is below target_recall; 0 (or target_recall null): none",
+        "refinement (each item scored against the lists of its first refine_width neighbours and of "
+        "refine_reverse items that list it) while the recall@topk on the tuning sample is below "
+        "target_recall; 0 (or target_recall null): none",
     )
     refine_width: int = Field(
         10,

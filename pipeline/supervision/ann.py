@@ -14,7 +14,8 @@ neighbour counts as found when its score reaches that (so items with equal vecto
 among themselves is arbitrary, do not lower it). Time and memory are linear in the items for a fixed
 ``nprobe``/``nlist`` ratio, except the ivf default nlist, which grows with sqrt(items). Before the ivf scan,
 ``correlate.ann.target_recall`` raises ``nprobe`` until the recall the scan would reach on another seeded
-sample holds (:mod:`pipeline.supervision.nprobe`).
+sample holds (:mod:`pipeline.supervision.nprobe`); after the search (ivf or hnsw), rounds of
+neighbour-of-neighbour refinement run until that sample's recall holds (:mod:`pipeline.supervision.refine`).
 """
 
 from __future__ import annotations
