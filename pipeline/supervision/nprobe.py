@@ -9,7 +9,8 @@ would find, the top-k among the members of each sample item's probed cells, and 
 reaches ``correlate.ann.target_recall``. The cost is an exact search for the sample (about a tenth of the
 full scan's work at 1 M and 10 M items) and the sample's own cells; the full scan then runs once, at the
 chosen nprobe. The recall written to stats.json is measured afterwards on another sample, so the choice does
-not grade itself.
+not grade itself. With the refinement on (``correlate.ann.refine_rounds``), the ladder also stops where a
+doubling closes less than a fifth of the gap (``STALL``), and the refinement takes it from there.
 """
 
 from __future__ import annotations
