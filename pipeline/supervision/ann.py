@@ -350,14 +350,16 @@ def faiss_topk(
     faiss.omp_set_num_threads(torch.get_num_threads())  # the stage's thread decision, not every core
     x = search_vectors(vectors, params.score, None if every else included)
     ann = params.ann
-    tuning = None if ann.target_recall is None else tuning_sample(x, ann, k, params.seed)
+    # the refinement's tuning sample, shared with the ivf ladder (which draws it itself when alone)
+    refine = ann.target_recall is not None and ann.refine_rounds > 0
+    tuning = tuning_sample(x, ann, k, params.seed) if refine else None
     if method == "ivf":
         values, labels, complete, info["index"] = ivf_search(x, ann, k, params.seed, progress, tuning)
     else:
         index, info["index"] = build_hnsw(x, ann, k)
         values, labels, complete = search_all(index.search, x, np.arange(len(x)), k, progress)
         del index
-    if tuning is not None and ann.refine_rounds:  # neighbours of neighbours, until the target holds
+    if tuning is not None:  # neighbours of neighbours, until the target holds
         info["refine"] = refine_to_target(x, values, labels, complete, *tuning, ann, progress)
     short = np.flatnonzero(~complete)
     if len(short):
