@@ -1,4 +1,4 @@
-"""Top-K retrieval at catalogue scale: one user's top-10 latency for exact torch, faiss flat, HNSW and IVF.
+"""Top-K retrieval at catalogue scale: one user's top-10 latency for exact torch, faiss flat, HNSW, IVF and PQ.
 
 N random unit item vectors (hidden 64; i.i.d. Gaussian, or ``--clusters C`` a mixture of C centres) and
 ``--users`` random unit queries, each with a random history of
@@ -11,6 +11,7 @@ returns, averaged over the users). ``--json`` also writes the whole run's wall s
 
     nice -n 19 python benchmarks/bench_recommend.py --items 100000 --threads 1 --json out.json
     python benchmarks/bench_recommend.py --items 10000000 --clusters 1000 --indexes ivf --ivf-nprobe 16 32 64
+    python benchmarks/bench_recommend.py --items 10000000 --indexes pq --pq-rerank 500 1000 2000
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def _args() -> argparse.Namespace:
     ap.add_argument(
         "--indexes",
         nargs="+",
-        choices=("flat", "hnsw", "ivf"),
+        choices=("flat", "hnsw", "ivf", "pq"),
         default=["flat", "hnsw"],
         help="faiss indexes to build",
     )
@@ -65,6 +66,14 @@ def _args() -> argparse.Namespace:
         nargs="+",
         default=[32],
         help="several: each timed on the same index (methods faiss_ivf_np<N>)",
+    )
+    ap.add_argument("--pq-m", type=int, default=None, help="pq sub-quantizers (default: hidden / 2)")
+    ap.add_argument(
+        "--pq-rerank",
+        type=int,
+        nargs="+",
+        default=[1000],
+        help="several: each timed on the same index (methods faiss_pq_rr<N>)",
     )
     ap.add_argument("--threads", type=int, default=1, help="torch and faiss threads (default 1)")
     ap.add_argument("--seed", type=int, default=0)
@@ -105,9 +114,16 @@ def main() -> None:
         scores = torch.from_numpy(queries[u : u + 1]) @ table.T
         return top_k(scores, args.k, indptr, hist[u])[0].numpy()[0]
 
-    efs, probes = args.hnsw_ef_search, args.ivf_nprobe
+    efs, probes, reranks = args.hnsw_ef_search, args.ivf_nprobe, args.pq_rerank
     spec = IndexSpec(  # the kinds are set below
-        "hnsw", args.hnsw_m, efs[0], args.hnsw_ef_construction, args.ivf_nlist, probes[0]
+        "hnsw",
+        args.hnsw_m,
+        efs[0],
+        args.hnsw_ef_construction,
+        args.ivf_nlist,
+        probes[0],
+        args.pq_m,
+        reranks[0],
     )
     indexes, build_s = {}, {}
     for kind in args.indexes:
@@ -119,12 +135,14 @@ def main() -> None:
     def search(u: int, index: ItemIndex, knob: int | None) -> np.ndarray:
         if knob is not None and index.kind == "hnsw":
             index.index.hnsw.efSearch = knob
+        elif knob is not None and index.kind == "pq":
+            index.index.rerank = knob
         elif knob is not None:
             index.index.nprobe = knob
         return index.search(queries[u : u + 1], args.k, indptr, hist[u])[0][0]
 
     methods, kinds = {"exact_torch": exact}, {}  # kinds: method name -> the index it searches
-    knobs = {"hnsw": ("ef", efs), "ivf": ("np", probes)}  # settings timed on one built index
+    knobs = {"hnsw": ("ef", efs), "ivf": ("np", probes), "pq": ("rr", reranks)}  # timed on one built index
     for kind, index in indexes.items():
         tag, values = knobs.get(kind, ("", [None]))
         for v in values:
@@ -149,6 +167,10 @@ def main() -> None:
         "ivf": {
             "nlist": int(indexes["ivf"].index.nlist) if "ivf" in indexes else args.ivf_nlist,
             "nprobe": probes[0] if len(probes) == 1 else probes,
+        },
+        "pq": {
+            "m": int(indexes["pq"].index.index.pq.M) if "pq" in indexes else args.pq_m,
+            "rerank": reranks[0] if len(reranks) == 1 else reranks,
         },
         "faiss": faiss.__version__,
         "torch": torch.__version__,

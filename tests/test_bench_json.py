@@ -66,3 +66,15 @@ def test_bench_recommend_times_several_nprobe_on_one_ivf_index(tmp_path: Path) -
     assert result["ivf"] == {"nlist": 20, "nprobe": [1, 20]}
     assert methods["faiss_ivf_np1"]["build_s"] == methods["faiss_ivf_np20"]["build_s"]  # one build
     assert methods["faiss_ivf_np20"]["recall_at_k"] == 1.0  # every cell probed: exact
+
+
+def test_bench_recommend_times_several_rerank_depths_on_one_pq_index(tmp_path: Path) -> None:
+    out = tmp_path / "recommend.json"
+    _run("bench_recommend.py", "--items", "2000", "--users", "10", "--indexes", "pq", "--pq-m", "16",
+         "--pq-rerank", "20", "2000", "--json", str(out))  # fmt: skip
+    result = json.loads(out.read_text())
+    methods = result["methods"]
+    assert sorted(methods) == ["exact_torch", "faiss_pq_rr20", "faiss_pq_rr2000"]
+    assert result["pq"] == {"m": 16, "rerank": [20, 2000]}
+    assert methods["faiss_pq_rr20"]["build_s"] == methods["faiss_pq_rr2000"]["build_s"]  # one build
+    assert methods["faiss_pq_rr2000"]["recall_at_k"] == 1.0  # every item re-scored: exact

@@ -396,6 +396,38 @@ def test_ivf_probing_every_cell_is_the_brute_force_top_k_and_fewer_cells_keep_mo
         assert all(not set(got[b]) & set(hist[indptr[b] : indptr[b + 1]]) for b in range(100))
 
 
+@pytest.mark.parametrize("mask", [False, True])
+def test_pq_reranking_every_item_is_the_brute_force_top_k_and_fewer_keep_most_of_it(mask: bool) -> None:
+    from pipeline.recommend.retrieval import IndexSpec, ItemIndex
+
+    rng = np.random.default_rng(5)
+    vectors, queries = _unit(rng, 4000, 32), _unit(rng, 100, 32)  # i.i.d.: no cells or graph would hold
+    indptr, hist = _histories(rng, 100, 4000, 20) if mask else (None, None)
+    ref_items, ref_scores = _brute_force(queries, vectors, 10, indptr, hist)
+    every = ItemIndex(vectors, IndexSpec("pq", pq_rerank=4000))
+    assert every.kind == "pq" and every.index.index.pq.M == 16  # width / 2 sub-quantizers by default
+    items, scores = every.search(queries, 10, indptr, hist)
+    assert np.array_equal(items, ref_items)  # every item re-scored: exact
+    np.testing.assert_allclose(scores, ref_scores, rtol=1e-5)
+    few = ItemIndex(vectors, IndexSpec("pq", pq_m=8, pq_rerank=100))
+    assert few.index.index.pq.M == 8
+    got, got_scores = few.search(queries, 10, indptr, hist)
+    recall = np.mean([len(set(g) & set(r)) / 10 for g, r in zip(got, ref_items, strict=True)])
+    assert 0.7 <= recall < 1.0, recall  # the codes order approximately; 100 re-scored keep most of the top-10
+    exact = np.take_along_axis(queries @ vectors.T, got - 1, 1)  # the scores returned are the exact ones ...
+    np.testing.assert_allclose(got_scores, exact, rtol=1e-5)
+    assert (np.diff(got_scores, axis=1) <= 0).all()  # ... best first
+    if mask:
+        assert all(not set(got[b]) & set(hist[indptr[b] : indptr[b + 1]]) for b in range(100))
+
+
+def test_pq_refuses_sub_quantizers_that_do_not_divide_the_width() -> None:
+    from pipeline.recommend.retrieval import IndexSpec, ItemIndex
+
+    with pytest.raises(ValueError, match=r"recommend\.pq_m must divide the item vectors' width 32, got 5"):
+        ItemIndex(_unit(np.random.default_rng(0), 100, 32), IndexSpec("pq", pq_m=5))
+
+
 def test_masking_extends_the_search_and_falls_back_when_the_history_holds_the_best_items() -> None:
     from pipeline.recommend.retrieval import IndexSpec, ItemIndex
 
@@ -410,6 +442,7 @@ def test_masking_extends_the_search_and_falls_back_when_the_history_holds_the_be
         IndexSpec("flat"),
         IndexSpec("hnsw", hnsw_m=4, hnsw_ef_search=1, hnsw_ef_construction=4),
         IndexSpec("ivf", ivf_nlist=10, ivf_nprobe=1),
+        IndexSpec("pq", pq_m=4, pq_rerank=1),
     ):
         items, scores = ItemIndex(vectors, spec).search(queries, 10, indptr, hist)
         for b in range(6):
@@ -478,16 +511,18 @@ def test_a_student_that_excludes_its_input_never_recommends_it_even_unmasked(tmp
         np.testing.assert_allclose(scores, masked[1], rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["hnsw", "ivf"])
+@pytest.mark.parametrize("kind", ["hnsw", "ivf", "pq"])
 def test_recommend_stage_with_an_approximate_index_reports_recall_against_exact(project, kind: str) -> None:
     root, seqs = project
     out = root / "data" / "recommendations.parquet"
-    # ivf: 30 items in 5 cells, every one probed
+    # ivf: 30 items in 5 cells, every one probed; pq: all 30 re-scored (pq_rerank 1000)
     params = RecommendParams(k=5, batch_size=7, index=kind, recall_users=10, ivf_nlist=5, ivf_nprobe=5)
     summary = run_recommend(params, root / "data/processed/sequences.parquet", root / "data/processed/items.parquet",
                             root / "models", out, device="cpu", progress=False)  # fmt: skip
     assert summary["index"] == kind and summary["recall_users"] == 10
-    assert summary["recall_at_k"] == 1.0  # 30 items: the graph, or the cells probed, hold every one
+    assert (
+        summary["recall_at_k"] == 1.0
+    )  # 30 items: the graph, the cells probed or the re-scoring hold each one
     meta = pq.read_metadata(out).metadata  # the file's key-value metadata: the schema's and the recall
     assert (
         meta[b"index"] == kind.encode() and meta[b"recall_at_5"] == b"1.0" and meta[b"recall_users"] == b"10"

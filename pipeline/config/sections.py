@@ -91,12 +91,14 @@ class RecommendParams(Section):
     batch_size: int = Field(
         1024, ge=1, le=10_000_000, description="users scored at once (memory: batch_size x catalogue floats)"
     )
-    index: Literal["auto", "exact", "flat", "hnsw", "ivf"] = Field(
+    index: Literal["auto", "exact", "flat", "hnsw", "ivf", "pq"] = Field(
         "auto",
         description="top-K retrieval: exact (every item scored, torch) | flat (faiss IndexFlatIP, exact) | "
         "hnsw (faiss HNSW, approximate) | ivf (faiss IndexIVFFlat: k-means cells, approximate; builds far "
-        "faster than hnsw on millions of items) | auto (exact below 50,000 items, else flat); for hnsw and "
-        "ivf check the recall@k in the stage's output",
+        "faster than hnsw on millions of items) | pq (faiss IndexPQFastScan: every item scanned as a 4-bit "
+        "code, the best pq_rerank re-scored exactly; approximate, but no item out of reach, so it holds its "
+        "recall on vectors without cluster structure) | auto (exact below 50,000 items, else flat); for "
+        "hnsw, ivf and pq check the recall@k in the stage's output",
     )
     hnsw_m: int = Field(32, ge=2, le=512, description="hnsw: links per node of the graph")
     hnsw_ef_search: int = Field(
@@ -114,11 +116,25 @@ class RecommendParams(Section):
     ivf_nprobe: int = Field(
         32, ge=1, le=100_000_000, description="ivf: cells scanned per query (higher: better recall, slower)"
     )
+    pq_m: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="pq: sub-quantizers, each coding width / pq_m dimensions in 4 bits (must divide the "
+        "width; more: finer codes, a longer scan; null: width / 2)",
+    )
+    pq_rerank: int = Field(
+        1000,
+        ge=1,
+        le=10_000_000,
+        description="pq: candidates of the code scan re-scored with the full vectors per query (higher: "
+        "better recall, slower)",
+    )
     recall_users: int = Field(
         1000,
         ge=0,
         le=1_000_000,
-        description="hnsw, ivf: users (a fixed seeded sample) whose top-K is also ranked exactly, for recall@k",
+        description="hnsw, ivf, pq: users (a fixed seeded sample) whose top-K is also ranked exactly, for recall@k",
     )
 
 

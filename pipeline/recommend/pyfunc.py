@@ -13,14 +13,15 @@ Inference params: ``k`` (default 10) and ``mask_history`` (default true). Every 
 params is one HTTP 400 message naming it (the row, the position, the value as sent), never a stack trace.
 Loading checks the item map against the catalogue digest the weights were trained with. The retrieval is the
 ``recommend`` stage's (:mod:`pipeline.recommend.retrieval`), chosen at load time by MLflow's ``model_config``
-(keys ``index``, ``hnsw_m``, ``hnsw_ef_search``, ``hnsw_ef_construction``, ``ivf_nlist``, ``ivf_nprobe``;
-default ``index: auto``).
+(keys ``index``, ``hnsw_m``, ``hnsw_ef_search``, ``hnsw_ef_construction``, ``ivf_nlist``, ``ivf_nprobe``,
+``pq_m``, ``pq_rerank``; default ``index: auto``).
 
 This module imports mlflow; :func:`pipeline.recommend.register.log_recommender` imports it only when tracking is on.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import tempfile
 from importlib.metadata import PackageNotFoundError, version
@@ -131,7 +132,7 @@ def _params(params: dict[str, Any] | None) -> tuple[int, bool]:
 def index_spec(model_config: dict[str, Any] | None) -> IndexSpec:
     """The retrieval from a load-time ``model_config``; an unknown key is refused naming the known ones."""
     config = dict(model_config or {})
-    known = {"index", "hnsw_m", "hnsw_ef_search", "hnsw_ef_construction", "ivf_nlist", "ivf_nprobe"}
+    known = {f.name for f in dataclasses.fields(IndexSpec)}  # index, hnsw_m, ..., pq_rerank
     unknown = sorted(set(config) - known)
     if unknown:
         raise _bad(f"unknown model_config key(s) {unknown}; the model takes {sorted(known)}")

@@ -48,6 +48,8 @@ def index_spec(params: RecommendParams | ParamsView) -> IndexSpec:
         int(params.hnsw_ef_construction),
         None if params.ivf_nlist is None else int(params.ivf_nlist),
         int(params.ivf_nprobe),
+        None if params.pq_m is None else int(params.pq_m),
+        int(params.pq_rerank),
     )
 
 
@@ -82,7 +84,7 @@ def run_recommend(
         device: where scores are computed (default: cuda when available, else cpu).
         progress: progress bar (plain log lines when stderr is not a terminal).
 
-    With an approximate index (``hnsw``, ``ivf``), the top-K of a fixed seeded sample of ``params.recall_users`` users
+    With an approximate index (``hnsw``, ``ivf``, ``pq``), the top-K of a fixed seeded sample of ``params.recall_users`` users
     is also ranked exactly, and their mean recall@k is in the summary and the file's metadata.
 
     Returns:

@@ -181,7 +181,7 @@ class Recommender:
 
     @property
     def index_kind(self) -> str:
-        """``exact``, ``flat``, ``hnsw`` or ``ivf``: how :meth:`top_k_csr` ranks the catalogue."""
+        """``exact``, ``flat``, ``hnsw``, ``ivf`` or ``pq``: how :meth:`top_k_csr` ranks the catalogue."""
         return "exact" if self.index is None else self.index.kind
 
     def _query_rows(self, inputs: torch.Tensor) -> torch.Tensor:
