@@ -13,6 +13,7 @@ from pipeline.training import losses
 from pipeline.training.batches import (
     bucketed_batches,
     catalogue_pairs,
+    future_targets,
     neighbour_pairs,
     position_weight,
     sequence_pairs,
@@ -219,6 +220,67 @@ def test_chunked_softmax_ce_equals_plain_cross_entropy_and_its_gradients(monkeyp
     torch.testing.assert_close(ge, 2.5 * ref_ge, rtol=1e-5, atol=1e-7)
     with torch.no_grad():  # no gradient wanted: the same loss
         assert losses.full_softmax_ce(h, e, t).item() == pytest.approx(ref.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("chunk_elements", [7, 1 << 21])
+def test_chunked_softmax_ce_with_a_soft_label_equals_the_weighted_log_softmax(
+    monkeypatch, chunk_elements
+) -> None:
+    monkeypatch.setattr(losses, "CPU_CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(2)
+    h = torch.randn(29, 8, generator=g, requires_grad=True)
+    e = torch.randn(13, 8, generator=g, requires_grad=True)
+    t = torch.randint(0, 13, (29, 3), generator=g)
+    t[0] = 4  # one item three times in a row: its weights add up
+    w = torch.rand(29, 3, generator=g)
+    w[1:6, 1:] = 0  # columns left out
+    w = w / w.sum(1, keepdim=True)
+    ref = -(torch.log_softmax(h @ e.T, 1).gather(1, t) * w).sum(1).mean()
+    ref_gh, ref_ge = torch.autograd.grad(ref, (h, e))
+    got = losses.full_softmax_ce(h, e, t, w)
+    gh, ge = torch.autograd.grad(got, (h, e))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ge, ref_ge, rtol=1e-5, atol=1e-7)
+    one_hot = torch.zeros(29, 3)
+    one_hot[:, 0] = 1  # a soft label on its first column alone is the plain loss
+    assert losses.full_softmax_ce(h, e, t, one_hot).item() == pytest.approx(
+        F.cross_entropy(h @ e.T, t[:, 0]).item(), rel=1e-6
+    )
+
+
+def test_future_targets_are_the_next_items_weighted_and_cut_at_the_sequence_end() -> None:
+    targets = torch.tensor([[0, 0, 5, 6, 7], [2, 3, 4, 8, 9]])  # left-padded next items
+    keep = targets != 0
+    ids, w = future_targets(targets, keep, 2, 0.3, 0.5)  # the next weighs 1, then 0.3, then 0.15
+    assert ids.tolist() == [
+        [5, 6, 7], [6, 7, 0], [7, 0, 0],
+        [2, 3, 4], [3, 4, 8], [4, 8, 9], [8, 9, 0], [9, 0, 0],
+    ]  # fmt: skip
+    full = torch.tensor([1.0, 0.3, 0.15]) / 1.45
+    torch.testing.assert_close(w[0], full)
+    torch.testing.assert_close(w[1], torch.tensor([1.0, 0.3, 0.0]) / 1.3)
+    torch.testing.assert_close(w[2], torch.tensor([1.0, 0.0, 0.0]))
+    torch.testing.assert_close(w.sum(1), torch.ones(8))
+    ids0, w0 = future_targets(targets, keep, 0, 0.3, 0.5)  # none after the next: the plain label
+    assert ids0[:, 0].tolist() == targets[keep].tolist() and (w0 == 1).all()
+
+
+def test_next_item_loss_with_future_targets_equals_the_hand_computed_soft_label() -> None:
+    g = torch.Generator().manual_seed(3)
+    items = torch.randn(10, 4, generator=g)  # row 0: padding, never a candidate
+    targets = torch.tensor([[0, 3, 4, 9], [1, 2, 3, 5]])
+    keep = targets != 0
+    hidden = torch.randn(int(keep.sum()), 4, generator=g)
+    ids, w = future_targets(targets, keep, 1, 0.5, 1.0)
+    got = next_item_loss(hidden, items, ids, weights=w)
+    logp = torch.log_softmax(hidden @ items[1:].T, 1)  # over items 1..9
+    rows = []
+    for p, (a, b) in enumerate(zip(ids.tolist(), w.tolist(), strict=True)):
+        rows.append(-(b[0] * logp[p, a[0] - 1] + (b[1] * logp[p, a[1] - 1] if a[1] else 0.0)))
+    assert got.item() == pytest.approx(torch.stack(rows).mean().item(), rel=1e-6)
+    with pytest.raises(ValueError, match="full softmax"):
+        next_item_loss(hidden, items, ids, (torch.tensor([1, 2]), None), weights=w)
 
 
 def test_chunked_softmax_ce_follows_bf16_autocast() -> None:

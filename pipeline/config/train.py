@@ -248,6 +248,24 @@ class TrainParams(Section):
         "sampled items shared by the batch, drawn as train.negatives, accidental hits masked, logQ-corrected: "
         "the step's loss computes only the rows it uses)",
     )
+    future_targets: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="ce: the items after the next one that are also targets of each training position, as a "
+        "soft label: the next item weighs 1, the d-th after it future_weight x future_decay^(d-1), normalised "
+        "to sum 1 (items past the end of the training sequence left out); teaches what a user buys a few "
+        "steps later, not only next; 0: the next item only",
+    )
+    future_weight: float = Field(
+        0.3,
+        ge=0.0,
+        le=100.0,
+        description="future_targets: the weight of the item after next (the next weighs 1)",
+    )
+    future_decay: float = Field(
+        0.5, ge=0.0, le=1.0, description="future_targets: each further step multiplies the weight by this"
+    )
     num_negatives: int = Field(
         1024,
         ge=1,
@@ -327,6 +345,11 @@ class TrainParams(Section):
             raise ValueError(
                 "embedding_updates sparse needs loss sampled_softmax (the full softmax sends a gradient to every "
                 "row of the tables at every step): set train.loss: sampled_softmax or embedding_updates: dense"
+            )
+        if self.future_targets > 0 and self.loss != "ce":
+            raise ValueError(
+                "future_targets needs loss ce (the sampled softmax scores one target per position): set "
+                "train.future_targets: 0 or train.loss: ce"
             )
         if self.backbone == "session_graph" and self.fusion == "concat":
             raise ValueError(

@@ -37,6 +37,31 @@ def position_weight(batch_targets: torch.Tensor | int, mean_targets: float) -> t
     return batch_targets / mean_targets
 
 
+def future_targets(
+    targets: torch.Tensor, keep: torch.Tensor, n: int, weight: float, decay: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each kept position's next item and the ``n`` items after it, as a soft label (``train.future_targets``).
+
+    Args:
+        targets: (B, T) left-padded next-item ids (0: padding), ``targets[:, t]`` the item after input t.
+        keep: (B, T) the positions trained on (``targets != 0``).
+        n: how many items after the next one.
+        weight, decay: the d-th item after the next weighs ``weight * decay^(d-1)``; the next weighs 1.
+
+    Returns:
+        ``(ids, weights)``, both (P, n + 1) for the P kept positions: column d the item d steps after the
+        next (0 past the end of the sequence, with weight 0), the weights of a row summing to 1.
+    """
+    width = targets.shape[1]
+    padded = torch.nn.functional.pad(
+        targets, (0, n)
+    )  # the sequence ends at the last column: nothing after it
+    ids = torch.stack([padded[:, d : d + width] for d in range(n + 1)], -1)[keep]
+    w = torch.tensor([1.0] + [weight * decay ** (d - 1) for d in range(1, n + 1)], device=ids.device)
+    w = w * (ids != 0)
+    return ids, w / w.sum(1, keepdim=True)
+
+
 def bucketed_batches(
     lengths: torch.Tensor, batch_size: int, generator: torch.Generator, chunk_batches: int = 32
 ) -> list[torch.Tensor]:

@@ -19,6 +19,7 @@ from pipeline.models import Student
 from pipeline.supervision.scores import TeacherCorrelation
 from pipeline.training.batches import (
     catalogue_pairs,
+    future_targets,
     neighbour_pairs,
     position_weight,
     sequence_pairs,
@@ -186,7 +187,9 @@ def batch_loss(
     every DDP rank scores against the same sample, and the ranks' shares add up to the single-process
     loss), and the step computes the item representations of the ids it uses only (inputs, targets,
     candidates; the distillation pairs theirs): neither the CE nor the distillation terms then grow with the
-    catalogue (nor, with ``train.embedding_updates`` sparse, does the optimiser's step on the tables).
+    catalogue (nor, with ``train.embedding_updates`` sparse, does the optimiser's step on the tables). With
+    ``train.future_targets`` (full softmax only) each position's label is soft: its next item and the few
+    after it (:func:`future_targets`).
     """
     model = t.model
     part = rank_rows(seq, dist_info)  # this rank's rows (all of them in one process)
@@ -215,7 +218,14 @@ def batch_loss(
         items = model.item_representations()  # (N+1, H): what scores the catalogue
         if len(part):
             hidden = t.fwd_model.encode(inputs, model.input_table(items))  # (B, T, H)
-            ce = next_item_loss(*model.training_factors(hidden, inputs, keep, items), targets[keep])
+            factors = model.training_factors(hidden, inputs, keep, items)
+            if train.future_targets > 0:  # a soft label: the next item and the few after it
+                future = future_targets(
+                    targets, keep, train.future_targets, train.future_weight, train.future_decay
+                )
+                ce = next_item_loss(*factors, future[0], weights=future[1])
+            else:
+                ce = next_item_loss(*factors, targets[keep])
         else:  # a batch with fewer rows than ranks leaves this rank none
             ce = items.new_zeros((), dtype=torch.float32)
     # every position weighs the same, whatever the length bucket of its batch; under DDP a rank's positions
