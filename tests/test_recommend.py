@@ -424,6 +424,12 @@ def test_pq_reranking_every_item_is_the_brute_force_top_k_and_fewer_keep_most_of
 def test_pq_refuses_sub_quantizers_that_do_not_divide_the_width() -> None:
     from pipeline.recommend.retrieval import IndexSpec, ItemIndex
 
+    rng = np.random.default_rng(6)
+    odd, queries = _unit(rng, 300, 7), _unit(rng, 5, 7)  # the default: a zero column makes the width even
+    index = ItemIndex(odd, IndexSpec("pq", pq_rerank=300))
+    assert index.index.index.pq.M == 4 and index.index.index.d == 8
+    assert np.array_equal(index.search(queries, 5)[0], _brute_force(queries, odd, 5, None, None)[0])
+
     with pytest.raises(ValueError, match=r"recommend\.pq_m must divide the item vectors' width 32, got 5"):
         ItemIndex(_unit(np.random.default_rng(0), 100, 32), IndexSpec("pq", pq_m=5))
 

@@ -43,6 +43,7 @@ APPROXIMATE = (
 )  # kinds whose top-K may miss items: the recommend stage measures their recall
 IVF_TRAIN_PER_CELL = 64  # ivf: k-means training sample per cell (faiss samples nlist x this, seeded)
 RERANK_ROWS = 64  # pq: queries re-ranked at once (64 x pq_rerank x dim floats)
+PQ_ADD_ROWS = 1 << 20  # pq: items coded at once
 PQ_TRAIN = 65_536  # pq: items (a seeded sample) that train the codebooks: 4,096 per 4-bit centroid
 
 
@@ -187,16 +188,23 @@ class _Reranked:
         import faiss
 
         n, dim = vectors.shape
-        m = int(spec.pq_m or max(1, dim // 2))
-        if dim % m:
+        # the default codes 2 dimensions per sub-quantizer; an odd width gains a zero column for the codes
+        # alone (it changes no inner product)
+        self.pad = dim % 2 if spec.pq_m is None else 0
+        m = int(spec.pq_m or (dim + self.pad) // 2)
+        if (dim + self.pad) % m:
             raise ValueError(f"recommend.pq_m must divide the item vectors' width {dim}, got {m}")
         self.vectors = vectors  # the caller's array, not a copy: the re-ranking reads it
         self.rerank = int(spec.pq_rerank)
-        self.index = faiss.IndexPQFastScan(dim, m, 4, faiss.METRIC_INNER_PRODUCT)
+        self.index = faiss.IndexPQFastScan(dim + self.pad, m, 4, faiss.METRIC_INNER_PRODUCT)
         rng = np.random.default_rng(0)
         sample = vectors if n <= PQ_TRAIN else vectors[np.sort(rng.choice(n, PQ_TRAIN, replace=False))]
-        self.index.train(sample)
-        self.index.add(vectors)
+        self.index.train(self._padded(sample))
+        for s in range(0, n, PQ_ADD_ROWS):  # a padded copy a block at a time
+            self.index.add(self._padded(vectors[s : s + PQ_ADD_ROWS]))
+
+    def _padded(self, x: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(np.pad(x, ((0, 0), (0, self.pad))) if self.pad else x)
 
     @property
     def ntotal(self) -> int:
@@ -206,7 +214,7 @@ class _Reranked:
         """The ``k`` best rows per query by exact inner product among the scan's ``max(k, rerank)`` best."""
         n = self.ntotal
         fetch = min(max(k, self.rerank), n)
-        _, cand = self.index.search(queries, fetch)
+        _, cand = self.index.search(self._padded(queries), fetch)
         scores = np.full(cand.shape, -np.inf, dtype=np.float32)
         for s in range(
             0, len(queries), RERANK_ROWS
