@@ -323,19 +323,28 @@ def test_paper_wiring_with_frobenius_distillation_trains_and_logs_the_diagnostic
     assert "grad_ce_text" in rows[0] and "grad_hol_text" not in rows[0] and "hol_text" not in rows[0]
 
 
-def test_future_targets_reach_the_training_loss_and_need_the_full_softmax(
+def test_future_targets_and_label_smoothing_reach_the_training_loss_and_need_the_full_softmax(
     base_params: Params, tmp_path: Path
 ) -> None:
     seq, sup = write_tiny_data(tmp_path)
     ce = {}
-    for n in (0, 2):
-        p = params(base_params, **{"train.epochs": 1, "train.future_targets": n})
-        assert train(p, tmp_path, seq, sup, f"f{n}")["finished"]
-        ce[n] = float(next(csv.DictReader((tmp_path / f"f{n}" / "curve.csv").open()))["ce"])
-    # the same seed and batches: a label spread over later items is harder to fit than the next item alone
-    assert ce[2] > ce[0], ce
+    for name, keys in {
+        "next": {},
+        "future": {"train.future_targets": 2},
+        "smooth": {"train.label_smoothing": 0.1},
+    }.items():
+        p = params(base_params, **{"train.epochs": 1, **keys})
+        assert train(p, tmp_path, seq, sup, name)["finished"]
+        ce[name] = float(next(csv.DictReader((tmp_path / name / "curve.csv").open()))["ce"])
+    # the same seed and batches: a label spread over later items, or over the catalogue, is harder to fit than
+    # the next item alone
+    assert ce["future"] > ce["next"] and ce["smooth"] > ce["next"], ce
     with pytest.raises(ConfigError, match="future_targets needs loss ce"):
         params(base_params, **{"train.future_targets": 2, "train.loss": "sampled_softmax"})
+    with pytest.raises(ConfigError, match="label_smoothing needs loss ce"):
+        params(base_params, **{"train.label_smoothing": 0.1, "train.loss": "sampled_softmax"})
+    with pytest.raises(ConfigError, match="label_smoothing"):
+        params(base_params, **{"train.label_smoothing": 1.0})
 
 
 def test_frobenius_loss_refuses_neighbour_pairs(base_params: Params) -> None:

@@ -249,6 +249,35 @@ def test_chunked_softmax_ce_with_a_soft_label_equals_the_weighted_log_softmax(
     )
 
 
+@pytest.mark.parametrize("chunk_elements", [7, 1 << 21])
+def test_chunked_softmax_ce_with_label_smoothing_equals_torchs_and_the_smoothed_soft_label(
+    monkeypatch, chunk_elements
+) -> None:
+    monkeypatch.setattr(losses, "CPU_CHUNK_ELEMENTS", chunk_elements)
+    g = torch.Generator().manual_seed(4)
+    h = torch.randn(23, 8, generator=g, requires_grad=True)
+    e = torch.randn(11, 8, generator=g, requires_grad=True)
+    t = torch.randint(0, 11, (23,), generator=g)
+    ref = F.cross_entropy(h @ e.T, t, label_smoothing=0.2)
+    ref_gh, ref_ge = torch.autograd.grad(ref, (h, e))
+    got = losses.full_softmax_ce(h, e, t, smoothing=0.2)
+    gh, ge = torch.autograd.grad(got, (h, e))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ge, ref_ge, rtol=1e-5, atol=1e-7)
+    soft = torch.randint(0, 11, (23, 3), generator=g)
+    w = torch.rand(23, 3, generator=g)
+    w = w / w.sum(1, keepdim=True)
+    logp = torch.log_softmax(h @ e.T, 1)
+    ref = -(0.7 * (logp.gather(1, soft) * w).sum(1) + 0.3 * logp.mean(1)).mean()
+    ref_gh, ref_ge = torch.autograd.grad(ref, (h, e))
+    got = losses.full_softmax_ce(h, e, soft, w, smoothing=0.3)
+    gh, ge = torch.autograd.grad(got, (h, e))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ge, ref_ge, rtol=1e-5, atol=1e-7)
+
+
 def test_future_targets_are_the_next_items_weighted_and_cut_at_the_sequence_end() -> None:
     targets = torch.tensor([[0, 0, 5, 6, 7], [2, 3, 4, 8, 9]])  # left-padded next items
     keep = targets != 0
@@ -281,6 +310,11 @@ def test_next_item_loss_with_future_targets_equals_the_hand_computed_soft_label(
     assert got.item() == pytest.approx(torch.stack(rows).mean().item(), rel=1e-6)
     with pytest.raises(ValueError, match="full softmax"):
         next_item_loss(hidden, items, ids, (torch.tensor([1, 2]), None), weights=w)
+    with pytest.raises(ValueError, match="full softmax"):
+        next_item_loss(hidden, items, ids[:, 0], (torch.tensor([1, 2]), None), smoothing=0.1)
+    smoothed = next_item_loss(hidden, items, targets[keep], smoothing=0.1)  # padding is never a candidate
+    ref = torch.nn.functional.cross_entropy(hidden @ items[1:].T, targets[keep] - 1, label_smoothing=0.1)
+    assert smoothed.item() == pytest.approx(ref.item(), rel=1e-6)
 
 
 def test_chunked_softmax_ce_follows_bf16_autocast() -> None:

@@ -266,6 +266,14 @@ class TrainParams(Section):
     future_decay: float = Field(
         0.5, ge=0.0, le=1.0, description="future_targets: each further step multiplies the weight by this"
     )
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="ce: the share of each position's label spread evenly over the whole catalogue (torch's "
+        "label_smoothing; with future_targets, of the soft label): keeps the logits of unseen and rare items "
+        "from being pushed ever lower; 0: off",
+    )
     num_negatives: int = Field(
         1024,
         ge=1,
@@ -350,6 +358,11 @@ class TrainParams(Section):
             raise ValueError(
                 "future_targets needs loss ce (the sampled softmax scores one target per position): set "
                 "train.future_targets: 0 or train.loss: ce"
+            )
+        if self.label_smoothing > 0 and self.loss != "ce":
+            raise ValueError(
+                "label_smoothing needs loss ce (it spreads the label over the whole catalogue, which the sampled "
+                "softmax does not score): set train.label_smoothing: 0 or train.loss: ce"
             )
         if self.backbone == "session_graph" and self.fusion == "concat":
             raise ValueError(

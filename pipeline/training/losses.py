@@ -15,7 +15,9 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     """Mean cross-entropy of ``hidden @ items.T`` against ``targets``, never holding the whole (P, N) logits.
 
     ``targets`` is (P,), or (P, D) with ``weights`` (P, D) for a soft label per row (each row's weights sum
-    to 1; a weight of 0 leaves its column out): the row's loss is then ``lse - sum_d w_d logit[t_d]``.
+    to 1; a weight of 0 leaves its column out): the row's loss is then ``lse - sum_d w_d logit[t_d]``. With
+    ``smoothing`` = eps the label is ``(1 - eps) x`` that ``+ eps x`` uniform over the N items (torch's
+    ``label_smoothing``): the loss subtracts ``eps x mean_j logit[j]`` instead, which is ``h . mean(items)``.
 
     One pass over cache-sized chunks of rows of logits computes each row's log-sum-exp and, when a gradient
     will be needed, the gradient at once: the chunk becomes ``(softmax - onehot) / P`` in place (one exp of the
@@ -27,7 +29,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, hidden, items, targets, weights, rows, dtype, with_grad):  # autograd API
+    def forward(ctx, hidden, items, targets, weights, smoothing, rows, dtype, with_grad):  # autograd API
         h, e = hidden.to(dtype), items.to(dtype)
         n_rows = h.shape[0]
         lse = torch.empty(n_rows, dtype=torch.float32, device=h.device)
@@ -36,6 +38,7 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             grad_h = torch.empty(hidden.shape, dtype=torch.float32, device=h.device)
             grad_e = torch.zeros(items.shape, dtype=torch.float32, device=h.device)
         inv = 1.0 / max(1, n_rows)
+        hit = inv * (1.0 - smoothing)  # what a row's label takes from its softmax / P
         for s in range(0, n_rows, rows):
             hc = h[s : s + rows]
             logits = (hc @ e.T).float()
@@ -46,9 +49,11 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             if with_grad:
                 p.mul_(inv / total)  # softmax / P
                 if weights is None:  # minus onehot / P
-                    p[torch.arange(len(hc), device=p.device), targets[s : s + rows]] -= inv
+                    p[torch.arange(len(hc), device=p.device), targets[s : s + rows]] -= hit
                 else:  # minus the soft label / P (scatter_add: a target twice in a row counts twice)
-                    p.scatter_add_(1, targets[s : s + rows], weights[s : s + rows] * -inv)
+                    p.scatter_add_(1, targets[s : s + rows], weights[s : s + rows] * -hit)
+                if smoothing:  # minus the uniform part / P
+                    p.sub_(inv * smoothing / e.shape[0])
                 g = p.to(dtype)
                 grad_h[s : s + rows] = (g @ e).float()
                 if dtype == torch.float32:
@@ -59,6 +64,8 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
             target_logit = (h.float() * e[targets].float()).sum(1)
         else:
             target_logit = torch.einsum("ph,pdh,pd->p", h.float(), e[targets].float(), weights)
+        if smoothing:
+            target_logit = (1.0 - smoothing) * target_logit + smoothing * (h.float() @ e.float().mean(0))
         if with_grad:
             ctx.save_for_backward(grad_h, grad_e)
         ctx.dtypes = (hidden.dtype, items.dtype)
@@ -69,15 +76,20 @@ class _ChunkedSoftmaxCE(torch.autograd.Function):
         grad_h, grad_e = ctx.saved_tensors
         scale = grad.float()
         h_dtype, e_dtype = ctx.dtypes
-        return (grad_h * scale).to(h_dtype), (grad_e * scale).to(e_dtype), None, None, None, None, None
+        return (grad_h * scale).to(h_dtype), (grad_e * scale).to(e_dtype), None, None, None, None, None, None
 
 
 def full_softmax_ce(
-    hidden: torch.Tensor, items: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+    hidden: torch.Tensor,
+    items: torch.Tensor,
+    targets: torch.Tensor,
+    weights: torch.Tensor | None = None,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Mean cross-entropy over all ``items`` rows (targets index them), computed in cache-sized row chunks.
 
     ``targets`` (P,), or (P, D) with ``weights`` (P, D), each row summing to 1: a soft label per row.
+    ``smoothing``: the share of each label spread evenly over every row of ``items``.
 
     Equal to ``F.cross_entropy(hidden @ items.T, targets)`` (up to float rounding); under CUDA/CPU autocast
     the matmuls run in bf16 like the plain expression would. The gradient is computed in the same pass when
@@ -92,7 +104,7 @@ def full_softmax_ce(
     with_grad = torch.is_grad_enabled() and (hidden.requires_grad or items.requires_grad)
     with torch.autocast(dev, enabled=False):
         w = None if weights is None else weights.float()
-        return _ChunkedSoftmaxCE.apply(hidden, items, targets, w, rows, dtype, with_grad)
+        return _ChunkedSoftmaxCE.apply(hidden, items, targets, w, float(smoothing), rows, dtype, with_grad)
 
 
 def next_item_loss(
@@ -101,6 +113,7 @@ def next_item_loss(
     targets: torch.Tensor,
     negatives: tuple[torch.Tensor, torch.Tensor | None] | None = None,
     weights: torch.Tensor | None = None,
+    smoothing: float = 0.0,
 ) -> torch.Tensor:
     """Cross-entropy of the next item (padding excluded): over the whole catalogue, or over a sample of it.
 
@@ -109,15 +122,16 @@ def next_item_loss(
         items: (N+1, H) item representations; row 0 is padding and is never a candidate.
         targets: (P,) next item ids in 1..N; or (P, D) ids in 0..N with ``weights`` (P, D), a soft label per
             row (:func:`pipeline.training.batches.future_targets`; id 0 only where its weight is 0).
+        smoothing: full softmax only: the share of each label spread evenly over the N items (not padding).
         negatives: None for the full softmax (chunked, see :func:`full_softmax_ce`); otherwise ``(candidates,
             log_expected)`` as :meth:`NegativeSampler.sample` returns them, for :func:`sampled_softmax_ce`.
     """
     if negatives is None:
         if weights is not None:
-            return full_softmax_ce(hidden, items[1:], (targets - 1).clamp_min(0), weights)
-        return full_softmax_ce(hidden, items[1:], targets - 1)
-    if weights is not None:
-        raise ValueError("a soft label (weights) needs the full softmax (negatives None)")
+            return full_softmax_ce(hidden, items[1:], (targets - 1).clamp_min(0), weights, smoothing)
+        return full_softmax_ce(hidden, items[1:], targets - 1, smoothing=smoothing)
+    if weights is not None or smoothing:
+        raise ValueError("a soft label (weights, smoothing) needs the full softmax (negatives None)")
     candidates, log_expected = negatives
     return sampled_softmax_ce(hidden, items[targets], items[candidates], targets, candidates, log_expected)
 

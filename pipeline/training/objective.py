@@ -189,7 +189,7 @@ def batch_loss(
     candidates; the distillation pairs theirs): neither the CE nor the distillation terms then grow with the
     catalogue (nor, with ``train.embedding_updates`` sparse, does the optimiser's step on the tables). With
     ``train.future_targets`` (full softmax only) each position's label is soft: its next item and the few
-    after it (:func:`future_targets`).
+    after it (:func:`future_targets`); ``train.label_smoothing`` spreads a share of it over the catalogue.
     """
     model = t.model
     part = rank_rows(seq, dist_info)  # this rank's rows (all of them in one process)
@@ -223,9 +223,9 @@ def batch_loss(
                 future = future_targets(
                     targets, keep, train.future_targets, train.future_weight, train.future_decay
                 )
-                ce = next_item_loss(*factors, future[0], weights=future[1])
+                ce = next_item_loss(*factors, future[0], weights=future[1], smoothing=train.label_smoothing)
             else:
-                ce = next_item_loss(*factors, targets[keep])
+                ce = next_item_loss(*factors, targets[keep], smoothing=train.label_smoothing)
         else:  # a batch with fewer rows than ranks leaves this rank none
             ce = items.new_zeros((), dtype=torch.float32)
     # every position weighs the same, whatever the length bucket of its batch; under DDP a rank's positions
