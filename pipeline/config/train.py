@@ -271,8 +271,8 @@ class TrainParams(Section):
         ge=0.0,
         lt=1.0,
         description="ce: the share of each position's label spread evenly over the whole catalogue (torch's "
-        "label_smoothing; with future_targets, of the soft label): keeps the logits of unseen and rare items "
-        "from being pushed ever lower; 0: off",
+        "label_smoothing; with future_targets, of the soft label): a regulariser that keeps the logits from "
+        "growing ever more confident; 0: off",
     )
     num_negatives: int = Field(
         1024,
