@@ -13,7 +13,7 @@ normalised and divided by the temperature for ``cos``) is a query, so the scores
   It builds in minutes where an HNSW graph over millions of items takes an hour, and its query scans about
   nprobe x N / nlist items;
 - ``pq``: ``IndexPQFastScan`` with inner product and an exact re-ranking: every item is scanned, but as a
-  16-byte-per-``pq_m`` code (4-bit product quantisation, scored with in-register lookup tables), and the
+  code of ``pq_m`` 4-bit sub-quantizers (``pq_m`` / 2 bytes, scored with in-register lookup tables), and the
   ``pq_rerank`` best candidates of that scan are re-scored with the full vectors. No partition of the space,
   so no item is out of reach: on random (i.i.d.) vectors, where cells and graphs lose most of the top-K, the
   scan's error only reorders near-ties, and the re-ranking repairs that;
@@ -36,11 +36,8 @@ import numpy as np
 # with benchmarks/bench_recommend.py, 1 thread, hidden 64: see the README's serving section)
 EXACT_BELOW = 50_000
 KINDS = ("auto", "exact", "flat", "hnsw", "ivf", "pq")
-APPROXIMATE = (
-    "hnsw",
-    "ivf",
-    "pq",
-)  # kinds whose top-K may miss items: the recommend stage measures their recall
+# kinds whose top-K may miss items: the recommend stage measures their recall
+APPROXIMATE = ("hnsw", "ivf", "pq")
 IVF_TRAIN_PER_CELL = 64  # ivf: k-means training sample per cell (faiss samples nlist x this, seeded)
 RERANK_ROWS = 64  # pq: queries re-ranked at once (64 x pq_rerank x dim floats)
 PQ_ADD_ROWS = 1 << 20  # pq: items coded at once
@@ -61,7 +58,7 @@ class IndexSpec:
     pq_rerank: int = 1000
 
     def kind(self, n_items: int) -> str:
-        """``exact``, ``flat``, ``hnsw`` or ``ivf`` for a catalogue of ``n_items`` (``auto`` resolved)."""
+        """``exact``, ``flat``, ``hnsw``, ``ivf`` or ``pq`` for a catalogue of ``n_items`` (``auto`` resolved)."""
         if self.index not in KINDS:
             raise ValueError(f"recommend.index must be one of {' | '.join(KINDS)}, got {self.index!r}")
         if self.index == "auto":
@@ -216,9 +213,7 @@ class _Reranked:
         fetch = min(max(k, self.rerank), n)
         _, cand = self.index.search(self._padded(queries), fetch)
         scores = np.full(cand.shape, -np.inf, dtype=np.float32)
-        for s in range(
-            0, len(queries), RERANK_ROWS
-        ):  # a few hundred rows at a time: (rows, fetch, dim) floats
+        for s in range(0, len(queries), RERANK_ROWS):  # (RERANK_ROWS, fetch, dim) floats at a time
             c = cand[s : s + RERANK_ROWS]
             got = self.vectors[np.maximum(c, 0)]
             scores[s : s + RERANK_ROWS] = np.where(

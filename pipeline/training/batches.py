@@ -53,9 +53,8 @@ def future_targets(
         next (0 past the end of the sequence, with weight 0), the weights of a row summing to 1.
     """
     width = targets.shape[1]
-    padded = torch.nn.functional.pad(
-        targets, (0, n)
-    )  # the sequence ends at the last column: nothing after it
+    # a row's sequence ends at its last column: nothing comes after it
+    padded = torch.nn.functional.pad(targets, (0, n))
     ids = torch.stack([padded[:, d : d + width] for d in range(n + 1)], -1)[keep]
     w = torch.tensor([1.0] + [weight * decay ** (d - 1) for d in range(1, n + 1)], device=ids.device)
     w = w * (ids != 0)
