@@ -32,6 +32,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pipeline.ivf import best_of_candidates
+
 # below this many items the torch matmul answers a batch of users faster than the HNSW graph does (measured
 # with benchmarks/bench_recommend.py, 1 thread, hidden 64: see the README's serving section)
 EXACT_BELOW = 50_000
@@ -39,7 +41,6 @@ KINDS = ("auto", "exact", "flat", "hnsw", "ivf", "pq")
 # kinds whose top-K may miss items: the recommend stage measures their recall
 APPROXIMATE = ("hnsw", "ivf", "pq")
 IVF_TRAIN_PER_CELL = 64  # ivf: k-means training sample per cell (faiss samples nlist x this, seeded)
-RERANK_ROWS = 64  # pq: queries re-ranked at once (64 x pq_rerank x dim floats)
 PQ_ADD_ROWS = 1 << 20  # pq: items coded at once
 PQ_TRAIN = 65_536  # pq: items (a seeded sample) that train the codebooks: 4,096 per 4-bit centroid
 
@@ -212,14 +213,4 @@ class _Reranked:
         n = self.ntotal
         fetch = min(max(k, self.rerank), n)
         _, cand = self.index.search(self._padded(queries), fetch)
-        scores = np.full(cand.shape, -np.inf, dtype=np.float32)
-        for s in range(0, len(queries), RERANK_ROWS):  # (RERANK_ROWS, fetch, dim) floats at a time
-            c = cand[s : s + RERANK_ROWS]
-            got = self.vectors[np.maximum(c, 0)]
-            scores[s : s + RERANK_ROWS] = np.where(
-                c >= 0, np.einsum("rfd,rd->rf", got, queries[s : s + RERANK_ROWS]), -np.inf
-            )
-        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        rows = np.take_along_axis(cand, order, 1)
-        best = np.take_along_axis(scores, order, 1)
-        return best, np.where(np.isneginf(best), -1, rows)
+        return best_of_candidates(queries, self.vectors, cand, k)  # exact scores, best first

@@ -27,11 +27,11 @@ import logging
 import time
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 
 from pipeline.config.inputs import AnnParams
+from pipeline.ivf import best_of_candidates
 from pipeline.progress import progress_bar
 from pipeline.supervision.nprobe import rows_recall
 
@@ -104,23 +104,8 @@ def refine_round(
         rows = torch.arange(lo, min(n, lo + block))
         cand = candidates(lab, rows, width, back).numpy()
         m = len(rows)
-        v = np.empty((m, k), dtype=np.float32)
-        lb = np.empty((m, k), dtype=np.int64)
-        ptr = faiss.swig_ptr
         # each row's best k among its candidates, scored against x (the scan stops at a row's first -1)
-        faiss.knn_inner_products_by_idx(
-            ptr(np.ascontiguousarray(x[lo : lo + m])),
-            ptr(x),
-            ptr(cand),
-            x.shape[1],
-            m,
-            n,
-            cand.shape[1],
-            k,
-            ptr(v),
-            ptr(lb),
-            cand.shape[1],
-        )
+        v, lb = best_of_candidates(x[lo : lo + m], x, cand, k)
         v, lb = ordered(v, lb)
         values[lo : lo + m], labels[lo : lo + m] = v, lb
         complete[lo : lo + m] = (lb >= 0).all(1)

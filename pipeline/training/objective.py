@@ -218,14 +218,17 @@ def batch_loss(
         items = model.item_representations()  # (N+1, H): what scores the catalogue
         if len(part):
             hidden = t.fwd_model.encode(inputs, model.input_table(items))  # (B, T, H)
-            factors = model.training_factors(hidden, inputs, keep, items)
+            label, weights = targets[keep], None
             if train.future_targets > 0:  # a soft label: the next item and the few after it
-                future = future_targets(
+                label, weights = future_targets(
                     targets, keep, train.future_targets, train.future_weight, train.future_decay
                 )
-                ce = next_item_loss(*factors, future[0], weights=future[1], smoothing=train.label_smoothing)
-            else:
-                ce = next_item_loss(*factors, targets[keep], smoothing=train.label_smoothing)
+            ce = next_item_loss(
+                *model.training_factors(hidden, inputs, keep, items),
+                label,
+                weights=weights,
+                smoothing=train.label_smoothing,
+            )
         else:  # a batch with fewer rows than ranks leaves this rank none
             ce = items.new_zeros((), dtype=torch.float32)
     # every position weighs the same, whatever the length bucket of its batch; under DDP a rank's positions
