@@ -302,13 +302,23 @@ def check_recommender(
                     Path(model_dir) / MODEL_CONFIG, seqs, model_dir)  # fmt: skip
         return
     check_model(model_dir, seqs)
-    items_digest = parquet_metadata(seqs).get(ITEMS_KEY)
+    check_items_of_sequences(items_path, seqs)
+
+
+def check_items_of_sequences(items_path: str | Path, sequences_path: str | Path) -> None:
+    """``items_path`` must be the items.parquet written with ``sequences_path`` (when the sequences record
+    its digest; older ones do not, and pass).
+
+    Raises:
+        LineageError: the two come from different ingest runs.
+    """
+    items_digest = parquet_metadata(sequences_path).get(ITEMS_KEY)
     if items_digest:
         check_lineage(
             {"items": items_digest},
             {"items": file_digest(items_path)},
             "data/processed (run the ingest stage: dvc repro ingest)",
-            artefact=f"{seqs} (written with another items.parquet)",
+            artefact=f"{sequences_path} (written with another items.parquet)",
             paths={"items": items_path},
         )
 

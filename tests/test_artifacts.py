@@ -177,3 +177,31 @@ def test_neighbours_round_trip_skips_excluded_items(tmp_path: Path) -> None:
     table, counts = read_neighbours(path, num_items=3)
     assert counts.tolist() == [0, 2, 0, 2]
     assert table.tolist() == [[0, 0], [2, 3], [0, 0], [2, 1]]
+
+
+def test_read_attributes_numbers_the_shared_ones_and_pads_each_item(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from pipeline.artifacts.items import read_attributes
+
+    path = tmp_path / "items.parquet"
+    table = {
+        "item": pa.array([1, 2, 3, 4], pa.int32()),
+        "item_id": ["a", "b", "c", "d"],
+        "text": ["", "", "", ""],
+        "attributes": pa.array([["b=x", "c=y"], None, ["c=y", "b=z"], ["b=x", "c=q"]], pa.list_(pa.string())),
+    }
+    pq.write_table(pa.table(table), path)
+    ids, names = read_attributes(path, 5)  # item 5 is past the file: no attributes
+    # b=x (items 1, 4) and c=y (items 1, 3) are shared; b=z and c=q belong to one item each and are dropped
+    assert names == ["b=x", "c=y"]
+    assert ids.tolist() == [[0, 0], [1, 2], [0, 0], [2, 0], [1, 0], [0, 0]]
+    # only items 1..num_items count: with two items nothing is shared
+    ids, names = read_attributes(path, 2)
+    assert ids.shape == (3, 0) and names == []
+    # an items.parquet from before the column existed has none
+    del table["attributes"]
+    pq.write_table(pa.table(table), path)
+    ids, names = read_attributes(path, 4)
+    assert ids.shape == (5, 0) and names == []

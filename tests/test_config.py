@@ -38,7 +38,7 @@ def test_yaml_1_1_exponent_strings_parse_as_floats(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("raw", "fragment"),
     [
-        ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (allowed here: async_lr, backbone"),
+        ({"train": {"lrr": 0.1}}, "train.lrr: unknown key (allowed here: async_lr, attributes, backbone"),
         ({"train": {"lr": "fast"}}, "train.lr: Input should be a valid number"),
         ({"train": {"lr": -1}}, "train.lr: Input should be greater than 0"),
         (

@@ -518,6 +518,7 @@ def test_plan_applies_variant_overrides_and_seeds() -> None:
     )
     assert specs["kdsr-seed0"].params == with_overrides(base, {"train.seed": 10})
     assert specs["sasrec_id-seed0"].params.train.modalities == []
+    assert specs["sasrec_id-seed0"].params.train.attributes is False  # IDs alone
     mod = specs["sasrec_modality-seed1"].params.train
     assert mod.modalities == ["text"] and mod.kd.holistic_weight == 0 and mod.kd.code_weight == 0
     assert mod.async_lr.schedule == "none"

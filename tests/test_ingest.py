@@ -109,6 +109,7 @@ def make_raw(
     events: list[tuple[str, str, int, int]], meta: list[tuple[str, str, str | None]], numeric=False
 ) -> RawData:
     inter = pl.DataFrame(events, schema=INTERACTION_SCHEMA, orient="row")
+    meta = [m if len(m) == 4 else (*m, []) for m in meta]  # (item_id, text, image[, attributes])
     items = pl.DataFrame(meta, schema=ITEM_SCHEMA, orient="row")
     return RawData(inter, items, numeric_ids=numeric, reports=[FileReport(Path("r.json"), len(events))])
 
@@ -123,7 +124,7 @@ def test_order_ties_duplicates_numbering_and_missing_metadata() -> None:
         ("ua", "w", 3, 4),
         ("ua", "x", 4, 5),
     ]
-    meta = [("x", "X text", "img/x.png"), ("y", "Y text", None), ("w", "W", None)]  # z has no metadata
+    meta = [("x", "X text", "img/x.png", ["b=1"]), ("y", "Y text", None), ("w", "W", None)]  # z: no metadata
     ds = build_dataset(make_raw(events, meta), kcore=1, split="loo")
     # items numbered by sorted id: w=1 x=2 y=3 z=4; users: ua=1 ub=2
     assert ds.sequences.to_pylist() == [
@@ -131,10 +132,10 @@ def test_order_ties_duplicates_numbering_and_missing_metadata() -> None:
         {"user": 2, "user_id": "ub", "items": [4, 3, 2], "train_end": 1, "valid_end": 2},
     ]
     assert ds.items.to_pylist() == [
-        {"item": 1, "item_id": "w", "text": "W", "image": None},
-        {"item": 2, "item_id": "x", "text": "X text", "image": "img/x.png"},
-        {"item": 3, "item_id": "y", "text": "Y text", "image": None},
-        {"item": 4, "item_id": "z", "text": "", "image": None},
+        {"item": 1, "item_id": "w", "text": "W", "image": None, "attributes": []},
+        {"item": 2, "item_id": "x", "text": "X text", "image": "img/x.png", "attributes": ["b=1"]},
+        {"item": 3, "item_id": "y", "text": "Y text", "image": None, "attributes": []},
+        {"item": 4, "item_id": "z", "text": "", "image": None, "attributes": []},
     ]
     assert str(ds.sequences.schema.field("items").type) == "list<item: int32>"
     assert ds.sequences.schema.field("user").type == "int32" and ds.items.schema.field("item").type == "int32"
@@ -142,7 +143,7 @@ def test_order_ties_duplicates_numbering_and_missing_metadata() -> None:
     assert (s["users"], s["items"], s["interactions"]) == (2, 4, 6)
     assert s["dropped"]["duplicates"] == 1
     assert s["metadata"] == {"items_without_metadata": 1, "interactions_without_metadata": 1,
-                             "items_without_text": 1, "items_with_image": 1}  # fmt: skip
+                             "items_without_text": 1, "items_with_image": 1, "items_with_attributes": 1}  # fmt: skip
     assert s["density"] == pytest.approx(6 / 8)
     assert s["split_sizes"] == {"train_interactions": 2, "valid_targets": 2, "test_targets": 2}
 

@@ -11,11 +11,12 @@ import pytest
 
 from pipeline.config import DataParams, MLflowParams
 from pipeline.data.ingest import run_ingest
+from pipeline.data.records import FieldCounts
 from pipeline.data.sources.amazon import AMAZON_FORMATS
 from pipeline.data.sources.metadata import parse_metadata_line, read_metadata
 from pipeline.data.sources.reviews import read_json_reviews, read_ratings_csv
 from pipeline.data.sources.sequences import read_item_table, read_sequences_file
-from pipeline.data.text import assemble_text, image_reference
+from pipeline.data.text import assemble_text, image_reference, item_attributes
 from pipeline.errors import DataError
 
 NO_MLFLOW = MLflowParams(enabled=False)
@@ -48,6 +49,27 @@ def test_assemble_text_flattens_unescapes_dedupes_and_normalises() -> None:
         {"category": ["A", "B"], "store": "S", "features": ["f1"]}, ["categories", "brand", "feature"]
     ) == ("A | B | S | f1")
     assert assemble_text({}, ["title"]) == ""
+
+
+def test_item_attributes_name_each_piece_after_its_field() -> None:
+    record = {
+        "brand": " OPI ",
+        "store": "ignored",
+        "categories": [["Beauty", "Nails"], ["Beauty &amp; Care"]],
+    }
+    assert item_attributes(record, {"brand": None, "categories": None}) == [
+        "brand=OPI", "categories=Beauty", "categories=Nails", "categories=Beauty & Care"
+    ]  # fmt: skip
+    # a string is cut at its field's separator (None: kept whole); empty and repeated pieces are dropped
+    row = {"tags": "Makeup | Nails || Makeup", "maker": "Co., Inc."}
+    assert item_attributes(row, {"tags": "|", "maker": None}) == [
+        "tags=Makeup",
+        "tags=Nails",
+        "maker=Co., Inc.",
+    ]
+    # aliases as for text (2023 "store" for brand), under the configured name; absent fields give nothing
+    assert item_attributes({"store": "S"}, {"brand": None, "absent": ","}) == ["brand=S"]
+    assert item_attributes({}, {}) == []
 
 
 def test_image_reference_takes_the_first_usable_entry() -> None:
@@ -101,14 +123,29 @@ def test_amazon2014_reviews_json_and_literal_metadata(tmp_path: Path) -> None:
             "{'asin': 'B1', 'title': 'a repeated id: first record wins'}",
         ],
     )
+    counts = FieldCounts(meta)
     items, meta_report, duplicates = read_metadata(
-        meta, "asin", ["title", "brand", "categories"], ["imUrl"], True
+        meta,
+        "asin",
+        ["title", "brand", "categories"],
+        ["imUrl"],
+        True,
+        counts,
+        {"brand": None, "categories": None},
     )
     assert items.rows() == [
-        ("B1", "Rose & Honey Balm | Lumiere | Beauty | Makeup", "http://img/B1.jpg"),
-        ("B2", "Nature's Glow Serum", None),
-    ]
+        ("B1", "Rose & Honey Balm | Lumiere | Beauty | Makeup", "http://img/B1.jpg",
+         ["brand=Lumiere", "categories=Beauty", "categories=Makeup"]),
+        ("B2", "Nature's Glow Serum", None, []),
+    ]  # fmt: skip
     assert (meta_report.records, meta_report.malformed, duplicates) == (3, 0, 1)
+    assert counts.attributes == {"brand": 1, "categories": 1}
+    counts.check(["title"], None, [], ["brand", "categories"])  # in 1 of 2 records: a warning only
+    counts.attributes["brand"] = 0
+    with pytest.raises(
+        DataError, match=r"data.attribute_columns field\(s\) \['brand'\] are in none of its 2"
+    ):
+        counts.check(["title"], None, [], ["brand", "categories"])
 
 
 def test_amazon2014_ratings_csv(tmp_path: Path) -> None:
@@ -153,12 +190,14 @@ def test_amazon2018_reviews_and_metadata(tmp_path: Path) -> None:
         ],
     )  # fmt: skip
     items, report, _ = read_metadata(
-        meta, "asin", ["title", "brand", "categories", "description"], ["imUrl", "image"], False
-    )
+        meta, "asin", ["title", "brand", "categories", "description"], ["imUrl", "image"], False,
+        attribute_columns={"categories": None},
+    )  # fmt: skip
     assert items.rows() == [
-        ("X1", "Cream | B | Luxury Beauty | Skin", "https://m.media-amazon.com/1.jpg"),
-        ("X2", "Oil | Light & dry. | Vegan.", None),
-    ]
+        ("X1", "Cream | B | Luxury Beauty | Skin", "https://m.media-amazon.com/1.jpg",
+         ["categories=Luxury Beauty", "categories=Skin"]),  # 2018's "category", named as configured
+        ("X2", "Oil | Light & dry. | Vegan.", None, []),
+    ]  # fmt: skip
     assert report.malformed == 0
 
 
@@ -187,9 +226,13 @@ def test_amazon2023_jsonl_reviews_and_metadata(tmp_path: Path) -> None:
         ],
     )  # fmt: skip
     items, _, _ = read_metadata(
-        meta, fmt.meta_item_key, ["title", "brand", "features"], ["imUrl", "images"], False
-    )
-    assert items.rows() == [("C1", "Serum | Glow Co | Hydrating", "l1.jpg"), ("C2", "Mask", "h2.jpg")]
+        meta, fmt.meta_item_key, ["title", "brand", "features"], ["imUrl", "images"], False,
+        attribute_columns={"brand": None},
+    )  # fmt: skip
+    assert items.rows() == [
+        ("C1", "Serum | Glow Co | Hydrating", "l1.jpg", ["brand=Glow Co"]),  # 2023's "store"
+        ("C2", "Mask", "h2.jpg", []),
+    ]
 
 
 # --------------------------------------------------------------------------------------------- sequences
@@ -202,17 +245,22 @@ def test_sequences_file_and_item_tables(tmp_path: Path) -> None:
     tsv = tmp_path / "items.tsv"
     tsv.write_text("item_id\tname\tattrs\n1\tnail &amp; lacquer\tOPI | Makeup\n2\t\tUnknown\n2\tdup\tdup\n")
     items, duplicates = read_item_table(
-        tsv, "item_id", ["name", "attrs"], "imUrl"
+        tsv, "item_id", ["name", "attrs"], "imUrl", attribute_columns={"attrs": "|"}
     )  # no imUrl column: ignored
-    assert items.rows() == [("1", "nail & lacquer | OPI | Makeup", None), ("2", "Unknown", None)]
+    assert items.rows() == [
+        ("1", "nail & lacquer | OPI | Makeup", None, ["attrs=OPI", "attrs=Makeup"]),
+        ("2", "Unknown", None, ["attrs=Unknown"]),
+    ]
     assert duplicates == 1
 
     csv_path = tmp_path / "items.csv"
     csv_path.write_text('id,title,img\n7,"Cream, rich",http://x/7.jpg\n8,Soap,\n')
     items, _ = read_item_table(csv_path, "id", ["title"], "img")
-    assert items.rows() == [("7", "Cream, rich", "http://x/7.jpg"), ("8", "Soap", None)]
+    assert items.rows() == [("7", "Cream, rich", "http://x/7.jpg", []), ("8", "Soap", None, [])]
     with pytest.raises(DataError, match=r"column\(s\) \['nope'\] not found.*has: \['id', 'title', 'img'\]"):
         read_item_table(csv_path, "id", ["nope"], None)
+    with pytest.raises(DataError, match=r"\['brand'\] not found \(.*data.attribute_columns\)"):
+        read_item_table(csv_path, "id", ["title"], None, attribute_columns={"brand": None})
 
 
 # --------------------------------------------------------------------------------------------- bad input
@@ -282,9 +330,9 @@ def test_run_ingest_on_each_amazon_release(
 
     items = pq.read_table(tmp_path / "processed" / "items.parquet").to_pylist()
     assert items == [
-        {"item": 1, "item_id": "I1", "text": "TI1", "image": "uI1"},
-        {"item": 2, "item_id": "I2", "text": "TI2", "image": "uI2"},
-        {"item": 3, "item_id": "I3", "text": "", "image": None},
+        {"item": 1, "item_id": "I1", "text": "TI1", "image": "uI1", "attributes": []},
+        {"item": 2, "item_id": "I2", "text": "TI2", "image": "uI2", "attributes": []},
+        {"item": 3, "item_id": "I3", "text": "", "image": None, "attributes": []},
     ]
     seqs = pq.read_table(tmp_path / "processed" / "sequences.parquet").to_pylist()
     assert [s["items"] for s in seqs] == [[1, 2, 3], [3, 1, 2], [2, 3, 1]]

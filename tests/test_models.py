@@ -440,3 +440,61 @@ def test_last_item_prior_weight_is_saved_and_absent_from_old_configs(tmp_path) -
     seq = torch.tensor([[0, 3, 7, 9]])
     with torch.no_grad():
         assert torch.equal(model.user_scores(seq), loaded.user_scores(seq))
+
+
+def attribute_student(output: str = "fused") -> Student:
+    torch.manual_seed(0)
+    # items 1..6: item 1 holds attributes 1 and 2, item 2 holds 2, item 3 holds 1, 2 and 3; the rest none
+    attributes = torch.zeros(7, 3, dtype=torch.long)
+    attributes[1, :2] = torch.tensor([1, 2])
+    attributes[2, 0] = 2
+    attributes[3] = torch.tensor([1, 2, 3])
+    cfg = StudentConfig(
+        num_items=6,
+        hidden=8,
+        dropout=0.0,
+        max_len=5,
+        modalities=("text",),
+        modality_dim=4,
+        num_codes=0,
+        num_attributes=3,
+        attribute_width=3,
+        output=output,
+    )
+    return Student(cfg, {"text": torch.randn(7, 4)}, attributes).eval()
+
+
+@pytest.mark.parametrize("output", ["fused", "id"])
+def test_attributes_add_the_mean_of_their_rows_to_the_id_side(output: str) -> None:
+    model = attribute_student(output)
+    a, ids = model.attribute_emb.weight, model.item_emb.weight
+    id_side = ids.clone()
+    id_side[1] += (a[1] + a[2]) / 2
+    id_side[2] += a[2]
+    id_side[3] += (a[1] + a[2] + a[3]) / 3  # items 4-6 (and padding) keep their ID row alone
+    expected = id_side
+    if output == "fused":
+        expected = id_side + model.modality_proj["text"](model.modality_tables["text"].weight)
+    with torch.no_grad():
+        assert torch.allclose(model.item_representations(), expected, atol=1e-6)
+        some = torch.tensor([[3, 0], [1, 5]])
+        assert torch.allclose(model.output_vectors(some), expected[some], atol=1e-6)
+    # the shared rows are trained by every item that holds them: a loss on item 2 alone moves attribute 2
+    model.output_vectors(torch.tensor([2])).sum().backward()
+    grad = model.attribute_emb.weight.grad
+    assert grad[2].abs().sum() > 0 and grad[[0, 1, 3]].abs().sum() == 0
+
+
+def test_attributes_round_trip_and_a_wrong_shape_is_refused(tmp_path) -> None:
+    model = attribute_student()
+    save_student(model, tmp_path)
+    loaded = load_student(tmp_path)
+    assert torch.equal(loaded.attribute_ids, model.attribute_ids)
+    seq = torch.tensor([[0, 1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(model.user_scores(seq), loaded.user_scores(seq))
+    with pytest.raises(ValueError, match=r"attribute ids have shape \(7, 2\), expected \(7, 3\)"):
+        Student(model.cfg, None, torch.zeros(7, 2, dtype=torch.long))
+    # a model without attributes has none, and its config does not mention them
+    plain = make_student()
+    assert plain.attribute_emb is None and "num_attributes" not in plain.cfg.to_dict()

@@ -367,3 +367,49 @@ def test_last_item_prior_weight_is_chosen_on_validation_and_saved(
     assert summary["best_valid"]["ndcg_at_10"] >= plain["best_valid"]["ndcg_at_10"]
     if model.cfg.last_item_prior == 0.0:
         assert summary["best_valid"] == plain["best_valid"]
+
+
+def write_tiny_items(root: Path, attributes: list[list[str]]) -> Path:
+    path = root / "items.parquet"  # next to sequences.parquet, where ingest writes it
+    write_parquet(
+        path,
+        pa.table(
+            {
+                "item": pa.array(np.arange(1, N_ITEMS + 1), pa.int32()),
+                "item_id": [f"i{i}" for i in range(1, N_ITEMS + 1)],
+                "text": [""] * N_ITEMS,
+                "image": pa.array([None] * N_ITEMS, pa.string()),
+                "attributes": pa.array(attributes, pa.list_(pa.string())),
+            }
+        ),
+    )
+    return path
+
+
+def test_item_attributes_are_learned_from_the_catalogue_and_saved_with_the_model(
+    base_params: Params, tmp_path: Path
+) -> None:
+    seq, sup = write_tiny_data(tmp_path)
+    # each family's items share "fam=<k>"; item 1 alone has "only=1" (dropped: one item); items 31-40 none
+    attrs = [
+        [f"fam={(i - 1) // 10}"] + (["only=1"] if i == 1 else []) if i <= 30 else [] for i in range(1, 41)
+    ]
+    write_tiny_items(tmp_path, attrs)
+    train(params(base_params, **{"train.epochs": 1}), tmp_path, seq, sup, "attr")
+    model = load_student(tmp_path / "attr" / "models")
+    assert (model.cfg.num_attributes, model.cfg.attribute_width) == (3, 1)
+    expected = torch.zeros(N_ITEMS + 1, 1, dtype=torch.long)
+    expected[1:31, 0] = torch.arange(30) // 10 + 1  # fam=0, fam=1, fam=2 are ids 1, 2, 3
+    assert torch.equal(model.attribute_ids, expected)
+    # train.attributes: false leaves them out
+    train(params(base_params, **{"train.epochs": 1, "train.attributes": False}), tmp_path, seq, sup, "off")
+    assert load_student(tmp_path / "off" / "models").attribute_emb is None
+
+
+def test_attributes_of_another_ingest_run_are_refused(base_params: Params, tmp_path: Path) -> None:
+    seq, sup = write_tiny_data(tmp_path)
+    write_tiny_items(tmp_path, [["a=1"]] * N_ITEMS)
+    table = read_parquet(seq)
+    write_parquet(seq, table, metadata={"items_sha256": "0" * 64})  # written with some other items.parquet
+    with pytest.raises(PipelineError, match=r"written with another items.parquet"):
+        train(params(base_params, **{"train.epochs": 1}), tmp_path, seq, sup, "stale")

@@ -66,3 +66,46 @@ def read_items(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
         columns: the columns to return (default all); ``item``, ``item_id`` and ``text`` must exist anyway.
     """
     return read_table(path, REQUIRED, columns)
+
+
+#: an attribute held by fewer items is dropped: one item's own attribute would only duplicate its ID embedding
+MIN_ITEMS_PER_ATTRIBUTE = 2
+
+
+def read_attributes(path: Path, num_items: int) -> tuple[np.ndarray, list[str]]:
+    """The items' attributes (``items.parquet``'s ``attributes`` column, ``data.attribute_columns``) as ids.
+
+    Attributes held by fewer than :data:`MIN_ITEMS_PER_ATTRIBUTE` items are dropped; the rest are numbered
+    1..V in sorted name order.
+
+    Args:
+        path: the ingest stage's items file.
+        num_items: N; the table has N + 1 rows (row 0, the padding item, and items past the file's rows hold
+            no attribute).
+
+    Returns:
+        ``(ids, names)``: ids (N + 1, A) int64, row i the attribute ids of item i left-aligned and padded with
+        0, A the most any item keeps (0 when no item keeps one, or the file predates the column); names
+        (V,) the attribute of id v at ``names[v - 1]``.
+    """
+    from pipeline.io import parquet_schema
+
+    if "attributes" not in parquet_schema(Path(path)).names:
+        return np.zeros((num_items + 1, 0), dtype=np.int64), []
+    col = read_table(path, REQUIRED, ["attributes"]).column("attributes").combine_chunks()
+    col = col.slice(0, min(len(col), num_items))  # row i: item i + 1
+    lengths = col.value_lengths().fill_null(0).to_numpy().astype(np.int64)  # a null list holds nothing
+    values = col.flatten().to_numpy(zero_copy_only=False).astype(str)  # in item order
+    row = np.repeat(np.arange(1, len(col) + 1), lengths)  # the item of each value
+    names, code = np.unique(values, return_inverse=True)
+    keep_name = np.bincount(code, minlength=len(names)) >= MIN_ITEMS_PER_ATTRIBUTE
+    new_id = np.cumsum(keep_name)  # 1..V over the kept names, in sorted order
+    kept = keep_name[code]
+    row, ids = row[kept], new_id[code[kept]]
+    per_item = np.bincount(row, minlength=num_items + 1)
+    width = int(per_item.max()) if len(row) else 0
+    table = np.zeros((num_items + 1, width), dtype=np.int64)
+    if len(row):
+        start = np.cumsum(per_item) - per_item  # where each item's values begin (they are in item order)
+        table[row, np.arange(len(row)) - start[row]] = ids
+    return table, [str(n) for n in names[keep_name]]

@@ -92,6 +92,13 @@ class DataParams(Section):
         default_factory=lambda: ["title", "brand", "categories"],
         description='fields joined into an item\'s text with " | " (a field no record has fails ingest)',
     )
+    attribute_columns: dict[str, str | None] = Field(
+        default_factory=dict,
+        description="item fields whose values are also kept as attributes (brand, categories), each learned "
+        "as an embedding shared by every item that has it (train.attributes): field -> the separator that "
+        "cuts a string value into several attributes, or null to keep it whole (list values are cut at their "
+        "elements); {}: none",
+    )
     image_column: str | None = Field(
         "imUrl",
         description="image URL/path field (null: no images; a field no record has fails ingest); "
@@ -121,6 +128,18 @@ class DataParams(Section):
     def _non_empty(cls, v: list[str]) -> list[str]:
         if not v:
             raise ValueError("text_columns must name at least one column")
+        return v
+
+    @field_validator("attribute_columns")
+    @classmethod
+    def _separators(cls, v: dict[str, str | None]) -> dict[str, str | None]:
+        for column, sep in v.items():
+            if not column.strip():
+                raise ValueError("attribute_columns: a field name is empty")
+            if sep is not None and not sep.strip():
+                raise ValueError(
+                    f"attribute_columns.{column}: the separator {sep!r} is blank; use null to keep the value whole"
+                )
         return v
 
     @field_validator("category")

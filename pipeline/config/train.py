@@ -214,6 +214,12 @@ class TrainParams(Section):
         description="the ID embeddings start at N(0, (id_init_scale / sqrt(hidden))^2); 0 starts them at "
         "zero, so an item's output embedding starts as its modality part alone",
     )
+    attributes: bool = Field(
+        True,
+        description="add to each item's ID embedding the mean of its attributes' embeddings (the catalogue's "
+        "data.attribute_columns; an attribute held by one item only is dropped), so a rarely bought item "
+        "shares what its brand and categories learned from the others; nothing when the catalogue has none",
+    )
     hidden: int = Field(
         64,
         ge=4,

@@ -71,7 +71,15 @@ def load_raw(data: DataParams, staging: Path, out_dir: Path) -> RawData:
         fmt = AMAZON_FORMATS[data.source]
         reviews, meta = amazon_files(fmt, data.category, Path(data.raw_dir) / data.source, data.download)
         image_column = data.image_column
-    raw = load_amazon_files(fmt, reviews, meta, list(data.text_columns), image_column, data.max_bad_fraction)
+    raw = load_amazon_files(
+        fmt,
+        reviews,
+        meta,
+        list(data.text_columns),
+        image_column,
+        data.max_bad_fraction,
+        data.attribute_columns,
+    )
     raw.category = data.category
     return raw
 

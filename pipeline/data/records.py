@@ -5,7 +5,8 @@ Every reader returns interactions as a frame with columns ``user_id`` (str), ``i
 position in the file: the deterministic tie-break for equal timestamps), and item metadata as a frame with
 ``item_id`` (str), ``text`` (str, "" when empty) and ``image`` (str or null). A reader skips and counts a
 malformed record (:class:`FileReport`, which reports the first few with their line numbers); a file with
-too many fails the stage. The readers themselves are in :mod:`pipeline.data.sources`.
+too many fails the stage. Item frames also have ``attributes`` (a list of ``"<field>=<value>"`` strings, empty
+when ``data.attribute_columns`` names none). The readers themselves are in :mod:`pipeline.data.sources`.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1  # timestamps must fit the int64 ``ts
 FIELD_WARN_SHARE = 0.1
 
 INTERACTION_SCHEMA = {"user_id": pl.String, "item_id": pl.String, "ts": pl.Int64, "line": pl.Int64}
-ITEM_SCHEMA = {"item_id": pl.String, "text": pl.String, "image": pl.String}
+ITEM_SCHEMA = {"item_id": pl.String, "text": pl.String, "image": pl.String, "attributes": pl.List(pl.String)}
 
 
 # --------------------------------------------------------------------------------------------- reports
@@ -91,37 +92,32 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes]]:
 
 @dataclass
 class FieldCounts:
-    """How many records of a metadata file carry each configured text/image field (aliases included)."""
+    """How many records of a metadata file carry each configured text/attribute/image field (aliases
+    included)."""
 
     path: Path
     records: int = 0
     text: dict[str, int] = field(default_factory=dict)
     image: int = 0
+    attributes: dict[str, int] = field(default_factory=dict)
 
     def check(
-        self, text_columns: Sequence[str], image_column: str | None, image_fields: Sequence[str]
+        self,
+        text_columns: Sequence[str],
+        image_column: str | None,
+        image_fields: Sequence[str],
+        attribute_columns: Sequence[str] = (),
     ) -> None:
         """Warn (with the count) about a field few records have; fail when no record has it.
 
         Raises:
-            DataError: a ``data.text_columns`` field or the ``data.image_column`` (or the release's own
-                image field) that no record has.
+            DataError: a ``data.text_columns`` or ``data.attribute_columns`` field, or the
+                ``data.image_column`` (or the release's own image field), that no record has.
         """
         if self.records == 0:
             return
-        absent = [c for c in text_columns if self.text.get(c, 0) == 0]
-        if absent:
-            raise DataError(
-                f"{self.path}: data.text_columns field(s) {absent} are in none of its {self.records} records "
-                "(nor their aliases): fix the names or drop them from data.text_columns"
-            )
-        for col in text_columns:
-            n = self.text[col]
-            if n < FIELD_WARN_SHARE * self.records:
-                log.warning(
-                    "%s: data.text_columns field %r is in only %d of %d records (%.1f%%)",
-                    self.path, col, n, self.records, 100 * n / self.records,
-                )  # fmt: skip
+        self._check_fields("data.text_columns", text_columns, self.text)
+        self._check_fields("data.attribute_columns", attribute_columns, self.attributes)
         if image_column is None:
             return
         names = " or ".join(repr(f) for f in dict.fromkeys([image_column, *image_fields]))
@@ -136,6 +132,21 @@ class FieldCounts:
                 self.path, names, self.image, self.records, 100 * self.image / self.records,
             )  # fmt: skip
 
+    def _check_fields(self, key: str, columns: Sequence[str], counts: dict[str, int]) -> None:
+        absent = [c for c in columns if counts.get(c, 0) == 0]
+        if absent:
+            raise DataError(
+                f"{self.path}: {key} field(s) {absent} are in none of its {self.records} records "
+                f"(nor their aliases): fix the names or drop them from {key}"
+            )
+        for col in columns:
+            n = counts[col]
+            if n < FIELD_WARN_SHARE * self.records:
+                log.warning(
+                    "%s: %s field %r is in only %d of %d records (%.1f%%)",
+                    self.path, key, col, n, self.records, 100 * n / self.records,
+                )  # fmt: skip
+
 
 @dataclass
 class RawData:
@@ -143,7 +154,7 @@ class RawData:
 
     Attributes:
         interactions: user_id, item_id, ts, line (:data:`INTERACTION_SCHEMA`).
-        items: item_id, text, image (one row per id, :data:`ITEM_SCHEMA`).
+        items: item_id, text, image, attributes (one row per id, :data:`ITEM_SCHEMA`).
         numeric_ids: number users/items in numeric rather than lexicographic id order.
         reports: one per parsed file.
         category: recorded in the outputs' metadata.

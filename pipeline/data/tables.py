@@ -57,18 +57,19 @@ def string_array(series: pl.Series) -> pa.Array:
 def items_table(
     item_ids: pl.Series, metadata: pl.DataFrame, item_counts: np.ndarray
 ) -> tuple[pa.Table, dict[str, int]]:
-    """The items table (item = 1..n in the order of ``item_ids``) with text and image from ``metadata``.
+    """The items table (item = 1..n in the order of ``item_ids``) with text, image and attributes from
+    ``metadata``.
 
-    An item absent from the metadata keeps empty text and no image.
+    An item absent from the metadata keeps empty text, no image and no attributes.
 
     Args:
         item_ids: the original ids of items 1..n.
-        metadata: item_id, text, image (a repeated id: the first row is used).
+        metadata: item_id, text, image, attributes (a repeated id: the first row is used).
         item_counts: (n,) interactions of each item.
 
     Returns:
         The table and its metadata counts (``items_without_metadata``, ``interactions_without_metadata``,
-        ``items_without_text``, ``items_with_image``).
+        ``items_without_text``, ``items_with_image``, ``items_with_attributes``).
     """
     n_items = len(item_ids)
     frame = pl.DataFrame({"item": np.arange(1, n_items + 1, dtype=np.int32), "item_id": item_ids})
@@ -78,12 +79,14 @@ def items_table(
     frame = frame.join(meta, on="item_id", how="left").sort("item")
     known = frame.get_column("_known").fill_null(False).to_numpy()
     text = frame.get_column("text").fill_null("")
+    attributes = frame.get_column("attributes").fill_null([])
     table = pa.table(
         {
             "item": pa.array(frame.get_column("item").to_numpy()),
             "item_id": string_array(frame.get_column("item_id")),
             "text": string_array(text),
             "image": string_array(frame.get_column("image")),
+            "attributes": attributes.to_arrow().cast(pa.list_(pa.string())),
         }
     )
     counts: dict[str, Any] = {
@@ -91,6 +94,7 @@ def items_table(
         "interactions_without_metadata": int(np.asarray(item_counts)[~known].sum()),
         "items_without_text": int((text == "").sum()),
         "items_with_image": int(frame.get_column("image").is_not_null().sum()),
+        "items_with_attributes": int((attributes.list.len() > 0).sum()),
     }
     return table, counts
 

@@ -1,7 +1,8 @@
 """Item text and image references from metadata values (shared by every source).
 
 Text is assembled from the configured ``data.text_columns``: values flattened, HTML-unescaped and
-whitespace-normalised, empty and repeated pieces dropped, joined with `` | ``.
+whitespace-normalised, empty and repeated pieces dropped, joined with `` | ``. Attributes
+(``data.attribute_columns``) are the same pieces kept apart, each named after its field.
 """
 
 from __future__ import annotations
@@ -60,6 +61,17 @@ def text_parts(value: Any) -> list[str]:
     return []
 
 
+def _field_value(record: Mapping[str, Any], column: str) -> Any:
+    """``record[column]``, or the first of its :data:`TEXT_ALIASES` the record has; None when none."""
+    value = record.get(column)
+    if value is None:
+        for alias in TEXT_ALIASES.get(column, ()):
+            value = record.get(alias)
+            if value is not None:
+                break
+    return value
+
+
 def assemble_text(record: Mapping[str, Any], columns: Sequence[str]) -> str:
     """Join the text of ``columns`` of a record with `` | ``.
 
@@ -69,17 +81,33 @@ def assemble_text(record: Mapping[str, Any], columns: Sequence[str]) -> str:
     """
     parts: list[str] = []
     for col in columns:
-        value = record.get(col)
-        if value is None:
-            for alias in TEXT_ALIASES.get(col, ()):
-                value = record.get(alias)
-                if value is not None:
-                    break
+        value = _field_value(record, col)
         for piece in (value,) if isinstance(value, str) else text_parts(value):
             clean = normalise_text(piece)
             if clean and clean not in parts:  # a handful of parts: a list beats a set here
                 parts.append(clean)
     return PART_SEPARATOR.join(parts)
+
+
+def item_attributes(record: Mapping[str, Any], columns: Mapping[str, str | None]) -> list[str]:
+    """The attributes of a record: ``"<field>=<value>"`` for each piece of each field of ``columns``.
+
+    ``columns`` maps a field to the separator that cuts its string value into pieces (None: the whole value
+    is one piece); a list value gives one piece per element (categories as a list of lists: every category
+    name). Pieces are normalised like text (:func:`normalise_text`); empty and repeated ones are dropped.
+    A field absent from the record falls back to its :data:`TEXT_ALIASES`, but keeps its configured name.
+    So ``{"brand": None, "categories": ","}`` on ``{"brand": "OPI", "categories": "Makeup,Nails"}`` gives
+    ``["brand=OPI", "categories=Makeup", "categories=Nails"]``.
+    """
+    out: list[str] = []
+    for col, sep in columns.items():
+        for piece in text_parts(_field_value(record, col)):
+            for part in piece.split(sep) if sep else (piece,):
+                clean = normalise_text(part)
+                name = f"{col}={clean}"
+                if clean and name not in out:
+                    out.append(name)
+    return out
 
 
 def image_reference(value: Any) -> str | None:

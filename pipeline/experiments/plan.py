@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 # asynchronous LR); popularity is not trained: it comes from every evaluate report. The twins of the KDSR
 # variants are added below (see :func:`twin_overrides`).
 _VARIANTS: dict[str, dict[str, Any]] = {
-    "sasrec_id": {"train.modalities": []},
+    "sasrec_id": {"train.modalities": [], "train.attributes": False},  # IDs alone: no text, no attributes
     "sasrec_modality": {
         "train.kd.holistic_weight": 0.0,
         "train.kd.code_weight": 0.0,

@@ -43,6 +43,10 @@ class StudentConfig:
     # the code layout: 0 = one code per pair (k-means codebook; logits (P, K)); D >= 1 = one code per
     # sub-vector (vq codebook; logits (P, D, K), one head per sub-vector)
     code_groups: int = 0
+    # the item attributes (train.attributes): V attribute embeddings, and the most attributes an item has (the
+    # width of the saved attribute_ids buffer); 0: none
+    num_attributes: int = 0
+    attribute_width: int = 0
     output: str = _train("output")
     kd_projection: str = _train("kd.projection")
     scoring: str = _train("scoring")
@@ -70,6 +74,8 @@ class StudentConfig:
         "output": "fused",
         "kd_projection": "identity",
         "code_groups": 0,
+        "num_attributes": 0,
+        "attribute_width": 0,
         "scoring": "dot",
         "temperature": 0.1,
         "bsarec_alpha": 0.7,
@@ -88,6 +94,8 @@ class StudentConfig:
     #: model that does not use them reads exactly as before they existed
     _OPTIONAL: ClassVar[tuple[str, ...]] = (
         "code_groups",
+        "num_attributes",
+        "attribute_width",
         "scoring",
         "temperature",
         "bsarec_alpha",
@@ -106,7 +114,8 @@ class StudentConfig:
     @classmethod
     def from_train(cls, train: Any, **fixed: Any) -> StudentConfig:
         """The config of a student built with the ``train`` params (a section or a stage's view of it);
-        ``fixed``: the fields the data fixes (num_items, modalities, modality_dim, num_codes, code_groups)."""
+        ``fixed``: the fields the data fixes (num_items, modalities, modality_dim, num_codes, code_groups,
+        num_attributes, attribute_width)."""
         keys = {f.name: f.metadata["train"] for f in dataclasses.fields(cls) if "train" in f.metadata}
         return cls(**{name: _lookup(train, key) for name, key in keys.items()}, **fixed)
 

@@ -54,3 +54,15 @@ class SubVectorCodeHeads(nn.Module):
         h = torch.relu(torch.baddbmm(self.bias1.view(self.groups, 1, -1), x, self.weight1))  # (D, P, s)
         out = torch.baddbmm(self.bias2.view(self.groups, 1, -1), h, self.weight2)  # (D, P, K)
         return out.transpose(0, 1)  # (P, D, K)
+
+
+def kd_projection(kind: str, dim: int) -> nn.Module | None:
+    """P of the holistic score ξ(P m_i, P m_j) for ``train.kd.projection`` ``kind``: an identity-initialised
+    linear map, the authors' two random linear layers, or None (``none`` and ``item`` use no map)."""
+    if kind == "identity":
+        proj = nn.Linear(dim, dim, bias=False)
+        nn.init.eye_(proj.weight)  # start at the teacher's own correlations
+        return proj
+    if kind == "random":  # the authors' code: two randomly initialised linear layers
+        return nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, dim))
+    return None

@@ -1,6 +1,7 @@
 """The student: item representations (ID + modality tables), a backbone, full-catalogue scores, KD heads.
 
-Item ids are dense 1..N with 0 = padding. Every modality has a trainable table ``m`` (N+1, d) initialised from
+Item ids are dense 1..N with 0 = padding. The ID side adds the item's mean attribute embedding when the catalogue
+has attributes (:class:`~pipeline.models.attributes.ItemAttributes`). Every modality has a trainable table ``m`` (N+1, d) initialised from
 the reduced teacher vectors; it is mapped to the hidden size H and fused with the ID embedding. Two wirings:
 
 - ``output="fused"`` (tied): the fused representation both feeds the backbone and scores the catalogue, so
@@ -44,10 +45,11 @@ import torch
 from torch import nn
 
 from pipeline.config.train import KDProjection, Output, Scoring
+from pipeline.models.attributes import ItemAttributes
 from pipeline.models.backbones import BSARec, GRU4Rec, SASRec
 from pipeline.models.config import StudentConfig
 from pipeline.models.fusion import FUSIONS
-from pipeline.models.heads import CodeHead, SubVectorCodeHeads
+from pipeline.models.heads import CodeHead, SubVectorCodeHeads, kd_projection
 from pipeline.models.recency import RecencyPrior
 from pipeline.models.session_graph import SessionGraph
 from pipeline.models.transitions import TransitionPrior
@@ -69,16 +71,6 @@ BACKBONES: dict[str, Callable[[StudentConfig], nn.Module]] = {
 SCORINGS: tuple[str, ...] = get_args(Scoring)
 
 
-def _kd_projection(kind: str, dim: int) -> nn.Module | None:
-    if kind == "identity":
-        proj = nn.Linear(dim, dim, bias=False)
-        nn.init.eye_(proj.weight)  # start at the teacher's own correlations
-        return proj
-    if kind == "random":  # the authors' code: two randomly initialised linear layers
-        return nn.Sequential(nn.Linear(dim, dim), nn.Linear(dim, dim))
-    return None
-
-
 @dataclass(frozen=True)
 class ItemSide:
     """The catalogue side of a student's logits (:meth:`Student.item_side`).
@@ -92,7 +84,7 @@ class ItemSide:
     cov: torch.Tensor | None
 
 
-class Student(RecencyPrior, TransitionPrior, nn.Module):
+class Student(ItemAttributes, RecencyPrior, TransitionPrior, nn.Module):
     """Sequential recommender with modality tables; interface ``encode`` / ``item_representations`` /
     ``full_scores`` / ``user_scores``.
 
@@ -102,7 +94,12 @@ class Student(RecencyPrior, TransitionPrior, nn.Module):
 
     sparse_grads: bool = False
 
-    def __init__(self, cfg: StudentConfig, teacher_vectors: dict[str, torch.Tensor] | None = None) -> None:
+    def __init__(
+        self,
+        cfg: StudentConfig,
+        teacher_vectors: dict[str, torch.Tensor] | None = None,
+        attributes: torch.Tensor | None = None,
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         n, h = cfg.num_items + 1, cfg.hidden
@@ -124,6 +121,7 @@ class Student(RecencyPrior, TransitionPrior, nn.Module):
         nn.init.normal_(self.item_emb.weight, std=cfg.id_init_scale * h**-0.5)
         with torch.no_grad():
             self.item_emb.weight[0].zero_()
+        self._init_attributes(attributes)
         self.modality_tables = nn.ModuleDict()
         self.modality_proj = nn.ModuleDict()
         self.kd_proj = nn.ModuleDict()
@@ -143,7 +141,7 @@ class Student(RecencyPrior, TransitionPrior, nn.Module):
                     table.weight[0].zero_()
             self.modality_tables[m] = table
             self.modality_proj[m] = fusion.to_hidden(cfg.modality_dim, h)
-            proj = _kd_projection(cfg.kd_projection, cfg.modality_dim)
+            proj = kd_projection(cfg.kd_projection, cfg.modality_dim)
             if proj is not None:
                 self.kd_proj[m] = proj
             if cfg.num_codes > 0 and cfg.code_groups > 0:
@@ -174,13 +172,21 @@ class Student(RecencyPrior, TransitionPrior, nn.Module):
         return self.cfg.max_len
 
     # ------------------------------------------------------------------ item side
+    def _id_part(self, ids: torch.Tensor | None) -> torch.Tensor:
+        """The ID side of ``ids`` (any shape), or of the whole catalogue: the ID embedding, plus the mean of
+        the item's attribute embeddings when the model has attributes (zero for an item without any)."""
+        out = self.item_emb.weight if ids is None else self._rows(self.item_emb, ids)
+        means = self.attribute_means(ids)
+        return out if means is None else out + means
+
     def _parts(self, ids: torch.Tensor | None) -> list[torch.Tensor]:
-        """[ID embedding, *mapped modality embeddings] of ``ids`` (any shape), or of the whole catalogue."""
+        """[ID side (:meth:`_id_part`), *mapped modality embeddings] of ``ids`` (any shape), or of the whole
+        catalogue."""
 
         def lookup(emb: nn.Embedding) -> torch.Tensor:
             return emb.weight if ids is None else self._rows(emb, ids)
 
-        parts = [lookup(self.item_emb)]
+        parts = [self._id_part(ids)]
         for m in self.cfg.modalities:
             parts.append(self.modality_proj[m](lookup(self.modality_tables[m])))
         return parts
@@ -213,7 +219,7 @@ class Student(RecencyPrior, TransitionPrior, nn.Module):
         whole catalogue when ``ids`` is None."""
         if self.tied:
             return self._fuse(ids)
-        out = self.item_emb.weight if ids is None else self._rows(self.item_emb, ids)
+        out = self._id_part(ids)
         for m in self.output_proj:
             frozen = getattr(self, f"frozen_teacher_{m}")
             out = out + self.output_proj[m](frozen if ids is None else frozen[ids])

@@ -21,7 +21,7 @@ def build_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, 
     """Split trainable parameters into ``modality`` / ``no_decay`` / ``default`` groups (disjoint, covering).
 
     ``modality``: the modality embedding tables (asynchronous rate, no decay). ``no_decay``: biases, norms and
-    the ID/position embeddings. ``default``: every other weight, with ``weight_decay``.
+    the ID/attribute/position embeddings. ``default``: every other weight, with ``weight_decay``.
     """
     buckets: dict[str, list[nn.Parameter]] = {g: [] for g in GROUPS}
     for name, p in model.named_parameters():
@@ -29,7 +29,12 @@ def build_param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, 
             continue
         if name.startswith("modality_tables."):
             buckets["modality"].append(p)
-        elif p.ndim < 2 or "norm" in name or name.startswith("item_emb.") or ".positions." in name:
+        elif (
+            p.ndim < 2
+            or "norm" in name
+            or name.startswith(("item_emb.", "attribute_emb."))
+            or ".positions." in name
+        ):
             buckets["no_decay"].append(p)
         else:
             buckets["default"].append(p)

@@ -9,6 +9,7 @@ result.
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,13 +18,14 @@ from pathlib import Path
 import torch
 
 from pipeline.artifacts import read_sequences
+from pipeline.artifacts.items import read_attributes
 from pipeline.artifacts.neighbours import read_neighbours
 from pipeline.config import EvalParams, ParamsView, TrainParams, section_dict
 from pipeline.devices import resolve_precision
 from pipeline.errors import PipelineError
 from pipeline.evaluation.cases import EvalCases, cases_from_sequences
-from pipeline.layout import neighbours_file, teacher_file
-from pipeline.lineage import check_supervision, check_supervision_files
+from pipeline.layout import ITEMS, neighbours_file, teacher_file
+from pipeline.lineage import check_items_of_sequences, check_supervision, check_supervision_files
 from pipeline.models import Student, StudentConfig
 from pipeline.supervision.scores import TeacherCorrelation, pair_scores
 from pipeline.tracking import file_digest
@@ -32,6 +34,8 @@ from pipeline.training.checkpoint import checkpoint_key
 from pipeline.training.diagnostics import random_pairs
 from pipeline.training.optim import SplitAdam, build_optimizer
 from pipeline.training.schedule import LRScheduler
+
+log = logging.getLogger(__name__)
 
 DIAGNOSTIC_PAIRS = 20_000  # random item pairs on which teacher agreement is measured each epoch
 
@@ -58,6 +62,29 @@ class Training:
     fwd_model: torch.nn.Module  # the model, compiled when train.compile
     autocast: bool  # bf16 autocast of the training step (train.precision)
     ckpt_path: Path
+
+
+def item_attributes(
+    train: TrainParams | ParamsView, items_path: Path, sequences_path: Path, num_items: int
+) -> tuple[torch.Tensor, list[str]]:
+    """The attribute ids of items 0..N and the attributes' names (:func:`read_attributes`), when
+    ``train.attributes`` and the catalogue has some; else an empty table and no names."""
+    none = torch.zeros((num_items + 1, 0), dtype=torch.long), []
+    if not train.attributes or not items_path.exists():
+        return none
+    check_items_of_sequences(items_path, sequences_path)  # the attributes must be those of these items
+    table, names = read_attributes(items_path, num_items)
+    if not names:
+        return none
+    held = int((table[1:] > 0).any(1).sum())
+    log.info(
+        "attributes: %d, held by %d of %d items (at most %d each)",
+        len(names),
+        held,
+        num_items,
+        table.shape[1],
+    )
+    return torch.from_numpy(table), names
 
 
 def build_training(
@@ -98,6 +125,8 @@ def build_training(
             "(rerun the correlate stage)"
         )
     num_codes, code_groups = layouts.pop() if layouts else (0, 0)
+    items_path = Path(sequences_path).with_name(ITEMS)
+    attributes, attribute_names = item_attributes(train, items_path, sequences_path, num_items)
     cfg = StudentConfig.from_train(
         train,
         num_items=num_items,
@@ -105,9 +134,11 @@ def build_training(
         modality_dim=dims.pop() if dims else 0,
         num_codes=num_codes,
         code_groups=code_groups,
+        num_attributes=len(attribute_names),
+        attribute_width=attributes.shape[1] if attribute_names else 0,
     )
     teacher_init = {m: t.teacher for m, t in teachers.items()}
-    model = Student(cfg, teacher_init).to(device)
+    model = Student(cfg, teacher_init, attributes if attribute_names else None).to(device)
     teachers = {m: t.to(device) for m, t in teachers.items()}
     kd_on = bool(modalities) and (train.kd.holistic_weight > 0 or train.kd.code_weight > 0)
     neighbour_files = (
@@ -151,6 +182,8 @@ def build_training(
     }
     if neighbour_files:
         config_payload["neighbours"] = {m: file_digest(path) for m, path in neighbour_files.items()}
+    if attribute_names:
+        config_payload["items"] = file_digest(items_path)
     ckpt_path = Path(checkpoint_root) / checkpoint_key(config_payload) / "last.pt"
     return Training(
         modalities=modalities,

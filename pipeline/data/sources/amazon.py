@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,9 +136,11 @@ def load_amazon_files(
     text_columns: list[str],
     image_column: str | None,
     max_bad_fraction: float,
+    attribute_columns: Mapping[str, str | None] | None = None,
 ) -> RawData:
     """Parse one release's reviews and metadata; fail when a file has too many malformed records, or when
-    a configured text or image field is in none of the metadata records (warn when it is in few)."""
+    a configured text, attribute or image field is in none of the metadata records (warn when it is in
+    few)."""
     path, kind = reviews
     t0 = time.perf_counter()
     if kind == "ratings_csv":
@@ -153,16 +156,21 @@ def load_amazon_files(
         time.perf_counter() - t0,
     )
     items, meta_rep, duplicates = load_amazon_metadata(
-        fmt, meta, text_columns, image_column, max_bad_fraction
+        fmt, meta, text_columns, image_column, max_bad_fraction, attribute_columns
     )
     return RawData(inter, items, numeric_ids=False, reports=[rep, meta_rep], metadata_duplicates=duplicates)
 
 
 def load_amazon_metadata(
-    fmt: AmazonFormat, meta: Path, text_columns: list[str], image_column: str | None, max_bad_fraction: float
+    fmt: AmazonFormat,
+    meta: Path,
+    text_columns: list[str],
+    image_column: str | None,
+    max_bad_fraction: float,
+    attribute_columns: Mapping[str, str | None] | None = None,
 ) -> tuple[pl.DataFrame, FileReport, int]:
-    """Parse one release's metadata file into (item_id, text, image) rows; fail when it has too many
-    malformed records, or when a configured text or image field is in none of its records.
+    """Parse one release's metadata file into (item_id, text, image, attributes) rows; fail when it has too
+    many malformed records, or when a configured text, attribute or image field is in none of its records.
 
     Returns:
         The item frame, the file report and the number of repeated ids dropped.
@@ -170,11 +178,18 @@ def load_amazon_metadata(
     t0 = time.perf_counter()
     image_columns = [] if image_column is None else list(dict.fromkeys([image_column, fmt.image_field]))
     counts = FieldCounts(meta)
+    attribute_columns = dict(attribute_columns or {})
     items, meta_rep, duplicates = read_metadata(
-        meta, fmt.meta_item_key, text_columns, image_columns, fmt.meta_python_literal, counts
+        meta,
+        fmt.meta_item_key,
+        text_columns,
+        image_columns,
+        fmt.meta_python_literal,
+        counts,
+        attribute_columns,
     )
     meta_rep.check(max_bad_fraction)
-    counts.check(text_columns, image_column, [fmt.image_field])
+    counts.check(text_columns, image_column, [fmt.image_field], list(attribute_columns))
     log.info(
         "%s: %d items (%d malformed) in %.1f s",
         meta,

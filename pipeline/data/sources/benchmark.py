@@ -232,7 +232,7 @@ def load_benchmark_csv(data: DataParams) -> RawData:
         reports.append(rep)
     fmt = AMAZON_FORMATS["amazon2023"]
     items, meta_rep, duplicates = load_amazon_metadata(
-        fmt, meta, list(data.text_columns), data.image_column, data.max_bad_fraction
+        fmt, meta, list(data.text_columns), data.image_column, data.max_bad_fraction, data.attribute_columns
     )
     return RawData(
         pl.concat(frames, rechunk=False),

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import ast
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
 from pipeline.data.records import ITEM_SCHEMA, FieldCounts, FileReport, as_id, iter_lines, parse_progress
-from pipeline.data.text import assemble_text, has_text, image_reference
+from pipeline.data.text import assemble_text, has_text, image_reference, item_attributes
 
 # the longest line handed to ast.literal_eval: its syntax tree takes ~500 bytes per character (a 5 MB tuple
 # literal, 6.8 KB gzipped, drove ingest to 2.56 GB); real 2014 records are a few KB, so this costs ~140 MB
@@ -63,8 +63,9 @@ def read_metadata(
     image_columns: Sequence[str],
     python_literal: bool,
     counts: FieldCounts | None = None,
+    attribute_columns: Mapping[str, str | None] | None = None,
 ) -> tuple[pl.DataFrame, FileReport, int]:
-    """Read an Amazon metadata file into (item_id, text, image) rows.
+    """Read an Amazon metadata file into (item_id, text, image, attributes) rows.
 
     Args:
         path: ``meta_<Category>.json(l)(.gz)``.
@@ -72,7 +73,9 @@ def read_metadata(
         text_columns: fields joined into the text (see :func:`assemble_text`).
         image_columns: fields tried in order for the image reference (empty: no images).
         python_literal: the 2014 format (one Python dict literal per line).
-        counts: filled with how many records carry each text/image field (see :meth:`FieldCounts.check`).
+        counts: filled with how many records carry each text/attribute/image field (see
+            :meth:`FieldCounts.check`).
+        attribute_columns: fields kept as attributes, each with its separator (see :func:`item_attributes`).
 
     Returns:
         The item frame (first record of a repeated id kept), the file report, and the number of
@@ -82,6 +85,8 @@ def read_metadata(
     ids: list[str] = []
     texts: list[str] = []
     images: list[str | None] = []
+    attributes: list[list[str]] = []
+    attribute_columns = dict(attribute_columns or {})
     seen: set[str] = set()
     duplicates = 0
     for number, raw in parse_progress(iter_lines(path), path):
@@ -102,6 +107,7 @@ def read_metadata(
                 if image:
                     break
             text = assemble_text(obj, text_columns)
+            attrs = item_attributes(obj, attribute_columns) if attribute_columns else []
         except ValueError as err:
             report.bad(number, str(err))
             continue
@@ -112,11 +118,16 @@ def read_metadata(
         if counts is not None:
             for col in text_columns:
                 counts.text[col] = counts.text.get(col, 0) + has_text(obj, col)
+            for col in attribute_columns:
+                counts.attributes[col] = counts.attributes.get(col, 0) + has_text(obj, col)
             counts.image += image is not None
         ids.append(item)
         texts.append(text)
         images.append(image)
-    frame = pl.DataFrame({"item_id": ids, "text": texts, "image": images}, schema=ITEM_SCHEMA)
+        attributes.append(attrs)
+    frame = pl.DataFrame(
+        {"item_id": ids, "text": texts, "image": images, "attributes": attributes}, schema=ITEM_SCHEMA
+    )
     if counts is not None:
         counts.records = len(ids)
     return frame, report, duplicates

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,7 +19,7 @@ from pipeline.data.records import (
     iter_lines,
     parse_progress,
 )
-from pipeline.data.text import assemble_text, image_reference
+from pipeline.data.text import assemble_text, image_reference, item_attributes
 from pipeline.errors import DataError
 
 if TYPE_CHECKING:
@@ -83,13 +83,17 @@ def read_item_table(
     text_columns: Sequence[str],
     image_column: str | None,
     counts: FieldCounts | None = None,
+    attribute_columns: Mapping[str, str | None] | None = None,
 ) -> tuple[pl.DataFrame, int]:
-    """Read the item table of the ``sequences`` source (TSV, or CSV by extension) into (item_id, text, image).
+    """Read the item table of the ``sequences`` source (TSV, or CSV by extension) into (item_id, text, image,
+    attributes).
 
-    ``image_column`` is ignored when the table has no such column. Returns the frame and the number of
+    ``image_column`` is ignored when the table has no such column; ``attribute_columns`` maps columns to
+    their separators (:func:`~pipeline.data.text.item_attributes`). Returns the frame and the number of
     repeated ids dropped (first row kept). ``counts`` (optional) is filled with how many rows have a
-    non-empty value in each text column and in the image column.
+    non-empty value in each text and attribute column and in the image column.
     """
+    attribute_columns = dict(attribute_columns or {})
     if not path.exists():
         raise DataError(f"{path}: item table not found (data.items_file)")
     sep = _separator(path)
@@ -99,11 +103,13 @@ def read_item_table(
         raise DataError(
             f"{path}: cannot be read as a {'CSV' if sep == ',' else 'TSV'} table ({err})"
         ) from None
-    missing = [c for c in [id_column, *text_columns] if c not in df.columns]
+    missing = [
+        c for c in dict.fromkeys([id_column, *text_columns, *attribute_columns]) if c not in df.columns
+    ]
     if missing:
         raise DataError(
-            f"{path}: column(s) {missing} not found (data.item_id_column / data.text_columns); "
-            f"the table has: {df.columns}"
+            f"{path}: column(s) {missing} not found (data.item_id_column / data.text_columns / "
+            f"data.attribute_columns); the table has: {df.columns}"
         )
     has_image = image_column is not None and image_column in df.columns
     if image_column is not None and not has_image:
@@ -114,19 +120,28 @@ def read_item_table(
         id_column, keep="first", maintain_order=True
     )
     duplicates = n_before - df.height
-    columns = {c: df.get_column(c).fill_null("").to_list() for c in text_columns}
-    texts = [
-        assemble_text(dict(zip(text_columns, row, strict=True)), text_columns)
-        for row in zip(*columns.values(), strict=True)
-    ]
+    columns = {
+        c: df.get_column(c).fill_null("").to_list()
+        for c in dict.fromkeys([*text_columns, *attribute_columns])
+    }
+    rows = [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
+    texts = [assemble_text(row, text_columns) for row in rows]
+    attributes = [item_attributes(row, attribute_columns) for row in rows] if attribute_columns else None
     images = df.get_column(image_column).to_list() if has_image else [None] * df.height
     if counts is not None:
         counts.records = df.height
         for c in text_columns:
             counts.text[c] = sum(1 for v in columns[c] if v.strip())
+        for c in attribute_columns:
+            counts.attributes[c] = sum(1 for v in columns[c] if v.strip())
         counts.image = sum(1 for v in images if v is not None and v.strip())
     frame = pl.DataFrame(
-        {"item_id": df.get_column(id_column), "text": texts, "image": [image_reference(v) for v in images]},
+        {
+            "item_id": df.get_column(id_column),
+            "text": texts,
+            "image": [image_reference(v) for v in images],
+            "attributes": attributes if attributes is not None else [[] for _ in range(df.height)],
+        },
         schema=ITEM_SCHEMA,
     )
     return frame, duplicates
@@ -141,9 +156,14 @@ def load_sequences(data: DataParams) -> RawData:
     rep.check(data.max_bad_fraction)
     counts = FieldCounts(items_path)
     items, duplicates = read_item_table(
-        items_path, data.item_id_column, list(data.text_columns), data.image_column, counts
+        items_path,
+        data.item_id_column,
+        list(data.text_columns),
+        data.image_column,
+        counts,
+        data.attribute_columns,
     )
-    counts.check(list(data.text_columns), data.image_column, [])
+    counts.check(list(data.text_columns), data.image_column, [], list(data.attribute_columns))
     return RawData(
         inter,
         items,
