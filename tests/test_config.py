@@ -52,7 +52,10 @@ def test_yaml_1_1_exponent_strings_parse_as_floats(tmp_path: Path) -> None:
         ({"correlate": {"sub_vectors": 7}}, "sub_vectors (7) must divide dim (128)"),
         ({"data": {"demo": {"users": "many"}}}, "data.demo.users: Input should be a valid integer"),
         ({"eval": {"ks": [10, 0]}}, "eval.ks"),
-        ({"data": {"attribute_columns": ["brand"]}}, "data.attribute_columns: Input should be a valid dictionary"),
+        (
+            {"data": {"attribute_columns": ["brand"]}},
+            "data.attribute_columns: Input should be a valid dictionary",
+        ),
         (
             {"data": {"attribute_columns": {"brand": " "}}},
             "attribute_columns.brand: the separator ' ' is blank; use null to keep the value whole",
