@@ -243,6 +243,20 @@ def test_ratio_split_metadata(in_tmp_project: Path, tiny_params: Params) -> None
     assert pq.read_table("data/processed/items.parquet").column("image").null_count == stats["items"]
 
 
+def test_demo_attributes_come_from_brand_and_categories(in_tmp_project: Path, tiny_params: Params) -> None:
+    from pipeline.artifacts.items import read_attributes
+
+    over = {"data.attribute_columns": {"brand": None, "categories": None}, "data.demo.images": False}
+    stats = run_ingest(with_overrides(tiny_params, over).data, NO_MLFLOW, PROJECT.processed, PROJECT.data_stats)
+    attrs = pq.read_table("data/processed/items.parquet").column("attributes").to_pylist()
+    assert stats["metadata"]["items_with_attributes"] == sum(1 for a in attrs if a) > 0.9 * len(attrs)
+    assert all(a.startswith(("brand=", "categories=")) and "&amp;" not in a for item in attrs for a in item)
+    assert all(len(item) == len(set(item)) for item in attrs)  # a category repeated across paths: once
+    ids, names = read_attributes(Path("data/processed/items.parquet"), len(attrs))
+    assert ids.shape[0] == len(attrs) + 1 and (ids[0] == 0).all()
+    assert any(n.startswith("brand=") for n in names) and any(n.startswith("categories=") for n in names)
+
+
 def test_missing_raw_files_name_the_expected_paths(tmp_path: Path) -> None:
     data = DataParams(source="amazon2014", category="Toys", raw_dir=str(tmp_path / "raw"))
     with pytest.raises(DataError) as err:
