@@ -247,7 +247,9 @@ def test_demo_attributes_come_from_brand_and_categories(in_tmp_project: Path, ti
     from pipeline.artifacts.items import read_attributes
 
     over = {"data.attribute_columns": {"brand": None, "categories": None}, "data.demo.images": False}
-    stats = run_ingest(with_overrides(tiny_params, over).data, NO_MLFLOW, PROJECT.processed, PROJECT.data_stats)
+    stats = run_ingest(
+        with_overrides(tiny_params, over).data, NO_MLFLOW, PROJECT.processed, PROJECT.data_stats
+    )
     attrs = pq.read_table("data/processed/items.parquet").column("attributes").to_pylist()
     assert stats["metadata"]["items_with_attributes"] == sum(1 for a in attrs if a) > 0.9 * len(attrs)
     assert all(a.startswith(("brand=", "categories=")) and "&amp;" not in a for item in attrs for a in item)
