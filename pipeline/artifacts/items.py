@@ -95,17 +95,22 @@ def read_attributes(path: Path, num_items: int) -> tuple[np.ndarray, list[str]]:
     col = read_table(path, REQUIRED, ["attributes"]).column("attributes").combine_chunks()
     col = col.slice(0, min(len(col), num_items))  # row i: item i + 1
     lengths = col.value_lengths().fill_null(0).to_numpy().astype(np.int64)  # a null list holds nothing
-    values = col.flatten().to_numpy(zero_copy_only=False).astype(str)  # in item order
-    row = np.repeat(np.arange(1, len(col) + 1), lengths)  # the item of each value
-    names, code = np.unique(values, return_inverse=True)
+    row = np.repeat(np.arange(1, len(col) + 1), lengths)  # the item of each value (values are in item order)
+    # dictionary-encoded in arrow: no Python string per value, however large the catalogue
+    encoded = col.flatten().dictionary_encode()
+    code = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
+    names = np.asarray(encoded.dictionary.to_pylist(), dtype=object)
     keep_name = np.bincount(code, minlength=len(names)) >= MIN_ITEMS_PER_ATTRIBUTE
-    new_id = np.cumsum(keep_name)  # 1..V over the kept names, in sorted order
+    kept_names = names[keep_name]
+    order = np.argsort(kept_names.astype(str), kind="stable")
+    new_id = np.zeros(len(names), dtype=np.int64)
+    new_id[np.flatnonzero(keep_name)[order]] = np.arange(1, len(order) + 1)  # 1..V in sorted name order
     kept = keep_name[code]
     row, ids = row[kept], new_id[code[kept]]
     per_item = np.bincount(row, minlength=num_items + 1)
     width = int(per_item.max()) if len(row) else 0
     table = np.zeros((num_items + 1, width), dtype=np.int64)
     if len(row):
-        start = np.cumsum(per_item) - per_item  # where each item's values begin (they are in item order)
+        start = np.cumsum(per_item) - per_item  # where each item's values begin
         table[row, np.arange(len(row)) - start[row]] = ids
-    return table, [str(n) for n in names[keep_name]]
+    return table, [str(n) for n in kept_names[order]]
