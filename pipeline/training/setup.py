@@ -72,10 +72,10 @@ def item_attributes(
     none = torch.zeros((num_items + 1, 0), dtype=torch.long), []
     if not train.attributes or not items_path.exists():
         return none
-    check_items_of_sequences(items_path, sequences_path)  # the attributes must be those of these items
     table, names = read_attributes(items_path, num_items)
     if not names:
         return none
+    check_items_of_sequences(items_path, sequences_path)  # the attributes must be those of these items
     held = int((table[1:] > 0).any(1).sum())
     log.info(
         "attributes: %d, held by %d of %d items (at most %d each)",
