@@ -1,5 +1,6 @@
-"""``data/processed/items.parquet``: the one reader of the item table, and the dense-id check every per-item
-artefact shares (``item`` is exactly 1..N in order, row i holding item i + 1).
+"""``data/processed/items.parquet``: the one reader of the item table, its attributes as ids
+(:func:`read_attributes`), and the dense-id check every per-item artefact shares (``item`` is exactly 1..N in
+order, row i holding item i + 1).
 
 Only numpy is imported at module level (pyarrow on reading), so it loads where polars and mlflow are absent.
 """
@@ -59,7 +60,8 @@ def read_table(path: Path, required: Sequence[str], columns: Sequence[str] | Non
 
 
 def read_items(path: Path, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read ``items.parquet`` (``item`` 1..N in order, ``item_id`` original id, ``text``, optional ``image``).
+    """Read ``items.parquet`` (``item`` 1..N in order, ``item_id`` original id, ``text``, optional ``image``
+    and ``attributes``).
 
     Args:
         path: the ingest stage's items file.
