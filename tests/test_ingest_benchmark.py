@@ -61,7 +61,10 @@ def _write(path: Path, lines: list[str], header: str | None = HEADER) -> Path:
 
 
 def _meta(folder: Path) -> Path:
-    lines = [json.dumps({"parent_asin": a, "title": t, "images": []}) for a, t in TITLES.items()]
+    lines = [
+        json.dumps({"parent_asin": a, "title": t, "images": [], "store": f"S{int(a[1:]) % 2}"})
+        for a, t in TITLES.items()
+    ]
     return _write(folder / "meta_Cat.jsonl", lines, header=None)
 
 
@@ -146,6 +149,16 @@ def test_official_last_out_split_is_kept_end_to_end(tmp_path: Path) -> None:
     test = load_eval_cases(tmp_path / "out" / "sequences.parquet", "test", max_len=4)
     ua = int(np.flatnonzero([users_of[int(u)] == "UA" for u in test.users])[0])
     assert [items_of[int(k)] for k in test.inputs[ua].tolist()] == ["B1", "B2", "B3", "B4"]
+
+
+def test_attributes_of_the_2023_metadata_reach_the_items(tmp_path: Path) -> None:
+    data = _fixture(tmp_path).model_copy(update={"attribute_columns": {"brand": None}})  # 2023: "store"
+    stats, _ = _run(data, tmp_path)
+    items = pq.read_table(tmp_path / "out" / "items.parquet").to_pylist()
+    assert [r["attributes"] for r in items] == [[f"brand=S{k % 2}"] for k in range(1, 9)] + [
+        []
+    ]  # B9: no record
+    assert stats["metadata"]["items_with_attributes"] == 8
 
 
 def test_the_stage_runs_on_a_params_file_through_its_declared_view(tmp_path: Path) -> None:
