@@ -200,6 +200,16 @@ def test_full_softmax_ignores_padding_column() -> None:
     assert loss == pytest.approx(expected.item())
 
 
+def assert_same_loss_and_gradients(got, ref, h, e):
+    """``got`` equals ``ref`` (two losses of ``h`` and ``e``), and so do their gradients; returns ref's."""
+    ref_gh, ref_ge = torch.autograd.grad(ref, (h, e))
+    gh, ge = torch.autograd.grad(got, (h, e))
+    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
+    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(ge, ref_ge, rtol=1e-5, atol=1e-7)
+    return ref_gh, ref_ge
+
+
 @pytest.mark.parametrize("chunk_elements", [7, 64, 1 << 21])  # ragged chunks, several chunks, one chunk
 def test_chunked_softmax_ce_equals_plain_cross_entropy_and_its_gradients(monkeypatch, chunk_elements) -> None:
     monkeypatch.setattr(losses, "CPU_CHUNK_ELEMENTS", chunk_elements)
@@ -208,12 +218,7 @@ def test_chunked_softmax_ce_equals_plain_cross_entropy_and_its_gradients(monkeyp
     e = torch.randn(13, 8, generator=g, requires_grad=True)
     t = torch.randint(0, 13, (37,), generator=g)
     ref = F.cross_entropy(h @ e.T, t)
-    ref_gh, ref_ge = torch.autograd.grad(ref, (h, e))
-    got = losses.full_softmax_ce(h, e, t)
-    gh, ge = torch.autograd.grad(got, (h, e))
-    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
-    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ge, ref_ge, rtol=1e-5, atol=1e-7)
+    ref_gh, ref_ge = assert_same_loss_and_gradients(losses.full_softmax_ce(h, e, t), ref, h, e)
     # the gradient is computed in the forward pass: backward scales it by the loss's weight
     gh, ge = torch.autograd.grad(2.5 * losses.full_softmax_ce(h, e, t), (h, e))
     torch.testing.assert_close(gh, 2.5 * ref_gh, rtol=1e-5, atol=1e-7)
@@ -236,12 +241,7 @@ def test_chunked_softmax_ce_with_a_soft_label_equals_the_weighted_log_softmax(
     w[1:6, 1:] = 0  # columns left out
     w = w / w.sum(1, keepdim=True)
     ref = -(torch.log_softmax(h @ e.T, 1).gather(1, t) * w).sum(1).mean()
-    ref_gh, ref_ge = torch.autograd.grad(ref, (h, e))
-    got = losses.full_softmax_ce(h, e, t, w)
-    gh, ge = torch.autograd.grad(got, (h, e))
-    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
-    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ge, ref_ge, rtol=1e-5, atol=1e-7)
+    assert_same_loss_and_gradients(losses.full_softmax_ce(h, e, t, w), ref, h, e)
     one_hot = torch.zeros(29, 3)
     one_hot[:, 0] = 1  # a soft label on its first column alone is the plain loss
     assert losses.full_softmax_ce(h, e, t, one_hot).item() == pytest.approx(
@@ -259,23 +259,13 @@ def test_chunked_softmax_ce_with_label_smoothing_equals_torchs_and_the_smoothed_
     e = torch.randn(11, 8, generator=g, requires_grad=True)
     t = torch.randint(0, 11, (23,), generator=g)
     ref = F.cross_entropy(h @ e.T, t, label_smoothing=0.2)
-    ref_gh, ref_ge = torch.autograd.grad(ref, (h, e))
-    got = losses.full_softmax_ce(h, e, t, smoothing=0.2)
-    gh, ge = torch.autograd.grad(got, (h, e))
-    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
-    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ge, ref_ge, rtol=1e-5, atol=1e-7)
+    assert_same_loss_and_gradients(losses.full_softmax_ce(h, e, t, smoothing=0.2), ref, h, e)
     soft = torch.randint(0, 11, (23, 3), generator=g)
     w = torch.rand(23, 3, generator=g)
     w = w / w.sum(1, keepdim=True)
     logp = torch.log_softmax(h @ e.T, 1)
     ref = -(0.7 * (logp.gather(1, soft) * w).sum(1) + 0.3 * logp.mean(1)).mean()
-    ref_gh, ref_ge = torch.autograd.grad(ref, (h, e))
-    got = losses.full_softmax_ce(h, e, soft, w, smoothing=0.3)
-    gh, ge = torch.autograd.grad(got, (h, e))
-    assert got.item() == pytest.approx(ref.item(), rel=1e-6)
-    torch.testing.assert_close(gh, ref_gh, rtol=1e-5, atol=1e-7)
-    torch.testing.assert_close(ge, ref_ge, rtol=1e-5, atol=1e-7)
+    assert_same_loss_and_gradients(losses.full_softmax_ce(h, e, soft, w, smoothing=0.3), ref, h, e)
 
 
 def test_future_targets_are_the_next_items_weighted_and_cut_at_the_sequence_end() -> None:
