@@ -4,7 +4,9 @@ A trained student's weights do not depend on the last-item prior or on ``train.e
 validation after training (``pipeline.training.prior``). This script loads the models that ``bench_train.py``
 wrote (``<run>/models``), applies the post-hoc settings of ``--params`` (with ``--set`` overrides, e.g.
 ``train.prior_decay=0``), makes the same choice ``train`` makes, and ranks test: history masked, and with
-``--unmasked`` also RecBole's protocol (the choice then made again on validation ranked the same way). Each row
+``--unmasked`` also RecBole's protocol (the choice then made again on validation ranked the same way). For a
+refreshed model (``train.refresh``) the choices are made with the network validation chose and carried to the
+refreshed one, whose transition table then counts the validation steps too. Each row
 is printed as JSON and, with ``--json``, written to one file; ``--ranks DIR`` saves each run's test ranks (for
 paired tests between models).
 
@@ -47,21 +49,31 @@ def main() -> None:
     import numpy as np
     import torch
 
+    from pipeline.artifacts.sequences import read_sequences
     from pipeline.config import load_params, with_overrides
     from pipeline.evaluation.cases import load_eval_cases
     from pipeline.evaluation.metrics import evaluate_scorer
     from pipeline.experiments.plan import parse_overrides
     from pipeline.models import load_student
+    from pipeline.models.persist import is_refreshed
     from pipeline.training.prior import make_posthoc_choices
+    from pipeline.training.refresh import carry_choices
 
     torch.set_num_threads(args.threads)
     p = with_overrides(load_params(args.params), parse_overrides(args.set))
     sequences = args.data / "processed" / "sequences.parquet"
     device = torch.device("cpu")
     rows = []
+    seqs = read_sequences(sequences)
+    window, decay = p.train.transition_window, p.train.transition_decay
     for run in args.runs:
         model = load_student(run / "models", device).eval()
         model.cfg = dataclasses.replace(model.cfg, prior_decay=p.train.prior_decay)
+        # a refreshed model (train.refresh): the choices are made with the network validation chose
+        chooser = model
+        if is_refreshed(run / "models"):
+            chooser = load_student(run / "models", device, selected=True).eval()
+            chooser.cfg = dataclasses.replace(chooser.cfg, prior_decay=p.train.prior_decay)
         valid = load_eval_cases(sequences, "valid", model.max_len)
         test = load_eval_cases(sequences, "test", model.max_len)
         row: dict = {"run": str(run), "prior_decay": p.train.prior_decay}
@@ -69,9 +81,11 @@ def main() -> None:
             if not mask and not args.unmasked:
                 continue
             ev = p.eval.model_copy(update={"mask_history": mask})
-            model.cfg = dataclasses.replace(model.cfg, last_item_prior=0.0, exclude_seen=False)
-            model.detach_transitions()
-            make_posthoc_choices(model, valid, p.train, ev, device, sequences)
+            chooser.cfg = dataclasses.replace(chooser.cfg, last_item_prior=0.0, exclude_seen=False)
+            chooser.detach_transitions()
+            make_posthoc_choices(chooser, valid, p.train, ev, device, sequences)
+            if chooser is not model:
+                carry_choices(chooser, model, seqs, window, decay)
             with torch.inference_mode():
                 score = model.scorer()
             metrics, ranks = evaluate_scorer(score, test, ev.ks, mask, ev.batch_size)

@@ -110,7 +110,7 @@ def main() -> None:
             }
             if args.unmasked:  # the same model, test ranked with the user's own past items kept
                 t2 = time.perf_counter()
-                student = unmasked_student(p, layout, device)
+                student, chooser = unmasked_student(p, layout, device)
                 row["unmasked_prior"] = student.cfg.last_item_prior
                 row["unmasked_exclude_seen"] = student.cfg.exclude_seen
                 unmasked = run_evaluate_unmasked(
@@ -120,6 +120,7 @@ def main() -> None:
                     layout.metrics.parent / UNMASKED_DIR,
                     student=student,
                     device=device,
+                    valid_student=chooser,
                 )
                 row["unmasked_evaluate_seconds"] = round(time.perf_counter() - t2, 2)
                 row.update(row_metrics(unmasked["test"], "test_unmasked"))
@@ -163,18 +164,28 @@ def row_metrics(metrics: dict[str, float], prefix: str) -> dict[str, float]:
 
 
 def unmasked_student(p, layout, device: str):
-    """The trained student with its post-hoc choices made on validation without history masking."""
+    """The trained student with its post-hoc choices made on validation without history masking, and the
+    network that made them (the same model unless it was refreshed: then the network validation chose)."""
     import torch
 
+    from pipeline.artifacts.sequences import read_sequences
     from pipeline.evaluation.cases import load_eval_cases
     from pipeline.models import load_student
+    from pipeline.models.persist import is_refreshed
     from pipeline.training.prior import set_prior_weight
+    from pipeline.training.refresh import carry_choices
 
     student = load_student(layout.models, device)
+    chooser = load_student(layout.models, device, selected=True) if is_refreshed(layout.models) else student
     valid = load_eval_cases(layout.sequences, "valid", student.max_len)
     unmasked = p.eval.model_copy(update={"mask_history": False})
-    set_prior_weight(student, valid, p.train, unmasked, torch.device(device))
-    return student
+    set_prior_weight(chooser, valid, p.train, unmasked, torch.device(device))
+    if chooser is not student:
+        t = p.train
+        carry_choices(
+            chooser, student, read_sequences(layout.sequences), t.transition_window, t.transition_decay
+        )
+    return student, chooser
 
 
 def markdown_table(results: list[dict], unmasked: bool) -> str:

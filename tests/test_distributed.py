@@ -51,6 +51,8 @@ RUNS = {
         "train.negatives": "popularity",
         "train.embedding_updates": "sparse",
     },
+    # train.refresh: rank 0's chosen weights broadcast, then an epoch over the windows through validation
+    "refresh": {"train.batch_size": 13, "train.refresh.enabled": True, "train.refresh.epochs": 1},
 }
 COMMON = {"train.dropout": 0.0, "train.epochs": 2, "train.patience": 5}
 
@@ -157,11 +159,13 @@ def test_two_ranks_train_the_same_model_as_one_process(base_params: Params, tmp_
         ranks = [json.loads((tmp_path / f"{name}_summary_r{r}.json").read_text()) for r in (0, 1)]
         ddp_dir = tmp_path / name / "r0" / "run"
         # only rank 0 wrote: its model and curve, no checkpoint left; rank 1 wrote nothing at all
+        refreshed = ["selected.safetensors"] if over.get("train.refresh.enabled") else []
         assert sorted(q.name for q in ddp_dir.rglob("*")) == [
             "config.json",
             "curve.csv",
             "model.safetensors",
             "models",
+            *refreshed,
         ]
         assert not (tmp_path / name / "r1").exists()
         assert not any((tmp_path / name / "r0").rglob("*.pt"))

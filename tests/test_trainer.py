@@ -199,7 +199,10 @@ SPARSE = {
 }
 
 
-@pytest.mark.parametrize("over", [{}, SPARSE], ids=["dense", "sparse"])
+REFRESH = {"train.refresh.enabled": True, "train.refresh.epochs": 1}
+
+
+@pytest.mark.parametrize("over", [{}, SPARSE, REFRESH], ids=["dense", "sparse", "refresh"])
 def test_interrupted_and_resumed_run_ends_with_the_same_weights(
     base_params: Params, tmp_path: Path, over: dict
 ) -> None:

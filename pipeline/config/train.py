@@ -116,6 +116,28 @@ class SessionGraphParams(Section):
     )
 
 
+class RefreshParams(Section):
+    """What the model learns after the choices on validation: each user's validation step (``train.refresh``)."""
+
+    enabled: bool = Field(
+        False,
+        description="once the epoch and the post-hoc priors are chosen on validation, update the model with "
+        "every user's validation step, the interaction closest in time to the test one: the transition "
+        "table is rebuilt over the training steps and the validation steps, and the network trains "
+        "train.refresh.epochs more epochs over windows that end at the validation target; the network "
+        "as chosen is kept beside it (selected.safetensors), and validation metrics always come from it",
+    )
+    epochs: int = Field(
+        3, ge=0, le=1_000, description="enabled: the extra epochs (0: the transition table only)"
+    )
+    lr_scale: float = Field(
+        0.5,
+        gt=0.0,
+        le=10.0,
+        description="enabled: the extra epochs' peak rate as a fraction of train.lr, decayed to 0 by a cosine",
+    )
+
+
 class TrainParams(Section):
     backbone: Backbone = Field(
         "sasrec",
@@ -335,6 +357,10 @@ class TrainParams(Section):
     bsarec: BSARecParams = Field(default_factory=BSARecParams, description="backbone bsarec only")
     session_graph: SessionGraphParams = Field(
         default_factory=SessionGraphParams, description="backbone session_graph only"
+    )
+    refresh: RefreshParams = Field(
+        default_factory=RefreshParams,
+        description="after the choices on validation, the model learns each user's validation step too",
     )
 
     @field_validator("last_item_prior", "transition_prior")

@@ -10,6 +10,7 @@ there is none.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -44,15 +45,25 @@ class Scorer(Protocol):
         ...
 
 
-def _load_model(model_dir: Path, device: torch.device) -> Scorer:
+def _load_model(model_dir: Path, device: torch.device, selected: bool = False) -> Scorer:
     from pipeline.models import load_student  # the models package is optional for tests
 
     try:
-        return load_student(model_dir, device)
+        return load_student(model_dir, device, selected=selected)
     except FileNotFoundError as err:
         raise PipelineError(
             f"{model_dir}: cannot load the model ({err}); run the train stage first"
         ) from None
+
+
+def _scorer(model: Scorer) -> Callable[[torch.Tensor], torch.Tensor]:
+    return model.scorer() if hasattr(model, "scorer") else model.user_scores
+
+
+def is_refreshed(model_dir: Path) -> bool:
+    from pipeline.models.persist import is_refreshed as refreshed  # the models package is optional for tests
+
+    return refreshed(model_dir)
 
 
 def sample_users(users: np.ndarray, max_users: int | None, seed: int) -> np.ndarray | None:
@@ -157,6 +168,7 @@ def run_evaluate(
     student: Scorer | None = None,
     device: str | torch.device | None = None,
     progress: bool = True,
+    valid_student: Scorer | None = None,
 ) -> dict[str, Any]:
     """Evaluate the trained student on the validation and test parts with full ranking.
 
@@ -170,6 +182,9 @@ def run_evaluate(
         student: an already-built model to evaluate instead of loading ``model_dir`` (tests).
         device: where scores are computed (default: cuda when available, else cpu).
         progress: show progress bars.
+        valid_student: with ``student``, the model that ranks validation (default: ``student``): for a model
+            refreshed with the validation targets (``train.refresh``), the network validation chose. Without
+            ``student``, a refreshed ``model_dir``'s chosen network (``selected.safetensors``) ranks validation.
 
     Scores are computed ``eval.batch_size`` cases at a time, so peak memory is a few (batch_size, N+1) float
     blocks however many users are ranked (nothing of shape (users, N) is built); with ``eval.max_users`` below
@@ -192,8 +207,16 @@ def run_evaluate(
         check_model(model_dir, sequences_path)  # before any work: a stale model must not be evaluated
     dev = resolve_device(device)
     model = student if student is not None else _load_model(model_dir, dev)
+    # a refreshed model (train.refresh) learned the validation targets: validation is ranked by the network
+    # validation chose, kept beside it, and test by the refreshed one
+    valid_model = valid_student if valid_student is not None else model
+    if student is None and is_refreshed(model_dir):
+        valid_model = _load_model(model_dir, dev, selected=True)
+        log.info("%s: a refreshed model; validation is ranked by the network validation chose", model_dir)
     if isinstance(model, torch.nn.Module):
         model = model.to(dev).eval()
+    if isinstance(valid_model, torch.nn.Module):
+        valid_model = valid_model.to(dev).eval()
     num_items, max_len = int(model.num_items), int(model.max_len)
 
     seqs = read_sequences(sequences_path)
@@ -234,11 +257,11 @@ def run_evaluate(
     report: dict[str, Any] = {"popularity": {}, "cases": {}}
     ranks: dict[str, np.ndarray] = {}
     with torch.inference_mode():  # a student's catalogue side once, not per batch
-        model_fn = model.scorer() if hasattr(model, "scorer") else model.user_scores
+        model_fn = {p: _scorer(valid_model if p == "valid" else model) for p in PARTS}
     for part in PARTS:
         log.info("evaluating %d %s cases over %d items on %s", len(cases[part]), part, num_items, dev)
         report[part], ranks[part] = evaluate_scorer(
-            model_fn, cases[part], ks, mask, bs, device=dev, progress=progress
+            model_fn[part], cases[part], ks, mask, bs, device=dev, progress=progress
         )
         report["popularity"][part], _ = evaluate_scorer(popularity_fn, cases[part], ks, mask, bs, device=dev)
         report["cases"][part] = len(cases[part])
@@ -285,6 +308,7 @@ def run_evaluate_unmasked(
     student: Scorer | None = None,
     device: str | torch.device | None = None,
     progress: bool = False,
+    valid_student: Scorer | None = None,
 ) -> dict[str, Any]:
     """Evaluate the model once more WITHOUT history masking (RecBole's protocol: the user's own past items stay
     in the ranking), into ``out_dir/metrics.json`` and ``out_dir/per_user.parquet``.
@@ -314,4 +338,5 @@ def run_evaluate_unmasked(
         student=student,
         device=device,
         progress=progress,
+        valid_student=valid_student,
     )

@@ -115,6 +115,14 @@ def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:
             dist.broadcast(t.data, src=src)
 
 
+def broadcast_parameters_(module: torch.nn.Module, src: int = 0) -> None:
+    """Copy rank ``src``'s parameters (not its buffers: their shapes may differ by rank) into every rank's
+    ``module`` (in place)."""
+    with torch.no_grad():
+        for t in module.parameters():
+            dist.broadcast(t.data, src=src)
+
+
 def shard_bounds(n: int, world_size: int) -> list[int]:
     """Cut points of ``n`` items into ``world_size`` contiguous shards of near-equal size (rank r gets
     ``[b[r], b[r + 1])``)."""

@@ -103,11 +103,21 @@ class LRScheduler:
         self.warmup_steps = steps_per_epoch * warmup_epochs
         self.cosine = cosine
         self.a = async_params
+        self.refresh: tuple[int, int, float] | None = None  # (first step, steps, peak factor)
+
+    def start_refresh(self, first_step: int, steps: int, peak: float) -> None:
+        """From global step ``first_step`` on (``train.refresh``): the base rate times ``peak``, decayed to 0 by a
+        cosine over ``steps`` steps; the asynchronous scale stays at its value at the end of training."""
+        self.refresh = (first_step, max(1, steps), peak)
 
     def set_step(self, step: int) -> dict[str, float]:
         """Apply the rates for global ``step``; returns ``{group name: lr}``."""
         epoch = step / self.steps_per_epoch
         factor = base_lr_factor(step, self.total_steps, self.warmup_steps, self.cosine)
+        if self.refresh is not None and step >= self.refresh[0]:
+            first, steps, peak = self.refresh
+            factor = peak * 0.5 * (1.0 + math.cos(math.pi * min(1.0, (step - first) / steps)))
+            epoch = first / self.steps_per_epoch
         lrs = {}
         for g in self.optimizer.param_groups:
             if g["name"] == "modality":

@@ -27,6 +27,7 @@ from pipeline.evaluation.metrics import evaluate_scorer
 from pipeline.layout import MODEL_CONFIG
 from pipeline.lineage import model_inputs
 from pipeline.models import save_student
+from pipeline.models.persist import save_selected
 from pipeline.progress import progress_bar
 from pipeline.tracking import Tracker, file_digest, start_run
 from pipeline.training.batches import bucketed_batches
@@ -41,6 +42,7 @@ from pipeline.training.distributed import (
     init_from_env,
 )
 from pipeline.training.prior import make_posthoc_choices
+from pipeline.training.refresh import refresh
 from pipeline.training.setup import Training, build_training
 from pipeline.training.step import train_step
 from pipeline.training.validation import SELECT_METRIC, evaluate_sharded, nan_guard
@@ -140,6 +142,9 @@ class TrainRecipe:
         self.t_start = time.perf_counter()
         self.state = TrainState()
         self.tracker = Tracker(None, None)
+        self.selected: dict[str, Any] | None = (
+            None  # train.refresh: the record of the network validation chose
+        )
 
     def run(self) -> dict[str, Any]:
         self.setup()
@@ -239,7 +244,7 @@ class TrainRecipe:
             yield self.state.epoch
 
     # ------------------------------------------------------------------------------------------ one epoch
-    def train_epoch(self, epoch: int) -> tuple[dict[str, float], dict[str, float]]:
+    def train_epoch(self, epoch: int, desc: str | None = None) -> tuple[dict[str, float], dict[str, float]]:
         """One pass over the batches: the curve row so far (loss means, ``grad_*`` columns) and the LRs."""
         train, t, dist = self.train, self.t, self.dist
         # every epoch's randomness derives from (seed, epoch): resuming at an epoch edge is exact
@@ -252,7 +257,7 @@ class TrainRecipe:
         lrs: dict[str, float] = {}
         bar = progress_bar(
             bucketed_batches(t.lengths, train.batch_size, gen),
-            desc=f"epoch {epoch + 1}/{train.epochs}",
+            desc=desc or f"epoch {epoch + 1}/{train.epochs}",
             unit="batch",
             disable=not self.job.progress or not dist.is_main,
             leave=False,
@@ -355,7 +360,11 @@ class TrainRecipe:
         }
         if not summary["finished"]:
             return summary  # interrupted on purpose: keep the checkpoint, write no model
-        best_valid = self._save_model(summary["best_valid"]) if self.dist.is_main else summary["best_valid"]
+        best_valid = self._choose(summary["best_valid"]) if self.dist.is_main else summary["best_valid"]
+        if self.train.refresh.enabled:
+            refresh(self)
+        if self.dist.is_main:
+            self._save_model(best_valid)
         summary["best_valid"] = from_main(best_valid, self.dist, self.device)  # rank 0's, of the saved model
         summary["seconds_total"] = time.perf_counter() - self.t_start
         summary["seconds_to_best"] = sum(r["seconds"] for r in state.curve[: state.best_epoch])
@@ -366,15 +375,21 @@ class TrainRecipe:
         self.tracker.log_artifact(self.job.curve_path)
         return summary
 
-    def _save_model(self, best_valid: dict[str, float]) -> dict[str, float]:
-        """Save the best epoch's weights (with the post-hoc choices made here); its valid metrics."""
-        job, state, model = self.job, self.state, self.t.model
+    def _choose(self, best_valid: dict[str, float]) -> dict[str, float]:
+        """The best epoch's weights with the post-hoc choices made on validation; their valid metrics. With
+        ``train.refresh`` this network is saved now, as the one validation chose (``selected.safetensors``)."""
+        job, model = self.job, self.t.model
         model.load_state_dict(self.best_state)
         ev, cases = job.eval_params, self.t.valid_cases  # the post-hoc choices, on validation
         chosen = make_posthoc_choices(
             model, cases, self.train, ev, self.device, job.sequences_path, self.tracker
         )
-        best_valid = chosen or best_valid
+        self.selected = save_selected(model, job.model_dir) if self.train.refresh.enabled else None
+        return chosen or best_valid
+
+    def _save_model(self, best_valid: dict[str, float]) -> None:
+        """Save the model (with the post-hoc choices made on validation, refreshed with ``train.refresh``)."""
+        job, state, model = self.job, self.state, self.t.model
         weights = save_student(
             model,
             job.model_dir,
@@ -387,10 +402,10 @@ class TrainRecipe:
                 # lineage: the digests evaluate checks against the sequences it is given
                 "inputs": model_inputs(job.sequences_path, job.supervision_dir, self.t.modalities),
             },
+            selected=self.selected,
         )
         write_curve(job.curve_path, state.curve)
         self.tracker.set_tags({"model.sha256": file_digest(weights), "best_epoch": state.best_epoch})
-        return best_valid
 
     def _remove_checkpoint(self) -> None:
         ckpt = self.t.ckpt_path
