@@ -128,7 +128,7 @@ class RefreshParams(Section):
         "as chosen is kept beside it (selected.safetensors), and validation metrics always come from it",
     )
     epochs: int = Field(
-        3, ge=0, le=1_000, description="enabled: the extra epochs (0: the transition table only)"
+        4, ge=0, le=1_000, description="enabled: the extra epochs (0: the transition table only)"
     )
     lr_scale: float = Field(
         0.5,
