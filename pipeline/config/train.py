@@ -121,20 +121,13 @@ class RefreshParams(Section):
 
     enabled: bool = Field(
         False,
-        description="once the epoch and the post-hoc priors are chosen on validation, update the model with "
-        "every user's validation step, the interaction closest in time to the test one: the transition "
-        "table is rebuilt over the training steps and the validation steps, and the network trains "
-        "train.refresh.epochs more epochs over windows that end at the validation target; the network "
-        "as chosen is kept beside it (selected.safetensors), and validation metrics always come from it",
+        description="after the choices on validation, the model learns every user's validation step: the "
+        "transition table is rebuilt over it and the network trains train.refresh.epochs more epochs over "
+        "windows that end at it; validation metrics come from the network as chosen (selected.safetensors)",
     )
-    epochs: int = Field(
-        4, ge=0, le=1_000, description="enabled: the extra epochs (0: the transition table only)"
-    )
+    epochs: int = Field(4, ge=0, le=1_000, description="the extra epochs (0: the transition table only)")
     lr_scale: float = Field(
-        0.5,
-        gt=0.0,
-        le=10.0,
-        description="enabled: the extra epochs' peak rate as a fraction of train.lr, decayed to 0 by a cosine",
+        0.5, gt=0.0, le=10.0, description="their peak rate x train.lr, cosine-decayed to 0"
     )
 
 

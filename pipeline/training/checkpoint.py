@@ -20,7 +20,9 @@ import importlib.metadata
 import io
 import json
 import logging
+import math
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,6 +37,25 @@ CHECKPOINT_SCHEMA = 2  # layout version: bump when the checkpoint's content or t
 _PARTS = ("schema", "model", "best", "optimizer", "state")
 
 T = TypeVar("T")
+
+
+@dataclass
+class TrainState:
+    """What a checkpoint holds besides model and optimiser: enough to resume bit-for-bit at an epoch edge."""
+
+    epoch: int = 0  # epochs completed
+    step: int = 0
+    best_metric: float = -math.inf
+    best_epoch: int = -1
+    bad_epochs: int = 0
+    curve: list[dict[str, float]] = field(default_factory=list)
+
+
+def remove_checkpoint(path: Path) -> None:
+    """Delete a finished run's checkpoint and its (then empty) folder."""
+    if path.exists():
+        path.unlink()
+        path.parent.rmdir()
 
 
 def _code_version() -> str:

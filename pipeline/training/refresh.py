@@ -9,9 +9,12 @@ time to the test step (or, in production, to the next purchase). Refreshing the 
 1. the transition prior's table is rebuilt over the training steps plus each user's validation step (the
    weight chosen on validation stays);
 2. the network trains ``train.refresh.epochs`` more epochs over training windows that end at the validation
-   target, at ``train.refresh.lr_scale`` x ``train.lr`` decayed to 0 by a cosine, the optimiser's moments
-   carried on from the last training epoch; every epoch's randomness derives from (seed, epoch) as in
-   training, so a refresh is as reproducible as the epochs before it.
+   target, at ``train.refresh.lr_scale`` x ``train.lr`` decayed to 0 by a cosine, with the training objective
+   (distillation included) and the optimiser's moments carried on from the last training epoch. Each target
+   weighs what it weighed in training (the loss keeps the training windows' targets per batch as its
+   normaliser), so the logged loss reads higher than the training epochs': every window holds one target more.
+   Every epoch's randomness derives from (seed, epoch) as in training, so a refresh is as reproducible as the
+   epochs before it.
 
 Test targets are never seen. The network as chosen (its weights and its training-only table) is kept beside the
 refreshed one (:data:`SELECTED_WEIGHTS`, recorded in config.json with its digest) so that the validation
@@ -24,16 +27,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
 from pipeline.artifacts.sequences import Sequences, read_sequences
 from pipeline.models.student import Student
 from pipeline.models.transitions import transition_table
 from pipeline.training.batches import training_windows
 from pipeline.training.distributed import broadcast_parameters_
-
-if TYPE_CHECKING:
-    from pipeline.training.train import TrainRecipe
 
 #: the fields of a student's config that are chosen on validation after training (pipeline.training.prior)
 POSTHOC_FIELDS = ("last_item_prior", "exclude_seen", "transition_prior")
@@ -60,8 +60,8 @@ def carry_choices(chosen: Student, refreshed: Student, seqs: Sequences, window: 
     rebuild_transitions(refreshed, seqs, window, decay)
 
 
-def refresh(recipe: TrainRecipe) -> None:
-    """Refresh the recipe's model, which holds the chosen weights and post-hoc choices on rank 0 (every rank
+def refresh(recipe: Any) -> None:
+    """Refresh a :class:`~pipeline.training.train.TrainRecipe`'s model, which holds the chosen weights and post-hoc choices on rank 0 (every rank
     calls it; under ``torchrun`` rank 0's weights are broadcast first): ``train.refresh.epochs`` epochs over
     windows that end at each user's validation target, then the transition table over the new steps too."""
     t, train, model = recipe.t, recipe.train, recipe.t.model

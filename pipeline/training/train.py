@@ -13,7 +13,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,13 @@ from pipeline.models.persist import save_selected
 from pipeline.progress import progress_bar
 from pipeline.tracking import Tracker, file_digest, start_run
 from pipeline.training.batches import bucketed_batches
-from pipeline.training.checkpoint import load_checkpoint, save_checkpoint, write_curve
+from pipeline.training.checkpoint import (
+    TrainState,
+    load_checkpoint,
+    remove_checkpoint,
+    save_checkpoint,
+    write_curve,
+)
 from pipeline.training.diagnostics import teacher_agreement_on_pairs
 from pipeline.training.distributed import (
     DistInfo,
@@ -67,18 +73,6 @@ class TrainJob:
     checkpoint_root: Path
     max_epochs_this_call: int | None = None
     progress: bool = True
-
-
-@dataclass
-class TrainState:
-    """What a checkpoint holds besides model and optimiser: enough to resume bit-for-bit at an epoch edge."""
-
-    epoch: int = 0  # epochs completed
-    step: int = 0
-    best_metric: float = -math.inf
-    best_epoch: int = -1
-    bad_epochs: int = 0
-    curve: list[dict[str, float]] = field(default_factory=list)
 
 
 def run_train(
@@ -142,9 +136,7 @@ class TrainRecipe:
         self.t_start = time.perf_counter()
         self.state = TrainState()
         self.tracker = Tracker(None, None)
-        self.selected: dict[str, Any] | None = (
-            None  # train.refresh: the record of the network validation chose
-        )
+        self.selected: dict[str, Any] | None = None  # train.refresh: the record of the chosen network
 
     def run(self) -> dict[str, Any]:
         self.setup()
@@ -171,7 +163,8 @@ class TrainRecipe:
                     break
             summary = self.finish(stopped_early)
         if summary["finished"]:
-            self._remove_checkpoint()
+            if self.dist.is_main:
+                remove_checkpoint(self.t.ckpt_path)
             self.info(
                 "best epoch %d (valid ndcg@10 %.4f); %.1fs to best, %.1fs total",
                 self.state.best_epoch,
@@ -362,7 +355,7 @@ class TrainRecipe:
             return summary  # interrupted on purpose: keep the checkpoint, write no model
         best_valid = self._choose(summary["best_valid"]) if self.dist.is_main else summary["best_valid"]
         if self.train.refresh.enabled:
-            refresh(self)
+            refresh(self)  # every rank
         if self.dist.is_main:
             self._save_model(best_valid)
         summary["best_valid"] = from_main(best_valid, self.dist, self.device)  # rank 0's, of the saved model
@@ -376,14 +369,12 @@ class TrainRecipe:
         return summary
 
     def _choose(self, best_valid: dict[str, float]) -> dict[str, float]:
-        """The best epoch's weights with the post-hoc choices made on validation; their valid metrics. With
-        ``train.refresh`` this network is saved now, as the one validation chose (``selected.safetensors``)."""
-        job, model = self.job, self.t.model
+        """The best epoch's weights with the post-hoc choices made on validation (saved now as the chosen
+        network with ``train.refresh``: ``selected.safetensors``); their validation metrics."""
+        job, model, t = self.job, self.t.model, self.t
         model.load_state_dict(self.best_state)
-        ev, cases = job.eval_params, self.t.valid_cases  # the post-hoc choices, on validation
-        chosen = make_posthoc_choices(
-            model, cases, self.train, ev, self.device, job.sequences_path, self.tracker
-        )
+        args = (job.eval_params, self.device, job.sequences_path, self.tracker)
+        chosen = make_posthoc_choices(model, t.valid_cases, self.train, *args)
         self.selected = save_selected(model, job.model_dir) if self.train.refresh.enabled else None
         return chosen or best_valid
 
@@ -406,9 +397,3 @@ class TrainRecipe:
         )
         write_curve(job.curve_path, state.curve)
         self.tracker.set_tags({"model.sha256": file_digest(weights), "best_epoch": state.best_epoch})
-
-    def _remove_checkpoint(self) -> None:
-        ckpt = self.t.ckpt_path
-        if self.dist.is_main and ckpt.exists():
-            ckpt.unlink()
-            ckpt.parent.rmdir()
