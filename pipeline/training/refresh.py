@@ -61,9 +61,10 @@ def carry_choices(chosen: Student, refreshed: Student, seqs: Sequences, window: 
 
 
 def refresh(recipe: Any) -> None:
-    """Refresh a :class:`~pipeline.training.train.TrainRecipe`'s model, which holds the chosen weights and post-hoc choices on rank 0 (every rank
-    calls it; under ``torchrun`` rank 0's weights are broadcast first): ``train.refresh.epochs`` epochs over
-    windows that end at each user's validation target, then the transition table over the new steps too."""
+    """Refresh the model of ``recipe`` (a :class:`~pipeline.training.train.TrainRecipe`), which holds the
+    chosen weights and post-hoc choices on rank 0 (every rank calls it; under ``torchrun`` rank 0's weights are
+    broadcast first): ``train.refresh.epochs`` epochs over windows that end at each user's validation target,
+    then the transition table over the new steps too."""
     t, train, model = recipe.t, recipe.train, recipe.t.model
     r = train.refresh
     if recipe.dist.distributed:
