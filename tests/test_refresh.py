@@ -3,6 +3,7 @@ validation chose is kept beside it, and validation metrics always come from that
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -193,7 +194,7 @@ def test_choices_carried_to_a_refreshed_model(base_params: Params, tmp_path: Pat
     d = tmp_path / "r" / "models"
     chosen, fresh = load_student(d, selected=True), load_student(d)
     fresh.detach_transitions()
-    chosen.cfg = chosen.cfg.__class__(**{**chosen.cfg.__dict__, "last_item_prior": 2.5, "exclude_seen": True})
+    chosen.cfg = dataclasses.replace(chosen.cfg, last_item_prior=2.5, exclude_seen=True)
     carry_choices(chosen, fresh, read_sequences(seq), 2, 0.5)
     assert (fresh.cfg.last_item_prior, fresh.cfg.exclude_seen, fresh.cfg.transition_prior) == (2.5, True, 4.0)
     want = transition_table(through_validation(read_sequences(seq)), fresh.num_items, 2, 0.5)

@@ -108,18 +108,11 @@ def barrier() -> None:
         dist.barrier()
 
 
-def broadcast_module_(module: torch.nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s parameters and buffers into every rank's ``module`` (in place)."""
+def broadcast_module_(module: torch.nn.Module, src: int = 0, buffers: bool = True) -> None:
+    """Copy rank ``src``'s parameters and, with ``buffers``, its buffers into every rank's ``module`` (in place);
+    ``buffers=False`` where the buffers' shapes may differ by rank (a transition table only rank 0 attached)."""
     with torch.no_grad():
-        for t in [*module.parameters(), *module.buffers()]:
-            dist.broadcast(t.data, src=src)
-
-
-def broadcast_parameters_(module: torch.nn.Module, src: int = 0) -> None:
-    """Copy rank ``src``'s parameters (not its buffers: their shapes may differ by rank) into every rank's
-    ``module`` (in place)."""
-    with torch.no_grad():
-        for t in module.parameters():
+        for t in [*module.parameters(), *(module.buffers() if buffers else ())]:
             dist.broadcast(t.data, src=src)
 
 

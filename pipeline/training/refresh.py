@@ -33,7 +33,7 @@ from pipeline.artifacts.sequences import Sequences, read_sequences
 from pipeline.models.student import Student
 from pipeline.models.transitions import transition_table
 from pipeline.training.batches import training_windows
-from pipeline.training.distributed import broadcast_parameters_
+from pipeline.training.distributed import broadcast_module_
 
 #: the fields of a student's config that are chosen on validation after training (pipeline.training.prior)
 POSTHOC_FIELDS = ("last_item_prior", "exclude_seen", "transition_prior")
@@ -68,7 +68,7 @@ def refresh(recipe: Any) -> None:
     t, train, model = recipe.t, recipe.train, recipe.t.model
     r = train.refresh
     if recipe.dist.distributed:
-        broadcast_parameters_(model)
+        broadcast_module_(model, buffers=False)  # rank 0 alone has attached the chosen table
     seqs = read_sequences(recipe.job.sequences_path)
     if r.epochs > 0:
         windows = training_windows(through_validation(seqs), train.max_len)
