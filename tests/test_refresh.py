@@ -20,7 +20,7 @@ from pipeline.evaluation.evaluate import run_evaluate
 from pipeline.models import load_student
 from pipeline.models.persist import SELECTED, is_refreshed
 from pipeline.models.transitions import transition_table
-from pipeline.training.refresh import carry_choices, through_validation
+from pipeline.training.refresh import carry_choices, freeze_encoder, through_validation
 from pipeline.training.schedule import LRScheduler, async_lr_scale
 
 REFRESH = {"train.refresh.enabled": True, "train.refresh.epochs": 2, "train.refresh.lr_scale": 0.5}
@@ -72,6 +72,7 @@ def test_refresh_params_are_checked(base_params: Params) -> None:
         ({"train.refresh.epochs": -1}, "train.refresh.epochs"),
         ({"train.refresh.lr_scale": 0}, "train.refresh.lr_scale"),
         ({"train.refresh.epoch": 2}, "train.refresh.epoch"),
+        ({"train.refresh.update": "encoder"}, "train.refresh.update"),
     ]:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             params(base_params, **over)
@@ -168,6 +169,20 @@ def test_refresh_without_epochs_rebuilds_only_the_transition_table(
     a, b = load_file(d / "model.safetensors"), load_file(d / SELECTED)
     assert all(torch.equal(a[k], b[k]) for k in b if not k.startswith("transition_"))
     assert a["transition_indices"].numel() > b["transition_indices"].numel()  # the validation steps' entries
+
+
+def test_refresh_of_the_item_side_keeps_the_chosen_encoder(base_params: Params, tmp_path: Path) -> None:
+    seq, sup = write_tiny_data(tmp_path)
+    train(params(base_params, **REFRESH, **{"train.refresh.update": "items"}), tmp_path, seq, sup, "items")
+    d = tmp_path / "items" / "models"
+    a, b = load_file(d / "model.safetensors"), load_file(d / SELECTED)
+    encoder = [k for k in b if k.startswith("backbone.")]
+    assert encoder and all(torch.equal(a[k], b[k]) for k in encoder)  # the sequence encoder as chosen
+    assert not torch.equal(a["item_emb.weight"], b["item_emb.weight"])  # the item side learned
+    model = load_student(d)
+    frozen = freeze_encoder(model)
+    assert {id(p) for p in frozen} == {id(p) for p in model.backbone.parameters()}
+    assert model.item_emb.weight.requires_grad and not any(p.requires_grad for p in frozen)
 
 
 def test_a_replaced_chosen_network_is_refused(base_params: Params, tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ time to the test step (or, in production, to the next purchase). Refreshing the 
    weight chosen on validation stays);
 2. the network trains ``train.refresh.epochs`` more epochs over training windows that end at the validation
    target, at ``train.refresh.lr_scale`` x ``train.lr`` decayed to 0 by a cosine, with the training objective
-   (distillation included) and the optimiser's moments carried on from the last training epoch. Each target
+   (distillation included) and the optimiser's moments carried on from the last training epoch; with
+   ``train.refresh.update: items`` only the item side learns (the ID, modality and attribute tables and their
+   projections) and the sequence encoder keeps the weights validation chose (:func:`freeze_encoder`). Each target
    weighs what it weighed in training (the loss keeps the training windows' targets per batch as its
    normaliser), so the logged loss reads higher than the training epochs': every window holds one target more.
    Every epoch's randomness derives from (seed, epoch) as in training, so a refresh is as reproducible as the
@@ -28,6 +30,8 @@ import dataclasses
 import math
 import time
 from typing import Any
+
+import torch
 
 from pipeline.artifacts.sequences import Sequences, read_sequences
 from pipeline.models.student import Student
@@ -60,6 +64,15 @@ def carry_choices(chosen: Student, refreshed: Student, seqs: Sequences, window: 
     rebuild_transitions(refreshed, seqs, window, decay)
 
 
+def freeze_encoder(model: Student) -> list[torch.nn.Parameter]:
+    """Stop the gradients of the sequence encoder's weights (``model.backbone``), so that the optimiser leaves
+    them as they are (it skips a parameter without a gradient); the parameters it froze, to thaw afterwards."""
+    frozen = [p for p in model.backbone.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    return frozen
+
+
 def refresh(recipe: Any) -> None:
     """Refresh the model of ``recipe`` (a :class:`~pipeline.training.train.TrainRecipe`), which holds the
     chosen weights and post-hoc choices on rank 0 (every rank calls it; under ``torchrun`` rank 0's weights are
@@ -75,17 +88,23 @@ def refresh(recipe: Any) -> None:
         t.lengths, t.windows = (windows != 0).sum(1), windows.to(recipe.device)
         steps = math.ceil(len(windows) / train.batch_size) * r.epochs
         t.scheduler.start_refresh(recipe.state.step, steps, r.lr_scale)
-        for i in range(r.epochs):  # epoch numbers after the budget: their own (seed, epoch) randomness
-            t0 = time.perf_counter()
-            row, _ = recipe.train_epoch(train.epochs + i, desc=f"refresh {i + 1}/{r.epochs}")
-            recipe.info(
-                "refresh epoch %d/%d: loss %.4f, %.1fs",
-                i + 1,
-                r.epochs,
-                row["loss"],
-                time.perf_counter() - t0,
-            )
-            recipe.tracker.log_metrics({"refresh_loss": row["loss"]}, step=recipe.state.epoch + i + 1)
+        frozen = freeze_encoder(model) if r.update == "items" else []
+        try:
+            for i in range(r.epochs):  # epoch numbers after the budget: their own (seed, epoch) randomness
+                t0 = time.perf_counter()
+                row, _ = recipe.train_epoch(train.epochs + i, desc=f"refresh {i + 1}/{r.epochs}")
+                recipe.info(
+                    "refresh epoch %d/%d (%s): loss %.4f, %.1fs",
+                    i + 1,
+                    r.epochs,
+                    "the item side" if frozen else "all weights",
+                    row["loss"],
+                    time.perf_counter() - t0,
+                )
+                recipe.tracker.log_metrics({"refresh_loss": row["loss"]}, step=recipe.state.epoch + i + 1)
+        finally:
+            for p in frozen:
+                p.requires_grad_(True)
     model.eval()
     rebuild_transitions(model, seqs, train.transition_window, train.transition_decay)
     recipe.info(
