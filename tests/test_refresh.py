@@ -173,12 +173,19 @@ def test_refresh_without_epochs_rebuilds_only_the_transition_table(
 
 def test_refresh_of_the_item_side_keeps_the_chosen_encoder(base_params: Params, tmp_path: Path) -> None:
     seq, sup = write_tiny_data(tmp_path)
-    train(params(base_params, **REFRESH, **{"train.refresh.update": "items"}), tmp_path, seq, sup, "items")
+    for update in ("items", "all"):
+        train(params(base_params, **REFRESH, **{"train.refresh.update": update}), tmp_path, seq, sup, update)
     d = tmp_path / "items" / "models"
     a, b = load_file(d / "model.safetensors"), load_file(d / SELECTED)
     encoder = [k for k in b if k.startswith("backbone.")]
     assert encoder and all(torch.equal(a[k], b[k]) for k in encoder)  # the sequence encoder as chosen
     assert not torch.equal(a["item_emb.weight"], b["item_emb.weight"])  # the item side learned
+    # update: all trains the encoder too, from the same chosen network
+    c = load_file(tmp_path / "all" / "models" / "model.safetensors")
+    assert torch.equal(
+        load_file(tmp_path / "all" / "models" / SELECTED)["item_emb.weight"], b["item_emb.weight"]
+    )
+    assert any(not torch.equal(c[k], b[k]) for k in encoder)
     model = load_student(d)
     frozen = freeze_encoder(model)
     assert {id(p) for p in frozen} == {id(p) for p in model.backbone.parameters()}

@@ -129,11 +129,11 @@ class RefreshParams(Section):
     lr_scale: float = Field(
         0.5, gt=0.0, le=10.0, description="their peak rate x train.lr, cosine-decayed to 0"
     )
-    update: Literal["all", "items"] = Field(
-        "all",
-        description="the weights those epochs update: all, or the item side only (the ID, modality and "
-        "attribute tables and their projections), the sequence encoder (the backbone) kept as validation "
-        "chose it",
+    update: Literal["items", "all"] = Field(
+        "items",
+        description="the weights those epochs update: the item side only (the ID, modality and attribute "
+        "tables and their projections), the sequence encoder (the backbone) kept as validation chose it, or "
+        "all of them (as good for KDSR on validation, but the no-KD twin then gains more: docs/RESULTS.md)",
     )
 
 
