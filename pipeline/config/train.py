@@ -126,14 +126,11 @@ class RefreshParams(Section):
         "windows that end at it; validation metrics come from the network as chosen (selected.safetensors)",
     )
     epochs: int = Field(4, ge=0, le=1_000, description="the extra epochs (0: the transition table only)")
-    lr_scale: float = Field(
-        0.5, gt=0.0, le=10.0, description="their peak rate x train.lr, cosine-decayed to 0"
-    )
+    lr_scale: float = Field(0.5, gt=0.0, le=10.0, description="their peak rate x train.lr, cosine to 0")
     update: Literal["items", "all"] = Field(
         "items",
-        description="the weights those epochs update: the item side only (the ID, modality and attribute "
-        "tables and their projections), the sequence encoder (the backbone) kept as validation chose it, or "
-        "all of them (as good for KDSR on validation, but the no-KD twin then gains more: docs/RESULTS.md)",
+        description="the weights those epochs update: the item side only (the ID, modality and attribute tables, "
+        "their projections), the sequence encoder kept as chosen; or all (the no-KD twin then gains more)",
     )
 
 
