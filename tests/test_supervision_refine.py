@@ -168,32 +168,51 @@ def test_refinement_is_off_without_a_target_and_at_zero_rounds() -> None:
         assert "refine" not in info
 
 
+class _Quantizer:
+    """Stands in for the faiss quantizer of the nprobe ladder (the probes are scripted away)."""
+
+    def search(self, q: np.ndarray, n: int) -> tuple[None, np.ndarray]:
+        return None, np.zeros((len(q), n), dtype=np.int64)
+
+
+def test_the_chosen_nprobe_clears_the_target_by_two_standard_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.supervision import nprobe
+
+    # two tuning rows: at nprobe 3 their mean recall is 0.95, the target, but with a standard error of 0.05
+    # (std 0.0707 over 2 rows); at nprobe 4 both rows find everything
+    per_row = np.array([[0.2, 0.5, 1.0, 1.0], [0.2, 0.5, 0.9, 1.0]])
+    monkeypatch.setattr(nprobe, "cells_recall", lambda x, probes, *a: per_row[:, : probes.shape[1]])
+    args = (np.zeros((10, 2), np.float32), _Quantizer(), None, None, np.arange(2), None, 5, 1, 4, 0.95)
+    got, tried = nprobe.choose_nprobe(*args)
+    assert got == 4 and tried == {1: 0.2, 2: 0.5, 4: 1.0}
+    # without the spread (the rows agree) the mean alone decides: nprobe 3
+    per_row[:, 2] = 0.95
+    assert nprobe.choose_nprobe(*args)[0] == 3
+
+
 @pytest.mark.parametrize(
     ("recalls", "chosen", "tried"),
     [
         # 1 -> 2 closed 0.08 of a 0.5 gap (16 %): keep 1, and refine from there
-        ({1: 0.5, 2: 0.58, 4: 0.66}, 1, [1, 2]),
+        ([0.5, 0.58, 0.6, 0.66], 1, [1, 2]),
         # each doubling closed over a fifth of the gap: on to the target
-        ({1: 0.3, 2: 0.6, 4: 0.96}, 4, [1, 2, 4]),
+        ([0.3, 0.6, 0.9, 0.96], 4, [1, 2, 4]),
+        # the same, but nprobe 3 already reaches the target: the least that does is kept
+        ([0.3, 0.6, 0.95, 0.96], 3, [1, 2, 3, 4]),
         # 2 -> 4 closed 0.05 of 0.4 (12.5 %): keep 2
-        ({1: 0.3, 2: 0.6, 4: 0.65}, 2, [1, 2, 4]),
+        ([0.3, 0.6, 0.62, 0.65], 2, [1, 2, 4]),
     ],
 )
 def test_with_refinement_the_nprobe_ladder_stops_where_a_doubling_stalls(
-    monkeypatch: pytest.MonkeyPatch, recalls: dict[int, float], chosen: int, tried: list[int]
+    monkeypatch: pytest.MonkeyPatch, recalls: list[float], chosen: int, tried: list[int]
 ) -> None:
     from pipeline.supervision import nprobe
 
-    # the recall the scan would reach at each nprobe, scripted: the ladder's decision alone is under test
-    monkeypatch.setattr(nprobe, "cells_recall", lambda x, probes, *a: recalls[probes.shape[1]])
-
-    class Quantizer:
-        def search(self, q: np.ndarray, n: int) -> tuple[None, np.ndarray]:
-            return None, np.zeros((len(q), n), dtype=np.int64)
-
-    # nprobe 1, limit 4, target 0.95
-    args = (np.zeros((10, 2), np.float32), Quantizer(), None, None, np.arange(3), None, 5, 1, 4, 0.95)
+    # the recall the scan would reach at each nprobe 1..4, scripted for one tuning row: the ladder's decision
+    # alone is under test
+    monkeypatch.setattr(nprobe, "cells_recall", lambda x, probes, *a: np.array([recalls[: probes.shape[1]]]))
+    args = (np.zeros((10, 2), np.float32), _Quantizer(), None, None, np.arange(3), None, 5, 1, 4, 0.95)
     got, got_tried = nprobe.choose_nprobe(*args, stall=nprobe.STALL)
     assert got == chosen and list(got_tried) == tried
-    # without the refinement there is no stall rule: the target, else the limit
-    assert nprobe.choose_nprobe(*args)[0] == 4
+    # without the refinement there is no stall rule: the least nprobe that reaches the target, else the limit
+    assert nprobe.choose_nprobe(*args)[0] == next((p for p in (1, 2, 3) if recalls[p - 1] >= 0.95), 4)

@@ -251,9 +251,10 @@ class AnnParams(Section):
         0.95,
         gt=0.0,
         le=1.0,
-        description="ivf: before the scan, double nprobe (up to max_nprobe) until the recall@topk the scan "
-        "would reach on a seeded tuning sample of recall_sample items is at least this (with refinement on, "
-        "stopping early where a doubling closes under a fifth of the gap); ivf and hnsw: after the search, "
+        description="ivf: before the scan, the least nprobe (from nprobe up to max_nprobe) whose recall@topk "
+        "the scan would reach on a seeded tuning sample of recall_sample items is at least this (with "
+        "refinement on, stopping early where a doubling of nprobe closes under a fifth of the gap); ivf and "
+        "hnsw: after the search, "
         "refinement rounds until the tuning sample's recall is at least this (refine_rounds); null: nprobe "
         "as set, no refinement. Recall at a fixed nprobe depends on the vectors' geometry (docs/RESULTS.md)",
     )

@@ -34,15 +34,13 @@ from pipeline.config import CorrelateParams
 from pipeline.config.inputs import INNER_PRODUCT_SCORES, AnnParams
 from pipeline.ivf import trained_ivf
 from pipeline.progress import progress_bar
+from pipeline.supervision.cellscan import scan_cells
 from pipeline.supervision.nprobe import STALL, choose_nprobe, rows_recall
 from pipeline.supervision.refine import refine_to_target
 
 log = logging.getLogger(__name__)
 
 SEARCH_BATCH = 16_384  # queries per faiss search call: bounds the result buffers, feeds the progress bar
-QUERY_CHUNK = 65_536  # ivf: the fewest queries whose probed cells are scanned together
-MAX_QUERY_CHUNKS = 16  # ivf: above 16 x QUERY_CHUNK items, 16 larger chunks (each gathers every cell once)
-SEGMENT = 8  # ivf: columns per segment of the two-stage row top-k
 APPROXIMATE = ("ivf", "hnsw")
 LOW_RECALL = 0.9  # a sampled recall@k below it is logged as a warning, with the parameter to raise
 
@@ -105,24 +103,6 @@ def probed_cells(quantizer: Any, x: np.ndarray, nprobe: int) -> np.ndarray:
     return out
 
 
-def row_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """``scores.topk(k, dim=1)`` (values, columns) in two cheaper stages when rows are long: the k segments
-    of ``SEGMENT`` columns with the highest maxima hold every one of a row's k best entries (a segment
-    holding one has a maximum at least the k-th best, and at most k segments can), so the top-k of
-    their ``k x SEGMENT`` entries is the row's top-k (among equal entries, possibly other columns)."""
-    rows, m = scores.shape
-    if m < 2 * k * SEGMENT:
-        return scores.topk(min(k, m), dim=1)
-    pad = (-m) % SEGMENT
-    if pad:
-        scores = torch.nn.functional.pad(scores, (0, pad), value=float("-inf"))
-    segments = scores.view(rows, -1, SEGMENT)
-    best = segments.amax(dim=2).topk(k, dim=1).indices  # (rows, k)
-    candidates = segments.gather(1, best[:, :, None].expand(-1, -1, SEGMENT)).view(rows, -1)
-    values, j = candidates.topk(k, dim=1)
-    return values, best.gather(1, j // SEGMENT) * SEGMENT + j % SEGMENT
-
-
 def ivf_search(
     x: np.ndarray,
     ann: AnnParams,
@@ -132,13 +112,11 @@ def ivf_search(
     tuning: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
     """Every row's top-k among the rows of the ``nprobe`` cells nearest to it (self dropped), as faiss's
-    inverted-file index finds them, but scanned cell by cell: all the queries of a chunk (``QUERY_CHUNK``
-    rows, or 1 / ``MAX_QUERY_CHUNKS`` of them when that is more) that probe a cell are scored against its
-    members in one matrix product, instead of one memory-bound scan of the probed cells per query.
-
-    The rows are never copied in cell order: each chunk gathers the members of each cell it probes, so
-    beyond ``x`` the memory is the results, the probes and one chunk's candidates (10 M items, 20
-    neighbours, nprobe 8: 5.1 GB of 128-d ``x``, 2.4 GB of results, 1.3 GB of candidates).
+    inverted-file index finds them, but scanned cell by cell (:func:`~pipeline.supervision.cellscan.scan_cells`:
+    all the queries of a chunk that probe a cell are scored against its members in one matrix product)
+    instead of one memory-bound scan of the probed cells per query. Beyond ``x`` the memory is the results,
+    one chunk's probes and running top-k, and one score tile (10 M items, 20 neighbours: 5.1 GB of 128-d
+    ``x``, 2.4 GB of results, about 1.5 GB per chunk).
 
     ``tuning``: the rows of the tuning sample and their exact k-th best scores (:func:`tuning_sample`), if
     the caller has them; otherwise they are drawn here when ``ann.target_recall`` needs them.
@@ -151,8 +129,7 @@ def ivf_search(
     quantizer, info = train_cells(x, ann, seed)
     t1 = time.perf_counter()
     nprobe, nlist = info["nprobe"], info["nlist"]
-    probes = probed_cells(quantizer, x, nprobe)  # (n, nprobe); column 0: the row's own cell
-    own = probes[:, 0]
+    own = probed_cells(quantizer, x, 1)[:, 0]  # each row's own cell
     sizes = np.bincount(own, minlength=nlist)
     order = np.argsort(own, kind="stable")  # rows grouped by cell; a cell's members are one slice
     starts = np.concatenate([[0], np.cumsum(sizes)])
@@ -173,63 +150,23 @@ def ivf_search(
             len(rows),
             ", ".join(f"{p}: {r:.4f}" for p, r in tried.items()),
         )
-        if chosen != nprobe:
-            nprobe = info["nprobe"] = chosen
-            probes = probed_cells(quantizer, x, nprobe)
+        nprobe = info["nprobe"] = chosen
     t2 = time.perf_counter()
     info["list_imbalance"] = round(float(nlist * (sizes.astype(np.float64) ** 2).sum() / n**2), 4)
-    xt, members = torch.from_numpy(x), torch.from_numpy(order)
-    kk = k + 1  # one more than wanted: a row's own entry is among its results
-    values = np.empty((n, k), dtype=np.float32)
-    labels = np.empty((n, k), dtype=np.int64)
-    complete = np.empty(n, dtype=bool)
-    chunk = max(QUERY_CHUNK, -(-n // MAX_QUERY_CHUNKS))
-    chunks = range(0, n, chunk)
-    for q0 in progress_bar(chunks, desc="ivf cells", unit="chunk", disable=not progress, leave=False):
-        q1 = min(n, q0 + chunk)
-        cells = probes[order[q0:q1]]  # (b, nprobe)
-        cand_v = torch.full((q1 - q0, nprobe, kk), float("-inf"))
-        cand_i = torch.full((q1 - q0, nprobe, kk), -1, dtype=torch.int64)
-        flat = torch.from_numpy(cells.reshape(-1))
-        by_cell = torch.argsort(flat, stable=True)  # (query, probe) pairs grouped by cell
-        counts = torch.bincount(flat, minlength=nlist).tolist()
-        pos = 0
-        for cell, count in enumerate(counts):
-            if not count:
-                continue
-            pairs = by_cell[pos : pos + count]
-            pos += count
-            lo, hi = int(starts[cell]), int(starts[cell + 1])
-            if hi == lo:
-                continue
-            rows = pairs // nprobe
-            scores = xt[members[rows + q0]] @ xt[members[lo:hi]].T  # (count, cell size)
-            mine = ((rows + q0) >= lo) & ((rows + q0) < hi)  # queries of this cell: drop their own entry
-            if bool(mine.any()):
-                r = mine.nonzero().squeeze(1)
-                scores[r, rows[r] + q0 - lo] = float("-inf")
-            v, i = row_topk(scores, kk)
-            cand_v.view(-1, kk)[pairs, : v.shape[1]] = v
-            cand_i.view(-1, kk)[pairs, : v.shape[1]] = i + lo
-        # each row's best k + 1 candidates (cells never repeat, so neither do candidates), back in the
-        # caller's numbering, -inf entries (a short cell's padding, the row itself) as no result; then
-        # drop_self orders them by score descending, then label ascending
-        top_v, top = cand_v.view(q1 - q0, -1).topk(kk, dim=1)
-        cv = top_v.numpy()
-        ci = cand_i.view(q1 - q0, -1).gather(1, top).numpy()
-        ci = np.where(ci >= 0, order[np.maximum(ci, 0)], -1)
-        ci = np.where(np.isneginf(cv), -1, ci)
-        rows_here = order[q0:q1]
-        v, lab, ok = drop_self(cv, ci, rows_here, k)
-        values[rows_here], labels[rows_here], complete[rows_here] = v, lab, ok
+    values, labels, complete, times = scan_cells(
+        x, order, starts, lambda v, p: quantizer.search(v, p)[1], nprobe, k, progress
+    )
     log.info(
-        "ivf over %d items, %d cells, nprobe %d: k-means %.1fs, cell assignment (and nprobe) %.1fs, scan %.1fs",
+        "ivf over %d items, %d cells, nprobe %d: k-means %.1fs, cell assignment (and nprobe) %.1fs, scan %.1fs "
+        "(own cells %.1fs, other cells %.1fs)",
         n,
         nlist,
         nprobe,
         t1 - t0,
         t2 - t1,
         time.perf_counter() - t2,
+        times["own_cells"],
+        times["other_cells"],
     )
     return values, labels, complete, info
 

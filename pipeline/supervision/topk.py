@@ -69,7 +69,7 @@ def _sort_candidates(values: Tensor, indices: Tensor, k: int) -> tuple[Tensor, T
     return values.gather(1, order), indices.gather(1, order)
 
 
-def _tile_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+def tile_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-k of each row of a score tile, lowest column index among ties at the k-th place."""
     m = scores.shape[1]
     values, indices = scores.topk(min(k + 1, m), dim=1, sorted=True)
@@ -248,7 +248,7 @@ def blocked_topk(
             if excl is not None:
                 tile[:, excl[c0:c1]] = neg_inf
             if first:
-                best_v, best_i = _sort_candidates(*_tile_topk(tile, min(k_eff, c1 - c0)), k_eff)
+                best_v, best_i = _sort_candidates(*tile_topk(tile, min(k_eff, c1 - c0)), k_eff)
                 best_i += c0
                 c0 = c1
                 continue
