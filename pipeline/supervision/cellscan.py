@@ -60,12 +60,11 @@ def scan_cells(
     Returns:
         values (n, k) float32, labels (n, k) int64 (rows of ``x``; -1: none), each row by score descending
         then label ascending; complete (n,) bool, the rows that got k results; and the seconds spent on the
-        own cells and on the other cells.
+        own cells and on the other cells (the chunks' probe searches included).
     """
     n = len(x)
-    cell_of = np.repeat(
-        np.arange(len(starts) - 1), np.diff(starts)
-    )  # the cell of each position in cell order
+    # the cell of each position in cell order
+    cell_of = np.repeat(np.arange(len(starts) - 1), np.diff(starts))
     scan = Scan(torch.from_numpy(x), torch.from_numpy(order), starts)
     values = np.empty((n, k), dtype=np.float32)
     labels = np.empty((n, k), dtype=np.int64)
