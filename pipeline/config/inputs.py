@@ -252,9 +252,9 @@ class AnnParams(Section):
         gt=0.0,
         le=1.0,
         description="ivf: before the scan, the least nprobe (from nprobe up to max_nprobe) whose recall@topk "
-        "the scan would reach on a seeded tuning sample of recall_sample items is at least this (with "
-        "refinement on, stopping early where a doubling of nprobe closes under a fifth of the gap); ivf and "
-        "hnsw: after the search, "
+        "the scan would reach on a seeded tuning sample of recall_sample items clears this by two standard "
+        "errors (with refinement on, stopping early where a doubling of nprobe closes under a fifth of the "
+        "gap); ivf and hnsw: after the search, "
         "refinement rounds until the tuning sample's recall is at least this (refine_rounds); null: nprobe "
         "as set, no refinement. Recall at a fixed nprobe depends on the vectors' geometry (docs/RESULTS.md)",
     )
