@@ -34,7 +34,7 @@ from pipeline.config import CorrelateParams
 from pipeline.config.inputs import INNER_PRODUCT_SCORES, AnnParams
 from pipeline.ivf import trained_ivf
 from pipeline.progress import progress_bar
-from pipeline.supervision.cellscan import scan_cells
+from pipeline.supervision.cellscan import drop_self, scan_cells
 from pipeline.supervision.nprobe import STALL, choose_nprobe, rows_recall
 from pipeline.supervision.refine import refine_to_target
 
@@ -179,29 +179,6 @@ def build_hnsw(x: np.ndarray, ann: AnnParams, k: int) -> tuple[Any, dict[str, An
     index.add(x)
     index.hnsw.efSearch = max(ann.ef_search, k + 1)
     return index, {"m": ann.m, "ef_construction": ann.ef_construction, "ef_search": index.hnsw.efSearch}
-
-
-def drop_self(
-    scores: np.ndarray, labels: np.ndarray, rows: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each row's best ``k`` results other than the row itself, by score descending then label ascending.
-
-    Args:
-        scores, labels: (b, k + 1) faiss results (label -1: no result) of queries ``rows`` (b,), in the
-            same numbering as the labels.
-        k: neighbours kept.
-
-    Returns:
-        values (b, k) float32, labels (b, k) int64 and (b,) bool: the rows that got k results.
-    """
-    invalid = (labels < 0) | (labels == rows[:, None])
-    key_scores = np.where(invalid, -np.inf, scores)
-    key_labels = np.where(invalid, np.iinfo(np.int64).max, labels)
-    order = np.lexsort((key_labels, -key_scores), axis=-1)[:, :k]
-    values = np.take_along_axis(key_scores, order, 1).astype(np.float32)
-    chosen = np.take_along_axis(key_labels, order, 1)
-    complete = ~np.take_along_axis(invalid, order, 1).any(1)
-    return values, chosen, complete
 
 
 def search_all(

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from pipeline.progress import progress_bar
-from pipeline.supervision.topk import tile_topk
+from pipeline.supervision.topk import merge_candidates, tile_topk
 
 CHUNK_PAIRS = 1 << 25  # (query, probed cell) pairs per chunk of queries: bounds the chunk's probe buffers
 MIN_CHUNK = 65_536  # the fewest queries per chunk (small catalogues: one chunk)
@@ -58,8 +58,8 @@ def scan_cells(
         progress: a bar over the chunks.
 
     Returns:
-        values (n, k) float32, labels (n, k) int64 (rows of ``x``; -1: none), each row by score descending
-        then label ascending; complete (n,) bool, the rows that got k results; and the seconds spent on the
+        values (n, k) float32, labels (n, k) int64 (rows of ``x``), each row by score descending then label
+        ascending (:func:`drop_self`); complete (n,) bool, the rows that got k results; and the seconds spent on the
         own cells and on the other cells (the chunks' probe searches included).
     """
     n = len(x)
@@ -82,14 +82,10 @@ def scan_cells(
             scan.other_cells(probes, torch.from_numpy(cell_of[q0:q1]), q0, best_v, best_i)
         times["own_cells"] += t1 - t0
         times["other_cells"] += time.perf_counter() - t1
-        v, lab = best_v.numpy(), best_i.numpy()
-        found = np.isfinite(v)
-        lab = np.where(found, order[np.maximum(lab, 0)], -1)  # back to the rows of x
-        key = np.lexsort((np.where(found, lab, np.iinfo(np.int64).max), -v), axis=-1)
+        v = best_v.numpy()
+        lab = np.where(np.isfinite(v), order[np.maximum(best_i.numpy(), 0)], -1)  # back to the rows of x
         rows = order[q0:q1]
-        values[rows] = np.take_along_axis(v, key, 1)
-        labels[rows] = np.take_along_axis(lab, key, 1)
-        complete[rows] = found.all(1)
+        values[rows], labels[rows], complete[rows] = drop_self(v, lab, rows, k)
     return values, labels, complete, times
 
 
@@ -143,7 +139,9 @@ class Scan:
                     r, c = entries_above(tile, best_v[:, -1].index_select(0, rows))
                     if len(r):
                         vals = tile.view(-1).index_select(0, r * tile.shape[1] + c)
-                        merge_sorted(best_v, best_i, rows.index_select(0, r), lo + c, vals)
+                        merge_candidates(
+                            best_v, best_i, rows.index_select(0, r), lo + c, vals, best_v.shape[1]
+                        )
 
     def tiles(
         self, rows: torch.Tensor, q0: int, lo: int, hi: int
@@ -181,22 +179,24 @@ def entries_above(tile: torch.Tensor, threshold: torch.Tensor) -> tuple[torch.Te
     return row.index_select(0, i), (hit.index_select(0, i) % nseg) * SEGMENT + j
 
 
-def merge_sorted(
-    best_v: torch.Tensor, best_i: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor, vals: torch.Tensor
-) -> None:
-    """Merge candidate (row, column, score) triples, ``rows`` ascending, into the running top-k
-    ``best_v``/``best_i`` (in place, touched rows only); among equal scores at the k-th place any is kept."""
-    k = best_v.shape[1]
-    touched, counts = torch.unique_consecutive(rows, return_counts=True)
-    local = torch.repeat_interleave(torch.arange(len(touched)), counts)
-    pos = torch.arange(len(rows)) - torch.repeat_interleave(torch.cumsum(counts, 0) - counts, counts)
-    width = int(counts.max())
-    pad_v = torch.full((len(touched), width), NEG_INF)
-    pad_i = torch.full((len(touched), width), -1, dtype=torch.int64)
-    pad_v[local, pos] = vals
-    pad_i[local, pos] = cols
-    v = torch.cat([best_v.index_select(0, touched), pad_v], dim=1)
-    i = torch.cat([best_i.index_select(0, touched), pad_i], dim=1)
-    top_v, top = v.topk(k, dim=1)
-    best_v.index_copy_(0, touched, top_v)
-    best_i.index_copy_(0, touched, i.gather(1, top))
+def drop_self(
+    scores: np.ndarray, labels: np.ndarray, rows: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's best ``k`` results other than the row itself, by score descending then label ascending.
+
+    Args:
+        scores, labels: (b, k + 1) faiss results (label -1: no result) of queries ``rows`` (b,), in the
+            same numbering as the labels (or the ivf scan's (b, k), which never holds the row itself).
+        k: neighbours kept.
+
+    Returns:
+        values (b, k) float32, labels (b, k) int64 and (b,) bool: the rows that got k results.
+    """
+    invalid = (labels < 0) | (labels == rows[:, None])
+    key_scores = np.where(invalid, -np.inf, scores)
+    key_labels = np.where(invalid, np.iinfo(np.int64).max, labels)
+    order = np.lexsort((key_labels, -key_scores), axis=-1)[:, :k]
+    values = np.take_along_axis(key_scores, order, 1).astype(np.float32)
+    chosen = np.take_along_axis(key_labels, order, 1)
+    complete = ~np.take_along_axis(invalid, order, 1).any(1)
+    return values, chosen, complete

@@ -139,8 +139,12 @@ def _above(tile: Tensor, threshold: Tensor) -> tuple[Tensor, Tensor]:
     return torch.cat(rows_out), torch.cat(cols_out)
 
 
-def _merge(best_v: Tensor, best_i: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, k: int) -> None:
-    """Merge candidate (row, column, score) triples into the running top-k, in place (touched rows only)."""
+def merge_candidates(
+    best_v: Tensor, best_i: Tensor, rows: Tensor, cols: Tensor, vals: Tensor, k: int
+) -> None:
+    """Merge candidate (row, column, score) triples into the running top-k, in place (touched rows only).
+    Equal scores keep the lower index first when every candidate has a higher index than the row's entries
+    (as here); otherwise (the ivf scan, :mod:`pipeline.supervision.cellscan`) their order is arbitrary."""
     touched, local, counts = torch.unique(rows, return_inverse=True, return_counts=True)
     width = int(counts.max())
     order = torch.argsort(local, stable=True)
@@ -263,7 +267,7 @@ def blocked_topk(
                 r, c = _above(tile, threshold)
                 exact = tile[r, c]
             if len(r):
-                _merge(best_v, best_i, r, c + c0, exact, k_eff)
+                merge_candidates(best_v, best_i, r, c + c0, exact, k_eff)
             c0 = c1
         out_v[r0:r1] = best_v.cpu()
         out_i[r0:r1] = best_i.cpu()
